@@ -1,0 +1,93 @@
+"""The provider axis: one small interface every upstream model client implements."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.types import ChatMessage, TokenUsage
+
+
+class ErrorType(enum.Enum):
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    CLIENT_ERROR = "client_error"
+    PROTOCOL = "protocol"
+
+
+RETRYABLE = frozenset({ErrorType.TIMEOUT, ErrorType.CONNECTION, ErrorType.RATE_LIMITED, ErrorType.SERVER_ERROR})
+
+
+class ProviderError(Exception):
+    """An upstream call failed; ``error_type`` says whether another try can help."""
+
+    def __init__(
+        self,
+        error_type: ErrorType,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.http_status = http_status
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retryable(self) -> bool:
+        return self.error_type in RETRYABLE
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    model: str
+    messages: Sequence[ChatMessage]
+    timeout_s: float
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResult:
+    content: str
+    finish_reason: str
+    usage: TokenUsage | None  # None when the upstream did not report usage
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFinish:
+    finish_reason: str
+    usage: TokenUsage | None
+    model: str
+
+
+StreamEvent = TextDelta | StreamFinish
+
+
+class Provider(Protocol):
+    """An upstream chat model endpoint.
+
+    ``stream`` yields text deltas and ends with exactly one ``StreamFinish``;
+    a stream that ends without one raises ``ProviderError(PROTOCOL)``.
+    """
+
+    kind: str  # "openai", "anthropic": the gen_ai.provider.name of the wire protocol
+
+    async def complete(self, call: ChatCall) -> ChatResult: ...
+
+    def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,69 @@
+"""Plain value types shared by the request pipeline and its pluggable axes.
+
+They carry no behaviour and import nothing from the rest of the service, so
+every layer (validation, policies, providers, accounting) can depend on them
+without cycles.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+class CacheMode(enum.Enum):
+    USE = "use"
+    BYPASS = "bypass"
+    REFRESH = "refresh"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """A validated request; the tenant comes from authentication only."""
+
+    tenant: str
+    messages: tuple[ChatMessage, ...]
+    feature: str = ""
+    user: str = ""
+    tier: str | None = None
+    quality_target: float | None = None
+    latency_budget_ms: int | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+    tools_json: str = ""
+    cache_mode: CacheMode = CacheMode.USE
+    max_age_s: int | None = None
+
+    @property
+    def system_prompt(self) -> str:
+        return "\n".join(m.content for m in self.messages if m.role == "system")
+
+    @property
+    def last_user_text(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return ""
+
+    @property
+    def prompt_text(self) -> str:
+        """All non-system turns, oldest first: what a classifier reads."""
+        return "\n".join(m.content for m in self.messages if m.role != "system")
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
