@@ -105,6 +105,8 @@ class RoutingConfig(_Strict):
     policy: Literal["cheapest", "strongest", "random", "length"] = "cheapest"
     seed: int = 0
     default_quality_target: float = Field(0.8, ge=0, le=1)
+    expected_output_tokens: int = Field(256, gt=0, description="output length assumed for cost estimates")
+    fallback: bool = Field(True, description="on a retryable failure, try the next stronger tier")
     length_thresholds: dict[str, int] = Field(
         default_factory=dict,
         description="length policy: tier -> the largest input token count it takes; tiers without one take any",

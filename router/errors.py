@@ -1,0 +1,50 @@
+"""Failures the pipeline reports to callers, each with its gRPC status."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from router.outcome import Attempt
+
+
+class ServiceError(Exception):
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, attempts: Sequence[Attempt] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.attempts = tuple(attempts)
+
+
+class UpstreamUnavailable(ServiceError):
+    """Every tier tried failed (or none could be tried)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class UpstreamDeadline(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UpstreamRejected(ServiceError):
+    """The upstream refused the request itself (4xx): retrying elsewhere will not help."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, attempts: Sequence[Attempt] = ()) -> None:
+        super().__init__(message, attempts)
+        self.code = code
+
+
+class StreamBroken(ServiceError):
+    """The upstream failed after text was already sent to the caller."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class BudgetExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

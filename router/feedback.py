@@ -1,0 +1,105 @@
+"""Durable quality signals for earlier requests (the learning loop reads them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+SOURCES = ("app", "human", "judge")
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    request_id: str
+    tenant: str
+    score: float
+    source: str
+    comment: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    feedback_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class FeedbackStore(Protocol):
+    async def record(self, feedback: FeedbackRecord) -> str:
+        """Store durably; returns the feedback id once it is on disk."""
+        ...
+
+    async def for_request(self, tenant: str, request_id: str) -> list[FeedbackRecord]: ...
+
+    async def aclose(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    feedback_id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    score REAL NOT NULL,
+    source TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_request ON feedback (tenant, request_id);
+CREATE INDEX IF NOT EXISTS feedback_time ON feedback (created_at);
+"""
+
+
+class SqliteFeedbackStore:
+    """Embedded store: one SQLite file, fsynced before a write is acknowledged."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def _insert(self, f: FeedbackRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    f.feedback_id,
+                    f.request_id,
+                    f.tenant,
+                    f.score,
+                    f.source,
+                    f.comment,
+                    json.dumps(dict(f.metadata), sort_keys=True),
+                    f.created_at,
+                ),
+            )
+
+    async def record(self, feedback: FeedbackRecord) -> str:
+        await asyncio.to_thread(self._insert, feedback)
+        return feedback.feedback_id
+
+    def _select(self, tenant: str, request_id: str) -> list[FeedbackRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, tenant, score, source, comment, metadata, created_at, feedback_id"
+                " FROM feedback WHERE tenant = ? AND request_id = ? ORDER BY created_at",
+                (tenant, request_id),
+            ).fetchall()
+        return [
+            FeedbackRecord(r[0], r[1], float(r[2]), r[3], r[4], json.loads(r[5]), float(r[6]), r[7])
+            for r in rows
+        ]
+
+    async def for_request(self, tenant: str, request_id: str) -> list[FeedbackRecord]:
+        return await asyncio.to_thread(self._select, tenant, request_id)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,292 @@
+"""The gRPC front door: authentication, validation, status mapping, health, reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from protos.tierwise.v1 import tierwise_pb2 as pb
+from router.auth import Authenticator, Unauthenticated
+from router.errors import ServiceError
+from router.feedback import SOURCES, FeedbackRecord
+from router.logs import prompt_field
+from router.outcome import Completion, Decision, StreamDelta
+from router.service import Service
+from router.types import RequestSpec
+from router.validation import InvalidRequest, WireRequest, validate_request
+from router.wire import decision_pb, response_pb, stream_end_pb
+
+log = logging.getLogger("tierwise.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Router"].full_name
+
+
+class _Undecodable:
+    """A request body protobuf could not parse (for example invalid UTF-8 in a string)."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _safe(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    # gRPC answers a deserializer exception with a bare UNKNOWN/INTERNAL; parse
+    # failures are the caller's, so they become INVALID_ARGUMENT in the handler.
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception as exc:
+            return _Undecodable(str(exc) or type(exc).__name__)
+
+    return deserialize
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
+) -> NoReturn:
+    await context.abort(code, message)
+    raise AssertionError("unreachable: context.abort raises")
+
+
+class RouterServicer:
+    def __init__(self, service: Service, authenticator: Authenticator) -> None:
+        self._service = service
+        self._auth = authenticator
+        self._clock = time.perf_counter
+
+    # -- shared prologue ----------------------------------------------------
+
+    async def _tenant(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        try:
+            return self._auth.tenant_for(context.invocation_metadata() or ())
+        except Unauthenticated as exc:
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+
+    async def _accept(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> RequestSpec:
+        tenant = await self._tenant(context)
+        if isinstance(request, _Undecodable):
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"request: cannot be decoded: {request.error}"
+            )
+        wire: WireRequest = request
+        try:
+            return validate_request(wire, tenant, self._service.config)
+        except InvalidRequest as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+
+    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any], started: float) -> float:
+        remaining = context.time_remaining()
+        default = self._service.config.server.default_timeout_s
+        if remaining is None or math.isinf(remaining):
+            return started + default
+        return started + min(float(remaining), default)
+
+    async def _fail(
+        self, context: grpc.aio.ServicerContext[Any, Any], request_id: str, exc: BaseException
+    ) -> NoReturn:
+        if isinstance(exc, ServiceError):
+            if exc.attempts:
+                attempts = [
+                    {"tier": a.tier, "error_type": a.error_type, "error": a.error} for a in exc.attempts
+                ]
+                context.set_trailing_metadata((("tierwise-attempts", json.dumps(attempts)),))
+            log.warning(
+                "request failed",
+                extra={"request_id": request_id, "code": exc.code.name, "error": exc.message},
+            )
+            await _abort(context, exc.code, f"{exc.message} (request_id={request_id})")
+        log.exception("internal error", extra={"request_id": request_id})
+        await _abort(context, grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
+
+    def _log_done(self, spec: RequestSpec, completion: Completion) -> None:
+        log.info(
+            "completed",
+            extra={
+                "request_id": completion.decision.request_id,
+                "tenant": spec.tenant,
+                "feature": spec.feature,
+                "tier": completion.decision.tier,
+                "reason": completion.decision.reason,
+                "input_tokens": completion.usage.input_tokens,
+                "output_tokens": completion.usage.output_tokens,
+                "cost_usd": str(completion.cost_usd),
+                "total_ms": round(completion.latency.total_ms, 3),
+                "overhead_ms": round(completion.latency.overhead_ms, 3),
+                **prompt_field(spec.last_user_text, self._service.config.server.log_prompts),
+            },
+        )
+
+    # -- RPCs ---------------------------------------------------------------
+
+    async def Route(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RouteDecision:
+        spec = await self._accept(request, context)
+        request_id = uuid.uuid4().hex
+        try:
+            decision = await self._service.pipeline.route(spec, request_id)
+        except Exception as exc:
+            await self._fail(context, request_id, exc)
+        return decision_pb(decision)
+
+    async def Complete(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CompleteResponse:
+        started = self._clock()
+        spec = await self._accept(request, context)
+        request_id = uuid.uuid4().hex
+        try:
+            completion = await self._service.pipeline.complete(
+                spec, request_id, started=started, deadline=self._deadline(context, started)
+            )
+        except Exception as exc:
+            await self._fail(context, request_id, exc)
+        self._log_done(spec, completion)
+        return response_pb(completion)
+
+    async def CompleteStream(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.CompleteChunk]:
+        started = self._clock()
+        spec = await self._accept(request, context)
+        request_id = uuid.uuid4().hex
+        stream = self._service.pipeline.stream(
+            spec, request_id, started=started, deadline=self._deadline(context, started)
+        )
+        try:
+            async for item in stream:
+                if isinstance(item, Decision):
+                    yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
+                elif isinstance(item, StreamDelta):
+                    yield pb.CompleteChunk(request_id=request_id, delta=item.text)
+                else:
+                    self._log_done(spec, item)
+                    yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
+        except Exception as exc:
+            await self._fail(context, request_id, exc)
+
+    async def Feedback(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FeedbackAck:
+        tenant = await self._tenant(context)
+        if isinstance(request, _Undecodable):
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"request: cannot be decoded: {request.error}"
+            )
+        try:
+            record = _feedback_record(request, tenant, self._service.config.limits.max_metadata_entries)
+        except InvalidRequest as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            feedback_id = await self._service.feedback.record(record)
+        except Exception as exc:
+            await self._fail(context, record.request_id, exc)
+        return pb.FeedbackAck(feedback_id=feedback_id, request_id=record.request_id)
+
+
+def _feedback_record(request: pb.FeedbackRequest, tenant: str, max_metadata: int) -> FeedbackRecord:
+    if not request.request_id or len(request.request_id) > 128:
+        raise InvalidRequest("request_id", "must be the request_id of an earlier response (1-128 characters)")
+    if not (math.isfinite(request.score) and 0.0 <= request.score <= 1.0):
+        raise InvalidRequest("score", f"must be in [0, 1]; got {request.score}")
+    if request.source == pb.FEEDBACK_SOURCE_UNSPECIFIED or request.source > len(SOURCES):
+        raise InvalidRequest("source", "must be APP, HUMAN or JUDGE")
+    if len(request.comment) > 4096:
+        raise InvalidRequest("comment", f"is {len(request.comment)} characters; the limit is 4096")
+    if len(request.metadata) > max_metadata:
+        raise InvalidRequest("metadata", f"has {len(request.metadata)} entries; the limit is {max_metadata}")
+    return FeedbackRecord(
+        request_id=request.request_id,
+        tenant=tenant,
+        score=request.score,
+        source=SOURCES[request.source - 1],
+        comment=request.comment,
+        metadata=dict(request.metadata),
+    )
+
+
+def _handlers(servicer: RouterServicer) -> grpc.GenericRpcHandler[Any, Any]:
+    def unary(fn: Callable[..., Awaitable[Any]], req: Any, resp: Any) -> grpc.RpcMethodHandler[Any, Any]:
+        return grpc.unary_unary_rpc_method_handler(
+            fn, request_deserializer=_safe(req.FromString), response_serializer=resp.SerializeToString
+        )
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE_NAME,
+        {
+            "Route": unary(servicer.Route, pb.RouteRequest, pb.RouteDecision),
+            "Complete": unary(servicer.Complete, pb.CompleteRequest, pb.CompleteResponse),
+            "Feedback": unary(servicer.Feedback, pb.FeedbackRequest, pb.FeedbackAck),
+            "CompleteStream": grpc.unary_stream_rpc_method_handler(
+                servicer.CompleteStream,
+                request_deserializer=_safe(pb.CompleteRequest.FromString),
+                response_serializer=pb.CompleteChunk.SerializeToString,
+            ),
+        },
+    )
+
+
+class TierwiseServer:
+    """A running gRPC server over a built ``Service``."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        config = service.config.server
+        limit = config.max_message_bytes
+        self._server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        )
+        self._server.add_generic_rpc_handlers(
+            (_handlers(RouterServicer(service, Authenticator(service.config.auth))),)
+        )
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        config = self.service.config.server
+        self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port}")
+        await self._server.start()
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"host": config.host, "port": self.port})
+        return self.port
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking calls, let in-flight ones finish within the grace period, then close."""
+        await self._health.enter_graceful_shutdown()
+        grace = self.service.config.server.grace_period_s if grace_s is None else grace_s
+        await self._server.stop(grace)
+        await self.service.aclose()
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve_forever(service: Service) -> None:
+    server = TierwiseServer(service)
+    await server.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("shutting down", extra={"grace_s": service.config.server.grace_period_s})
+    await server.stop()

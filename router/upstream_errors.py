@@ -1,0 +1,43 @@
+"""How an upstream failure is recorded as an attempt and reported to the caller."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from router.config import TierConfig
+from router.errors import UpstreamRejected
+from router.outcome import Attempt
+from router.providers.base import ProviderError
+
+# An upstream's client error means the request (or our credentials) is wrong
+# for that tier; the caller needs to know which.
+_REJECTION_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    413: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.FAILED_PRECONDITION,
+    403: grpc.StatusCode.FAILED_PRECONDITION,
+    404: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def attempt_from_error(tier: TierConfig, error: ProviderError, elapsed_s: float) -> Attempt:
+    return Attempt(
+        tier=tier.name,
+        model=tier.model,
+        ok=False,
+        latency_ms=elapsed_s * 1000,
+        error_type=error.error_type.value,
+        error=error.message,
+        http_status=error.http_status or 0,
+    )
+
+
+def rejection_for(tier: TierConfig, error: ProviderError, attempts: Sequence[Attempt]) -> UpstreamRejected:
+    code = _REJECTION_CODES.get(error.http_status or 0, grpc.StatusCode.FAILED_PRECONDITION)
+    status = f"HTTP {error.http_status}" if error.http_status else error.error_type.value
+    return UpstreamRejected(
+        code, f"tier {tier.name!r} ({tier.model}) rejected the request ({status}): {error.message}", attempts
+    )
