@@ -1,0 +1,266 @@
+"""``make demo``: real RouterBench traffic through a real tierwise server, and a report.
+
+The replay upstream (recorded answers of real models) stands in for the paid
+providers, so the run costs nothing and every number is reproducible. The
+prompts are the held-out test split (by sample id), so a trained router is
+never scored on what it learned from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from protos.tierwise.v1 import tierwise_pb2 as pb
+from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
+from router.auth import sha256_hex
+from router.config import Price
+from router.pricing import cost_usd
+from router.routerbench import RouterBenchRow, csv_files, load_rows, split_of
+from router.tokens import TokenCounter
+from router.types import ChatMessage, TokenUsage
+
+console = Console()
+
+# Demo tiers: RouterBench models at the list prices their recorded costs imply (USD per million tokens).
+DEMO_TIERS: tuple[tuple[str, str, Price], ...] = (
+    (
+        "small",
+        "mistralai/mistral-7b-chat",
+        Price(input_per_mtok=Decimal("0.2"), output_per_mtok=Decimal("0.2")),
+    ),
+    (
+        "medium",
+        "mistralai/mixtral-8x7b-chat",
+        Price(input_per_mtok=Decimal("0.6"), output_per_mtok=Decimal("0.6")),
+    ),
+    ("standard", "gpt-3.5-turbo-1106", Price(input_per_mtok=Decimal("1.0"), output_per_mtok=Decimal("2.0"))),
+    ("large", "gpt-4-1106-preview", Price(input_per_mtok=Decimal("10"), output_per_mtok=Decimal("30"))),
+)
+
+
+def find_data(explicit: Path | None) -> Path | None:
+    candidates = [explicit] if explicit else []
+    here = Path(__file__).resolve().parent.parent
+    candidates += [
+        here.parent / "shared" / "data" / "routerbench",
+        Path.cwd().parent / "shared" / "data" / "routerbench",
+    ]
+    if os.environ.get("TIERWISE_DATA"):
+        candidates.append(Path(os.environ["TIERWISE_DATA"]))
+    for path in candidates:
+        if path is not None and path.is_dir() and csv_files(path):
+            return path
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_config(workdir: Path, upstream_url: str, key: str, policy: str) -> dict[str, object]:
+    return {
+        "server": {"host": "127.0.0.1", "port": free_port(), "metrics_port": 0, "grace_period_s": 5},
+        "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": "demo"}]},
+        "tiers": [
+            {
+                "name": name,
+                "provider": "openai",
+                "base_url": upstream_url,
+                "model": model,
+                "price": {
+                    "input_per_mtok": str(price.input_per_mtok),
+                    "output_per_mtok": str(price.output_per_mtok),
+                },
+                "max_output_tokens": 1024,
+            }
+            for name, model, price in DEMO_TIERS
+        ],
+        "routing": {"policy": policy, "length_thresholds": {"small": 300, "medium": 600, "standard": 1200}},
+        "store": {"kind": "embedded", "path": str(workdir / "var")},
+        "logging": {"level": "WARNING"},
+    }
+
+
+@dataclass
+class Tally:
+    costs: list[Decimal] = field(default_factory=list)
+    strongest_costs: list[Decimal] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    strongest_scores: list[float] = field(default_factory=list)
+    overhead_ms: list[float] = field(default_factory=list)
+    tiers: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+
+
+def _strongest_cost(row: RouterBenchRow, tokens: TokenCounter) -> Decimal:
+    """What always-strongest would have paid for this prompt: its recorded answer, at its price."""
+    _, model, price = DEMO_TIERS[-1]
+    messages = [ChatMessage("user", row.prompt)]
+    usage = TokenUsage(
+        tokens.count_messages(messages, model), tokens.count_text(row.responses[model], model=model)
+    )
+    return cost_usd(price, usage)
+
+
+async def _drive(
+    target: str, key: str, rows: Sequence[RouterBenchRow], concurrency: int, tally: Tally
+) -> None:
+    models = {name: model for name, model, _ in DEMO_TIERS}
+    tokens = TokenCounter()
+    queue: asyncio.Queue[RouterBenchRow] = asyncio.Queue()
+    for row in rows:
+        queue.put_nowait(row)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.RouterStub(channel)
+        with Progress(console=console, transient=False) as progress:
+            task = progress.add_task("Complete over gRPC", total=len(rows))
+
+            async def worker() -> None:
+                while not queue.empty():
+                    row = queue.get_nowait()
+                    request = pb.CompleteRequest(
+                        messages=[pb.ChatMessage(role="user", content=row.prompt)], feature=row.task
+                    )
+                    try:
+                        response = await stub.Complete(
+                            request, metadata=(("authorization", f"Bearer {key}"),), timeout=60
+                        )
+                    except grpc.aio.AioRpcError as exc:
+                        tally.errors[exc.code().name] += 1
+                    else:
+                        tier = response.decision.tier
+                        tally.tiers[tier] += 1
+                        tally.reasons[response.decision.reason] += 1
+                        tally.costs.append(Decimal(response.cost_usd_exact))
+                        tally.overhead_ms.append(response.latency.overhead_ms)
+                        score = row.scores.get(models[tier])
+                        strongest = row.scores.get(DEMO_TIERS[-1][1])
+                        if score is not None and strongest is not None:
+                            tally.scores.append(score)
+                            tally.strongest_scores.append(strongest)
+                        tally.strongest_costs.append(_strongest_cost(row, tokens))
+                    progress.advance(task)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def print_report(tally: Tally, policy: str) -> None:
+    served = sum(tally.tiers.values())
+    cost, strongest = sum(tally.costs, Decimal(0)), sum(tally.strongest_costs, Decimal(0))
+    mean_score = statistics.fmean(tally.scores) if tally.scores else float("nan")
+    mean_strongest = statistics.fmean(tally.strongest_scores) if tally.strongest_scores else float("nan")
+    table = Table(title=f"tierwise demo — policy {policy!r}, held-out RouterBench prompts")
+    table.add_column("measure")
+    table.add_column("tierwise", justify="right")
+    table.add_column("always-strongest", justify="right")
+    table.add_row("requests answered", str(served), str(served))
+    table.add_row("failed requests", str(sum(tally.errors.values())), "")
+    table.add_row("total cost (USD)", f"{cost:.6f}", f"{strongest:.6f}")
+    share = float(cost / strongest) if strongest else float("nan")
+    table.add_row("cost vs always-strongest", f"{share:.1%}", "100.0%")
+    table.add_row("mean recorded score", f"{mean_score:.3f}", f"{mean_strongest:.3f}")
+    kept = mean_score / mean_strongest if mean_strongest else float("nan")
+    table.add_row("quality kept", f"{kept:.1%}", "100.0%")
+    table.add_row(
+        "overhead p50 / p95 (ms)",
+        f"{_percentile(tally.overhead_ms, 0.5):.2f} / {_percentile(tally.overhead_ms, 0.95):.2f}",
+        "",
+    )
+    console.print(table)
+    mix = Table(title="tier mix")
+    for column in ("tier", "requests", "share"):
+        mix.add_column(column)
+    for name, _, _ in DEMO_TIERS:
+        count = tally.tiers.get(name, 0)
+        mix.add_row(name, str(count), f"{count / served:.1%}" if served else "-")
+    console.print(mix)
+    if tally.errors:
+        console.print(f"[red]errors by status:[/red] {dict(tally.errors)}")
+
+
+def _wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"tierwise serve exited with status {process.returncode}")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.2)  # not listening yet: poll again until the deadline
+    raise RuntimeError("tierwise serve did not report SERVING in time")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run_demo(data: Path | None, workdir: Path, limit: int, concurrency: int, policy: str = "length") -> int:
+    data_dir = find_data(data)
+    if data_dir is None:
+        console.print(
+            "[red]No RouterBench data found.[/red] Put the RouterBench CSVs (RouterDC's routerbench_zs layout) in "
+            "../shared/data/routerbench, or set TIERWISE_DATA to their folder, or pass --data."
+        )
+        return 2
+    rows = [r for r in load_rows(data_dir) if split_of(r.sample_id) == "test"]
+    rows = rows[:limit] if limit else rows
+    workdir.mkdir(parents=True, exist_ok=True)
+    from router.replay import ReplayUpstream
+
+    replay = ReplayUpstream.from_data_dir(data_dir)
+    upstream_url = replay.start()
+    key = secrets.token_urlsafe(24)
+    config = demo_config(workdir, upstream_url, key, policy)
+    config_path = workdir / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    console.print(f"data: {data_dir}  prompts: {len(rows)} (test split)  upstream: {upstream_url}")
+    server = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(config_path)])
+    target = f"127.0.0.1:{config['server']['port']}"  # type: ignore[index]
+    tally = Tally()
+    try:
+        _wait_serving(target, server)
+        asyncio.run(_drive(target, key, rows, concurrency, tally))
+    finally:
+        _stop(server)
+        replay.stop()
+    print_report(tally, policy)
+    return 0 if not tally.errors else 1
