@@ -1,0 +1,20 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared real-data folder (routerbench/, qqp/): $TIERWISE_SHARED_DATA, else <repo>/../shared/data."""
+    configured = os.environ.get("TIERWISE_SHARED_DATA")
+    path = Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip(
+            f"shared data not found at {path}; set TIERWISE_SHARED_DATA to the folder holding routerbench/"
+        )
+    return path
