@@ -141,6 +141,48 @@ class LoggingConfig(_Strict):
     format: Literal["json", "text"] = "json"
 
 
+class LedgerConfig(_Strict):
+    """The spend ledger: one record per request, journalled on disk, written to the store in batches.
+
+    ``record`` appends to a journal file with a plain write: the kernel keeps it if
+    the process dies, but not through a power loss unless ``fsync_journal`` is set.
+    """
+
+    enabled: bool = True
+    batch_size: int = Field(500, gt=0, description="most records per store write")
+    flush_interval_s: float = Field(1.0, gt=0, description="longest a record waits before a store write")
+    retention_days: float | None = Field(
+        400, gt=0, description="records older than this are purged; null keeps all"
+    )
+    fsync_journal: bool = Field(
+        False, description="fsync every journal append: survives power loss, costs a disk flush"
+    )
+    postgres_dsn: str | None = Field(
+        None, description="PostgreSQL instead of the embedded SQLite file in store.path"
+    )
+    user_salt_env: str = Field(
+        "TIERWISE_USER_SALT",
+        description="environment variable with the salt for hashing end-user ids; unset: a random salt kept in store.path",
+    )
+
+
+MetricLabel = Literal["tenant", "feature", "tier", "model", "provider", "experiment", "arm"]
+
+
+class MetricsConfig(_Strict):
+    """Prometheus labels on tierwise's own series; a dropped label aggregates over its values."""
+
+    labels: tuple[MetricLabel, ...] = ("tenant", "feature", "tier", "model", "arm")
+
+
+class TracingConfig(_Strict):
+    """OpenTelemetry traces; off (a no-op tracer) unless an OTLP endpoint is set."""
+
+    otlp_endpoint: str | None = Field(None, description="OTLP/gRPC collector, e.g. http://127.0.0.1:4317")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="share of new traces kept (parent-based)")
+    service_name: str = Field("tierwise", min_length=1)
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIERWISE_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -153,6 +195,9 @@ class Config(BaseSettings):
     store: StoreConfig = StoreConfig()
     limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @classmethod
     def settings_customise_sources(
