@@ -14,6 +14,7 @@ from rich.console import Console
 
 from router.config import Config, ConfigError, load_config
 from router.logs import configure_logging
+from router.service import Service, build_service
 from router.types import ChatMessage, RequestSpec
 
 app = typer.Typer(
@@ -35,17 +36,25 @@ def _load(path: Path) -> Config:
         raise typer.Exit(2) from None
 
 
+def _build(config: Config) -> Service:
+    try:
+        return build_service(config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
 @app.command()
 def serve(config: ConfigOption) -> None:
     """Run the gRPC server until SIGTERM / SIGINT (in-flight calls finish within the grace period)."""
     from router.server import serve_forever
-    from router.service import build_service
 
     cfg = _load(config)
     configure_logging(cfg.logging.level, cfg.logging.format)
+    service = _build(cfg)
 
     async def main() -> None:
-        await serve_forever(build_service(cfg))
+        await serve_forever(service)
 
     asyncio.run(main())
 
@@ -61,7 +70,6 @@ def route(
     quality_target: Annotated[float | None, typer.Option(help="quality target in [0, 1]")] = None,
 ) -> None:
     """Print the routing decision for TEXT, without a server and without calling a model."""
-    from router.service import build_service
     from router.wire import decision_pb
 
     cfg = _load(config)
@@ -73,8 +81,9 @@ def route(
         tenant=tenant, messages=messages, feature=feature, tier=tier, quality_target=quality_target
     )
 
+    service = _build(cfg)
+
     async def main() -> None:
-        service = build_service(cfg)
         try:
             decision = await service.pipeline.route(spec, uuid.uuid4().hex)
         finally:
