@@ -68,7 +68,7 @@ def test_a_bad_key_is_named(tmp_path: Path, old: str, new: str, named: str) -> N
 
 
 def test_auth_none_is_explicit_and_needs_a_tenant(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="auth.tenant"):
+    with pytest.raises(ConfigError, match=r"auth\.tenant"):
         load_config(write(tmp_path, ISSUE_EXAMPLE.replace("auth:\n", "auth:\n  mode: none\n")))
     config = load_config(
         write(tmp_path, ISSUE_EXAMPLE.replace("auth:\n", "auth:\n  mode: none\n  tenant: local\n"))
