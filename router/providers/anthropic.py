@@ -1,0 +1,174 @@
+"""Client for the Anthropic Messages API: ``POST {base_url}/v1/messages``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from router.providers.base import (
+    ChatCall,
+    ChatResult,
+    ErrorType,
+    ProviderError,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+)
+from router.providers.http import UpstreamHttp, error_message, parse_json_object
+from router.types import TokenUsage
+
+ANTHROPIC_VERSION = "2023-06-01"
+
+# Anthropic stop_reason -> the OpenAI-style finish_reason the rest of tierwise speaks;
+# unknown reasons pass through unchanged.
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Error types of the Messages API and the HTTP status each stands for (used for error
+# events inside a stream, which arrive with status 200).
+ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+class AnthropicProvider:
+    """``base_url`` is the API root (``https://api.anthropic.com``); a trailing ``/v1`` is
+    accepted too. ``default_max_tokens`` fills the API's required ``max_tokens`` when a call
+    sets none."""
+
+    kind = "anthropic"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        default_max_tokens: int = 1024,
+        max_connections: int = 100,
+    ) -> None:
+        if default_max_tokens <= 0:
+            raise ValueError(f"default_max_tokens must be positive, got {default_max_tokens}")
+        base = base_url.rstrip("/")
+        self._path = "/messages" if base.endswith("/v1") else "/v1/messages"
+        auth = {"x-api-key": api_key} if api_key else {}
+        self._http = UpstreamHttp(
+            self.kind,
+            base,
+            {"anthropic-version": ANTHROPIC_VERSION, **auth, **(headers or {})},
+            max_connections=max_connections,
+        )
+        self.default_max_tokens = default_max_tokens
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        data = await self._http.post_json(self._path, self._request_body(call), call.model, call.timeout_s)
+        if data.get("type") == "error":
+            raise self._error_payload(call.model, data)
+        with self._http.reading(call.model, "message"):
+            text = "".join(block["text"] for block in data["content"] if block.get("type") == "text")
+            return ChatResult(
+                content=text,
+                finish_reason=_finish_reason(data["stop_reason"]),
+                usage=_usage(data.get("usage")),
+                model=data.get("model") or call.model,
+            )
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]:
+        body = {**self._request_body(call), "stream": True}
+        stop_reason: str | None = None
+        stopped = False
+        # message_start carries the input counts, message_delta the (cumulative) output count.
+        raw_usage: dict[str, Any] = {}
+        model = call.model
+        events = self._http.post_sse(self._path, body, call.model, call.timeout_s)
+        async with aclosing(events):
+            async for event in events:
+                with self._http.reading(call.model, f"{event.event} event"):
+                    payload = parse_json_object(event.data, f"{event.event} event")
+                kind = payload.get("type") or event.event
+                if kind == "error":
+                    raise self._error_payload(call.model, payload)
+                with self._http.reading(call.model, f"{kind} event"):
+                    if kind == "message_start":
+                        message = payload["message"]
+                        model = message.get("model") or model
+                        raw_usage.update(message.get("usage") or {})
+                    elif kind == "content_block_delta":
+                        delta = payload["delta"]
+                        if delta.get("type") == "text_delta" and delta["text"]:
+                            yield TextDelta(str(delta["text"]))
+                    elif kind == "message_delta":
+                        stop_reason = payload["delta"].get("stop_reason") or stop_reason
+                        raw_usage.update(payload.get("usage") or {})
+                    elif kind == "message_stop":
+                        stopped = True
+                        break
+        if not stopped:
+            raise self._http.failure(call.model, ErrorType.PROTOCOL, "stream ended before message_stop")
+        if stop_reason is None:
+            raise self._http.failure(call.model, ErrorType.PROTOCOL, "message_stop without a stop_reason")
+        with self._http.reading(call.model, "stream usage"):
+            usage = _usage(raw_usage or None)
+        yield StreamFinish(finish_reason=_finish_reason(stop_reason), usage=usage, model=model)
+
+    def _request_body(self, call: ChatCall) -> dict[str, Any]:
+        # The Messages API takes the system prompt as a top-level field, not as a turn.
+        system = "\n\n".join(m.content for m in call.messages if m.role == "system")
+        body: dict[str, Any] = {
+            "model": call.model,
+            "messages": [{"role": m.role, "content": m.content} for m in call.messages if m.role != "system"],
+            "max_tokens": call.max_tokens if call.max_tokens is not None else self.default_max_tokens,
+        }
+        if system:
+            body["system"] = system
+        if call.temperature is not None:
+            body["temperature"] = call.temperature
+        if call.stop:
+            body["stop_sequences"] = list(call.stop)
+        return body
+
+    def _error_payload(self, model: str, payload: dict[str, Any]) -> ProviderError:
+        error = payload.get("error")
+        error_type = error.get("type") if isinstance(error, dict) else None
+        status = ERROR_STATUS.get(error_type) if isinstance(error_type, str) else None
+        message = error_message(payload) or "(no message)"
+        return self._http.event_failure(model, status, f"{error_type or 'error'}: {message}")
+
+
+def _finish_reason(stop_reason: object) -> str:
+    if not isinstance(stop_reason, str):
+        raise TypeError(f"stop_reason is {stop_reason!r}")
+    return FINISH_REASONS.get(stop_reason, stop_reason)
+
+
+def _usage(raw: object) -> TokenUsage | None:
+    if not isinstance(raw, dict):
+        return None
+    # Anthropic's input_tokens excludes the prompt tokens read from or written to its prompt
+    # cache; tierwise's input_tokens is the whole prompt (as OpenAI's prompt_tokens is), so the
+    # three are added, and cached_input_tokens is the part billed at the cache-read price.
+    cache_read = int(raw.get("cache_read_input_tokens") or 0)
+    cache_write = int(raw.get("cache_creation_input_tokens") or 0)
+    return TokenUsage(
+        input_tokens=int(raw.get("input_tokens") or 0) + cache_read + cache_write,
+        output_tokens=int(raw.get("output_tokens") or 0),
+        cached_input_tokens=cache_read,
+    )

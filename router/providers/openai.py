@@ -1,0 +1,119 @@
+"""Client for any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama,
+llama.cpp server, TGI): ``POST {base_url}/chat/completions``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
+from typing import Any
+
+from router.providers.base import (
+    ChatCall,
+    ChatResult,
+    ErrorType,
+    ProviderError,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+)
+from router.providers.http import UpstreamHttp, error_message, parse_json_object
+from router.types import TokenUsage
+
+
+class OpenAIProvider:
+    """``base_url`` includes the API version prefix when the server has one
+    (``https://api.openai.com/v1``, ``http://127.0.0.1:8000/v1``)."""
+
+    kind = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = UpstreamHttp(
+            self.kind, base_url, {**auth, **(headers or {})}, max_connections=max_connections
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def complete(self, call: ChatCall) -> ChatResult:
+        data = await self._http.post_json(
+            "/chat/completions", _request_body(call), call.model, call.timeout_s
+        )
+        if "choices" not in data and "error" in data:
+            raise self._error_payload(call.model, data)
+        with self._http.reading(call.model, "chat completion"):
+            choice = data["choices"][0]
+            return ChatResult(
+                content=choice["message"].get("content") or "",
+                # A non-streaming answer that arrived is finished; a few servers leave this null.
+                finish_reason=choice.get("finish_reason") or "stop",
+                usage=_usage(data.get("usage")),
+                model=data.get("model") or call.model,
+            )
+
+    async def stream(self, call: ChatCall) -> AsyncIterator[StreamEvent]:
+        body = {**_request_body(call), "stream": True, "stream_options": {"include_usage": True}}
+        finish_reason: str | None = None
+        usage: TokenUsage | None = None
+        model = call.model
+        events = self._http.post_sse("/chat/completions", body, call.model, call.timeout_s)
+        async with aclosing(events):
+            async for event in events:
+                if event.data.strip() == "[DONE]":
+                    break
+                with self._http.reading(call.model, "stream chunk"):
+                    chunk = parse_json_object(event.data, "stream chunk")
+                if "error" in chunk:
+                    raise self._error_payload(call.model, chunk)
+                with self._http.reading(call.model, "stream chunk"):
+                    model = chunk.get("model") or model
+                    # With include_usage the usage arrives in a last chunk whose choices are empty.
+                    usage = _usage(chunk.get("usage")) or usage
+                    for choice in chunk.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            yield TextDelta(str(text))
+                        finish_reason = choice.get("finish_reason") or finish_reason
+        # Servers that omit [DONE] are accepted once a finish_reason has arrived.
+        if finish_reason is None:
+            raise self._http.failure(call.model, ErrorType.PROTOCOL, "stream ended without a finish_reason")
+        yield StreamFinish(finish_reason=finish_reason, usage=usage, model=model)
+
+    def _error_payload(self, model: str, payload: dict[str, Any]) -> ProviderError:
+        error = payload.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        status = code if isinstance(code, int) else None
+        message = error_message(payload) or "(no message)"
+        return self._http.event_failure(model, status, message)
+
+
+def _request_body(call: ChatCall) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": call.model,
+        "messages": [{"role": m.role, "content": m.content} for m in call.messages],
+    }
+    if call.max_tokens is not None:
+        body["max_tokens"] = call.max_tokens
+    if call.temperature is not None:
+        body["temperature"] = call.temperature
+    if call.stop:
+        body["stop"] = list(call.stop)
+    return body
+
+
+def _usage(raw: object) -> TokenUsage | None:
+    if not isinstance(raw, dict):
+        return None
+    details = raw.get("prompt_tokens_details") or {}
+    return TokenUsage(
+        input_tokens=int(raw.get("prompt_tokens") or 0),
+        output_tokens=int(raw.get("completion_tokens") or 0),
+        cached_input_tokens=int(details.get("cached_tokens") or 0),
+    )

@@ -1,0 +1,543 @@
+"""A scripted upstream LLM server for tests: a real aiohttp HTTP server on a free
+127.0.0.1 port that speaks both wire protocols tierwise calls, on their real paths:
+
+- OpenAI Chat Completions: ``POST /v1/chat/completions`` (JSON, or SSE with ``stream``;
+  the usage chunk only when ``stream_options.include_usage`` asks for it);
+- Anthropic Messages: ``POST /v1/messages`` (JSON, or SSE events with ``stream``).
+
+Each reply follows a ``Script`` chosen by the request's model name (or the default one):
+its text, its usage numbers, or a failure — an HTTP error status, a 429 with Retry-After,
+latency, slow first token, slow chunks, a hang, a dropped connection, an error event.
+Every request is recorded (headers and JSON body) so tests can assert on what was sent.
+
+In an async test::
+
+    async with ScriptedUpstream() as upstream:
+        upstream.script(text="Paris.", input_tokens=12)            # every model
+        upstream.script("big-model", status=503)                     # one model
+        OpenAIProvider(upstream.openai_url) ...                      # http://127.0.0.1:PORT/v1
+        AnthropicProvider(upstream.base_url) ...                     # http://127.0.0.1:PORT
+        upstream.requests[-1].body["model"]
+
+In a sync test (the server runs in its own thread and event loop)::
+
+    with serve_in_thread() as upstream:
+        ...
+
+Like the real APIs it rejects malformed requests with 400 (OpenAI: no model/messages;
+Anthropic: no ``max_tokens``, no ``anthropic-version`` header, a ``system`` role inside
+``messages``) and, when built with ``api_key``, a wrong or missing key with 401
+(``Authorization: Bearer`` for OpenAI, ``x-api-key`` for Anthropic).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from aiohttp import web
+
+OPENAI_PATH = "/v1/chat/completions"
+ANTHROPIC_PATH = "/v1/messages"
+
+
+@dataclass(frozen=True)
+class Script:
+    """How the upstream answers. Chunk counts refer to the text chunks of a stream (the reply
+    is streamed one word, with the whitespace after it, per chunk); "after N chunks" happens once N text
+    chunks were sent, so N=0 is before any text."""
+
+    text: str = "Hello from the scripted upstream."
+    # Verbatim finish_reason (OpenAI) or stop_reason (Anthropic); None: "stop" / "end_turn".
+    finish_reason: str | None = None
+    # Usage, in the protocol-neutral sense: input_tokens is the whole prompt, cached_tokens the
+    # part read from the prompt cache; None counts whitespace-separated words (prompt, reply).
+    # Anthropic reports input_tokens - cached - cache_creation as its input_tokens.
+    report_usage: bool = True
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0  # Anthropic only
+    # Failures before any reply.
+    status: int = 200  # another status answers with that protocol's JSON error body
+    error_message: str = "scripted upstream error"
+    retry_after: str | None = None  # a Retry-After header value, sent with any status
+    raw_body: str | None = None  # sent verbatim as the whole body (with ``status``) instead of a reply
+    latency_s: float = 0.0  # before the response headers
+    hang: bool = False  # never answer; the request stays open until the server stops
+    # Streaming behaviour.
+    ttft_s: float = 0.0  # between the response headers and the first event
+    chunk_delay_s: float = 0.0  # before each text chunk after the first
+    drop_after: int | None = None  # close the connection mid-body after N chunks
+    end_after: int | None = None  # end the body cleanly after N chunks, without a finish
+    error_event_after: int | None = None  # send the protocol's error event after N chunks
+    error_event_status: int = 500  # the HTTP-like status that error event stands for
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    headers: Mapping[str, str]  # names lower-cased
+    body: Any  # the parsed JSON body (None when it was not JSON)
+
+    @property
+    def model(self) -> str | None:
+        return self.body.get("model") if isinstance(self.body, dict) else None
+
+    @property
+    def stream(self) -> bool:
+        return isinstance(self.body, dict) and bool(self.body.get("stream"))
+
+
+class ScriptedUpstream:
+    """See the module docstring. ``script``/``reset`` may be called from any thread."""
+
+    def __init__(self, *, api_key: str | None = None) -> None:
+        self.api_key = api_key
+        self.requests: list[RecordedRequest] = []
+        self._default = Script()
+        self._by_model: dict[str, Script] = {}
+        self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
+        self.port = 0
+
+    # -- control -------------------------------------------------------------------------------
+
+    def script(self, model: str | None = None, /, **fields: Any) -> Script:
+        """Answer ``model`` (every model without its own script, when None) by ``Script(**fields)``.
+        A model's script replaces the default one entirely; it is not merged with it."""
+        script = Script(**fields)
+        if model is None:
+            self._default = script
+        else:
+            self._by_model[model] = script
+        return script
+
+    def reset(self) -> None:
+        """Forget all scripts and recorded requests."""
+        self._default = Script()
+        self._by_model.clear()
+        self.requests.clear()
+
+    def requests_for(self, model: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.model == model]
+
+    @property
+    def base_url(self) -> str:
+        """The server root, e.g. ``http://127.0.0.1:PORT`` (what an Anthropic client takes)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        """``base_url`` + ``/v1`` (what an OpenAI-compatible client takes)."""
+        return self.base_url + "/v1"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._stopping = asyncio.Event()
+        app = web.Application()
+        app.router.add_post(OPENAI_PATH, self._handle_openai)
+        app.router.add_post(ANTHROPIC_PATH, self._handle_anthropic)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()  # releases hanging and delayed handlers
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> ScriptedUpstream:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    # -- request handling ----------------------------------------------------------------------
+
+    async def _handle_openai(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, _OpenAIWire())
+
+    async def _handle_anthropic(self, request: web.Request) -> web.StreamResponse:
+        return await self._handle(request, _AnthropicWire())
+
+    async def _handle(self, request: web.Request, wire: _Wire) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body: Any = json.loads(raw)
+        except ValueError:
+            body = None
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.requests.append(RecordedRequest(request.path, headers, body))
+        if not isinstance(body, dict):
+            return _json(400, wire.error_body(400, "the request body is not a JSON object"))
+        if self.api_key is not None and wire.api_key(headers) != self.api_key:
+            return _json(401, wire.error_body(401, "invalid API key"))
+        problem = wire.invalid(headers, body)
+        if problem:
+            return _json(400, wire.error_body(400, problem))
+        script = self._by_model.get(str(body.get("model")), self._default)
+        if script.hang:
+            await self._pause(None)
+            return web.Response(status=503)
+        if not await self._pause(script.latency_s):
+            return web.Response(status=503)
+        extra = {"retry-after": script.retry_after} if script.retry_after is not None else {}
+        stream = bool(body.get("stream"))
+        if script.raw_body is not None:
+            content_type = "text/event-stream" if stream and script.status == 200 else "application/json"
+            return web.Response(
+                text=script.raw_body, status=script.status, content_type=content_type, headers=extra
+            )
+        if script.status != 200:
+            return _json(script.status, wire.error_body(script.status, script.error_message), extra)
+        chunks = [c for c in re.split(r"(?<=\s)(?=\S)", script.text) if c]
+        reply = _Reply(
+            model=str(body["model"]),
+            chunks=chunks,
+            finish_reason=script.finish_reason or wire.default_finish,
+            usage=_usage(script, body, chunks) if script.report_usage else None,
+            include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+        )
+        if not stream:
+            return _json(200, wire.message(reply), extra)
+        return await self._stream(request, wire, script, reply)
+
+    async def _stream(
+        self, request: web.Request, wire: _Wire, script: Script, reply: _Reply
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
+        )
+        await response.prepare(request)
+        if not await self._pause(script.ttft_s):
+            return response
+        for frame in wire.stream_head(reply):
+            await response.write(frame.encode())
+        for sent in range(len(reply.chunks) + 1):
+            if sent == script.drop_after:
+                # Closing the socket mid-body: the chunked encoding never gets its last chunk.
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            if sent == script.end_after:
+                await response.write_eof()
+                return response
+            if sent == script.error_event_after:
+                for frame in wire.stream_error(script.error_event_status, script.error_message):
+                    await response.write(frame.encode())
+                await response.write_eof()
+                return response
+            if sent == len(reply.chunks):
+                break
+            if sent > 0 and not await self._pause(script.chunk_delay_s):
+                return response
+            await response.write(wire.stream_delta(reply, reply.chunks[sent]).encode())
+        for frame in wire.stream_tail(reply):
+            await response.write(frame.encode())
+        await response.write_eof()
+        return response
+
+    async def _pause(self, seconds: float | None) -> bool:
+        """Wait ``seconds`` (None: until the server stops); False when the server is stopping."""
+        assert self._stopping is not None
+        if seconds is not None and seconds <= 0:
+            return not self._stopping.is_set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return not self._stopping.is_set()
+
+
+@contextlib.contextmanager
+def serve_in_thread(*, api_key: str | None = None) -> Iterator[ScriptedUpstream]:
+    """A started ``ScriptedUpstream`` running in its own thread and event loop, for sync tests."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="scripted-upstream", daemon=True)
+    thread.start()
+    upstream = ScriptedUpstream(api_key=api_key)
+    try:
+        asyncio.run_coroutine_threadsafe(upstream.start(), loop).result(timeout=10)
+        yield upstream
+    finally:
+        try:
+            asyncio.run_coroutine_threadsafe(upstream.stop(), loop).result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+
+
+# -- the two wire protocols ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_tokens: int
+    cache_creation_tokens: int
+
+
+@dataclass(frozen=True)
+class _Reply:
+    model: str
+    chunks: list[str]
+    finish_reason: str
+    usage: _Usage | None
+    include_usage: bool  # OpenAI streams: stream_options.include_usage was asked for
+
+    @property
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+
+def _usage(script: Script, body: dict[str, Any], chunks: list[str]) -> _Usage:
+    words = 0
+    for message in body.get("messages") or []:
+        words += len(_text_of(message.get("content") if isinstance(message, dict) else None).split())
+    words += len(_text_of(body.get("system")).split())
+    return _Usage(
+        input_tokens=words if script.input_tokens is None else script.input_tokens,
+        output_tokens=len(chunks) if script.output_tokens is None else script.output_tokens,
+        cached_tokens=script.cached_tokens,
+        cache_creation_tokens=script.cache_creation_tokens,
+    )
+
+
+def _text_of(content: Any) -> str:
+    """Message content as text: a string, or a list of content blocks with ``text``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    return ""
+
+
+def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response(payload, status=status, headers=headers)
+
+
+def _sse(data: Any, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
+
+
+class _Wire(Protocol):
+    """One wire protocol's request checks and reply shapes."""
+
+    default_finish: str
+
+    def api_key(self, headers: Mapping[str, str]) -> str | None: ...
+
+    def invalid(self, headers: Mapping[str, str], body: dict[str, Any]) -> str | None: ...
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]: ...
+
+    def message(self, reply: _Reply) -> dict[str, Any]: ...
+
+    def stream_head(self, reply: _Reply) -> list[str]: ...
+
+    def stream_delta(self, reply: _Reply, text: str) -> str: ...
+
+    def stream_tail(self, reply: _Reply) -> list[str]: ...
+
+    def stream_error(self, status: int, message: str) -> list[str]: ...
+
+
+_ids = itertools.count(1)
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_exceeded"}
+ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+class _OpenAIWire:
+    default_finish = "stop"
+
+    def __init__(self) -> None:
+        self.id = f"chatcmpl-scripted-{next(_ids)}"
+        self.created = int(time.time())
+
+    def api_key(self, headers: Mapping[str, str]) -> str | None:
+        value = headers.get("authorization", "")
+        return value.removeprefix("Bearer ") if value.startswith("Bearer ") else None
+
+    def invalid(self, headers: Mapping[str, str], body: dict[str, Any]) -> str | None:
+        for field in ("model", "messages"):
+            if field not in body:
+                return f"you must provide a {field} parameter"
+        return None
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+    def _usage(self, usage: _Usage) -> dict[str, Any]:
+        return {
+            "prompt_tokens": usage.input_tokens,
+            "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.input_tokens + usage.output_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        }
+
+    def _chunk(self, reply: _Reply, choices: list[dict[str, Any]], **extra: Any) -> str:
+        chunk = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": reply.model,
+            "choices": choices,
+            # With include_usage every chunk carries "usage": null until the last one.
+            **({"usage": None} if reply.include_usage else {}),
+            **extra,
+        }
+        return _sse(chunk)
+
+    def message(self, reply: _Reply) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": reply.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.text},
+                    "finish_reason": reply.finish_reason,
+                }
+            ],
+        }
+        if reply.usage is not None:
+            payload["usage"] = self._usage(reply.usage)
+        return payload
+
+    def stream_head(self, reply: _Reply) -> list[str]:
+        delta = {"role": "assistant", "content": ""}
+        return [self._chunk(reply, [{"index": 0, "delta": delta, "finish_reason": None}])]
+
+    def stream_delta(self, reply: _Reply, text: str) -> str:
+        return self._chunk(reply, [{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+
+    def stream_tail(self, reply: _Reply) -> list[str]:
+        frames = [self._chunk(reply, [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}])]
+        if reply.include_usage and reply.usage is not None:
+            frames.append(self._chunk(reply, [], usage=self._usage(reply.usage)))
+        return [*frames, _sse("[DONE]")]
+
+    def stream_error(self, status: int, message: str) -> list[str]:
+        error = self.error_body(status, message)
+        error["error"]["code"] = status  # vLLM puts the status in "code"
+        return [_sse(error), _sse("[DONE]")]
+
+
+class _AnthropicWire:
+    default_finish = "end_turn"
+
+    def __init__(self) -> None:
+        self.id = f"msg_scripted_{next(_ids)}"
+
+    def api_key(self, headers: Mapping[str, str]) -> str | None:
+        return headers.get("x-api-key")
+
+    def invalid(self, headers: Mapping[str, str], body: dict[str, Any]) -> str | None:
+        if "anthropic-version" not in headers:
+            return "anthropic-version: header is required"
+        for field in ("model", "messages", "max_tokens"):
+            if field not in body:
+                return f"{field}: Field required"
+        for message in body["messages"]:
+            if isinstance(message, dict) and message.get("role") not in ("user", "assistant"):
+                return (
+                    f"messages: Unexpected role {message.get('role')!r}. The Messages API accepts a "
+                    'top-level `system` parameter, not "system" as an input message role.'
+                )
+        return None
+
+    def error_body(self, status: int, message: str) -> dict[str, Any]:
+        kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": message}}
+
+    def _usage(self, usage: _Usage, *, start: bool) -> dict[str, Any]:
+        uncached = usage.input_tokens - usage.cached_tokens - usage.cache_creation_tokens
+        return {
+            "input_tokens": max(0, uncached),
+            "cache_creation_input_tokens": usage.cache_creation_tokens,
+            "cache_read_input_tokens": usage.cached_tokens,
+            # message_start reports the output so far (the API sends a small number there).
+            "output_tokens": 1 if start else usage.output_tokens,
+        }
+
+    def _message(self, reply: _Reply, *, text: str, stop_reason: str | None, start: bool) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": reply.model,
+            "content": [{"type": "text", "text": text}] if text or not start else [],
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+        }
+        if reply.usage is not None:
+            payload["usage"] = self._usage(reply.usage, start=start)
+        return payload
+
+    def message(self, reply: _Reply) -> dict[str, Any]:
+        return self._message(reply, text=reply.text, stop_reason=reply.finish_reason, start=False)
+
+    def stream_head(self, reply: _Reply) -> list[str]:
+        start = {
+            "type": "message_start",
+            "message": self._message(reply, text="", stop_reason=None, start=True),
+        }
+        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        return [
+            _sse(start, "message_start"),
+            _sse(block, "content_block_start"),
+            _sse({"type": "ping"}, "ping"),
+        ]
+
+    def stream_delta(self, reply: _Reply, text: str) -> str:
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+        return _sse(delta, "content_block_delta")
+
+    def stream_tail(self, reply: _Reply) -> list[str]:
+        delta: dict[str, Any] = {
+            "type": "message_delta",
+            "delta": {"stop_reason": reply.finish_reason, "stop_sequence": None},
+        }
+        if reply.usage is not None:
+            delta["usage"] = {"output_tokens": reply.usage.output_tokens}
+        return [
+            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            _sse(delta, "message_delta"),
+            _sse({"type": "message_stop"}, "message_stop"),
+        ]
+
+    def stream_error(self, status: int, message: str) -> list[str]:
+        return [_sse(self.error_body(status, message), "error")]
+
+
+__all__ = ["RecordedRequest", "Script", "ScriptedUpstream", "serve_in_thread"]
