@@ -4,6 +4,7 @@ a scripted upstream speaking the real protocols."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -337,3 +338,18 @@ async def test_graceful_shutdown_finishes_in_flight_calls(upstream: ScriptedUpst
         await svc.server.stop(grace_s=5)
         response = await call
         assert response.content == "slow answer"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("log_prompts", [False, True])
+async def test_prompt_text_reaches_logs_only_when_configured(
+    upstream: ScriptedUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture, log_prompts: bool
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tierwise")
+    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
+    data["server"]["log_prompts"] = log_prompts
+    async with running_server(build_config(data)) as svc:
+        await svc.stub.Complete(pb.CompleteRequest(messages=user("secret plan xyzzy")), metadata=AUTH)
+    records = [vars(r) for r in caplog.records]
+    assert any(r["msg"] == "completed" and r.get("request_id") for r in records)
+    assert any("xyzzy" in str(r) for r in records) == log_prompts
