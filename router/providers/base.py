@@ -19,7 +19,9 @@ class ErrorType(enum.Enum):
     PROTOCOL = "protocol"
 
 
-RETRYABLE = frozenset({ErrorType.TIMEOUT, ErrorType.CONNECTION, ErrorType.RATE_LIMITED, ErrorType.SERVER_ERROR})
+RETRYABLE = frozenset(
+    {ErrorType.TIMEOUT, ErrorType.CONNECTION, ErrorType.RATE_LIMITED, ErrorType.SERVER_ERROR}
+)
 
 
 class ProviderError(Exception):
