@@ -83,6 +83,9 @@ class TierConfig(_Strict):
     price: Price = Price()
     max_output_tokens: int = Field(1024, gt=0)
     timeout_s: float = Field(30.0, gt=0)
+    latency_slo_ms: float | None = Field(
+        None, gt=0, description="calls slower than this count as slow for the circuit breaker"
+    )
     encoding: str | None = Field(None, description="tiktoken encoding; chosen by model family when unset")
     headers: dict[str, str] = Field(default_factory=dict)
 
@@ -183,6 +186,129 @@ class TracingConfig(_Strict):
     service_name: str = Field("tierwise", min_length=1)
 
 
+class Backoff(_Strict):
+    """Retries of one error class: full-jitter exponential backoff, sleep ~ U(0, min(cap, base * 2**n))."""
+
+    max_attempts: int = Field(ge=1, description="most calls to one tier that may fail with this class")
+    base_s: float = Field(gt=0)
+    cap_s: float = Field(gt=0)
+
+
+class RetryConfig(_Strict):
+    """Retries on the same tier before the fallback chain moves on; all inside the request deadline."""
+
+    max_attempts: int = Field(3, ge=1, description="most calls to one tier per request, the first included")
+    rate_limited: Backoff = Backoff(max_attempts=3, base_s=0.5, cap_s=8.0)
+    server_error: Backoff = Backoff(max_attempts=2, base_s=0.1, cap_s=2.0)
+    # A timed-out call already spent its timeout: the next tier is the better bet.
+    timeout: Backoff = Backoff(max_attempts=1, base_s=0.1, cap_s=1.0)
+    connection: Backoff = Backoff(max_attempts=3, base_s=0.05, cap_s=1.0)
+    max_retry_after_s: float = Field(
+        20.0, ge=0, description="a longer Retry-After is not waited for: the next tier is tried"
+    )
+
+
+class BreakerConfig(_Strict):
+    """Per-tier circuit breaker (resilience4j's parameters); slow means over the tier's latency_slo_ms."""
+
+    enabled: bool = True
+    window: Literal["count", "time"] = "count"
+    window_calls: int = Field(20, gt=0, description="count window: the last N calls")
+    window_s: float = Field(60.0, gt=0, description="time window: the calls of the last N seconds")
+    min_calls: int = Field(10, gt=0, description="calls in the window before it can trip")
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    slow_call_rate: float = Field(0.5, gt=0, le=1)
+    slow_call_ms: float = Field(
+        10_000.0, gt=0, description="slow-call threshold of tiers without latency_slo_ms"
+    )
+    open_s: float = Field(30.0, gt=0, description="how long an open circuit refuses calls")
+    half_open_calls: int = Field(3, gt=0, description="probe calls let through when half-open")
+
+    @model_validator(mode="after")
+    def _can_trip(self) -> BreakerConfig:
+        if self.window == "count" and self.min_calls > self.window_calls:
+            raise ValueError("min_calls must not exceed window_calls: the circuit could never open")
+        return self
+
+
+class LatencyWindowConfig(_Strict):
+    """Per-tier latency estimate: quantiles over the most recent samples."""
+
+    samples: int = Field(200, gt=0)
+    max_age_s: float = Field(
+        300.0, gt=0, description="older samples are dropped, so a tier can go cold again"
+    )
+    min_samples: int = Field(20, gt=0, description="fewer samples: the tier is cold and allowed")
+
+
+class ResilienceConfig(_Strict):
+    retry: RetryConfig = RetryConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    latency_window: LatencyWindowConfig = LatencyWindowConfig()
+
+
+class BudgetDegrade(_Strict):
+    """What a request over a soft limit gets: a lower quality target, a cap on the tier, or both."""
+
+    quality_target: float | None = Field(None, ge=0, le=1)
+    max_tier: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> BudgetDegrade:
+        if self.quality_target is None and self.max_tier is None:
+            raise ValueError("degrade needs quality_target or max_tier")
+        return self
+
+
+class BudgetConfig(_Strict):
+    """A spending limit per tenant (or tenant + feature) and calendar window (UTC)."""
+
+    tenant: str = Field(min_length=1, max_length=128)
+    feature: str | None = Field(None, min_length=1, description="unset: all of the tenant's features")
+    window: Literal["day", "month"]
+    usd: Decimal | None = Field(None, gt=0, description="hard limit: requests beyond it are refused")
+    tokens: int | None = Field(None, gt=0)
+    soft_usd: Decimal | None = Field(None, gt=0, description="soft limit: requests beyond it degrade")
+    soft_tokens: int | None = Field(None, gt=0)
+    on_soft: Literal["degrade", "notify"] = "degrade"
+    degrade: BudgetDegrade = BudgetDegrade(quality_target=0.5)
+    webhook_url: str | None = Field(None, pattern=r"^https?://")
+    alerts: tuple[float, ...] = Field((0.5, 0.75, 0.9, 1.0), description="shares of the limit that alert")
+
+    @model_validator(mode="after")
+    def _limits(self) -> BudgetConfig:
+        if all(v is None for v in (self.usd, self.tokens, self.soft_usd, self.soft_tokens)):
+            raise ValueError("a budget needs usd, tokens, soft_usd or soft_tokens")
+        if self.usd is not None and self.soft_usd is not None and self.soft_usd >= self.usd:
+            raise ValueError("soft_usd must be below usd")
+        if self.tokens is not None and self.soft_tokens is not None and self.soft_tokens >= self.tokens:
+            raise ValueError("soft_tokens must be below tokens")
+        if any(not 0 < a <= 1 for a in self.alerts):
+            raise ValueError("alerts are shares of the limit in (0, 1]")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.tenant}/{self.feature or '*'}/{self.window}"
+
+
+class BudgetStoreConfig(_Strict):
+    """Where budget usage lives: follows store.kind (SQLite in store.path, or Redis at store.url)."""
+
+    fail_mode: Literal["open", "closed"] = Field(
+        "open", description="store unreachable: open admits requests unmetered, closed refuses them"
+    )
+    reservation_ttl_s: float = Field(
+        600.0,
+        gt=0,
+        description="an unsettled reservation stops counting after this; above any request's length",
+    )
+    reconnect_min_s: float = Field(0.5, gt=0, description="first wait before retrying an unreachable store")
+    reconnect_max_s: float = Field(30.0, gt=0)
+    redis_timeout_s: float = Field(0.25, gt=0, description="socket timeout of budget calls to Redis")
+    webhook_timeout_s: float = Field(5.0, gt=0)
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIERWISE_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -198,6 +324,9 @@ class Config(BaseSettings):
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
+    resilience: ResilienceConfig = ResilienceConfig()
+    budgets: tuple[BudgetConfig, ...] = ()
+    budget_store: BudgetStoreConfig = BudgetStoreConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -220,6 +349,20 @@ class Config(BaseSettings):
         unknown = sorted(set(self.routing.length_thresholds) - set(names))
         if unknown:
             raise ValueError(f"routing.length_thresholds: unknown tiers {unknown}; configured: {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _budgets_consistent(self) -> Config:
+        seen: set[str] = set()
+        for index, budget in enumerate(self.budgets):
+            if budget.name in seen:
+                raise ValueError(f"budgets[{index}]: a second budget for {budget.name}")
+            seen.add(budget.name)
+            if budget.degrade.max_tier is not None and budget.degrade.max_tier not in self.tier_names:
+                raise ValueError(
+                    f"budgets[{index}].degrade.max_tier: unknown tier {budget.degrade.max_tier!r}; "
+                    f"configured: {list(self.tier_names)}"
+                )
         return self
 
     def tier(self, name: str) -> TierConfig:
