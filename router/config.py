@@ -167,6 +167,11 @@ class LedgerConfig(_Strict):
         "TIERWISE_USER_SALT",
         description="environment variable with the salt for hashing end-user ids; unset: a random salt kept in store.path",
     )
+    compute_usd_per_hour: Decimal = Field(
+        Decimal(0),
+        ge=0,
+        description="what one tierwise process costs an hour; times request overhead = router_cost_usd",
+    )
 
 
 MetricLabel = Literal["tenant", "feature", "tier", "model", "provider", "experiment", "arm"]
