@@ -11,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +22,6 @@ from pathlib import Path
 
 import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -35,6 +31,7 @@ from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 from router.auth import sha256_hex
 from router.config import Price
 from router.pricing import cost_usd
+from router.process import free_port, stop_process, wait_serving
 from router.routerbench import RouterBenchRow, csv_files, load_rows, split_of
 from router.tokens import TokenCounter
 from router.types import ChatMessage, TokenUsage
@@ -71,12 +68,6 @@ def find_data(explicit: Path | None) -> Path | None:
         if path is not None and path.is_dir() and csv_files(path):
             return path
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def demo_config(workdir: Path, upstream_url: str, key: str, policy: str) -> dict[str, object]:
@@ -208,31 +199,6 @@ def print_report(tally: Tally, policy: str) -> None:
         console.print(f"[red]errors by status:[/red] {dict(tally.errors)}")
 
 
-def _wait_serving(target: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"tierwise serve exited with status {process.returncode}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.2)  # not listening yet: poll again until the deadline
-    raise RuntimeError("tierwise serve did not report SERVING in time")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 def run_demo(data: Path | None, workdir: Path, limit: int, concurrency: int, policy: str = "length") -> int:
     data_dir = find_data(data)
     if data_dir is None:
@@ -257,10 +223,10 @@ def run_demo(data: Path | None, workdir: Path, limit: int, concurrency: int, pol
     target = f"127.0.0.1:{config['server']['port']}"  # type: ignore[index]
     tally = Tally()
     try:
-        _wait_serving(target, server)
+        wait_serving(target, server)
         asyncio.run(_drive(target, key, rows, concurrency, tally))
     finally:
-        _stop(server)
+        stop_process(server)
         replay.stop()
     print_report(tally, policy)
     return 0 if not tally.errors else 1

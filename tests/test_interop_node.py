@@ -7,7 +7,6 @@ auth metadata, proto3 optional presence, int64s, the stream's oneof, status code
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -15,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -24,11 +22,9 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 # The demo's process helpers; they would be better public in a small module of their own.
-from router.demo import _stop as stop_process
-from router.demo import free_port
+from router.process import NotServing, free_port, stop_process, wait_serving
 from tests.harness import API_KEY, SMALL_PRICE, config_dict
 from tests.upstream import ScriptedUpstream, serve_in_thread
 
@@ -102,27 +98,13 @@ def server(upstream: ScriptedUpstream, tmp_path: Path) -> Iterator[str]:
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_serving(target, process, log_path, timeout_s=60)
+        try:
+            wait_serving(target, process, timeout_s=60)
+        except NotServing as exc:
+            pytest.fail(f"{exc}:\n{log_path.read_text()[-3000:]}")
         yield target
     finally:
         stop_process(process)  # SIGTERM (graceful drain), SIGKILL after 15 s
-
-
-def _wait_serving(target: str, process: subprocess.Popen[bytes], log_path: Path, timeout_s: float) -> None:
-    """Poll grpc.health.v1 until SERVING; each check blocks until the port answers or 0.5 s pass."""
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(
-                    f"tierwise serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
-                )
-            with contextlib.suppress(grpc.RpcError):
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=0.5, wait_for_ready=True)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-    pytest.fail(f"tierwise serve was not SERVING within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
 
 
 def _run_client(client: Path, target: str) -> dict[str, Any]:
