@@ -82,7 +82,7 @@ async def running_server(config: Config) -> AsyncIterator[Running]:
     try:
         yield Running(server, channel, pb_grpc.RouterStub(channel), config)
     finally:
-        await channel.close()
+        await channel.close(None)
         await server.stop(grace_s=1)
 
 
