@@ -1,0 +1,111 @@
+"""Every tier's breaker and latency tracker, and a guarded call that ties them to the retry policy."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from router.config import Config
+from router.providers.base import ErrorType, ProviderError
+from router.resilience.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, Listener
+from router.resilience.latency import LatencyEstimate, LatencyTracker, Metric
+from router.resilience.retry import Clock, RetryOutcome, RetryPolicy, Sleep
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TierSnapshot:
+    breaker: BreakerSnapshot
+    latency: LatencyEstimate
+
+
+class TierHealth:
+    def __init__(
+        self, config: Config, *, clock: Clock = time.monotonic, rng: random.Random | None = None
+    ) -> None:
+        resilience = config.resilience
+        self.retry = RetryPolicy(resilience.retry, rng)
+        self._breakers = {
+            tier.name: CircuitBreaker(
+                tier.name,
+                resilience.breaker,
+                (tier.latency_slo_ms or resilience.breaker.slow_call_ms) / 1000,
+                clock=clock,
+            )
+            for tier in config.tiers
+        }
+        self._latency = {
+            tier.name: LatencyTracker(tier.name, resilience.latency_window, clock=clock)
+            for tier in config.tiers
+        }
+
+    def breaker(self, tier: str) -> CircuitBreaker:
+        return self._breakers[tier]
+
+    def latency(self, tier: str) -> LatencyTracker:
+        return self._latency[tier]
+
+    def add_listener(self, listener: Listener) -> None:
+        """Hear every tier's breaker state changes (the metrics exporter)."""
+        for breaker in self._breakers.values():
+            breaker.add_listener(listener)
+
+    def usable(self, tier: str, latency_budget_ms: float | None = None, metric: Metric = "total") -> bool:
+        """May the policy pick ``tier``: circuit not open, and (when there is a budget) p95 fits it."""
+        if self._breakers[tier].state is BreakerState.OPEN:
+            return False
+        return latency_budget_ms is None or self._latency[tier].fits(latency_budget_ms, metric)
+
+    def observe(
+        self, tier: str, duration_s: float, error: ProviderError | None, ttft_s: float | None = None
+    ) -> None:
+        """One permitted call's outcome; a client error says nothing about the tier's health."""
+        breaker = self._breakers[tier]
+        if error is None:
+            breaker.record_success(duration_s)
+            self._latency[tier].record(duration_s * 1000, None if ttft_s is None else ttft_s * 1000)
+        elif error.error_type is ErrorType.CLIENT_ERROR:
+            breaker.release()
+        else:
+            breaker.record_failure(duration_s)
+
+    async def call(
+        self,
+        tier: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        deadline: float | None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> RetryOutcome[T]:
+        """``call`` with retries, each try permitted by the tier's breaker and reported to it."""
+        breaker = self._breakers[tier]
+
+        async def guarded() -> T:
+            try:
+                return await call()
+            except ProviderError:
+                raise
+            except BaseException:
+                breaker.release()  # cancelled, or the caller's own error: no verdict on the tier
+                raise
+
+        return await self.retry.run(
+            guarded,
+            deadline=deadline,
+            clock=clock,
+            sleep=sleep,
+            permit=breaker.allow,
+            observe=lambda duration, error: self.observe(tier, duration, error),
+        )
+
+    def snapshot(self) -> list[TierSnapshot]:
+        return [
+            TierSnapshot(self._breakers[name].snapshot(), self._latency[name].estimate())
+            for name in self._breakers
+        ]
