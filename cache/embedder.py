@@ -73,7 +73,10 @@ class SentenceEmbedder:
         if dim is None:
             raise RuntimeError(f"embedding model at {model_path} does not report its dimension")
         self.info = EmbedderInfo(DEFAULT_MODEL_NAME, int(dim))
-        self.max_seq_length = int(self._model.max_seq_length)
+        max_seq_length = self._model.max_seq_length
+        if max_seq_length is None:
+            raise RuntimeError(f"embedding model at {model_path} does not report its input window")
+        self.max_seq_length = int(max_seq_length)
 
     @property
     def tokenizer(self) -> object:

@@ -1,0 +1,366 @@
+"""FAISS inner-product search, one index per cache partition.
+
+A query is only ever compared with vectors of its own partition: each partition
+holds its own ``IndexIDMap`` (labels are entry ids), exact (``IndexFlatIP``)
+while small and HNSW once it holds more than ``hnsw_after`` vectors. Vectors
+are L2-normalised, so inner product is cosine similarity.
+
+Thread safety: FAISS does not allow an add or remove concurrent with a search on
+the same index, so each partition has a lock held by every operation on it. A
+registry lock guards the partition map. Rebuilding a partition (flat to HNSW,
+or compacting HNSW tombstones) runs without the partition's lock: it builds from
+a copy, then swaps under the lock and replays the adds and removes that came
+meanwhile, so searches and inserts are never held up by a build.
+
+HNSW cannot delete, so removed HNSW vectors become tombstones that searches
+exclude with an ``IDSelector``; a partition whose tombstones pass
+``max_tombstone_ratio`` is rebuilt without them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+from faiss.swigfaiss import SearchParametersHNSW
+
+from cache.embedder import Matrix, Vector
+
+logger = logging.getLogger(__name__)
+
+Labels = npt.NDArray[np.int64]
+SNAPSHOT_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class IndexParams:
+    hnsw_after: int = 20_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64
+    max_tombstone_ratio: float = 0.2
+
+
+@dataclass(eq=False)
+class _Partition:
+    index: Any  # faiss.IndexIDMap over IndexFlatIP or IndexHNSWFlat
+    hnsw: bool
+    live: set[int] = field(default_factory=set)
+    tombstones: set[int] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    dropped: bool = False
+    rebuilding: bool = False
+    pending_adds: dict[int, Vector] = field(default_factory=dict)
+    pending_removes: set[int] = field(default_factory=set)
+    # Cached HNSW search parameters; they hold the tombstone selector, rebuilt when tombstones change.
+    search_params: Any = None
+    selector_refs: tuple[Any, ...] = ()
+
+
+def _flat_index(dim: int) -> Any:
+    return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+
+
+def _as_matrix(vectors: Matrix, dim: int) -> Matrix:
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise ValueError(f"expected vectors of shape (n, {dim}), got {matrix.shape}")
+    return matrix
+
+
+class PartitionedIndex:
+    def __init__(self, dim: int, params: IndexParams | None = None) -> None:
+        self.dim = dim
+        self.params = params or IndexParams()
+        if self.params.hnsw_after < 1:
+            raise ValueError("hnsw_after must be at least 1")
+        self._partitions: dict[str, _Partition] = {}
+        self._registry = threading.Lock()
+
+    # -- building blocks ----------------------------------------------------------------------------
+
+    def _hnsw_index(self, labels: Labels, vectors: Matrix) -> Any:
+        hnsw = faiss.IndexHNSWFlat(self.dim, self.params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = self.params.hnsw_ef_construction
+        hnsw.hnsw.efSearch = self.params.hnsw_ef_search
+        index = faiss.IndexIDMap(hnsw)
+        if len(labels):
+            index.add_with_ids(vectors, labels)
+        return index
+
+    def _should_be_hnsw(self, partition: _Partition, size: int) -> bool:
+        # Hysteresis: an HNSW partition goes back to flat only below half the switch-over size.
+        return size > self.params.hnsw_after or (partition.hnsw and size >= self.params.hnsw_after // 2)
+
+    def _wants_rebuild(self, partition: _Partition) -> bool:
+        if partition.rebuilding:
+            return False
+        if self._should_be_hnsw(partition, len(partition.live)) != partition.hnsw:
+            return True
+        total = partition.index.ntotal
+        return (
+            bool(partition.tombstones) and len(partition.tombstones) > self.params.max_tombstone_ratio * total
+        )
+
+    def _partition_for_write(self, key: str) -> _Partition:
+        with self._registry:
+            partition = self._partitions.get(key)
+            if partition is None:
+                partition = _Partition(_flat_index(self.dim), hnsw=False)
+                self._partitions[key] = partition
+            return partition
+
+    def _drop_if_empty(self, key: str, partition: _Partition) -> None:
+        with self._registry, partition.lock:
+            if not partition.live and not partition.rebuilding and self._partitions.get(key) is partition:
+                partition.dropped = True
+                del self._partitions[key]
+
+    @staticmethod
+    def _contents(partition: _Partition) -> tuple[Labels, Matrix]:
+        """The partition's live labels and vectors (a copy)."""
+        total = partition.index.ntotal
+        labels = faiss.vector_to_array(partition.index.id_map).astype(np.int64)
+        vectors = partition.index.index.reconstruct_n(0, total) if total else np.zeros((0, 0), np.float32)
+        if partition.tombstones:
+            keep = ~np.isin(labels, np.fromiter(partition.tombstones, dtype=np.int64))
+            labels, vectors = labels[keep], vectors[keep]
+        return labels, np.ascontiguousarray(vectors, dtype=np.float32)
+
+    @staticmethod
+    def _remove_from(partition: _Partition, labels: list[int]) -> None:
+        if partition.hnsw:
+            partition.tombstones.update(labels)
+            partition.search_params = None
+        else:
+            partition.index.remove_ids(np.asarray(labels, dtype=np.int64))
+
+    def _hnsw_search_params(self, partition: _Partition, k: int) -> Any:
+        if partition.search_params is None:
+            params = SearchParametersHNSW()  # type: ignore[no-untyped-call]
+            refs: tuple[Any, ...] = ()
+            if partition.tombstones:
+                removed = faiss.IDSelectorBatch(np.fromiter(partition.tombstones, dtype=np.int64))
+                keep = faiss.IDSelectorNot(removed)
+                params.sel = keep
+                refs = (removed, keep)
+            partition.search_params, partition.selector_refs = params, refs
+        partition.search_params.efSearch = max(self.params.hnsw_ef_search, k)
+        return partition.search_params
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    def add(self, partition_key: str, labels: Labels, vectors: Matrix) -> bool:
+        """Add vectors (labels already present are skipped); True when the partition wants a rebuild."""
+        matrix = _as_matrix(vectors, self.dim)
+        label_list = [int(label) for label in np.asarray(labels, dtype=np.int64).reshape(-1)]
+        if len(label_list) != len(matrix):
+            raise ValueError(f"{len(label_list)} labels for {len(matrix)} vectors")
+        while True:
+            partition = self._partition_for_write(partition_key)
+            with partition.lock:
+                if partition.dropped:
+                    continue  # emptied and dropped meanwhile: take the new one
+                fresh = [row for row, label in enumerate(label_list) if label not in partition.live]
+                rows: list[int] = []
+                for row in fresh:
+                    label = label_list[row]
+                    if label in partition.tombstones:
+                        # An HNSW tombstone re-added (an idempotent replay of the same entry) is revived.
+                        partition.tombstones.discard(label)
+                        partition.search_params = None
+                    else:
+                        rows.append(row)
+                    if partition.rebuilding:
+                        if label in partition.pending_removes:
+                            partition.pending_removes.discard(label)  # the build's copy still holds it
+                        else:
+                            partition.pending_adds[label] = matrix[row]
+                if rows:
+                    chosen = np.asarray([label_list[row] for row in rows], dtype=np.int64)
+                    partition.index.add_with_ids(matrix[rows], chosen)
+                partition.live.update(label_list[row] for row in fresh)
+                return self._wants_rebuild(partition)
+
+    def remove(self, partition_key: str, labels: Labels | list[int]) -> bool:
+        """Remove labels (absent ones are ignored); True when the partition wants a rebuild."""
+        with self._registry:
+            partition = self._partitions.get(partition_key)
+        if partition is None:
+            return False
+        with partition.lock:
+            present = [int(label) for label in labels if int(label) in partition.live]
+            if not present:
+                return False
+            self._remove_from(partition, present)
+            partition.live.difference_update(present)
+            if partition.rebuilding:
+                for label in present:
+                    if partition.pending_adds.pop(label, None) is None:
+                        partition.pending_removes.add(label)
+            wants = self._wants_rebuild(partition)
+            empty = not partition.live
+        if empty:
+            self._drop_if_empty(partition_key, partition)
+            return False
+        return wants
+
+    def search(self, partition_key: str, vector: Vector, k: int) -> list[tuple[int, float]]:
+        """Up to ``k`` ``(label, cosine)`` pairs from ``partition_key`` only, best first."""
+        query = _as_matrix(np.asarray(vector, dtype=np.float32).reshape(1, -1), self.dim)
+        with self._registry:
+            partition = self._partitions.get(partition_key)
+        if partition is None or k < 1:
+            return []
+        with partition.lock:
+            size = len(partition.live)
+            if size == 0:
+                return []
+            k = min(k, size)
+            params = self._hnsw_search_params(partition, k) if partition.hnsw else None
+            scores, labels = partition.index.search(query, k, params=params)
+        return [
+            (int(label), float(score))
+            for label, score in zip(labels[0], scores[0], strict=True)
+            if label >= 0
+        ]
+
+    def rebuild(self, partition_key: str) -> bool:
+        """Rebuild a partition that wants it (switch type, drop tombstones); False when there was nothing to do.
+
+        Slow for large partitions, so callers run it off the request path.
+        """
+        with self._registry:
+            partition = self._partitions.get(partition_key)
+        if partition is None:
+            return False
+        with partition.lock:
+            if not self._wants_rebuild(partition):
+                return False
+            labels, vectors = self._contents(partition)
+            to_hnsw = self._should_be_hnsw(partition, len(labels))
+            partition.rebuilding = True
+        try:
+            index = self._hnsw_index(labels, vectors) if to_hnsw else _flat_index(self.dim)
+            if not to_hnsw and len(labels):
+                index.add_with_ids(vectors, labels)
+        except BaseException:
+            with partition.lock:
+                partition.rebuilding = False
+                partition.pending_adds.clear()
+                partition.pending_removes.clear()
+            raise
+        with partition.lock:
+            # Replay what changed while building.
+            if partition.pending_adds:
+                added = np.fromiter(partition.pending_adds, dtype=np.int64)
+                index.add_with_ids(np.stack(list(partition.pending_adds.values())), added)
+            partition.index, partition.hnsw = index, to_hnsw
+            partition.tombstones = set()
+            partition.search_params, partition.selector_refs = None, ()
+            if partition.pending_removes:
+                self._remove_from(partition, sorted(partition.pending_removes))
+            partition.pending_adds.clear()
+            partition.pending_removes.clear()
+            partition.rebuilding = False
+            empty = not partition.live
+        if empty:
+            self._drop_if_empty(partition_key, partition)
+        logger.info(
+            "rebuilt cache partition %s as %s (%d vectors)",
+            partition_key[:12],
+            "HNSW" if to_hnsw else "flat",
+            len(labels),
+        )
+        return True
+
+    def wants_rebuild(self, partition_key: str) -> bool:
+        with self._registry:
+            partition = self._partitions.get(partition_key)
+        if partition is None:
+            return False
+        with partition.lock:
+            return self._wants_rebuild(partition)
+
+    def partition_keys(self) -> list[str]:
+        with self._registry:
+            return list(self._partitions)
+
+    def partition_size(self, partition_key: str) -> int:
+        with self._registry:
+            partition = self._partitions.get(partition_key)
+        if partition is None:
+            return 0
+        with partition.lock:
+            return len(partition.live)
+
+    def is_hnsw(self, partition_key: str) -> bool:
+        with self._registry:
+            partition = self._partitions.get(partition_key)
+        return partition is not None and partition.hnsw
+
+    def __len__(self) -> int:
+        with self._registry:
+            partitions = list(self._partitions.values())
+        return sum(len(partition.live) for partition in partitions)
+
+    # -- snapshots ----------------------------------------------------------------------------------
+
+    def save(self, path: Path, manifest: Mapping[str, object]) -> None:
+        """Write every partition (``faiss.serialize_index``, the bytes ``write_index`` writes) atomically."""
+        with self._registry:
+            items = list(self._partitions.items())
+        arrays: dict[str, Any] = {}
+        keys: list[str] = []
+        for key, partition in items:
+            with partition.lock:
+                if not partition.live:
+                    continue
+                number = len(keys)
+                arrays[f"index_{number}"] = faiss.serialize_index(partition.index)
+                arrays[f"tombstones_{number}"] = np.fromiter(partition.tombstones, dtype=np.int64)
+                keys.append(key)
+        header = {"format": SNAPSHOT_FORMAT, "dim": self.dim, "partitions": keys, "manifest": dict(manifest)}
+        arrays["header"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        with temporary.open("wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(
+        cls, path: Path, dim: int, params: IndexParams | None = None
+    ) -> tuple[PartitionedIndex, dict[str, Any]]:
+        """Read a snapshot written by :meth:`save`; raises ``ValueError`` or ``OSError`` when unusable."""
+        index = cls(dim, params)
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(bytes(data["header"]).decode("utf-8"))
+            if header.get("format") != SNAPSHOT_FORMAT or header.get("dim") != dim:
+                raise ValueError(
+                    f"snapshot {path} has format {header.get('format')} and dim {header.get('dim')}"
+                )
+            for number, key in enumerate(header["partitions"]):
+                faiss_index = faiss.deserialize_index(data[f"index_{number}"])
+                if faiss_index.d != dim or not isinstance(faiss_index, faiss.IndexIDMap):
+                    raise ValueError(
+                        f"snapshot {path} partition {number} is not an id-mapped index of dim {dim}"
+                    )
+                tombstones = {int(label) for label in data[f"tombstones_{number}"]}
+                hnsw = isinstance(faiss.downcast_index(faiss_index.index), faiss.IndexHNSW)
+                labels = {int(label) for label in faiss.vector_to_array(faiss_index.id_map)}
+                index._partitions[key] = _Partition(
+                    faiss_index, hnsw, live=labels - tombstones, tombstones=tombstones
+                )
+        return index, dict(header["manifest"])
