@@ -1,0 +1,152 @@
+"""The shared spend store for many replicas: PostgreSQL via psycopg 3, money as NUMERIC.
+
+The connection is opened on first use and reopened after it breaks, so a
+database that is down at start-up only delays writes (the ledger keeps them in
+its journal and retries); every call has a statement timeout so none hangs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from router.ledger_record import SpendRecord
+from router.ledger_sql import (
+    Dialect,
+    Kind,
+    SpendTotals,
+    from_row,
+    insert_sql,
+    purge_sql,
+    schema,
+    select_one_sql,
+    to_row,
+    totals_from_rows,
+    totals_sql,
+)
+
+T = TypeVar("T")
+
+# Any fixed number: replicas creating the table at once take turns on it.
+_SCHEMA_LOCK = 0x7469657277697365
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text cannot hold NUL; a record must never become unstorable.
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _to_db(kind: Kind, value: Any) -> Any:
+    if kind == "text":
+        return _clean(value)
+    if kind == "json":
+        return Jsonb({_clean(k): _clean(v) for k, v in value.items()})
+    return value
+
+
+def _from_db(kind: Kind, value: Any) -> Any:
+    if kind == "money":
+        return Decimal(value)
+    return value
+
+
+_TIME_FORMATS = {"day": "YYYY-MM-DD", "hour": 'YYYY-MM-DD"T"HH24":00Z"'}
+
+POSTGRES = Dialect(
+    types={
+        "text": "TEXT",
+        "real": "DOUBLE PRECISION",
+        "int": "BIGINT",
+        "money": "NUMERIC",
+        "json": "JSONB",
+        "bool": "BOOLEAN",
+    },
+    placeholder="%s",
+    money_sum="SUM",
+    time_bucket=lambda bucket: f"to_char(to_timestamp(ts) AT TIME ZONE 'UTC', '{_TIME_FORMATS[bucket]}')",
+    tag_value="(tags ->> %s)",
+    tag_param=lambda key: key,
+    to_db=_to_db,
+    from_db=_from_db,
+)
+
+
+class PostgresSpendSink:
+    def __init__(self, dsn: str, *, connect_timeout_s: int = 5, statement_timeout_s: float = 30.0) -> None:
+        self._dsn = dsn
+        self._connect_timeout_s = connect_timeout_s
+        self._statement_timeout_ms = int(statement_timeout_s * 1000)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+        self._insert = insert_sql(POSTGRES)
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        conn = psycopg.connect(
+            self._dsn,
+            autocommit=True,
+            connect_timeout=self._connect_timeout_s,
+            options=f"-c statement_timeout={self._statement_timeout_ms}",
+        )
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                for statement in schema(POSTGRES):
+                    conn.execute(statement)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    return work(conn)
+            except psycopg.OperationalError:
+                conn.close()  # reconnect on the next call
+                self._conn = None
+                raise
+
+    def write(self, records: Sequence[SpendRecord]) -> int:
+        rows = [to_row(POSTGRES, r) for r in records]
+
+        def insert(conn: psycopg.Connection[Any]) -> int:
+            with conn.cursor() as cur:
+                cur.executemany(self._insert, rows)
+                return max(cur.rowcount, 0)
+
+        return self._run(insert)
+
+    def get(self, request_id: str) -> SpendRecord | None:
+        def select(conn: psycopg.Connection[Any]) -> SpendRecord | None:
+            row = conn.execute(select_one_sql(POSTGRES), (request_id,)).fetchone()
+            return None if row is None else from_row(POSTGRES, row)
+
+        return self._run(select)
+
+    def totals(
+        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
+    ) -> list[SpendTotals]:
+        dims, query, params = totals_sql(POSTGRES, since, until, by, filters or {})
+        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
+        return totals_from_rows(dims, rows)
+
+    def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - seconds
+        return self._run(lambda conn: conn.execute(purge_sql(POSTGRES), (cutoff,)).rowcount)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
