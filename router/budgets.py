@@ -179,16 +179,21 @@ class BudgetManager:
 
     async def settle(self, reservation: BudgetReservation, actual_usd: Decimal, actual_tokens: int) -> None:
         """Replace the reservation by the actual spend; never raises for a store outage (logged)."""
+        if actual_usd < 0 or actual_tokens < 0:
+            raise ValueError("actual spend must not be negative")
         if not reservation.lines:
             return
         actual = Amount(usd_to_nanos(actual_usd, round_up=True), actual_tokens)
         now = self._wall_clock().timestamp()
+        first_failure = self._backoff.ready()
         try:
             used = await self._store_call(
                 "settle", lambda: self._store.settle(reservation.id, reservation.lines, actual, now)
             )
         except BudgetStoreUnavailable:
-            log.warning(
+            # Once per outage in the log; every lost settle reaches the store-error listeners (a metric).
+            log.log(
+                logging.WARNING if first_failure else logging.DEBUG,
                 "spend of %s USD, %d tokens not counted against budgets %s: store unavailable",
                 usd_str(actual_usd),
                 actual_tokens,

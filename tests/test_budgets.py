@@ -218,3 +218,6 @@ async def test_estimates_round_up_to_the_nano_dollar(store_factory: StoreFactory
         await manager.reserve("acme", "", D("0.0000000001"), 0)
     with pytest.raises(ValueError, match="must not be negative"):
         await manager.reserve("acme", "", D("-1"), 0)
+    reservation = await manager.reserve("acme", "", D(0), 0)
+    with pytest.raises(ValueError, match="must not be negative"):
+        await manager.settle(reservation, D(0), -5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +22,7 @@ from router.budgets import BudgetManager, build_budget_manager
 from router.config import parse_config
 from router.errors import BudgetExhausted
 from tests.budget_support import Clock, make_manager
-from tests.redis_server import RedisServer, redis_server_factory
+from tests.redis_server import RedisServer, redis_server_factory, require_redis_server
 
 __all__ = ["redis_server_factory"]
 
@@ -265,3 +266,9 @@ def test_config_rejects_bad_budgets(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             parse_config({**base, "budgets": budgets})
+
+
+def test_missing_redis_server_skips_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
+        require_redis_server()
