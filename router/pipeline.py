@@ -1,28 +1,39 @@
 """The request pipeline, top to bottom (ARCHITECTURE.md, "The request's way through").
 
 The server authenticates and validates (steps 1-2) and hands a ``RequestSpec``
-here; ``route`` runs the decision (steps 5-9) and ``complete`` / ``stream``
-go on to call the tier with fallbacks and account for it (steps 10-12).
+here. ``_plan`` runs steps 3-9 (budget, tokens, tier choice among the healthy
+tiers); ``route`` returns that decision, while ``complete`` and ``stream`` go
+on to call the tiers of the fallback chain with retries and account for the
+call (steps 10-11).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from router.budgets import BudgetManager, BudgetReservation, Degrade
 from router.config import Config, TierConfig
 from router.errors import ServiceError, StreamBroken, UpstreamDeadline, UpstreamUnavailable
 from router.outcome import Attempt, Completion, Decision, Latency, StreamDelta
 from router.policies.base import RoutingContext, RoutingPolicy, TierOption
 from router.pricing import cost_usd, expected_cost_usd
 from router.providers.base import ChatCall, ChatResult, Provider, ProviderError, StreamFinish, TextDelta
+from router.resilience import StopReason, TierHealth
 from router.tokens import TokenCounter
 from router.types import RequestSpec, TokenUsage
-from router.upstream_errors import attempt_from_error, rejection_for
+from router.upstream_errors import attempt_from_error, circuit_open_attempt, rejection_for
 
 StreamItem = Decision | StreamDelta | Completion
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    decision: Decision
+    chain: tuple[TierConfig, ...]  # the chosen tier first, then its fallbacks
+    reservation: BudgetReservation
 
 
 class Pipeline:
@@ -33,6 +44,8 @@ class Pipeline:
         policy: RoutingPolicy,
         tokens: TokenCounter,
         *,
+        budgets: BudgetManager,
+        health: TierHealth,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         missing = [t.name for t in config.tiers if t.name not in providers]
@@ -42,31 +55,75 @@ class Pipeline:
         self._providers = providers
         self._policy = policy
         self._tokens = tokens
+        self._budgets = budgets
+        self._health = health
         self._clock = clock
+        self._rank = {t.name: i for i, t in enumerate(config.tiers)}
 
     @property
     def policy(self) -> RoutingPolicy:
         return self._policy
 
-    # -- steps 5-9: decide -------------------------------------------------
+    # -- steps 3-9: decide ----------------------------------------------------
 
     async def route(self, spec: RequestSpec, request_id: str) -> Decision:
-        # 5 tokens
+        plan = await self._plan(spec, request_id)
+        # Route only decides: hold nothing against the budget.
+        await self._budgets.release(plan.reservation)
+        return plan.decision
+
+    async def _plan(self, spec: RequestSpec, request_id: str) -> _Plan:
+        # 5 tokens (before 3: the budget reserves the estimated cost)
         input_tokens = self._tokens.count_messages(spec.messages, self._config.tiers[0].model)
         options = self._options(spec)
-        # 8-9 classify and choose the tier (pinned tiers skip the policy)
-        if spec.tier is not None:
-            tier_name, reason, p_adequate, version = spec.tier, "pinned", {}, ""
+        # 3 budget
+        reservation = await self._reserve(spec, options)
+        try:
+            degrade = reservation.degrade
+            if degrade is not None and degrade.max_tier is not None:
+                options = [
+                    o for o in options if self._rank[o.name] <= self._rank[degrade.max_tier]
+                ] or options[:1]
+            # 9 (health) tiers whose circuit is closed, and whose p95 fits the latency budget
+            healthy = [o for o in options if self._health.usable(o.name)]
+            if not healthy and spec.tier is None:
+                raise UpstreamUnavailable(
+                    "every tier's circuit is open: " + ", ".join(repr(o.name) for o in options)
+                )
+            fitting = [o for o in healthy if self._health.usable(o.name, spec.latency_budget_ms)]
+            candidates = fitting or healthy
+            # 8-9 classify and choose the tier (a pinned tier skips the policy)
+            decision = self._decide(spec, request_id, input_tokens, candidates, degrade)
+            chain = self._chain(decision.tier, spec, candidates)
+        except BaseException:
+            await self._budgets.release(reservation)
+            raise
+        return _Plan(decision, chain, reservation)
+
+    def _decide(
+        self,
+        spec: RequestSpec,
+        request_id: str,
+        input_tokens: int,
+        candidates: list[TierOption],
+        degrade: Degrade | None,
+    ) -> Decision:
+        quality_target = self._config.routing.default_quality_target
+        if spec.quality_target is not None:
+            quality_target = spec.quality_target
+        if degrade is not None and degrade.quality_target is not None:
+            quality_target = min(quality_target, degrade.quality_target)
+        p_adequate: dict[str, float] = {}
+        version, policy = "", "pinned"
+        if spec.tier is not None and (degrade is None or any(o.name == spec.tier for o in candidates)):
+            tier_name, reason = spec.tier, "pinned"
         else:
-            context = RoutingContext(
-                request=spec,
-                input_tokens=input_tokens,
-                candidates=options,
-                quality_target=self._quality_target(spec),
-            )
+            context = RoutingContext(spec, input_tokens, candidates, quality_target)
             choice = self._policy.choose(context)
-            tier_name, reason = choice.tier, choice.reason
+            tier_name, reason, policy = choice.tier, choice.reason, self._policy.name
             p_adequate, version = dict(choice.p_adequate), choice.model_version
+        if degrade is not None:
+            reason = degrade.reason
         tier = self._config.tier(tier_name)
         return Decision(
             request_id=request_id,
@@ -74,60 +131,56 @@ class Pipeline:
             model=tier.model,
             provider=tier.provider,
             reason=reason,
-            policy=self._policy.name if spec.tier is None else "pinned",
+            policy=policy,
             estimated_input_tokens=input_tokens,
-            estimated_cost_usd=self._expected_cost(tier, spec, input_tokens),
+            estimated_cost_usd=self._expected_cost(tier, spec),
             p_adequate=p_adequate,
             model_version=version,
         )
 
-    def _quality_target(self, spec: RequestSpec) -> float:
-        if spec.quality_target is not None:
-            return spec.quality_target
-        return self._config.routing.default_quality_target
-
     def _options(self, spec: RequestSpec) -> list[TierOption]:
         """Tiers that can serve the request at all, cheapest first."""
-        options = []
-        for tier in self._config.tiers:
-            if spec.max_tokens is not None and spec.max_tokens > tier.max_output_tokens:
-                continue
-            tokens = self._tokens.count_messages(spec.messages, tier.model)
-            options.append(
-                TierOption(
-                    tier.name, tier.model, self._expected_cost(tier, spec, tokens), tier.max_output_tokens
-                )
-            )
+        options = [
+            TierOption(t.name, t.model, self._expected_cost(t, spec), t.max_output_tokens)
+            for t in self._config.tiers
+            if spec.max_tokens is None or spec.max_tokens <= t.max_output_tokens
+        ]
         if not options:  # validation guarantees one tier admits max_tokens
             raise ServiceError("no tier admits the requested max_tokens")
         return options
 
-    def _expected_cost(self, tier: TierConfig, spec: RequestSpec, input_tokens: int) -> Decimal:
-        output = min(spec.max_tokens or tier.max_output_tokens, self._config.routing.expected_output_tokens)
-        return expected_cost_usd(tier.price, input_tokens, output)
+    def _expected_output(self, tier: TierConfig, spec: RequestSpec) -> int:
+        return min(spec.max_tokens or tier.max_output_tokens, self._config.routing.expected_output_tokens)
 
-    def _chain(self, decision: Decision, spec: RequestSpec) -> list[TierConfig]:
-        """The chosen tier, then (unless pinned) every stronger tier that admits the request."""
-        tiers = list(self._config.tiers)
-        start = [t.name for t in tiers].index(decision.tier)
+    def _expected_cost(self, tier: TierConfig, spec: RequestSpec) -> Decimal:
+        input_tokens = self._tokens.count_messages(spec.messages, tier.model)
+        return expected_cost_usd(tier.price, input_tokens, self._expected_output(tier, spec))
+
+    async def _reserve(self, spec: RequestSpec, options: list[TierOption]) -> BudgetReservation:
+        """Reserve the most this request can cost: any tier of its chain may end up answering."""
+        if spec.tier is not None:
+            options = [o for o in options if o.name == spec.tier] or options
+        worst = max(options, key=lambda o: o.expected_cost_usd)
+        tier = self._config.tier(worst.name)
+        tokens = self._tokens.count_messages(spec.messages, tier.model) + self._expected_output(tier, spec)
+        return await self._budgets.reserve(spec.tenant, spec.feature, worst.expected_cost_usd, tokens)
+
+    def _chain(self, chosen: str, spec: RequestSpec, candidates: list[TierOption]) -> tuple[TierConfig, ...]:
+        """The chosen tier, then (unless pinned) every stronger candidate tier."""
+        first = self._config.tier(chosen)
         if spec.tier is not None or not self._config.routing.fallback:
-            return [tiers[start]]
-        chain = [tiers[start]]
-        for tier in tiers[start + 1 :]:
-            if spec.max_tokens is None or spec.max_tokens <= tier.max_output_tokens:
-                chain.append(tier)
-        return chain
+            return (first,)
+        stronger = [self._config.tier(o.name) for o in candidates if self._rank[o.name] > self._rank[chosen]]
+        return (first, *stronger)
 
-    # -- steps 10-11: call and account --------------------------------------
+    # -- steps 10-11: call and account ----------------------------------------
 
     def _call(self, tier: TierConfig, spec: RequestSpec, deadline: float | None) -> ChatCall:
         timeout = tier.timeout_s
         if deadline is not None:
             remaining = deadline - self._clock()
             if remaining <= 0:
-                raise UpstreamDeadline(
-                    f"the request deadline passed before tier {tier.name!r} could be called"
-                )
+                raise UpstreamDeadline(f"the request deadline passed before tier {tier.name!r} could answer")
             timeout = min(timeout, remaining)
         return ChatCall(
             model=tier.model,
@@ -181,38 +234,83 @@ class Pipeline:
             attempts=tuple(attempts),
         )
 
+    async def _settle(self, plan: _Plan, completion: Completion) -> None:
+        usage = completion.usage
+        await self._budgets.settle(
+            plan.reservation, completion.cost_usd, usage.input_tokens + usage.output_tokens
+        )
+
     async def complete(
         self, spec: RequestSpec, request_id: str, *, started: float, deadline: float | None
     ) -> Completion:
-        decision = await self.route(spec, request_id)
+        plan = await self._plan(spec, request_id)
+        try:
+            completion = await self._call_chain(plan, spec, started, deadline)
+        except BaseException:
+            await self._budgets.release(plan.reservation)
+            raise
+        await self._settle(plan, completion)
+        return completion
+
+    async def _call_chain(
+        self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None
+    ) -> Completion:
         attempts: list[Attempt] = []
         upstream_s = 0.0
-        for tier in self._chain(decision, spec):
-            call = self._call(tier, spec, deadline)
-            t0 = self._clock()
+        for tier in plan.chain:
+            provider = self._providers[tier.name]
             try:
-                result = await self._providers[tier.name].complete(call)
-            except ProviderError as exc:
-                elapsed = self._clock() - t0
-                upstream_s += elapsed
-                attempts.append(attempt_from_error(tier, exc, elapsed))
-                if not exc.retryable:
-                    raise rejection_for(tier, exc, attempts) from None
-                continue
-            elapsed = self._clock() - t0
-            upstream_s += elapsed
-            attempts.append(Attempt(tier.name, tier.model, True, elapsed * 1000))
-            return self._finish(decision, spec, tier, result, attempts, (started, upstream_s, None))
+                outcome = await self._health.call(
+                    tier.name,
+                    lambda: provider.complete(self._call(tier, spec, deadline)),  # noqa: B023 - awaited here
+                    deadline=deadline,
+                    clock=self._clock,
+                )
+            except UpstreamDeadline as exc:
+                raise UpstreamDeadline(exc.message, attempts) from None
+            for attempt in outcome.tries:
+                upstream_s += attempt.duration_s
+                if attempt.error is None:
+                    attempts.append(Attempt(tier.name, tier.model, True, attempt.duration_s * 1000))
+                else:
+                    attempts.append(attempt_from_error(tier, attempt.error, attempt.duration_s))
+            if outcome.ok and outcome.value is not None:
+                return self._finish(
+                    plan.decision, spec, tier, outcome.value, attempts, (started, upstream_s, None)
+                )
+            if outcome.stop is StopReason.REFUSED and not outcome.tries:
+                attempts.append(circuit_open_attempt(tier))
+            elif outcome.stop is StopReason.NOT_RETRYABLE and outcome.error is not None:
+                raise rejection_for(tier, outcome.error, attempts)
         raise _exhausted(attempts)
 
     async def stream(
         self, spec: RequestSpec, request_id: str, *, started: float, deadline: float | None
     ) -> AsyncIterator[StreamItem]:
-        decision = await self.route(spec, request_id)
-        yield decision
+        plan = await self._plan(spec, request_id)
+        settled = False
+        try:
+            yield plan.decision
+            async for item in self._stream_chain(plan, spec, started, deadline):
+                if isinstance(item, Completion):
+                    await self._settle(plan, item)
+                    settled = True
+                yield item
+        finally:
+            if not settled:
+                await self._budgets.release(plan.reservation)
+
+    async def _stream_chain(
+        self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None
+    ) -> AsyncIterator[StreamDelta | Completion]:
+        """Fall back to the next tier only while no text has reached the caller; no retries in a stream."""
         attempts: list[Attempt] = []
         upstream_s = 0.0
-        for tier in self._chain(decision, spec):
+        for tier in plan.chain:
+            breaker = self._health.breaker(tier.name)
+            if not breaker.allow():
+                attempts.append(circuit_open_attempt(tier))
+                continue
             call = self._call(tier, spec, deadline)
             t0 = self._clock()
             first_token_at: float | None = None
@@ -230,6 +328,7 @@ class Pipeline:
             except ProviderError as exc:
                 elapsed = self._clock() - t0
                 upstream_s += elapsed
+                self._health.observe(tier.name, elapsed, exc)
                 attempts.append(attempt_from_error(tier, exc, elapsed))
                 if first_token_at is not None:
                     # Text already reached the caller: say so rather than truncate silently.
@@ -241,12 +340,19 @@ class Pipeline:
                 if not exc.retryable:
                     raise rejection_for(tier, exc, attempts) from None
                 continue
+            except BaseException:
+                breaker.release()  # cancelled by the caller: no verdict on the tier
+                raise
             elapsed = self._clock() - t0
             upstream_s += elapsed
+            ttft_s = None if first_token_at is None else first_token_at - t0
+            self._health.observe(tier.name, elapsed, None, ttft_s=ttft_s)
             assert finish is not None  # providers end every stream with a StreamFinish or raise
             attempts.append(Attempt(tier.name, tier.model, True, elapsed * 1000))
             result = ChatResult("".join(parts), finish.finish_reason, finish.usage, finish.model)
-            yield self._finish(decision, spec, tier, result, attempts, (started, upstream_s, first_token_at))
+            yield self._finish(
+                plan.decision, spec, tier, result, attempts, (started, upstream_s, first_token_at)
+            )
             return
         raise _exhausted(attempts)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router.budgets import BudgetManager, build_budget_manager
 from router.config import Config
 from router.feedback import FeedbackStore, SqliteFeedbackStore
 from router.pipeline import Pipeline
 from router.policies.factory import build_policy
 from router.providers.base import Provider
 from router.providers.factory import build_provider
+from router.resilience import TierHealth
 from router.tokens import TokenCounter
 
 
@@ -19,10 +21,13 @@ class Service:
     pipeline: Pipeline
     providers: dict[str, Provider]
     feedback: FeedbackStore
+    budgets: BudgetManager
+    health: TierHealth
 
     async def aclose(self) -> None:
         for provider in self.providers.values():
             await provider.aclose()
+        await self.budgets.aclose()
         await self.feedback.aclose()
 
 
@@ -30,6 +35,10 @@ def build_service(config: Config) -> Service:
     tokens = TokenCounter()
     tokens.preload()  # seed and verify the offline encodings at start-up, not on the first request
     providers = {tier.name: build_provider(tier) for tier in config.tiers}
-    pipeline = Pipeline(config, providers, build_policy(config.routing), tokens)
+    budgets = build_budget_manager(config)
+    health = TierHealth(config)
+    pipeline = Pipeline(
+        config, providers, build_policy(config.routing), tokens, budgets=budgets, health=health
+    )
     feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
-    return Service(config=config, pipeline=pipeline, providers=providers, feedback=feedback)
+    return Service(config, pipeline, providers, feedback, budgets, health)

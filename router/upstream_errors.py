@@ -41,3 +41,14 @@ def rejection_for(tier: TierConfig, error: ProviderError, attempts: Sequence[Att
     return UpstreamRejected(
         code, f"tier {tier.name!r} ({tier.model}) rejected the request ({status}): {error.message}", attempts
     )
+
+
+def circuit_open_attempt(tier: TierConfig) -> Attempt:
+    return Attempt(
+        tier=tier.name,
+        model=tier.model,
+        ok=False,
+        latency_ms=0.0,
+        error_type="circuit_open",
+        error=f"the circuit of tier {tier.name!r} is open: it failed or was slow too often recently",
+    )

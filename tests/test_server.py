@@ -234,7 +234,9 @@ async def test_failing_cheap_tier_falls_back_to_the_next_tier(
     response = await svc.stub.Complete(pb.CompleteRequest(messages=user("hi")), metadata=AUTH)
     assert response.content == "from the large tier"
     assert response.decision.tier == "large" and response.decision.reason == "fallback"
+    # server errors are retried once on the same tier (resilience.retry.server_error), then it falls back
     assert [(a.tier, a.ok, a.error_type, a.http_status) for a in response.attempts] == [
+        ("small", False, "server_error", 500),
         ("small", False, "server_error", 500),
         ("large", True, "", 0),
     ]
