@@ -8,19 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cache.embedder import Matrix, Vector
 from cache.index import IndexParams, PartitionedIndex
 
 DIM = 32
 
 
-def unit_vectors(count: int, seed: int) -> np.ndarray:
+def unit_vectors(count: int, seed: int) -> Matrix:
     vectors = np.random.default_rng(seed).standard_normal((count, DIM)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    result: Matrix = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    return result
 
 
-def near(vector: np.ndarray, seed: int, noise: float = 0.15) -> np.ndarray:
+def near(vector: Vector, seed: int, noise: float = 0.15) -> Vector:
     moved = vector + noise * unit_vectors(1, seed)[0]
-    return (moved / np.linalg.norm(moved)).astype(np.float32)
+    result: Vector = (moved / np.linalg.norm(moved)).astype(np.float32)
+    return result
 
 
 def labels(start: int, count: int) -> np.ndarray:
@@ -32,9 +35,8 @@ def test_search_stays_inside_its_partition() -> None:
     vectors = unit_vectors(2, seed=1)
     index.add("tenant-a", labels(1, 1), vectors[:1])
     index.add("tenant-b", labels(2, 1), vectors[1:])
-    assert index.search("tenant-a", vectors[1], k=5) == [
-        (1, pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-5))
-    ]
+    [(label, cosine)] = index.search("tenant-a", vectors[1], k=5)
+    assert label == 1 and cosine == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-5)
     assert [label for label, _ in index.search("tenant-b", vectors[1], k=5)] == [2]
     assert index.search("tenant-c", vectors[1], k=5) == []
 
@@ -99,7 +101,7 @@ def test_changes_during_a_rebuild_are_replayed() -> None:
         index.remove("p", [0, 61])
         return built
 
-    index._hnsw_index = build_while_others_write  # type: ignore[method-assign]
+    index._hnsw_index = build_while_others_write  # type: ignore[method-assign,assignment]
     assert index.rebuild("p")
     assert index.is_hnsw("p") and not partition.rebuilding
     found = {index.search("p", vectors[i], k=1)[0][0] for i in range(80)}
