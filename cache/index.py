@@ -66,6 +66,12 @@ class _Partition:
     selector_refs: tuple[Any, ...] = ()
 
 
+def set_faiss_threads(threads: int) -> None:
+    """OpenMP threads for FAISS calls made from the calling thread (0 leaves the default)."""
+    if threads > 0:
+        faiss.omp_set_num_threads(threads)
+
+
 def _flat_index(dim: int) -> Any:
     return faiss.IndexIDMap(faiss.IndexFlatIP(dim))
 

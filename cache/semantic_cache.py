@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from cache.embedder import EmbedderInfo, Vector
-from cache.index import PartitionedIndex
+from cache.index import PartitionedIndex, set_faiss_threads
 from cache.partition import GenerationParams, Message, Partition, build_partition, exact_key, last_user_turn
 from cache.settings import CacheSettings
 from cache.store import (
@@ -178,8 +178,19 @@ class SemanticCache:
         self._verifier = verifier
         self._clock = clock
         self._write_lock = asyncio.Lock()
-        self._index_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tierwise-index")
-        self._build_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierwise-index-build")
+        # OpenMP settings are per thread, so each index thread sets its own on start.
+        self._index_threads = ThreadPoolExecutor(
+            max_workers=2,
+            thread_name_prefix="tierwise-index",
+            initializer=set_faiss_threads,
+            initargs=(settings.faiss_search_threads,),
+        )
+        self._build_thread = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="tierwise-index-build",
+            initializer=set_faiss_threads,
+            initargs=(settings.faiss_build_threads,),
+        )
         self._background = _Background()
         self._rebuilding: set[str] = set()
         self._usage: dict[str, _Usage] = {}
