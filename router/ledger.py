@@ -1,10 +1,13 @@
 """The spend ledger: every request's cost, written to a store off the request path.
 
 ``record`` is what the request path pays: one JSON line appended to the journal
-(``router.ledger_journal``) with a plain ``write()``, no database call. A
-background task reads the journal in batches (``batch_size`` records, or
-whatever arrived within ``flush_interval_s``), writes them to the store in a
-worker thread, and only then moves the journal's committed offset past them.
+(``router.ledger_journal``) with a plain ``write()``, no database call, and the
+record queued in memory. A background task takes batches (``batch_size``
+records, or whatever arrived within ``flush_interval_s``), writes them to the
+store in a worker thread, and only then moves the journal's committed offset
+past them. Records the queue does not hold (replayed after a restart, or
+spilled while the store was down and the queue full) are read back from the
+journal instead.
 
 Durability: a record whose ``record`` call returned survives the process
 crashing or being killed (-9): the next ledger on the same directory replays the
@@ -24,6 +27,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +77,18 @@ class LedgerStats:
 
 
 @dataclass(frozen=True, slots=True)
+class _Queued:
+    start: int  # the record's line in the journal
+    end: int
+    record: SpendRecord
+
+
+@dataclass(frozen=True, slots=True)
 class _Batch:
-    lines: list[JournalLine]
+    lines: int  # journal lines it covers
+    end: int  # the journal offset after them
     records: list[SpendRecord]
-    memory: list[SpendRecord]
+    from_queue: bool
 
 
 class SpendLedger:
@@ -93,6 +105,7 @@ class SpendLedger:
         retry_initial_s: float = 0.05,
         retry_max_s: float = 30.0,
         purge_interval_s: float = 3600.0,
+        max_queued: int | None = None,
     ) -> None:
         if batch_size <= 0 or flush_interval_s <= 0:
             raise ValueError("batch_size and flush_interval_s must be positive")
@@ -109,6 +122,12 @@ class SpendLedger:
         self._pending: dict[str, tuple[int, int]] = {}  # request id -> its line in the journal
         self._memory: list[SpendRecord] = []  # records the journal refused (disk full, ...)
         self._backlog = 0  # journal lines past the committed offset
+        # The newest journal lines, decoded: the writer's usual source. While ``_queue_open``
+        # the queue ends at the journal's end; once full it closes (later records are read
+        # back from the journal) until the writer has caught up.
+        self._queue: deque[_Queued] = deque()
+        self._queue_open = True
+        self._max_queued = max(10_000, 4 * batch_size) if max_queued is None else max_queued
         self._oldest = time.monotonic()  # when the oldest unwritten record arrived
         self._counts = {"written": 0, "write_failures": 0, "journal_errors": 0, "rejected_lines": 0}
         self._store_ok = True
@@ -150,6 +169,10 @@ class SpendLedger:
             else:
                 self._pending[rec.request_id] = (start, end)
                 self._backlog += 1
+                if self._queue_open and len(self._queue) < self._max_queued:
+                    self._queue.append(_Queued(start, end, rec))
+                else:
+                    self._queue_open = False
             waiting = self._backlog + len(self._memory)
         if waiting == 1:
             self._oldest = time.monotonic()
@@ -241,7 +264,15 @@ class SpendLedger:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), remaining)
 
-    def _read_batch(self, start: int, limit: int, memory: list[SpendRecord]) -> _Batch:
+    def _take_batch(self) -> _Batch | None:
+        """The next batch from the queue, if the queue starts at the committed offset (lock held)."""
+        if not self._queue or self._queue[0].start != self._journal.committed:
+            return None
+        taken = [self._queue[i] for i in range(min(self._batch_size, len(self._queue)))]
+        return _Batch(len(taken), taken[-1].end, [q.record for q in taken], True)
+
+    def _read_batch(self, start: int, limit: int) -> _Batch:
+        """The next batch read back from the journal, up to ``limit`` (in a worker thread)."""
         lines = self._journal.read(start, limit, self._batch_size)
         records = []
         for line in lines:
@@ -249,7 +280,7 @@ class SpendLedger:
                 records.append(decode_line(line.data))
             except (ValueError, TypeError) as exc:
                 self._reject(line, exc)
-        return _Batch(lines, records, memory)
+        return _Batch(len(lines), lines[-1].end if lines else start, records, False)
 
     def _reject(self, line: JournalLine, error: Exception) -> None:
         # Unreadable (a write cut short by a power loss): kept aside for a person, not retried.
@@ -263,22 +294,28 @@ class SpendLedger:
     async def _write_batch(self) -> None:
         started = time.monotonic()
         with self._lock:
-            start, limit = self._journal.committed, self._journal.size
+            start = self._journal.committed
+            limit = self._queue[0].start if self._queue else self._journal.size
             memory = self._memory[: self._batch_size]
-        batch = await asyncio.to_thread(self._read_batch, start, limit, memory)
-        await self._store(batch.records + batch.memory)
-        end = batch.lines[-1].end if batch.lines else start
+            batch = self._take_batch()
+        if batch is None:
+            batch = await asyncio.to_thread(self._read_batch, start, limit)
+        await self._store(batch.records + memory)
         try:
-            await asyncio.to_thread(self._journal.commit, end)
+            await asyncio.to_thread(self._journal.commit, batch.end)
         except OSError as exc:  # the offset moved in memory; a restart replays a little more
             log.warning("could not save the spend journal offset", extra={"error": str(exc)})
         with self._lock:
+            for _ in range(batch.lines if batch.from_queue else 0):
+                self._queue.popleft()
             for rec in batch.records:
                 where = self._pending.get(rec.request_id)
-                if where is not None and where[1] <= end:
+                if where is not None and where[1] <= batch.end:
                     del self._pending[rec.request_id]
-            self._backlog -= len(batch.lines)
-            del self._memory[: len(batch.memory)]
+            self._backlog -= batch.lines
+            del self._memory[: len(memory)]
+            if not self._queue and self._journal.committed == self._journal.size:
+                self._queue_open = True  # caught up: new records can be queued again
             self._maybe_rotate()
         if self._backlog or self._memory:
             self._oldest = started
@@ -321,6 +358,7 @@ class SpendLedger:
             log.warning("could not rotate the spend journal", extra={"error": str(exc)})
             return
         self._pending = {rid: (s + shift, e + shift) for rid, (s, e) in self._pending.items()}
+        self._queue = deque(_Queued(q.start + shift, q.end + shift, q.record) for q in self._queue)
 
     async def _purge_forever(self) -> None:
         while True:

@@ -7,6 +7,7 @@ usage, never less than zero; a pinned call saves nothing (the caller chose).
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import time
@@ -79,9 +80,11 @@ class _Common(TypedDict):
 class SpendRecordBuilder:
     def __init__(self, config: Config, user_salt: bytes) -> None:
         self._config = config
-        self._salt = user_salt
         self._compute_per_ms = config.ledger.compute_usd_per_hour / _MS_PER_HOUR
         self._strongest = config.tiers[-1]
+        self._tiers = {tier.name: tier for tier in config.tiers}
+        # Users recur: hash each once (bounded, so a stream of new ids cannot grow it).
+        self._user_hash = functools.lru_cache(maxsize=4096)(lambda user: hash_user(user, user_salt))
 
     @classmethod
     def from_config(cls, config: Config) -> SpendRecordBuilder:
@@ -96,14 +99,14 @@ class SpendRecordBuilder:
     def _common(
         self, spec: RequestSpec, request_id: str, ts: float | None, decision: Decision | None, tier_name: str
     ) -> _Common:
-        tier = self._config.tier(tier_name) if tier_name in self._config.tier_names else None
+        tier = self._tiers.get(tier_name)
         return _Common(
             request_id=request_id,
             ts=time.time() if ts is None else ts,
             tenant=spec.tenant,
             feature=spec.feature,
             tags=dict(spec.metadata),
-            user_hash=hash_user(spec.user, self._salt),
+            user_hash=self._user_hash(spec.user),
             experiment=decision.experiment if decision else "",
             arm=decision.arm if decision else "",
             tier=tier_name,
@@ -118,7 +121,7 @@ class SpendRecordBuilder:
         assert hit is not None
         if decision.saved_cost_usd > 0:
             return decision.saved_cost_usd
-        return cost_usd(self._config.tier(decision.tier).price, hit.usage)
+        return cost_usd(self._tiers[decision.tier].price, hit.usage)
 
     def for_completion(
         self, spec: RequestSpec, completion: Completion, *, ts: float | None = None

@@ -125,7 +125,9 @@ class Journal:
 
     def append(self, data: bytes) -> tuple[int, int]:
         """Append one newline-terminated line; returns its (start, end) offsets."""
-        _write_all(self._append_fd, data)
+        written = os.write(self._append_fd, data)  # on a regular file, all of it but for a full disk
+        if written < len(data):
+            _write_all(self._append_fd, data[written:])
         if self._fsync:
             os.fdatasync(self._append_fd)
         start = self.size

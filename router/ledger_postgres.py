@@ -19,7 +19,6 @@ from psycopg.types.json import Jsonb
 from router.ledger_record import SpendRecord
 from router.ledger_sql import (
     Dialect,
-    Kind,
     SpendTotals,
     from_row,
     insert_sql,
@@ -42,18 +41,8 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
-def _to_db(kind: Kind, value: Any) -> Any:
-    if kind == "text":
-        return _clean(value)
-    if kind == "json":
-        return Jsonb({_clean(k): _clean(v) for k, v in value.items()})
-    return value
-
-
-def _from_db(kind: Kind, value: Any) -> Any:
-    if kind == "money":
-        return Decimal(value)
-    return value
+def _jsonb(tags: dict[str, str]) -> Jsonb:
+    return Jsonb({_clean(k): _clean(v) for k, v in tags.items()})
 
 
 _TIME_FORMATS = {"day": "YYYY-MM-DD", "hour": 'YYYY-MM-DD"T"HH24":00Z"'}
@@ -72,8 +61,8 @@ POSTGRES = Dialect(
     time_bucket=lambda bucket: f"to_char(to_timestamp(ts) AT TIME ZONE 'UTC', '{_TIME_FORMATS[bucket]}')",
     tag_value="(tags ->> %s)",
     tag_param=lambda key: key,
-    to_db=_to_db,
-    from_db=_from_db,
+    to_db={"text": _clean, "json": _jsonb},
+    from_db={"money": Decimal},
 )
 
 

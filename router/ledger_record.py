@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 
 CACHE_RESULTS = ("miss", "exact", "semantic", "bypass")
@@ -60,13 +61,11 @@ class SpendRecord:
             raise ValueError(f"ts must be finite, got {self.ts}")
         if self.cache_result not in CACHE_RESULTS:
             raise ValueError(f"cache_result must be one of {CACHE_RESULTS}, got {self.cache_result!r}")
-        for name in _COUNTS:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        for name in _MONEY:
-            amount: Decimal = getattr(self, name)
-            if not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0:
-                raise ValueError(f"{name} must be a finite, non-negative Decimal, got {amount!r}")
+        if min(self.input_tokens, self.output_tokens, self.cached_input_tokens, self.attempts) < 0:
+            raise ValueError(f"{_COUNTS} must not be negative")
+        for amount in (self.cost_usd, self.saved_usd, self.router_cost_usd):
+            if type(amount) is not Decimal or not amount.is_finite() or amount < 0:
+                raise ValueError(f"{_MONEY} must be finite, non-negative Decimals, got {amount!r}")
 
     @property
     def ok(self) -> bool:
@@ -75,35 +74,39 @@ class SpendRecord:
 
 FIELD_NAMES = tuple(f.name for f in fields(SpendRecord))
 
-
-def record_to_dict(record: SpendRecord) -> dict[str, Any]:
-    """JSON-ready: money as exact decimal text, tags as a plain dict."""
-    data = {name: getattr(record, name) for name in FIELD_NAMES}
-    for name in _MONEY:
-        data[name] = str(data[name])
-    data["tags"] = dict(record.tags)
-    return data
+# A journal line is a JSON array: the format version, then the fields in
+# FIELD_NAMES order (money as decimal text). Positional, because it halves the
+# encoding time on the request path; new fields go at the end only, so an older
+# line decodes with defaults for them and a newer one's extra values are ignored.
+LINE_FORMAT = 1
+_values = attrgetter(*FIELD_NAMES)
 
 
-def record_from_dict(data: Mapping[str, Any]) -> SpendRecord:
-    """The inverse of ``record_to_dict``; keys it does not know (a newer writer's) are ignored."""
-    values = {name: data[name] for name in FIELD_NAMES if name in data}
-    for name in _MONEY:
-        if name in values:
-            values[name] = Decimal(str(values[name]))
-    return SpendRecord(**values)
+def _json_default(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot journal a {type(value).__name__}")
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
 def encode_line(record: SpendRecord) -> bytes:
-    """One journal line (JSON, newline-terminated)."""
-    return json.dumps(record_to_dict(record), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """One journal line, newline-terminated."""
+    return (_encoder.encode((LINE_FORMAT, *_values(record))) + "\n").encode()
 
 
 def decode_line(line: bytes) -> SpendRecord:
     data = json.loads(line)
-    if not isinstance(data, dict):
-        raise ValueError("a journal line must be a JSON object")
-    return record_from_dict(data)
+    if not isinstance(data, list) or not data or data[0] != LINE_FORMAT:
+        raise ValueError("not a spend journal line (format 1)")
+    values: dict[str, Any] = dict(zip(FIELD_NAMES, data[1:], strict=False))
+    for name in _MONEY:
+        if name in values:
+            values[name] = Decimal(values[name])
+    return SpendRecord(**values)
 
 
 def hash_user(user: str, salt: bytes) -> str:

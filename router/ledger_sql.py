@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any, Literal
 
 from router.ledger_record import FIELD_NAMES, SpendRecord
@@ -122,8 +123,9 @@ class Dialect:
     time_bucket: Callable[[str], str]  # "day" | "hour" -> SQL expression over ts, UTC
     tag_value: str  # SQL over the tags column taking the tag key as a parameter
     tag_param: Callable[[str], str]  # the tag key -> that parameter's value
-    to_db: Callable[[Kind, Any], Any]  # a record field's value -> what the driver stores
-    from_db: Callable[[Kind, Any], Any]  # a stored value -> the record field's value
+    # Per column kind, when the driver needs it: a record field's value -> what it stores, and back.
+    to_db: Mapping[Kind, Callable[[Any], Any]]
+    from_db: Mapping[Kind, Callable[[Any], Any]]
 
 
 def schema(d: Dialect) -> list[str]:
@@ -153,12 +155,24 @@ def purge_sql(d: Dialect) -> str:
     return f"DELETE FROM {TABLE} WHERE ts < {d.placeholder}"
 
 
-def to_row(d: Dialect, record: SpendRecord) -> tuple[Any, ...]:
-    return tuple(d.to_db(kind, getattr(record, name)) for name, kind in COLUMNS)
+_field_values = attrgetter(*FIELD_NAMES)
+
+
+def to_row(d: Dialect, record: SpendRecord) -> list[Any]:
+    # Runs for every stored record: convert only the columns the driver needs converted.
+    row = list(_field_values(record))
+    for i, (_, kind) in enumerate(COLUMNS):
+        convert = d.to_db.get(kind)
+        if convert is not None:
+            row[i] = convert(row[i])
+    return row
 
 
 def from_row(d: Dialect, row: Sequence[Any]) -> SpendRecord:
-    values = {name: d.from_db(kind, value) for (name, kind), value in zip(COLUMNS, row, strict=True)}
+    values = {}
+    for (name, kind), value in zip(COLUMNS, row, strict=True):
+        convert = d.from_db.get(kind)
+        values[name] = value if convert is None else convert(value)
     return SpendRecord(**values)
 
 

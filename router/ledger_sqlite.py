@@ -20,7 +20,6 @@ from typing import Any
 from router.ledger_record import SpendRecord
 from router.ledger_sql import (
     Dialect,
-    Kind,
     SpendTotals,
     from_row,
     insert_sql,
@@ -50,26 +49,6 @@ class _DecimalSum:
         return usd_str(self._total)
 
 
-def _to_db(kind: Kind, value: Any) -> Any:
-    if kind == "money":
-        return usd_str(value)
-    if kind == "json":
-        return tags_json(value)
-    if kind == "bool":
-        return int(value)
-    return value
-
-
-def _from_db(kind: Kind, value: Any) -> Any:
-    if kind == "money":
-        return Decimal(value)
-    if kind == "json":
-        return json.loads(value)
-    if kind == "bool":
-        return bool(value)
-    return value
-
-
 _TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00Z"}
 
 SQLITE = Dialect(
@@ -86,8 +65,8 @@ SQLITE = Dialect(
     time_bucket=lambda bucket: f"strftime('{_TIME_FORMATS[bucket]}', ts, 'unixepoch')",
     tag_value="json_extract(tags, ?)",
     tag_param=lambda key: f'$."{key}"',
-    to_db=_to_db,
-    from_db=_from_db,
+    to_db={"money": usd_str, "json": tags_json, "bool": int},
+    from_db={"money": Decimal, "json": json.loads, "bool": bool},
 )
 
 

@@ -198,6 +198,26 @@ async def test_a_failing_store_keeps_records_until_it_recovers(tmp_path: Path, s
 
 
 @pytest.mark.asyncio
+async def test_records_beyond_the_memory_queue_are_read_back_from_the_journal(
+    tmp_path: Path, sink: ObservedSink
+) -> None:
+    ledger = ledger_for(tmp_path / "ledger", sink, batch_size=4, max_queued=3, retry_max_s=0.05)
+    await ledger.start()
+    sink.failing = True
+    for i in range(10):
+        ledger.record(spend(i))
+    await until(lambda: sink.failures >= 1)
+    sink.failing = False
+    assert await ledger.flush(10)
+    # The three queued records go first (a batch the queue cut short), the spilled seven after.
+    assert sink.batches == [3, 4, 3]
+    ledger.record(spend(10))  # caught up: the queue takes records again
+    assert await ledger.flush(10)
+    assert sink.batches == [3, 4, 3, 1] and sink.count() == 11
+    await ledger.aclose()
+
+
+@pytest.mark.asyncio
 async def test_records_a_dead_store_did_not_take_wait_in_the_journal_for_the_next_start(
     tmp_path: Path, sink: ObservedSink
 ) -> None:
@@ -340,3 +360,22 @@ def test_records_round_trip_through_a_journal_line_exactly() -> None:
 def test_an_unstorable_record_is_refused_at_once(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         spend(1, **bad)
+
+
+@pytest.mark.asyncio
+async def test_the_config_builds_an_embedded_ledger_or_none(tmp_path: Path) -> None:
+    from router.ledger import build_ledger
+    from tests.test_ledger_builder import config
+
+    assert build_ledger(config(enabled=False)) is None
+    settings = config(batch_size=2, retention_days=None).model_copy(
+        update={"store": config().store.model_copy(update={"path": tmp_path})}
+    )
+    ledger = build_ledger(settings)
+    assert ledger is not None
+    await ledger.start()
+    ledger.record(spend(1))
+    assert await ledger.flush(10)
+    assert await ledger.lookup("req-00001", "acme") == spend(1)
+    await ledger.aclose()
+    assert (tmp_path / "ledger" / "journal").exists() and (tmp_path / "spend.sqlite3").exists()

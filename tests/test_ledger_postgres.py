@@ -91,3 +91,24 @@ async def test_the_ledger_keeps_records_until_postgres_is_there(database: Databa
     assert sum(t.requests for t in sink.totals(0, 2e9)) == 9
     assert ledger.stats().store_ok
     await ledger.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_postgres_dsn_in_the_config_selects_the_postgres_store(
+    database: Database, tmp_path: Path
+) -> None:
+    from router.ledger import build_ledger
+    from tests.test_ledger_builder import config
+
+    database.create()
+    settings = config(postgres_dsn=database.dsn, retention_days=None)  # spend() dates from 2023
+    settings = settings.model_copy(update={"store": settings.store.model_copy(update={"path": tmp_path})})
+    ledger = build_ledger(settings)
+    assert ledger is not None
+    await ledger.start()
+    ledger.record(spend(1))
+    assert await ledger.flush(10)
+    await ledger.aclose()
+    with psycopg.connect(database.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM tierwise_spend").fetchone() == (1,)
+    assert not (tmp_path / "spend.sqlite3").exists()
