@@ -1,0 +1,184 @@
+"""Traces: a request span with child spans, GenAI attributes, W3C context from gRPC metadata, OTLP export."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from decimal import Decimal
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
+
+from router.config import TracingConfig
+from router.tracing import Tracing, attempt_span_name, finish_request, genai_attributes
+from tests.test_ledger import spend
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+
+
+def traced(**config: Any) -> tuple[Tracing, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    return Tracing(TracingConfig(**config), processor=SimpleSpanProcessor(exporter)), exporter
+
+
+def by_name(spans: tuple[ReadableSpan, ...]) -> dict[str, ReadableSpan]:
+    return {span.name: span for span in spans}
+
+
+def run_request(tracing: Tracing, metadata: list[tuple[str, str | bytes]] | None = None) -> None:
+    with tracing.request_span(
+        "tierwise.Complete", {"rpc.method": "Complete"}, tracing.extract(metadata)
+    ) as root:
+        with tracing.child_span("embed"):
+            pass
+        with tracing.child_span("cache", {"tierwise.cache_result": "miss"}):
+            pass
+        with tracing.child_span("classify"):
+            pass
+        for tier, model, provider in (
+            ("small", "small-model", "openai"),
+            ("large", "large-model", "anthropic"),
+        ):
+            attributes = {**genai_attributes(provider, model), "tierwise.tier": tier}
+            with tracing.child_span(attempt_span_name(model), attributes, kind=SpanKind.CLIENT):
+                pass
+        finish_request(root, spend(1, tier="large", model="large-model", provider="anthropic", fallback=True))
+
+
+def test_a_request_span_has_step_and_attempt_children_with_genai_attributes() -> None:
+    tracing, exporter = traced()
+    run_request(tracing)
+    spans = by_name(exporter.get_finished_spans())
+    assert set(spans) == {
+        "tierwise.Complete",
+        "embed",
+        "cache",
+        "classify",
+        "chat small-model",
+        "chat large-model",
+    }
+    root = spans["tierwise.Complete"]
+    assert root.kind is SpanKind.SERVER and root.parent is None
+    for name in ("embed", "cache", "classify", "chat small-model", "chat large-model"):
+        assert spans[name].parent is not None and spans[name].parent.span_id == root.context.span_id
+        assert spans[name].context.trace_id == root.context.trace_id
+    attempt = spans["chat small-model"]
+    assert attempt.kind is SpanKind.CLIENT
+    assert dict(attempt.attributes or {}) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "small-model",
+        "tierwise.tier": "small",
+    }
+    attributes = dict(root.attributes or {})
+    assert attributes["gen_ai.usage.input_tokens"] == 101 and attributes["gen_ai.usage.output_tokens"] == 20
+    assert attributes["gen_ai.request.model"] == "large-model"
+    assert attributes["tierwise.tenant"] == "acme" and attributes["tierwise.tier"] == "large"
+    assert (
+        attributes["tierwise.cost_usd"] == pytest.approx(0.0000815)
+        and attributes["tierwise.fallback"] is True
+    )
+    assert not any("user" in key or "prompt" in key for key in attributes)
+    assert root.status.status_code is StatusCode.UNSET
+
+
+def test_the_callers_traceparent_makes_the_request_a_child_of_its_trace() -> None:
+    tracing, exporter = traced()
+    metadata: list[tuple[str, str | bytes]] = [
+        ("authorization", "Bearer x"),
+        ("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),
+        ("blob-bin", b"\x00\x01"),
+    ]
+    run_request(tracing, metadata)
+    root = by_name(exporter.get_finished_spans())["tierwise.Complete"]
+    assert format(root.context.trace_id, "032x") == TRACE_ID
+    assert (
+        root.parent is not None and format(root.parent.span_id, "016x") == PARENT_ID and root.parent.is_remote
+    )
+
+
+def test_sampling_follows_the_caller_and_the_ratio_for_new_traces() -> None:
+    tracing, exporter = traced(sample_ratio=0.0)
+    run_request(tracing)
+    assert exporter.get_finished_spans() == ()
+    run_request(tracing, [("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")])  # the caller sampled it
+    assert len(exporter.get_finished_spans()) == 6
+
+
+def test_a_failed_request_is_marked_with_its_error_type() -> None:
+    tracing, exporter = traced()
+    with tracing.request_span("tierwise.Complete") as root:
+        finish_request(root, spend(1, status="UNAVAILABLE", error_type="timeout", cost_usd=Decimal(0)))
+    span = exporter.get_finished_spans()[0]
+    assert span.status.status_code is StatusCode.ERROR
+    assert (span.attributes or {})["error.type"] == "timeout"
+
+
+def test_tracing_is_off_without_an_endpoint_and_costs_nothing_then() -> None:
+    tracing = Tracing(TracingConfig())
+    assert not tracing.enabled
+    assert tracing.extract([("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]) is None
+    assert tracing.inject() == {}
+    with tracing.request_span("tierwise.Complete", {"a": 1}) as root, tracing.child_span("embed") as child:
+        assert root is INVALID_SPAN and child is INVALID_SPAN
+        finish_request(root, spend(1))
+    tracing.shutdown()
+
+
+def test_inject_continues_the_current_trace_in_outgoing_headers() -> None:
+    tracing, _ = traced()
+    with tracing.request_span(
+        "tierwise.Complete",
+        parent_context=tracing.extract([("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01")]),
+    ):
+        headers = tracing.inject()
+    assert headers["traceparent"].startswith(f"00-{TRACE_ID}-")
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.resources: list[dict[str, str]] = []
+        self.received = threading.Event()
+
+    def Export(self, request: Any, context: Any) -> Any:
+        for resource_spans in request.resource_spans:
+            self.resources.append({a.key: a.value.string_value for a in resource_spans.resource.attributes})
+            for scope in resource_spans.scope_spans:
+                self.names += [span.name for span in scope.spans]
+        self.received.set()
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[_Collector, int]]:
+    servicer = _Collector()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, port
+    server.stop(None)
+
+
+def test_spans_reach_an_otlp_collector_when_an_endpoint_is_configured(
+    collector: tuple[_Collector, int],
+) -> None:
+    servicer, port = collector
+    tracing = Tracing(TracingConfig(otlp_endpoint=f"http://127.0.0.1:{port}", service_name="tierwise-test"))
+    assert tracing.enabled
+    run_request(tracing)
+    tracing.shutdown()  # exports what the batch processor holds
+    assert servicer.received.wait(10)
+    assert sorted(servicer.names) == sorted(
+        ["tierwise.Complete", "embed", "cache", "classify", "chat small-model", "chat large-model"]
+    )
+    assert servicer.resources[0]["service.name"] == "tierwise-test"
