@@ -6,14 +6,19 @@ routes to it before ``start``; aiohttp freezes the router once it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from router.metrics import Metrics
 
+log = logging.getLogger("tierwise.admin")
+
 HealthCheck = Callable[[], bool]
+Refresher = Callable[[], Awaitable[None]]
 
 
 class AdminServer:
@@ -23,6 +28,8 @@ class AdminServer:
         self.app.router.add_get("/metrics", self._serve_metrics)
         self.app.router.add_get("/healthz", self._serve_health)
         self._checks: dict[str, HealthCheck] = {}
+        self._refreshers: list[Refresher] = []
+        self.refresh_timeout_s = 2.0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -30,7 +37,22 @@ class AdminServer:
         """``/healthz`` answers 503 while any check returns False (or raises)."""
         self._checks[name] = check
 
+    def add_refresher(self, refresh: Refresher) -> None:
+        """Run before each scrape, e.g. to read budget usage from its store into gauges.
+
+        One that fails or outlasts ``refresh_timeout_s`` is logged; the scrape still answers
+        with the values last set.
+        """
+        self._refreshers.append(refresh)
+
+    async def _refresh(self, refresh: Refresher) -> None:
+        try:
+            await asyncio.wait_for(refresh(), self.refresh_timeout_s)
+        except Exception as exc:
+            log.warning("metrics refresh failed", extra={"error": repr(exc)})
+
     async def _serve_metrics(self, request: web.Request) -> web.Response:
+        await asyncio.gather(*(self._refresh(r) for r in self._refreshers))
         # Prometheus text or OpenMetrics, whichever the scraper asks for.
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
         response = web.Response(body=encode(self.metrics.registry), headers={"Content-Type": content_type})

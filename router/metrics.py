@@ -167,8 +167,8 @@ class Metrics:
         if rec.fallback:
             self.fallbacks.labels(*values).inc()
         self.overhead.labels(rec.cache_result).observe(rec.overhead_ms / 1000)
-        if rec.attempts == 0:
-            return  # answered from the cache or refused before any upstream call
+        if rec.upstream_ms <= 0:
+            return  # no upstream call: a cache hit, or refused (budget, open circuits) before one
         genai = (OPERATION, rec.provider, rec.model)
         self.operation_duration.labels(*genai, "" if rec.ok else rec.error_type).observe(
             rec.upstream_ms / 1000

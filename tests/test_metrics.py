@@ -28,7 +28,16 @@ TAG = "TAG-VALUE-secret-project"
 
 STREAMED = spend(1, total_ms=900.0, upstream_ms=880.0, overhead_ms=20.0, ttft_ms=300.0, output_tokens=30)
 CACHED = spend(2, cache_result="semantic", attempts=0, cost_usd=Decimal(0), saved_usd=Decimal("0.0008"))
-FAILED = spend(3, status="UNAVAILABLE", error_type="timeout", attempts=2, fallback=True, cost_usd=Decimal(0))
+FAILED = spend(
+    3,
+    status="UNAVAILABLE",
+    error_type="timeout",
+    attempts=2,
+    fallback=True,
+    cost_usd=Decimal(0),
+    upstream_ms=5000.0,
+)
+REFUSED = spend(4, status="UNAVAILABLE", error_type="circuit_open", attempts=2, cost_usd=Decimal(0))
 
 
 def families(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
@@ -40,7 +49,7 @@ def families(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:
 
 def test_genai_and_tierwise_series_have_their_names_labels_and_buckets() -> None:
     metrics = Metrics()
-    for rec in (STREAMED, CACHED, FAILED):
+    for rec in (STREAMED, CACHED, FAILED, REFUSED):
         metrics.observe_spend(rec)
     metrics.observe_decision("small", "cheapest")
     metrics.observe_cache("semantic")
@@ -66,7 +75,7 @@ def test_genai_and_tierwise_series_have_their_names_labels_and_buckets() -> None
         for s in found["gen_ai_client_operation_duration_seconds"]
         if s[0].endswith("_count")
     }
-    assert set(durations) == {"", "timeout"}
+    assert set(durations) == {"", "timeout"}  # no upstream call was made for the refused one
     duration_le = [
         float(s[1]["le"])
         for s in found["gen_ai_client_operation_duration_seconds"]
@@ -178,6 +187,32 @@ async def test_healthz_reports_each_check(admin: AdminServer) -> None:
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         assert response.status == 503
         assert (await response.json())["checks"] == {"ledger": True, "broken": False}
+
+
+@pytest.mark.asyncio
+async def test_refreshers_run_before_each_scrape_and_a_failing_one_does_not_break_it(
+    admin: AdminServer,
+) -> None:
+    scrapes = {"n": 0}
+
+    async def budgets() -> None:
+        scrapes["n"] += 1
+        admin.metrics.set_budget("acme/day", Decimal(scrapes["n"]), Decimal(100 - scrapes["n"]))
+
+    async def store_down() -> None:
+        raise ConnectionError("budget store unreachable")
+
+    admin.add_refresher(budgets)
+    admin.add_refresher(store_down)
+    url = f"http://127.0.0.1:{admin.port}/metrics"
+    async with aiohttp.ClientSession() as session:
+        for expected in (1.0, 2.0):
+            async with session.get(url) as response:
+                assert response.status == 200
+                found = families(await response.text())
+            assert found["tierwise_budget_used_usd"] == [
+                ("tierwise_budget_used_usd", {"budget": "acme/day"}, expected)
+            ]
 
 
 @pytest.mark.asyncio
