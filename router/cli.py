@@ -36,9 +36,9 @@ def _load(path: Path) -> Config:
         raise typer.Exit(2) from None
 
 
-def _build(config: Config) -> Service:
+async def _build(config: Config) -> Service:
     try:
-        return build_service(config)
+        return await build_service(config)
     except ConfigError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -51,10 +51,9 @@ def serve(config: ConfigOption) -> None:
 
     cfg = _load(config)
     configure_logging(cfg.logging.level, cfg.logging.format)
-    service = _build(cfg)
 
     async def main() -> None:
-        await serve_forever(service)
+        await serve_forever(await _build(cfg))
 
     asyncio.run(main())
 
@@ -81,9 +80,8 @@ def route(
         tenant=tenant, messages=messages, feature=feature, tier=tier, quality_target=quality_target
     )
 
-    service = _build(cfg)
-
     async def main() -> None:
+        service = await _build(cfg)
         try:
             decision = await service.pipeline.route(spec, uuid.uuid4().hex)
         finally:

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cache.settings import CacheSettings
+
 TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -126,6 +128,16 @@ class StoreConfig(_Strict):
         if self.kind == "redis" and not self.url:
             raise ValueError("store.kind 'redis' needs store.url")
         return self
+
+
+class CacheConfig(CacheSettings):
+    """The response cache: on by default; every ``CacheSettings`` key tunes it."""
+
+    enabled: bool = True
+    max_temperature: float = Field(
+        1.0, ge=0, le=2, description="requests with a higher temperature neither read nor fill the cache"
+    )
+    device: str = Field("auto", description="embedding device: auto (CUDA when present), cpu or cuda")
 
 
 class LimitsConfig(_Strict):
@@ -325,6 +337,7 @@ class Config(BaseSettings):
     routing: RoutingConfig = RoutingConfig()
     store: StoreConfig = StoreConfig()
     limits: LimitsConfig = LimitsConfig()
+    cache: CacheConfig = CacheConfig()
     logging: LoggingConfig = LoggingConfig()
     ledger: LedgerConfig = LedgerConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -14,10 +14,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
+from cache.batching import BatchingEmbedder, embedding_text
+from cache.embedder import Vector
 from router.budgets import BudgetManager, BudgetReservation, Degrade
+from router.caching import CacheUse, ResponseCache
 from router.config import Config, TierConfig
 from router.errors import ServiceError, StreamBroken, UpstreamDeadline, UpstreamUnavailable
-from router.outcome import Attempt, Completion, Decision, Latency, StreamDelta
+from router.outcome import Attempt, CacheHitInfo, Completion, Decision, Latency, StreamDelta
 from router.policies.base import RoutingContext, RoutingPolicy, TierOption
 from router.pricing import cost_usd, expected_cost_usd
 from router.providers.base import ChatCall, ChatResult, Provider, ProviderError, StreamFinish, TextDelta
@@ -34,6 +37,7 @@ class _Plan:
     decision: Decision
     chain: tuple[TierConfig, ...]  # the chosen tier first, then its fallbacks
     reservation: BudgetReservation
+    cache_use: CacheUse | None  # how this request may read and fill the cache
 
 
 class Pipeline:
@@ -46,6 +50,8 @@ class Pipeline:
         *,
         budgets: BudgetManager,
         health: TierHealth,
+        embedder: BatchingEmbedder | None = None,
+        cache: ResponseCache | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         missing = [t.name for t in config.tiers if t.name not in providers]
@@ -57,6 +63,11 @@ class Pipeline:
         self._tokens = tokens
         self._budgets = budgets
         self._health = health
+        self._cache = cache
+        # One embedding per request serves the cache and the classifier; none when neither needs it.
+        self._embedder = embedder if (cache is not None or policy.needs_embedding) else None
+        if self._embedder is None and policy.needs_embedding:
+            raise ValueError(f"routing policy {policy.name!r} needs an embedder")
         self._clock = clock
         self._rank = {t.name: i for i, t in enumerate(config.tiers)}
 
@@ -92,13 +103,34 @@ class Pipeline:
                 )
             fitting = [o for o in healthy if self._health.usable(o.name, spec.latency_budget_ms)]
             candidates = fitting or healthy
+            # 6 embed, once for the cache and the classifier
+            embedding = await self._embed(spec)
+            # 7 cache: exact, then verified semantic, inside the request's partition
+            cache_use = None if self._cache is None or embedding is None else self._cache.use(spec, embedding)
+            hit = None if cache_use is None or self._cache is None else await self._cache.lookup(cache_use)
             # 8-9 classify and choose the tier (a pinned tier skips the policy)
-            decision = self._decide(spec, request_id, input_tokens, candidates, degrade)
+            decision = self._decide(spec, request_id, input_tokens, candidates, degrade, embedding)
+            if hit is not None:
+                decision = self._served_from_cache(decision, spec, hit)
             chain = self._chain(decision.tier, spec, candidates)
         except BaseException:
             await self._budgets.release(reservation)
             raise
-        return _Plan(decision, chain, reservation)
+        return _Plan(decision, chain, reservation, cache_use)
+
+    async def _embed(self, spec: RequestSpec) -> Vector | None:
+        if self._embedder is None or not spec.last_user_text:
+            return None
+        return await self._embedder.embed(embedding_text(spec.last_user_text))
+
+    def _served_from_cache(self, decision: Decision, spec: RequestSpec, hit: CacheHitInfo) -> Decision:
+        """A hit costs nothing upstream and saves what the chosen tier would have cost."""
+        tier = self._config.tier(decision.tier)
+        usage = TokenUsage(self._tokens.count_messages(spec.messages, tier.model), hit.usage.output_tokens)
+        saved = cost_usd(tier.price, usage)
+        if self._cache is not None:
+            self._cache.record_saving(hit.entry_id, float(saved))
+        return replace(decision, cache_hit=hit, reason="cache-hit", saved_cost_usd=saved)
 
     def _decide(
         self,
@@ -107,6 +139,7 @@ class Pipeline:
         input_tokens: int,
         candidates: list[TierOption],
         degrade: Degrade | None,
+        embedding: Vector | None,
     ) -> Decision:
         quality_target = self._config.routing.default_quality_target
         if spec.quality_target is not None:
@@ -118,7 +151,7 @@ class Pipeline:
         if spec.tier is not None and (degrade is None or any(o.name == spec.tier for o in candidates)):
             tier_name, reason = spec.tier, "pinned"
         else:
-            context = RoutingContext(spec, input_tokens, candidates, quality_target)
+            context = RoutingContext(spec, input_tokens, candidates, quality_target, embedding)
             choice = self._policy.choose(context)
             tier_name, reason, policy = choice.tier, choice.reason, self._policy.name
             p_adequate, version = dict(choice.p_adequate), choice.model_version
@@ -244,13 +277,35 @@ class Pipeline:
         self, spec: RequestSpec, request_id: str, *, started: float, deadline: float | None
     ) -> Completion:
         plan = await self._plan(spec, request_id)
+        if plan.decision.cache_hit is not None:
+            await self._budgets.release(plan.reservation)
+            return self._cached(plan.decision, plan.decision.cache_hit, started)
         try:
             completion = await self._call_chain(plan, spec, started, deadline)
         except BaseException:
             await self._budgets.release(plan.reservation)
             raise
         await self._settle(plan, completion)
+        self._store(plan, completion)
         return completion
+
+    def _cached(self, decision: Decision, hit: CacheHitInfo, started: float) -> Completion:
+        total_ms = (self._clock() - started) * 1000
+        return Completion(
+            decision=decision,
+            content=hit.content,
+            finish_reason=hit.finish_reason,
+            usage=TokenUsage(),
+            usage_reported=True,
+            cost_usd=Decimal(0),
+            latency=Latency(total_ms=total_ms, upstream_ms=0.0, ttft_ms=total_ms, tpot_ms=0.0),
+            attempts=(),
+        )
+
+    def _store(self, plan: _Plan, completion: Completion) -> None:
+        # 12 store: the cache refuses truncated or otherwise incomplete answers itself.
+        if self._cache is not None and plan.cache_use is not None:
+            self._cache.store(plan.cache_use, completion)
 
     async def _call_chain(
         self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None
@@ -288,6 +343,13 @@ class Pipeline:
         self, spec: RequestSpec, request_id: str, *, started: float, deadline: float | None
     ) -> AsyncIterator[StreamItem]:
         plan = await self._plan(spec, request_id)
+        hit = plan.decision.cache_hit
+        if hit is not None:
+            await self._budgets.release(plan.reservation)
+            yield plan.decision
+            yield StreamDelta(hit.content)
+            yield self._cached(plan.decision, hit, started)
+            return
         settled = False
         try:
             yield plan.decision
@@ -295,6 +357,7 @@ class Pipeline:
                 if isinstance(item, Completion):
                     await self._settle(plan, item)
                     settled = True
+                    self._store(plan, item)
                 yield item
         finally:
             if not settled:

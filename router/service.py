@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+from cache.batching import BatchingEmbedder
+from cache.embedder import SentenceEmbedder
+from cache.semantic_cache import SemanticCache
+from cache.sqlite_store import SqliteEntryStore
 from router.budgets import BudgetManager, build_budget_manager
-from router.config import Config
+from router.caching import ResponseCache
+from router.config import CacheConfig, Config
 from router.feedback import FeedbackStore, SqliteFeedbackStore
 from router.pipeline import Pipeline
 from router.policies.factory import build_policy
@@ -13,6 +19,12 @@ from router.providers.base import Provider
 from router.providers.factory import build_provider
 from router.resilience import TierHealth
 from router.tokens import TokenCounter
+
+
+@functools.cache
+def shared_embedder(device: str) -> SentenceEmbedder:
+    """The model is read-only once loaded: one instance per process and device serves every server."""
+    return SentenceEmbedder(device=device)
 
 
 @dataclass
@@ -23,22 +35,46 @@ class Service:
     feedback: FeedbackStore
     budgets: BudgetManager
     health: TierHealth
+    embedder: BatchingEmbedder | None
+    cache: ResponseCache | None
 
     async def aclose(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()
+        if self.embedder is not None:
+            await self.embedder.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.budgets.aclose()
         await self.feedback.aclose()
 
 
-def build_service(config: Config) -> Service:
+async def _open_cache(config: Config, settings: CacheConfig, embedder: BatchingEmbedder) -> ResponseCache:
+    store = await SqliteEntryStore.open(config.store.path / "cache.sqlite3")
+    tuning = settings.model_copy(
+        update={"snapshot_path": settings.snapshot_path or config.store.path / "cache.faiss"}
+    )
+    cache = await SemanticCache.open(store, embedder.info, tuning)
+    return ResponseCache(cache, settings)
+
+
+async def build_service(config: Config) -> Service:
     tokens = TokenCounter()
     tokens.preload()  # seed and verify the offline encodings at start-up, not on the first request
+    config.store.path.mkdir(parents=True, exist_ok=True)
     providers = {tier.name: build_provider(tier) for tier in config.tiers}
+    policy = build_policy(config.routing)
+    embedder = None
+    if config.cache.enabled or policy.needs_embedding:
+        settings = config.cache
+        embedder = BatchingEmbedder(
+            shared_embedder(settings.device), settings.max_batch, settings.max_wait_us
+        )
+    cache = await _open_cache(config, config.cache, embedder) if config.cache.enabled and embedder else None
     budgets = build_budget_manager(config)
     health = TierHealth(config)
     pipeline = Pipeline(
-        config, providers, build_policy(config.routing), tokens, budgets=budgets, health=health
+        config, providers, policy, tokens, budgets=budgets, health=health, embedder=embedder, cache=cache
     )
     feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
-    return Service(config, pipeline, providers, feedback, budgets, health)
+    return Service(config, pipeline, providers, feedback, budgets, health, embedder, cache)

@@ -55,6 +55,8 @@ def config_dict(store: Path, openai_url: str, anthropic_url: str, **sections: An
             },
         ],
         "store": {"kind": "embedded", "path": str(store)},
+        # Off unless a test turns it on: repeated prompts in fault tests must reach the upstream.
+        "cache": {"enabled": False},
         "logging": {"level": "WARNING"},
     }
     for key, value in sections.items():
@@ -76,7 +78,7 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running_server(config: Config) -> AsyncIterator[Running]:
-    server = TierwiseServer(build_service(config))
+    server = TierwiseServer(await build_service(config))
     port = await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:

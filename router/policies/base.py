@@ -46,5 +46,7 @@ class TierChoice:
 
 class RoutingPolicy(Protocol):
     name: str
+    # Whether ``choose`` reads ``context.embedding`` (the pipeline embeds only when someone needs it).
+    needs_embedding: bool
 
     def choose(self, context: RoutingContext) -> TierChoice: ...

@@ -11,6 +11,7 @@ from router.policies.base import RoutingContext, TierChoice
 
 class CheapestPolicy:
     name = "cheapest"
+    needs_embedding = False
 
     def choose(self, context: RoutingContext) -> TierChoice:
         return TierChoice(context.candidates[0].name, "cheapest")
@@ -20,6 +21,7 @@ class StrongestPolicy:
     """The last candidate: tiers are configured cheapest (and weakest) first."""
 
     name = "strongest"
+    needs_embedding = False
 
     def choose(self, context: RoutingContext) -> TierChoice:
         return TierChoice(context.candidates[-1].name, "strongest")
@@ -30,6 +32,7 @@ class RandomPolicy:
     the same traffic routes the same way whatever the arrival order."""
 
     name = "random"
+    needs_embedding = False
 
     def __init__(self, seed: int = 0) -> None:
         self._seed = seed
@@ -47,6 +50,7 @@ class LengthPolicy:
     """
 
     name = "length"
+    needs_embedding = False
 
     def __init__(self, max_input_tokens: Mapping[str, int]) -> None:
         self._limits = dict(max_input_tokens)

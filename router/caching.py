@@ -1,0 +1,121 @@
+"""The pipeline's side of the response cache: which requests may use it, how a request
+maps to a cache query, and storing answers off the request path.
+
+The cache itself (``cache/``) knows nothing of tiers or money; this module
+translates between the two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from cache.embedder import Vector
+from cache.partition import GenerationParams
+from cache.semantic_cache import CacheHit, CacheQuery, SemanticCache
+from cache.store import CachedResponse
+from router.config import CacheConfig
+from router.outcome import CacheHitInfo, Completion
+from router.types import CacheMode, RequestSpec, TokenUsage
+
+log = logging.getLogger("tierwise.cache")
+
+AUTO_TIER = "auto"  # the model class of routed requests: any adequate tier's answer serves them
+
+
+@dataclass(frozen=True, slots=True)
+class CacheUse:
+    """What this request may do with the cache."""
+
+    query: CacheQuery
+    lookup: bool
+    store: bool
+
+
+class ResponseCache:
+    def __init__(self, cache: SemanticCache, config: CacheConfig) -> None:
+        self._cache = cache
+        self._config = config
+        self._pending: set[asyncio.Task[None]] = set()
+
+    @property
+    def cache(self) -> SemanticCache:
+        return self._cache
+
+    def use(self, spec: RequestSpec, embedding: Vector) -> CacheUse | None:
+        """None when the request bypasses the cache (mode, or a temperature too high to reuse answers)."""
+        if spec.cache_mode is CacheMode.BYPASS:
+            return None
+        if spec.temperature is not None and spec.temperature > self._config.max_temperature:
+            return None
+        params = GenerationParams(
+            model_class=spec.tier or AUTO_TIER,
+            max_tokens=spec.max_tokens,
+            temperature=spec.temperature,
+            stop=spec.stop,
+        )
+        query = CacheQuery.create(
+            tenant=spec.tenant,
+            namespace=spec.feature,
+            messages=[(m.role, m.content) for m in spec.messages],
+            embedding=embedding,
+            params=params,
+            tools_json=spec.tools_json,
+            max_age_s=spec.max_age_s,
+        )
+        return CacheUse(query, lookup=spec.cache_mode is CacheMode.USE, store=True)
+
+    async def lookup(self, use: CacheUse) -> CacheHitInfo | None:
+        if not use.lookup:
+            return None
+        hit = await self._cache.lookup(use.query)
+        return None if hit is None else _info(hit)
+
+    def store(self, use: CacheUse, completion: Completion) -> None:
+        """Insert in the background: the caller already has its answer."""
+        if not use.store or completion.decision.cache_hit is not None:
+            return
+        response = CachedResponse(
+            content=completion.content,
+            finish_reason=completion.finish_reason,
+            model=completion.decision.model,
+            input_tokens=completion.usage.input_tokens,
+            output_tokens=completion.usage.output_tokens,
+        )
+        task = asyncio.get_running_loop().create_task(self._insert(use.query, response))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _insert(self, query: CacheQuery, response: CachedResponse) -> None:
+        try:
+            await self._cache.insert(query, response)
+        except Exception:
+            log.exception("cache insert failed; the answer was served but not cached")
+
+    def record_saving(self, entry_id: str, amount: float) -> None:
+        task = asyncio.get_running_loop().create_task(self._cache.record_saving(entry_id, amount))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        await self.drain()
+        await self._cache.aclose()
+
+
+def _info(hit: CacheHit) -> CacheHitInfo:
+    response = hit.response
+    return CacheHitInfo(
+        entry_id=hit.entry_id,
+        kind=hit.kind.value,
+        similarity=hit.similarity,
+        content=response.content,
+        finish_reason=response.finish_reason,
+        model=response.model,
+        usage=TokenUsage(response.input_tokens, response.output_tokens),
+        age_s=hit.age_s,
+    )
