@@ -102,13 +102,14 @@ def bench_config(store: Path) -> Config:
                 {**tier, "name": "large", "model": "gpt-4o", "price": large},
             ],
             "store": {"path": str(store)},
+            "cache": {"enabled": False},
             "logging": {"level": "WARNING"},
         }
     )
 
 
 async def instant_service(config: Config) -> Service:
-    service = build_service(config)
+    service = await build_service(config)
     for name, provider in list(service.providers.items()):
         await provider.aclose()
         service.providers[name] = InstantProvider()  # the pipeline holds this same mapping

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos.tierwise.v1 import tierwise_pb2 as pb
+from router.admin_http import AdminServer
 from router.auth import Authenticator, Unauthenticated
 from router.errors import ServiceError
 from router.feedback import SOURCES, FeedbackRecord
@@ -130,12 +131,17 @@ class RouterServicer:
     # -- RPCs ---------------------------------------------------------------
 
     async def Route(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RouteDecision:
+        started = self._clock()
         spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
-        try:
-            decision = await self._service.pipeline.route(spec, request_id)
-        except Exception as exc:
-            await self._fail(context, request_id, exc)
+        accounting = self._service.accounting
+        with accounting.request_span("Route", context.invocation_metadata()) as span:
+            try:
+                decision = await self._service.pipeline.route(spec, request_id)
+            except Exception as exc:
+                accounting.failed(spec, request_id, exc, started, span)
+                await self._fail(context, request_id, exc)
+            accounting.routed(spec, decision, started, span)
         return decision_pb(decision)
 
     async def Complete(
@@ -144,12 +150,16 @@ class RouterServicer:
         started = self._clock()
         spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
-        try:
-            completion = await self._service.pipeline.complete(
-                spec, request_id, started=started, deadline=self._deadline(context, started)
-            )
-        except Exception as exc:
-            await self._fail(context, request_id, exc)
+        accounting = self._service.accounting
+        with accounting.request_span("Complete", context.invocation_metadata()) as span:
+            try:
+                completion = await self._service.pipeline.complete(
+                    spec, request_id, started=started, deadline=self._deadline(context, started)
+                )
+            except Exception as exc:
+                accounting.failed(spec, request_id, exc, started, span)
+                await self._fail(context, request_id, exc)
+            accounting.completed(spec, completion, span)
         self._log_done(spec, completion)
         return response_pb(completion)
 
@@ -159,20 +169,24 @@ class RouterServicer:
         started = self._clock()
         spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
+        accounting = self._service.accounting
         stream = self._service.pipeline.stream(
             spec, request_id, started=started, deadline=self._deadline(context, started)
         )
-        try:
-            async for item in stream:
-                if isinstance(item, Decision):
-                    yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
-                elif isinstance(item, StreamDelta):
-                    yield pb.CompleteChunk(request_id=request_id, delta=item.text)
-                else:
-                    self._log_done(spec, item)
-                    yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
-        except Exception as exc:
-            await self._fail(context, request_id, exc)
+        with accounting.request_span("CompleteStream", context.invocation_metadata()) as span:
+            try:
+                async for item in stream:
+                    if isinstance(item, Decision):
+                        yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
+                    elif isinstance(item, StreamDelta):
+                        yield pb.CompleteChunk(request_id=request_id, delta=item.text)
+                    else:
+                        accounting.completed(spec, item, span)
+                        self._log_done(spec, item)
+                        yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
+            except Exception as exc:
+                accounting.failed(spec, request_id, exc, started, span)
+                await self._fail(context, request_id, exc)
 
     async def Feedback(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FeedbackAck:
         tenant = await self._tenant(context)
@@ -184,6 +198,11 @@ class RouterServicer:
             record = _feedback_record(request, tenant, self._service.config.limits.max_metadata_entries)
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        ledger = self._service.accounting.ledger
+        if ledger is not None and await ledger.lookup(record.request_id, tenant) is None:
+            await _abort(
+                context, grpc.StatusCode.NOT_FOUND, "request_id: no request with this id for your tenant"
+            )
         try:
             feedback_id = await self._service.feedback.record(record)
         except Exception as exc:
@@ -257,12 +276,30 @@ class TierwiseServer:
             self._server,
         )
         self.port = 0
+        self.metrics_port = 0
+        self._stopped = False
+        self.admin = AdminServer(service.accounting.metrics) if config.metrics_port else None
+        if self.admin is not None:
+            self.admin.add_refresher(self._refresh_budget_gauges)
+
+    async def _refresh_budget_gauges(self) -> None:
+        metrics = self.service.accounting.metrics
+        for usage in await self.service.budgets.usage():
+            if usage.limit_usd is not None:
+                metrics.set_budget(
+                    usage.budget, usage.used_usd, usage.limit_usd - usage.used_usd - usage.in_flight_usd
+                )
 
     async def start(self) -> int:
         config = self.service.config.server
         self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
+        ledger = self.service.accounting.ledger
+        if ledger is not None:
+            await ledger.start()
+        if self.admin is not None:
+            self.metrics_port = await self.admin.start(config.host, config.metrics_port)
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -271,9 +308,15 @@ class TierwiseServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish within the grace period, then close."""
+        if self._stopped:
+            return
+        self._stopped = True
         await self._health.enter_graceful_shutdown()
         grace = self.service.config.server.grace_period_s if grace_s is None else grace_s
         await self._server.stop(grace)
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
         await self.service.aclose()
 
     async def wait(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from dataclasses import dataclass
 
@@ -9,16 +10,21 @@ from cache.batching import BatchingEmbedder
 from cache.embedder import SentenceEmbedder
 from cache.semantic_cache import SemanticCache
 from cache.sqlite_store import SqliteEntryStore
+from router.accounting import Accounting
 from router.budgets import BudgetManager, build_budget_manager
 from router.caching import ResponseCache
 from router.config import CacheConfig, Config
 from router.feedback import FeedbackStore, SqliteFeedbackStore
+from router.ledger import build_ledger
+from router.ledger_builder import SpendRecordBuilder
+from router.metrics import Metrics
 from router.pipeline import Pipeline
 from router.policies.factory import build_policy
 from router.providers.base import Provider
 from router.providers.factory import build_provider
 from router.resilience import TierHealth
 from router.tokens import TokenCounter
+from router.tracing import Tracing
 
 
 @functools.cache
@@ -37,8 +43,10 @@ class Service:
     health: TierHealth
     embedder: BatchingEmbedder | None
     cache: ResponseCache | None
+    accounting: Accounting
 
     async def aclose(self) -> None:
+        await self.accounting.aclose()  # flushes the spend ledger
         if self.cache is not None:
             await self.cache.aclose()
         if self.embedder is not None:
@@ -47,6 +55,7 @@ class Service:
             await provider.aclose()
         await self.budgets.aclose()
         await self.feedback.aclose()
+        await asyncio.to_thread(self.accounting.tracing.shutdown)
 
 
 async def _open_cache(config: Config, settings: CacheConfig, embedder: BatchingEmbedder) -> ResponseCache:
@@ -73,8 +82,16 @@ async def build_service(config: Config) -> Service:
     cache = await _open_cache(config, config.cache, embedder) if config.cache.enabled and embedder else None
     budgets = build_budget_manager(config)
     health = TierHealth(config)
+    metrics = Metrics(config.metrics.labels)
+    for tier in config.tiers:
+        metrics.set_circuit_state(tier.name, "closed")
+    health.add_listener(lambda change: metrics.set_circuit_state(change.tier, change.new.value))
+    ledger = build_ledger(config)
+    if ledger is not None:
+        metrics.watch_ledger(ledger)
+    accounting = Accounting(SpendRecordBuilder.from_config(config), ledger, metrics, Tracing(config.tracing))
     pipeline = Pipeline(
         config, providers, policy, tokens, budgets=budgets, health=health, embedder=embedder, cache=cache
     )
     feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
-    return Service(config, pipeline, providers, feedback, budgets, health, embedder, cache)
+    return Service(config, pipeline, providers, feedback, budgets, health, embedder, cache, accounting)

@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.feedback import SqliteFeedbackStore
-from tests.harness import AUTH, Running, build_config, config_dict, running_server
+from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
 
 
@@ -277,16 +277,32 @@ async def test_stream_failing_mid_way_reports_the_error(svc: Running, upstream: 
 
 
 @pytest.mark.asyncio
-async def test_feedback_is_stored_durably(svc: Running, tmp_path: Path) -> None:
+async def test_feedback_is_stored_durably_for_the_callers_own_request(svc: Running, tmp_path: Path) -> None:
+    response = await svc.stub.Complete(pb.CompleteRequest(messages=user("hi")), metadata=AUTH)
     ack = await svc.stub.Feedback(
-        pb.FeedbackRequest(request_id="abc123", score=0.25, source=pb.FEEDBACK_SOURCE_HUMAN, comment="meh"),
+        pb.FeedbackRequest(
+            request_id=response.request_id, score=0.25, source=pb.FEEDBACK_SOURCE_HUMAN, comment="meh"
+        ),
         metadata=AUTH,
     )
-    assert ack.feedback_id and ack.request_id == "abc123"
+    assert ack.feedback_id and ack.request_id == response.request_id
     reopened = SqliteFeedbackStore(tmp_path / "var" / "feedback.sqlite3")
-    stored = await reopened.for_request("acme", "abc123")
+    stored = await reopened.for_request("acme", response.request_id)
     await reopened.aclose()
     assert [(f.score, f.source, f.comment) for f in stored] == [(0.25, "human", "meh")]
+
+
+@pytest.mark.asyncio
+async def test_feedback_on_an_unknown_or_foreign_request_is_not_found(svc: Running) -> None:
+    response = await svc.stub.Complete(pb.CompleteRequest(messages=user("hi")), metadata=AUTH)
+    for request_id, auth in (("0" * 32, AUTH), (response.request_id, OTHER_AUTH)):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await svc.stub.Feedback(
+                pb.FeedbackRequest(request_id=request_id, score=1.0, source=pb.FEEDBACK_SOURCE_APP),
+                metadata=auth,
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert caught.value.details().startswith("request_id:")
 
 
 @pytest.mark.asyncio
