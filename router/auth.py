@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from router.config import AuthConfig
 
@@ -21,16 +22,25 @@ def sha256_hex(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    tenant: str
+    admin: bool = False
+
+
 class Authenticator:
     def __init__(self, config: AuthConfig) -> None:
         self._mode = config.mode
         self._open_tenant = config.tenant
-        self._keys = tuple((k.key_sha256, k.tenant) for k in config.api_keys)
+        self._keys = tuple((k.key_sha256, Caller(k.tenant, k.admin)) for k in config.api_keys)
 
     def tenant_for(self, metadata: Iterable[tuple[str, str | bytes]]) -> str:
+        return self.caller_for(metadata).tenant
+
+    def caller_for(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller:
         if self._mode == "none":
             assert self._open_tenant is not None  # the config guarantees it
-            return self._open_tenant
+            return Caller(self._open_tenant, admin=True)  # local use: one trusted caller
         header = None
         for name, value in metadata:
             if name.lower() == "authorization":
@@ -42,11 +52,11 @@ class Authenticator:
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("authorization metadata must be 'Bearer <key>'")
         digest = sha256_hex(key.strip())
-        tenant = None
+        caller = None
         # Compare against every key in constant time so timing reveals nothing.
-        for known, known_tenant in self._keys:
+        for known, known_caller in self._keys:
             if hmac.compare_digest(known, digest):
-                tenant = known_tenant
-        if tenant is None:
+                caller = known_caller
+        if caller is None:
             raise Unauthenticated("unknown API key")
-        return tenant
+        return caller

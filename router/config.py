@@ -42,6 +42,7 @@ class ServerConfig(_Strict):
 class ApiKey(_Strict):
     key_sha256: str
     tenant: str = Field(min_length=1, max_length=128)
+    admin: bool = Field(False, description="may use the Admin service across tenants")
 
     @field_validator("key_sha256")
     @classmethod
@@ -326,6 +327,37 @@ class BudgetStoreConfig(_Strict):
     webhook_timeout_s: float = Field(5.0, gt=0)
 
 
+class AnomalyConfig(_Strict):
+    """Cost anomaly flags: each hour's spend per tenant (and tenant + feature) against its own history.
+
+    The baseline is the median of the last ``window_hours`` hours, or, once
+    ``seasonal_after_weeks`` weeks of history exist, of the same hour-of-week in
+    earlier weeks; the spread is a robust one (MAD) with a floor, so a flat
+    series does not flag a tiny change.
+    """
+
+    enabled: bool = True
+    window_hours: int = Field(168, ge=2, description="hours of history the baseline and spread come from")
+    threshold_z: float = Field(4.0, gt=0, description="flag an hour whose robust z-score exceeds this")
+    min_history_hours: int = Field(24, ge=1, description="hours of history before an hour is scored")
+    seasonal_after_weeks: int = Field(
+        3, ge=1, description="weeks of history after which hours compare with the same hour-of-week"
+    )
+    seasonal_weeks: int = Field(4, ge=1, description="most earlier weeks a seasonal baseline looks at")
+    min_sigma_usd: float = Field(0.01, gt=0, description="spread floor in USD per hour")
+    min_sigma_ratio: float = Field(0.1, ge=0, description="spread floor as a share of the baseline")
+    by_feature: bool = Field(True, description="also score each tenant + feature, not only each tenant")
+    check_interval_s: float = Field(300.0, gt=0, description="how often the server checks")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AnomalyConfig:
+        if self.min_history_hours > self.window_hours:
+            raise ValueError("min_history_hours must not exceed window_hours")
+        if self.seasonal_weeks < self.seasonal_after_weeks:
+            raise ValueError("seasonal_weeks must be at least seasonal_after_weeks")
+        return self
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIERWISE_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -345,6 +377,7 @@ class Config(BaseSettings):
     resilience: ResilienceConfig = ResilienceConfig()
     budgets: tuple[BudgetConfig, ...] = ()
     budget_store: BudgetStoreConfig = BudgetStoreConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
 
     @classmethod
     def settings_customise_sources(

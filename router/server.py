@@ -9,7 +9,7 @@ import math
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -19,11 +19,14 @@ from grpc_reflection.v1alpha import reflection
 
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.admin_http import AdminServer
+from router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
 from router.auth import Authenticator, Unauthenticated
 from router.errors import ServiceError
 from router.feedback import SOURCES, FeedbackRecord
 from router.logs import prompt_field
 from router.outcome import Completion, Decision, StreamDelta
+from router.rpc import abort as _abort
+from router.rpc import reject_undecodable, safe_deserializer, unary
 from router.service import Service
 from router.types import RequestSpec
 from router.validation import InvalidRequest, WireRequest, validate_request
@@ -32,32 +35,6 @@ from router.wire import decision_pb, response_pb, stream_end_pb
 log = logging.getLogger("tierwise.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Router"].full_name
-
-
-class _Undecodable:
-    """A request body protobuf could not parse (for example invalid UTF-8 in a string)."""
-
-    def __init__(self, error: str) -> None:
-        self.error = error
-
-
-def _safe(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    # gRPC answers a deserializer exception with a bare UNKNOWN/INTERNAL; parse
-    # failures are the caller's, so they become INVALID_ARGUMENT in the handler.
-    def deserialize(data: bytes) -> Any:
-        try:
-            return parse(data)
-        except Exception as exc:
-            return _Undecodable(str(exc) or type(exc).__name__)
-
-    return deserialize
-
-
-async def _abort(
-    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
-) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("unreachable: context.abort raises")
 
 
 class RouterServicer:
@@ -76,10 +53,7 @@ class RouterServicer:
 
     async def _accept(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> RequestSpec:
         tenant = await self._tenant(context)
-        if isinstance(request, _Undecodable):
-            await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"request: cannot be decoded: {request.error}"
-            )
+        await reject_undecodable(request, context)
         wire: WireRequest = request
         try:
             return validate_request(wire, tenant, self._service.config)
@@ -190,10 +164,7 @@ class RouterServicer:
 
     async def Feedback(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FeedbackAck:
         tenant = await self._tenant(context)
-        if isinstance(request, _Undecodable):
-            await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, f"request: cannot be decoded: {request.error}"
-            )
+        await reject_undecodable(request, context)
         try:
             record = _feedback_record(request, tenant, self._service.config.limits.max_metadata_entries)
         except InvalidRequest as exc:
@@ -232,11 +203,6 @@ def _feedback_record(request: pb.FeedbackRequest, tenant: str, max_metadata: int
 
 
 def _handlers(servicer: RouterServicer) -> grpc.GenericRpcHandler[Any, Any]:
-    def unary(fn: Callable[..., Awaitable[Any]], req: Any, resp: Any) -> grpc.RpcMethodHandler[Any, Any]:
-        return grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=_safe(req.FromString), response_serializer=resp.SerializeToString
-        )
-
     return grpc.method_handlers_generic_handler(
         SERVICE_NAME,
         {
@@ -245,7 +211,7 @@ def _handlers(servicer: RouterServicer) -> grpc.GenericRpcHandler[Any, Any]:
             "Feedback": unary(servicer.Feedback, pb.FeedbackRequest, pb.FeedbackAck),
             "CompleteStream": grpc.unary_stream_rpc_method_handler(
                 servicer.CompleteStream,
-                request_deserializer=_safe(pb.CompleteRequest.FromString),
+                request_deserializer=safe_deserializer(pb.CompleteRequest.FromString),
                 response_serializer=pb.CompleteChunk.SerializeToString,
             ),
         },
@@ -262,14 +228,19 @@ class TierwiseServer:
         self._server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
         )
+        authenticator = Authenticator(service.config.auth)
         self._server.add_generic_rpc_handlers(
-            (_handlers(RouterServicer(service, Authenticator(service.config.auth))),)
+            (
+                _handlers(RouterServicer(service, authenticator)),
+                admin_handlers(AdminServicer(service, authenticator)),
+            )
         )
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                ADMIN_SERVICE,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),

@@ -742,3 +742,225 @@ class FeedbackAck(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FeedbackAck: _TypeAlias = FeedbackAck  # noqa: Y015
+
+@_typing.final
+class InvalidateCacheRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_ID_FIELD_NUMBER: _builtins.int
+    PARTITION_KEY_FIELD_NUMBER: _builtins.int
+    OLDER_THAN_S_FIELD_NUMBER: _builtins.int
+    ALL_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    entry_id: _builtins.str
+    """one entry"""
+    partition_key: _builtins.str
+    """one partition"""
+    older_than_s: _builtins.float
+    """entries older than this"""
+    all: _builtins.bool
+    """every entry of the tenant (needed when nothing else is set)"""
+    tenant: _builtins.str
+    """admin keys only; default: the caller's tenant"""
+    def __init__(
+        self,
+        *,
+        entry_id: _builtins.str = ...,
+        partition_key: _builtins.str = ...,
+        older_than_s: _builtins.float | None = ...,
+        all: _builtins.bool = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_older_than_s", b"_older_than_s", "older_than_s", b"older_than_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_older_than_s", b"_older_than_s", "all", b"all", "entry_id", b"entry_id", "older_than_s", b"older_than_s", "partition_key", b"partition_key", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__older_than_s: _TypeAlias = _typing.Literal["older_than_s"]  # noqa: Y015
+    _WhichOneofArgType__older_than_s: _TypeAlias = _typing.Literal["_older_than_s", b"_older_than_s"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__older_than_s) -> _WhichOneofReturnType__older_than_s | None: ...
+
+Global___InvalidateCacheRequest: _TypeAlias = InvalidateCacheRequest  # noqa: Y015
+
+@_typing.final
+class InvalidateCacheResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.int
+    def __init__(
+        self,
+        *,
+        removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvalidateCacheResponse: _TypeAlias = InvalidateCacheResponse  # noqa: Y015
+
+@_typing.final
+class TierStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierStatusRequest: _TypeAlias = TierStatusRequest  # noqa: Y015
+
+@_typing.final
+class TierStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIER_FIELD_NUMBER: _builtins.int
+    CIRCUIT_FIELD_NUMBER: _builtins.int
+    CALLS_IN_WINDOW_FIELD_NUMBER: _builtins.int
+    FAILURE_RATE_FIELD_NUMBER: _builtins.int
+    SLOW_CALL_RATE_FIELD_NUMBER: _builtins.int
+    COLD_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P50_MS_FIELD_NUMBER: _builtins.int
+    TTFT_P95_MS_FIELD_NUMBER: _builtins.int
+    tier: _builtins.str
+    circuit: _builtins.str
+    """closed | open | half_open"""
+    calls_in_window: _builtins.int
+    failure_rate: _builtins.float
+    slow_call_rate: _builtins.float
+    cold: _builtins.bool
+    """too few recent calls for a latency estimate"""
+    latency_p50_ms: _builtins.float
+    latency_p95_ms: _builtins.float
+    ttft_p50_ms: _builtins.float
+    ttft_p95_ms: _builtins.float
+    def __init__(
+        self,
+        *,
+        tier: _builtins.str = ...,
+        circuit: _builtins.str = ...,
+        calls_in_window: _builtins.int = ...,
+        failure_rate: _builtins.float = ...,
+        slow_call_rate: _builtins.float = ...,
+        cold: _builtins.bool = ...,
+        latency_p50_ms: _builtins.float = ...,
+        latency_p95_ms: _builtins.float = ...,
+        ttft_p50_ms: _builtins.float = ...,
+        ttft_p95_ms: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls_in_window", b"calls_in_window", "circuit", b"circuit", "cold", b"cold", "failure_rate", b"failure_rate", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "slow_call_rate", b"slow_call_rate", "tier", b"tier", "ttft_p50_ms", b"ttft_p50_ms", "ttft_p95_ms", b"ttft_p95_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierStatus: _TypeAlias = TierStatus  # noqa: Y015
+
+@_typing.final
+class TierStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierStatus]: ...
+    def __init__(
+        self,
+        *,
+        tiers: _abc.Iterable[Global___TierStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tiers", b"tiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierStatusResponse: _TypeAlias = TierStatusResponse  # noqa: Y015
+
+@_typing.final
+class BudgetStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetStatusRequest: _TypeAlias = BudgetStatusRequest  # noqa: Y015
+
+@_typing.final
+class BudgetStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    USED_USD_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_USD_FIELD_NUMBER: _builtins.int
+    LIMIT_USD_FIELD_NUMBER: _builtins.int
+    USED_TOKENS_FIELD_NUMBER: _builtins.int
+    LIMIT_TOKENS_FIELD_NUMBER: _builtins.int
+    RESETS_AT_FIELD_NUMBER: _builtins.int
+    budget: _builtins.str
+    tenant: _builtins.str
+    period: _builtins.str
+    used_usd: _builtins.str
+    """exact decimal strings"""
+    in_flight_usd: _builtins.str
+    limit_usd: _builtins.str
+    """empty when the budget has no USD limit"""
+    used_tokens: _builtins.int
+    limit_tokens: _builtins.int
+    """0 when the budget has no token limit"""
+    resets_at: _builtins.str
+    """ISO 8601, UTC"""
+    def __init__(
+        self,
+        *,
+        budget: _builtins.str = ...,
+        tenant: _builtins.str = ...,
+        period: _builtins.str = ...,
+        used_usd: _builtins.str = ...,
+        in_flight_usd: _builtins.str = ...,
+        limit_usd: _builtins.str = ...,
+        used_tokens: _builtins.int = ...,
+        limit_tokens: _builtins.int = ...,
+        resets_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "in_flight_usd", b"in_flight_usd", "limit_tokens", b"limit_tokens", "limit_usd", b"limit_usd", "period", b"period", "resets_at", b"resets_at", "tenant", b"tenant", "used_tokens", b"used_tokens", "used_usd", b"used_usd"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetStatus: _TypeAlias = BudgetStatus  # noqa: Y015
+
+@_typing.final
+class BudgetStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGETS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def budgets(self) -> _containers.RepeatedCompositeFieldContainer[Global___BudgetStatus]: ...
+    def __init__(
+        self,
+        *,
+        budgets: _abc.Iterable[Global___BudgetStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budgets", b"budgets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BudgetStatusResponse: _TypeAlias = BudgetStatusResponse  # noqa: Y015

@@ -229,3 +229,170 @@ class Router:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminStub:
+    """Operations: cache invalidation, tier health, budget usage. A key sees and
+    changes only its own tenant's data unless the config marks it admin.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.InvalidateCache = channel.unary_unary(
+                '/tierwise.v1.Admin/InvalidateCache',
+                request_serializer=tierwise_dot_v1_dot_tierwise__pb2.InvalidateCacheRequest.SerializeToString,
+                response_deserializer=tierwise_dot_v1_dot_tierwise__pb2.InvalidateCacheResponse.FromString,
+                _registered_method=True)
+        self.TierStatus = channel.unary_unary(
+                '/tierwise.v1.Admin/TierStatus',
+                request_serializer=tierwise_dot_v1_dot_tierwise__pb2.TierStatusRequest.SerializeToString,
+                response_deserializer=tierwise_dot_v1_dot_tierwise__pb2.TierStatusResponse.FromString,
+                _registered_method=True)
+        self.BudgetStatus = channel.unary_unary(
+                '/tierwise.v1.Admin/BudgetStatus',
+                request_serializer=tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusRequest.SerializeToString,
+                response_deserializer=tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operations: cache invalidation, tier health, budget usage. A key sees and
+    changes only its own tenant's data unless the config marks it admin.
+    """
+
+    def InvalidateCache(self, request, context):
+        """Remove cached answers by entry, partition, age, or all of a tenant's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TierStatus(self, request, context):
+        """Circuit breaker state and recent latency of every tier (admin keys only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BudgetStatus(self, request, context):
+        """Usage of the current budget windows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'InvalidateCache': grpc.unary_unary_rpc_method_handler(
+                    servicer.InvalidateCache,
+                    request_deserializer=tierwise_dot_v1_dot_tierwise__pb2.InvalidateCacheRequest.FromString,
+                    response_serializer=tierwise_dot_v1_dot_tierwise__pb2.InvalidateCacheResponse.SerializeToString,
+            ),
+            'TierStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.TierStatus,
+                    request_deserializer=tierwise_dot_v1_dot_tierwise__pb2.TierStatusRequest.FromString,
+                    response_serializer=tierwise_dot_v1_dot_tierwise__pb2.TierStatusResponse.SerializeToString,
+            ),
+            'BudgetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.BudgetStatus,
+                    request_deserializer=tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusRequest.FromString,
+                    response_serializer=tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'tierwise.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('tierwise.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operations: cache invalidation, tier health, budget usage. A key sees and
+    changes only its own tenant's data unless the config marks it admin.
+    """
+
+    @staticmethod
+    def InvalidateCache(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierwise.v1.Admin/InvalidateCache',
+            tierwise_dot_v1_dot_tierwise__pb2.InvalidateCacheRequest.SerializeToString,
+            tierwise_dot_v1_dot_tierwise__pb2.InvalidateCacheResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TierStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierwise.v1.Admin/TierStatus',
+            tierwise_dot_v1_dot_tierwise__pb2.TierStatusRequest.SerializeToString,
+            tierwise_dot_v1_dot_tierwise__pb2.TierStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BudgetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierwise.v1.Admin/BudgetStatus',
+            tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusRequest.SerializeToString,
+            tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -97,3 +97,64 @@ class RouterServicer(metaclass=_abc_1.ABCMeta):
         """A quality signal for an earlier request_id."""
 
 def add_RouterServicer_to_server(servicer: RouterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class AdminStub:
+    """Operations: cache invalidation, tier health, budget usage. A key sees and
+    changes only its own tenant's data unless the config marks it admin.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> AdminAsyncStub: ...
+    InvalidateCache: _grpc.UnaryUnaryMultiCallable[_tierwise_pb2.InvalidateCacheRequest, _tierwise_pb2.InvalidateCacheResponse]
+    """Remove cached answers by entry, partition, age, or all of a tenant's."""
+    TierStatus: _grpc.UnaryUnaryMultiCallable[_tierwise_pb2.TierStatusRequest, _tierwise_pb2.TierStatusResponse]
+    """Circuit breaker state and recent latency of every tier (admin keys only)."""
+    BudgetStatus: _grpc.UnaryUnaryMultiCallable[_tierwise_pb2.BudgetStatusRequest, _tierwise_pb2.BudgetStatusResponse]
+    """Usage of the current budget windows."""
+
+@_typing.type_check_only
+class AdminAsyncStub(AdminStub):
+    """Operations: cache invalidation, tier health, budget usage. A key sees and
+    changes only its own tenant's data unless the config marks it admin.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    InvalidateCache: _aio.UnaryUnaryMultiCallable[_tierwise_pb2.InvalidateCacheRequest, _tierwise_pb2.InvalidateCacheResponse]  # type: ignore[assignment]
+    """Remove cached answers by entry, partition, age, or all of a tenant's."""
+    TierStatus: _aio.UnaryUnaryMultiCallable[_tierwise_pb2.TierStatusRequest, _tierwise_pb2.TierStatusResponse]  # type: ignore[assignment]
+    """Circuit breaker state and recent latency of every tier (admin keys only)."""
+    BudgetStatus: _aio.UnaryUnaryMultiCallable[_tierwise_pb2.BudgetStatusRequest, _tierwise_pb2.BudgetStatusResponse]  # type: ignore[assignment]
+    """Usage of the current budget windows."""
+
+class AdminServicer(metaclass=_abc_1.ABCMeta):
+    """Operations: cache invalidation, tier health, budget usage. A key sees and
+    changes only its own tenant's data unless the config marks it admin.
+    """
+
+    @_abc_1.abstractmethod
+    def InvalidateCache(
+        self,
+        request: _tierwise_pb2.InvalidateCacheRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tierwise_pb2.InvalidateCacheResponse, _abc.Awaitable[_tierwise_pb2.InvalidateCacheResponse]]:
+        """Remove cached answers by entry, partition, age, or all of a tenant's."""
+
+    @_abc_1.abstractmethod
+    def TierStatus(
+        self,
+        request: _tierwise_pb2.TierStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tierwise_pb2.TierStatusResponse, _abc.Awaitable[_tierwise_pb2.TierStatusResponse]]:
+        """Circuit breaker state and recent latency of every tier (admin keys only)."""
+
+    @_abc_1.abstractmethod
+    def BudgetStatus(
+        self,
+        request: _tierwise_pb2.BudgetStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tierwise_pb2.BudgetStatusResponse, _abc.Awaitable[_tierwise_pb2.BudgetStatusResponse]]:
+        """Usage of the current budget windows."""
+
+def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
