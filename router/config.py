@@ -29,6 +29,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsConfig(_Strict):
+    """gRPC over TLS; with ``client_ca_file`` clients must present a certificate it signed (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
@@ -37,6 +45,7 @@ class ServerConfig(_Strict):
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     log_prompts: bool = False
     default_timeout_s: float = Field(60.0, gt=0, description="upstream deadline when the caller sets none")
+    tls: TlsConfig | None = None
 
 
 class ApiKey(_Strict):

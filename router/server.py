@@ -21,6 +21,7 @@ from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.admin_http import AdminServer
 from router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
 from router.auth import Authenticator, Unauthenticated
+from router.config import ConfigError, TlsConfig
 from router.errors import ServiceError
 from router.feedback import SOURCES, FeedbackRecord
 from router.logs import prompt_field
@@ -218,6 +219,17 @@ def _handlers(servicer: RouterServicer) -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
+def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    try:
+        key, cert = tls.key_file.read_bytes(), tls.cert_file.read_bytes()
+        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    except OSError as exc:
+        raise ConfigError(f"server.tls: cannot read {exc.filename}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials(
+        ((key, cert),), root_certificates=ca, require_client_auth=ca is not None
+    )
+
+
 class TierwiseServer:
     """A running gRPC server over a built ``Service``."""
 
@@ -263,7 +275,11 @@ class TierwiseServer:
 
     async def start(self) -> int:
         config = self.service.config.server
-        self.port = self._server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, _tls_credentials(config.tls))
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
         ledger = self.service.accounting.ledger
