@@ -226,7 +226,7 @@ def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     except OSError as exc:
         raise ConfigError(f"server.tls: cannot read {exc.filename}: {exc.strerror}") from None
     return grpc.ssl_server_credentials(
-        ((key, cert),), root_certificates=ca, require_client_auth=ca is not None
+        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
     )
 
 
