@@ -154,6 +154,13 @@ class Metrics:
             buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
+        self._anomaly_labels = tuple(name for name in ("tenant", "feature") if name in self.labels)
+        self.cost_anomalies = Counter(
+            "tierwise_cost_anomalies",
+            "Hours whose spend was flagged as anomalous (feature '*': the tenant's total).",
+            self._anomaly_labels,
+            registry=r,
+        )
 
     # -- what the pipeline calls ----------------------------------------------
 
@@ -199,6 +206,14 @@ class Metrics:
     def set_budget(self, name: str, used: Decimal | float, remaining: Decimal | float) -> None:
         self.budget_used.labels(name).set(float(used))
         self.budget_remaining.labels(name).set(float(remaining))
+
+    def observe_anomaly(self, tenant: str, feature: str | None) -> None:
+        """One flagged hour; ``feature`` None is the tenant's total."""
+        values = {"tenant": tenant, "feature": "*" if feature is None else feature}
+        if self._anomaly_labels:
+            self.cost_anomalies.labels(*(values[name] for name in self._anomaly_labels)).inc()
+        else:
+            self.cost_anomalies.inc()
 
     def watch_ledger(self, ledger: SpendLedger) -> None:
         """Export the ledger's backlog and store health, read at each scrape."""
