@@ -81,7 +81,9 @@ def _seasonal_expected(costs: FloatArray, weeks: int) -> FloatArray:
     return expected
 
 
-def score_hours(costs: Sequence[float], settings: AnomalyConfig, first: int = 0) -> list[HourScore]:
+def score_hours(
+    costs: Sequence[float] | FloatArray, settings: AnomalyConfig, first: int = 0
+) -> list[HourScore]:
     """Score each hour from index ``first`` on against the hours before it.
 
     Hours with fewer than ``min_history_hours`` hours before them are left out.

@@ -23,6 +23,7 @@ from router.anomaly import (
     WEEK_H,
     Anomaly,
     AnomalyChecker,
+    FloatArray,
     SeriesKey,
     SinkReports,
     find_anomalies,
@@ -43,12 +44,14 @@ MONDAY = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday, 00:00 UTC
 MONDAY_9AM = 9  # hour-of-week index when the series starts on a Monday at midnight
 
 
-def noisy(hours: int, level: float, sd: float, seed: int) -> np.ndarray:
+def noisy(hours: int, level: float, sd: float, seed: int) -> FloatArray:
     rng = np.random.default_rng(seed)
     return np.clip(rng.normal(level, sd, hours), 0.0, None)
 
 
-def flagged(costs: Sequence[float], settings: AnomalyConfig = SETTINGS, first: int = 0) -> list[int]:
+def flagged(
+    costs: Sequence[float] | FloatArray, settings: AnomalyConfig = SETTINGS, first: int = 0
+) -> list[int]:
     return [s.index for s in score_hours(costs, settings, first) if s.z > settings.threshold_z]
 
 
