@@ -12,11 +12,18 @@ unless a snapshot taken at the store's current generation is found. Writes (the
 store write and the matching index change) are serialised, so a snapshot always
 matches the generation it records. Hit and savings counters are written in
 batches off the request path.
+
+A store that is also a change feed (Redis) is shared by several replicas: an
+:class:`~cache.replication.IndexFollower` applies every replica's inserts and
+deletions to this cache's index, and a snapshot records the feed position it
+matches instead of the generation. A failing store never fails a lookup or an
+insert: they miss or store nothing, and the failure is logged and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
@@ -31,15 +38,18 @@ import numpy as np
 from cache.embedder import EmbedderInfo, Vector
 from cache.index import PartitionedIndex, set_faiss_threads
 from cache.partition import GenerationParams, Message, Partition, build_partition, exact_key, last_user_turn
+from cache.replication import Backoff, ChangeFeed, FeedPosition, IndexFollower
 from cache.settings import CacheSettings
 from cache.store import (
     CachedResponse,
     CacheEntry,
+    CacheStoreError,
     EntryFilter,
     EntryRef,
     EntryStore,
     EntryUsage,
     EvictionPlan,
+    VectorRow,
     entry_label,
     label_entry_id,
     new_entry_id,
@@ -122,6 +132,15 @@ class CacheStats:
     invalidated: int = 0
     negative_feedback: int = 0
     background_errors: int = 0
+    store_errors: int = 0
+    """Store calls that failed (a lookup missed, an insert stored nothing, a flush or purge waits)."""
+    replication_following: bool = False
+    """Shared store: the last read of the change feed succeeded."""
+    replicated_changes: int = 0
+    index_reloads: int = 0
+    replication_errors: int = 0
+    replication_lag_s: float | None = None
+    """Shared store: age of the newest applied change when it was applied."""
 
 
 @dataclass(slots=True)
@@ -129,6 +148,12 @@ class _Usage:
     hits: int = 0
     last_hit_at: float | None = None
     saved: float = 0.0
+
+    def add(self, other: _Usage) -> None:
+        self.hits += other.hits
+        self.saved += other.saved
+        if other.last_hit_at is not None:
+            self.last_hit_at = max(self.last_hit_at or other.last_hit_at, other.last_hit_at)
 
 
 @dataclass(slots=True)
@@ -197,6 +222,9 @@ class SemanticCache:
         self._last_flush = clock()
         self._last_purge = clock()
         self._stats = CacheStats(entries=entries)
+        self._store_failing = False
+        self._follower: IndexFollower | None = None
+        self._feed_position: FeedPosition | None = None
         self._closed = False
 
     @classmethod
@@ -207,14 +235,67 @@ class SemanticCache:
         settings: CacheSettings | None = None,
         verifier: CandidateVerifier | None = None,
         clock: Callable[[], float] = time.time,
+        feed: ChangeFeed | None = None,
     ) -> SemanticCache:
-        """Load the index from a current snapshot or rebuild it from ``store``; purge expired entries."""
+        """Load the index from a current snapshot or rebuild it from ``store``; purge expired entries.
+
+        ``feed`` (by default ``store`` itself when it is a :class:`ChangeFeed`) makes this cache a replica
+        of a shared store: its index follows the feed until :meth:`aclose`. A replica opens even while
+        the shared store is unreachable (with its snapshot, or empty) and catches up once it is back.
+        """
         settings = settings or CacheSettings()
         verifier = verifier or CosineOnlyVerifier(settings.similarity_threshold)
-        index, from_snapshot = await _load_or_rebuild_index(store, embedder, settings)
-        cache = cls(store, embedder, index, settings, verifier, clock, await store.count())
-        cache._stats.index_from_snapshot = from_snapshot
+        if feed is None and isinstance(store, ChangeFeed):
+            feed = store
+        if feed is not None:
+            cache = await cls._open_replica(store, feed, embedder, settings, verifier, clock)
+        else:
+            index, from_snapshot = await _load_or_rebuild_index(store, embedder, settings)
+            cache = cls(store, embedder, index, settings, verifier, clock, await store.count())
+            cache._stats.index_from_snapshot = from_snapshot
         await cache._purge_expired()
+        return cache
+
+    @classmethod
+    async def _open_replica(
+        cls,
+        store: EntryStore,
+        feed: ChangeFeed,
+        embedder: EmbedderInfo,
+        settings: CacheSettings,
+        verifier: CandidateVerifier,
+        clock: Callable[[], float],
+    ) -> SemanticCache:
+        index, position, from_snapshot, entries = (
+            PartitionedIndex(embedder.dim, settings.index_params()),
+            None,
+            False,
+            0,
+        )
+        try:
+            current: FeedPosition | None = await feed.position()  # before the scan: later changes replay
+        except CacheStoreError as exc:
+            logger.warning("shared cache store unreachable at start (%s); following it once it is back", exc)
+            current = None
+        snapshot = await _read_replica_snapshot(embedder, settings)
+        if snapshot is not None and (current is None or snapshot[1].instance_id == current.instance_id):
+            (index, position), from_snapshot = snapshot, True
+        elif current is not None:
+            try:
+                index, position = await _rebuild_index(store, embedder, settings), current
+            except CacheStoreError as exc:
+                logger.warning("could not read the shared cache store (%s); the index starts empty", exc)
+        if position is not None:
+            with contextlib.suppress(CacheStoreError):
+                entries = await store.count()
+        cache = cls(store, embedder, index, settings, verifier, clock, entries)
+        cache._stats.index_from_snapshot = from_snapshot
+        cache._feed_position = position
+        backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        cache._follower = IndexFollower(
+            feed, cache, position, batch=settings.replication_batch, backoff=backoff
+        )
+        cache._follower.start()
         return cache
 
     # -- lookup ---------------------------------------------------------------------------------------
@@ -225,9 +306,15 @@ class SemanticCache:
         now = self._clock()
         self._stats.lookups += 1
         self._maybe_purge(now)
-        hit = await self._exact_hit(query, now)
-        if hit is None and query.query_text.strip():
-            hit = await self._semantic_hit(query, now)
+        try:
+            hit = await self._exact_hit(query, now)
+            if hit is None and query.query_text.strip():
+                hit = await self._semantic_hit(query, now)
+        except CacheStoreError as exc:
+            self._store_failed(exc)
+            hit = None
+        else:
+            self._store_ok()
         if hit is None:
             self._stats.misses += 1
             return None
@@ -321,7 +408,8 @@ class SemanticCache:
         failed: bool = False,
         truncated: bool = False,
     ) -> str | None:
-        """Store ``response`` for ``query``; returns the entry id, or None when the answer is not cacheable.
+        """Store ``response`` for ``query``; returns the entry id, or None when the answer is not cacheable
+        or the store failed (counted in ``store_errors``).
 
         Only complete answers are stored: ``finish_reason`` in ``cacheable_finish_reasons``, non-empty
         content, and neither ``failed`` nor ``truncated``. An entry with the same exact key is replaced.
@@ -349,14 +437,20 @@ class SemanticCache:
             expires_at=now + ttl,
         )
         async with self._write_lock:
-            replaced = await self._store.insert(entry)
+            try:
+                replaced = await self._store.insert(entry)
+            except CacheStoreError as exc:
+                self._store_failed(exc)
+                return None
+            self._store_ok()
             await self._unindex(replaced)
-            label = np.asarray([entry_label(entry.entry_id)], dtype=np.int64)
-            if await self._in_thread(self._index.add, entry.partition_key, label, vector.reshape(1, -1)):
-                self._schedule_rebuild(entry.partition_key)
+            await self._index_rows([VectorRow(entry.entry_id, entry.partition_key, vector)])
             self._stats.entries += 1 - len(replaced)
             self._stats.inserts += 1
-            await self._evict_if_full(now)
+            try:
+                await self._evict_if_full(now)
+            except CacheStoreError as exc:
+                self._store_failed(exc)  # stored; the next insert tries the eviction again
         self._maybe_purge(now)
         return entry.entry_id
 
@@ -369,7 +463,10 @@ class SemanticCache:
         partition_key: str | None = None,
         older_than_s: float | None = None,
     ) -> int:
-        """Delete the entries matching every given filter; returns how many. At least one is required."""
+        """Delete the entries matching every given filter; returns how many. At least one is required.
+
+        Raises :class:`CacheStoreError` when the store fails: the caller must know nothing was deleted.
+        """
         self._check_open()
         created_before = None if older_than_s is None else self._clock() - older_than_s
         where = EntryFilter(
@@ -387,6 +484,13 @@ class SemanticCache:
             await self._unindex(refs)
             self._stats.entries -= len(refs)
         return len(refs)
+
+    async def _index_rows(self, rows: Iterable[VectorRow]) -> None:
+        for partition_key, group in _by_partition(rows, self._embedder.dim).items():
+            labels = np.asarray([label for label, _ in group], dtype=np.int64)
+            vectors = np.stack([vector for _, vector in group])
+            if await self._in_thread(self._index.add, partition_key, labels, vectors):
+                self._schedule_rebuild(partition_key)
 
     async def _unindex(self, refs: Iterable[EntryRef]) -> None:
         by_partition: dict[str, list[int]] = {}
@@ -413,6 +517,7 @@ class SemanticCache:
             now=now,
             grace_s=self._settings.eviction_grace_s,
             age_floor_s=self._settings.eviction_age_floor_s,
+            keep=target,
         )
         refs = await self._store.evict(plan)
         await self._unindex(refs)
@@ -421,7 +526,11 @@ class SemanticCache:
 
     async def _purge_expired(self) -> None:
         self._last_purge = now = self._clock()
-        removed = await self._delete(EntryFilter(expires_before=now))
+        try:
+            removed = await self._delete(EntryFilter(expires_before=now))
+        except CacheStoreError as exc:
+            self._store_failed(exc)  # the next purge deletes them; lookups never serve expired entries
+            return
         self._stats.expired += removed
 
     def _maybe_purge(self, now: float) -> None:
@@ -459,11 +568,7 @@ class SemanticCache:
         self._note_usage(entry_id, _Usage(saved=amount))
 
     def _note_usage(self, entry_id: str, usage: _Usage) -> None:
-        pending = self._usage.setdefault(entry_id, _Usage())
-        pending.hits += usage.hits
-        pending.saved += usage.saved
-        if usage.last_hit_at is not None:
-            pending.last_hit_at = max(pending.last_hit_at or usage.last_hit_at, usage.last_hit_at)
+        self._usage.setdefault(entry_id, _Usage()).add(usage)
         now = self._clock()
         due = now - self._last_flush >= self._settings.usage_flush_interval_s
         if due or len(self._usage) >= self._settings.usage_flush_batch:
@@ -472,10 +577,56 @@ class SemanticCache:
 
     async def _flush_usage(self) -> None:
         pending, self._usage = self._usage, {}
-        if pending:
+        if not pending:
+            return
+        try:
             await self._store.touch(
                 [EntryUsage(entry_id, u.hits, u.last_hit_at, u.saved) for entry_id, u in pending.items()]
             )
+        except CacheStoreError as exc:
+            self._store_failed(exc)
+            for entry_id, usage in pending.items():  # kept for the next flush
+                self._usage.setdefault(entry_id, _Usage()).add(usage)
+
+    # -- replication (cache.replication.ReplicaIndex) and store health --------------------------------
+
+    @property
+    def embedder_key(self) -> str:
+        return self._embedder.key
+
+    async def apply_changes(
+        self,
+        added: Sequence[VectorRow],
+        removed: Sequence[EntryRef],
+        entries_delta: int,
+        position: FeedPosition,
+    ) -> None:
+        """Apply changes read from the shared store's feed to the index; the store is not written."""
+        async with self._write_lock:
+            await self._unindex(removed)
+            await self._index_rows(added)
+            self._stats.entries += entries_delta
+            self._feed_position = position
+
+    async def reload_index(self, position: FeedPosition) -> None:
+        """Swap in an index built from a scan of the store; changes after ``position`` are replayed."""
+        index = await _rebuild_index(self._store, self._embedder, self._settings)
+        entries = await self._store.count()
+        async with self._write_lock:
+            self._index = index
+            self._stats.entries = entries
+            self._feed_position = position
+
+    def _store_failed(self, exc: CacheStoreError) -> None:
+        self._stats.store_errors += 1
+        if not self._store_failing:
+            self._store_failing = True
+            logger.warning("cache store failed (%s); lookups miss and answers go uncached meanwhile", exc)
+
+    def _store_ok(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            logger.info("cache store answers again")
 
     # -- index plumbing -------------------------------------------------------------------------------
 
@@ -521,6 +672,13 @@ class SemanticCache:
         stats.partitions = len(keys)
         stats.hnsw_partitions = sum(self._index.is_hnsw(key) for key in keys)
         stats.background_errors = self._background.errors
+        if self._follower is not None:
+            follower = self._follower.stats
+            stats.replication_following = follower.following
+            stats.replicated_changes = follower.applied
+            stats.index_reloads = follower.reloads
+            stats.replication_errors = follower.errors
+            stats.replication_lag_s = follower.lag_s
         return stats
 
     async def wait_idle(self) -> None:
@@ -528,13 +686,20 @@ class SemanticCache:
         await self._background.drain()
 
     async def snapshot(self) -> bool:
-        """Write the index snapshot to ``settings.snapshot_path``; False when no path is set."""
+        """Write the index snapshot to ``settings.snapshot_path``; False when no path is set, or when a
+        replica does not know which feed position its index matches (it started while the store was down).
+        """
         path = self._settings.snapshot_path
         if path is None:
             return False
         async with self._write_lock:
-            identity = await self._store.identity()
-            manifest = _manifest(identity.instance_id, identity.generation, self._embedder)
+            if self._follower is None:
+                identity = await self._store.identity()
+                manifest = _manifest(identity.instance_id, identity.generation, self._embedder)
+            elif self._feed_position is None:
+                return False
+            else:
+                manifest = _replica_manifest(self._feed_position, self._embedder)
             await self._in_thread(self._index.save, path, manifest)
         return True
 
@@ -544,6 +709,8 @@ class SemanticCache:
             return
         self._closed = True
         try:
+            if self._follower is not None:
+                await self._follower.aclose()
             await self._background.drain()
             await self._flush_usage()
             await self.snapshot()
@@ -557,25 +724,63 @@ def _manifest(instance_id: str, generation: int, embedder: EmbedderInfo) -> dict
     return {"store": instance_id, "generation": generation, "embedder": embedder.key}
 
 
+def _replica_manifest(position: FeedPosition, embedder: EmbedderInfo) -> dict[str, object]:
+    feed = {"instance_id": position.instance_id, "change_id": position.change_id, "seq": position.seq}
+    return {"store": position.instance_id, "feed": feed, "embedder": embedder.key}
+
+
+async def _read_snapshot(
+    embedder: EmbedderInfo, settings: CacheSettings
+) -> tuple[PartitionedIndex, dict[str, Any]] | None:
+    path = settings.snapshot_path
+    if path is None or not path.exists():
+        return None
+    try:
+        return await asyncio.to_thread(PartitionedIndex.load, path, embedder.dim, settings.index_params())
+    except Exception:
+        # A snapshot only saves time; an unreadable one is rebuilt, never trusted.
+        logger.warning("cache snapshot %s is unreadable; rebuilding from the store", path, exc_info=True)
+        return None
+
+
 async def _load_or_rebuild_index(
     store: EntryStore, embedder: EmbedderInfo, settings: CacheSettings
 ) -> tuple[PartitionedIndex, bool]:
     """The index, and whether it came from the snapshot."""
     identity = await store.identity()
-    path = settings.snapshot_path
-    if path is not None and path.exists():
-        try:
-            index, manifest = await asyncio.to_thread(
-                PartitionedIndex.load, path, embedder.dim, settings.index_params()
-            )
-        except Exception:
-            # A snapshot only saves time; an unreadable one is rebuilt, never trusted.
-            logger.warning("cache snapshot %s is unreadable; rebuilding from the store", path, exc_info=True)
-        else:
-            if manifest == _manifest(identity.instance_id, identity.generation, embedder):
-                return index, True
-            logger.info("cache snapshot %s is stale; rebuilding from the store", path)
+    snapshot = await _read_snapshot(embedder, settings)
+    if snapshot is not None:
+        index, manifest = snapshot
+        if manifest == _manifest(identity.instance_id, identity.generation, embedder):
+            return index, True
+        logger.info("cache snapshot %s is stale; rebuilding from the store", settings.snapshot_path)
     return await _rebuild_index(store, embedder, settings), False
+
+
+async def _read_replica_snapshot(
+    embedder: EmbedderInfo, settings: CacheSettings
+) -> tuple[PartitionedIndex, FeedPosition] | None:
+    """A replica's snapshot and the feed position it matches; the follower replays what came after."""
+    snapshot = await _read_snapshot(embedder, settings)
+    if snapshot is None:
+        return None
+    index, manifest = snapshot
+    feed = manifest.get("feed")
+    if manifest.get("embedder") == embedder.key and isinstance(feed, dict):
+        try:
+            return index, FeedPosition(str(feed["instance_id"]), str(feed["change_id"]), int(feed["seq"]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    logger.info("cache snapshot %s is not a replica's of this embedder; rebuilding", settings.snapshot_path)
+    return None
+
+
+def _by_partition(rows: Iterable[VectorRow], dim: int) -> dict[str, list[tuple[int, Vector]]]:
+    groups: dict[str, list[tuple[int, Vector]]] = {}
+    for row in rows:
+        if row.embedding.shape == (dim,):
+            groups.setdefault(row.partition_key, []).append((entry_label(row.entry_id), row.embedding))
+    return groups
 
 
 async def _rebuild_index(
@@ -590,11 +795,7 @@ async def _rebuild_index(
 
     # Only vectors of this embedder's space are read: another model's vectors are never compared.
     async for batch in store.iter_vectors(embedder.key):
-        groups: dict[str, list[tuple[int, Vector]]] = {}
-        for row in batch:
-            if row.embedding.shape == (embedder.dim,):
-                groups.setdefault(row.partition_key, []).append((entry_label(row.entry_id), row.embedding))
-        await asyncio.to_thread(add_batch, groups)
+        await asyncio.to_thread(add_batch, _by_partition(batch, embedder.dim))
     for partition_key in index.partition_keys():
         await asyncio.to_thread(_rebuild_until_settled, index, partition_key)
     return index

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cache.index import IndexParams
 from cache.store import EvictionOrder
@@ -95,6 +95,37 @@ class CacheSettings(BaseModel):
         1.0, gt=0, description="Hit and savings counters are written in batches at most this often."
     )
     usage_flush_batch: int = Field(256, ge=1, description="…or as soon as this many updates are pending.")
+    # -- shared mode (store.kind redis): replicas share the entries and follow one change stream
+    redis_prefix: str = Field(
+        "tierwise:cache",
+        min_length=1,
+        pattern=r"^[^{}]+$",
+        description="Key prefix of the shared store; replicas that share a cache use the same one.",
+    )
+    redis_timeout_s: float = Field(
+        0.25,
+        gt=0,
+        description="Socket timeout of one Redis call: an unreachable Redis costs a lookup at most this "
+        "(then calls fail at once until the reconnect backoff lets one through) and the lookup misses.",
+    )
+    redis_stream_maxlen: int = Field(
+        100_000,
+        ge=1,
+        description="Changes kept in the replication stream (approximately; about 150 bytes each). A "
+        "replica that falls further behind rebuilds its index from the entries.",
+    )
+    replication_block_s: float = Field(
+        1.0, gt=0, description="Longest blocking read of the change stream; changes arrive at once."
+    )
+    replication_batch: int = Field(512, ge=1, description="Most changes applied to the index in one step.")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First wait before retrying an unreachable store.")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Longest wait between reconnection attempts.")
+
+    @model_validator(mode="after")
+    def _reconnect_range(self) -> CacheSettings:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be at least reconnect_min_s")
+        return self
 
     def index_params(self) -> IndexParams:
         return IndexParams(

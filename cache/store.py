@@ -147,6 +147,10 @@ class EvictionPlan:
     now: float
     grace_s: float = 0.0
     age_floor_s: float = 1.0
+    keep: int | None = None
+    """Never leave fewer entries than this. ``count`` was computed from a ``count()`` read moments
+    before; a store shared by several writers must also check ``keep`` atomically, so that replicas
+    evicting at once do not evict twice. A store with one writer may rely on ``count`` alone."""
 
 
 @dataclass(frozen=True, slots=True)
