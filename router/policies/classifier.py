@@ -1,0 +1,155 @@
+"""The learned policy: P(adequate) per tier from the serving classifier, then a decision rule.
+
+Two rules read the same probabilities:
+
+- ``threshold``: the cheapest candidate whose P(adequate) reaches the quality
+  target; when none does, the candidate with the highest P.
+- ``utility``: the candidate maximising P(adequate) - lambda * expected cost,
+  lambda looked up from the quality target in the model's calibration (the
+  largest lambda that still reached that adequacy on the validation split).
+
+Without an embedding, or when the model fails, the fallback policy decides and
+the reason says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from classifier import UtilityCalibration, prompt_features
+from router.policies.base import RoutingContext, RoutingPolicy, TierChoice, TierOption
+from router.policies.baselines import StrongestPolicy
+
+log = logging.getLogger(__name__)
+
+Rule = Literal["threshold", "utility"]
+RULES: tuple[Rule, ...] = ("threshold", "utility")
+
+
+class AdequacyModel(Protocol):
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def tiers(self) -> tuple[str, ...]: ...
+
+    @property
+    def calibration(self) -> UtilityCalibration | None: ...
+
+    def predict(self, features: npt.NDArray[np.float32]) -> dict[str, float]: ...
+
+
+class ModelSource(Protocol):
+    """Where the policy takes the model from for each request (``ServingModel`` swaps it on reload)."""
+
+    @property
+    def model(self) -> AdequacyModel: ...
+
+
+def _covered(p_adequate: Mapping[str, float], candidates: Sequence[TierOption]) -> list[TierOption]:
+    known = [c for c in candidates if c.name in p_adequate]
+    if not known:
+        raise ValueError("no candidate tier has a probability")
+    return known
+
+
+def cheapest_adequate(
+    p_adequate: Mapping[str, float], candidates: Sequence[TierOption], quality_target: float
+) -> tuple[str, str]:
+    """(tier, reason) by the threshold rule over the candidates the probabilities cover."""
+    known = _covered(p_adequate, candidates)
+    for option in known:
+        if p_adequate[option.name] >= quality_target:
+            return option.name, "cheapest-adequate"
+    best = max(known, key=lambda c: p_adequate[c.name])  # the first (cheapest) among equals
+    return best.name, "highest-p"
+
+
+def max_utility(
+    p_adequate: Mapping[str, float], candidates: Sequence[TierOption], cost_weight: float
+) -> tuple[str, str]:
+    """(tier, reason) maximising P(adequate) - cost_weight * expected cost; the cheapest among equals."""
+    known = _covered(p_adequate, candidates)
+    best = max(known, key=lambda c: p_adequate[c.name] - cost_weight * float(c.expected_cost_usd))
+    return best.name, "utility"
+
+
+def conversation_turns(context: RoutingContext) -> int:
+    return sum(1 for m in context.request.messages if m.role != "system")
+
+
+def context_features(context: RoutingContext) -> npt.NDArray[np.float32] | None:
+    """The feature vector of the request, from its shared embedding; None without one."""
+    if context.embedding is None:
+        return None
+    return prompt_features(
+        context.embedding, context.request.prompt_text, context.input_tokens, conversation_turns(context)
+    )
+
+
+class ClassifierPolicy:
+    name = "classifier"
+
+    def __init__(
+        self,
+        source: ModelSource,
+        configured_tiers: Sequence[str],
+        rule: Rule = "threshold",
+        fallback: RoutingPolicy | None = None,
+    ) -> None:
+        if rule not in RULES:
+            raise ValueError(f"unknown decision rule {rule!r}; choose one of {RULES}")
+        model = source.model
+        unknown = [t for t in configured_tiers if t not in model.tiers]
+        if unknown:
+            raise ValueError(
+                f"classifier model {model.version!r} knows tiers {list(model.tiers)}, "
+                f"not the configured tiers {unknown}"
+            )
+        if rule == "utility" and model.calibration is None:
+            raise ValueError(
+                f"classifier model {model.version!r} has no utility calibration; use rule 'threshold'"
+            )
+        self._source = source
+        self.rule: Rule = rule
+        self._fallback = fallback or StrongestPolicy()
+
+    def p_adequate(self, context: RoutingContext) -> tuple[dict[str, float], AdequacyModel] | None:
+        """P(adequate) for every tier the model knows, and the model that said so; None without an embedding."""
+        features = context_features(context)
+        if features is None:
+            return None
+        model = self._source.model  # held for the whole request, whatever a reload does meanwhile
+        return model.predict(features), model
+
+    def decide(
+        self, context: RoutingContext, p_adequate: Mapping[str, float], model: AdequacyModel
+    ) -> TierChoice:
+        if self.rule == "threshold":
+            tier, reason = cheapest_adequate(p_adequate, context.candidates, context.quality_target)
+        else:
+            calibration = model.calibration
+            if calibration is None:
+                raise ValueError(f"classifier model {model.version!r} has no utility calibration")
+            weight = calibration.lambda_for(context.quality_target)
+            tier, reason = max_utility(p_adequate, context.candidates, weight)
+        return TierChoice(tier, reason, dict(p_adequate), model.version)
+
+    def choose(self, context: RoutingContext) -> TierChoice:
+        try:
+            predicted = self.p_adequate(context)
+            if predicted is None:
+                return self._fall_back(context, "no-embedding")
+            return self.decide(context, *predicted)
+        except Exception as exc:  # the model must never take a request down with it
+            log.warning("classifier policy failed, falling back to %s: %s", self._fallback.name, exc)
+            return self._fall_back(context, "model-error")
+
+    def _fall_back(self, context: RoutingContext, why: str) -> TierChoice:
+        choice = self._fallback.choose(context)
+        return TierChoice(choice.tier, f"fallback:{why}", choice.p_adequate, choice.model_version)
