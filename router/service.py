@@ -8,8 +8,10 @@ from dataclasses import dataclass
 
 from cache.batching import BatchingEmbedder
 from cache.embedder import SentenceEmbedder
+from cache.redis_store import RedisEntryStore
 from cache.semantic_cache import SemanticCache
 from cache.sqlite_store import SqliteEntryStore
+from cache.store import EntryStore
 from router.accounting import Accounting
 from router.budgets import BudgetManager, build_budget_manager
 from router.caching import ResponseCache
@@ -59,7 +61,13 @@ class Service:
 
 
 async def _open_cache(config: Config, settings: CacheConfig, embedder: BatchingEmbedder) -> ResponseCache:
-    store = await SqliteEntryStore.open(config.store.path / "cache.sqlite3")
+    """Embedded: entries in SQLite under store.path. Redis: entries shared by every replica at store.url,
+    this replica's index following their change stream (its index snapshot stays under store.path)."""
+    store: EntryStore
+    if config.store.kind == "redis" and config.store.url is not None:
+        store = RedisEntryStore.for_cache(config.store.url, settings)
+    else:
+        store = await SqliteEntryStore.open(config.store.path / "cache.sqlite3")
     tuning = settings.model_copy(
         update={"snapshot_path": settings.snapshot_path or config.store.path / "cache.faiss"}
     )
