@@ -1,0 +1,143 @@
+"""Each near-miss rule: rejects the near-miss, accepts the harmless rewording, in both directions."""
+
+from __future__ import annotations
+
+import pytest
+
+from cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier, rule_differences, signature
+
+# (rule, near-miss pair that must fire, harmless pair that must not fire)
+CASES = [
+    (
+        "number",
+        ("Book a table for 4 people.", "Book a table for 5 people."),
+        ("for 4 people", "for four people"),
+    ),
+    ("number", ("Convert 5 km to miles.", "Convert 5 miles to miles."), ("Walk 5 km.", "Walk 5 kilometres.")),
+    ("number", ("Is $50 a good price?", "Is $500 a good price?"), ("Is $500 fair?", "Is 500 dollars fair?")),
+    (
+        "number",
+        ("Lose 10 kg in 1 month.", "Lose 10 kg in 2 months."),
+        ("Lose 10 kg in a month.", "Lose 10 kg in one month."),
+    ),
+    ("number", ("A budget of 2 million.", "A budget of 3 million."), ("1,000 users", "1000 users")),
+    ("number", ("twenty one tips", "twenty two tips"), ("twenty one tips", "21 tips")),
+    ("date", ("Open on Monday?", "Open on Tuesday?"), ("Open on Monday?", "Open on monday?")),
+    ("date", ("Alarm at 5pm.", "Alarm at 5am."), ("Alarm at 5pm.", "Alarm at 17:00.")),
+    ("date", ("Weather in May 2020", "Weather in June 2020"), ("Is it sunny today?", "Is it sunny?")),
+    ("date", ("Call me tomorrow.", "Call me today."), ("Meet next week?", "Meet next week please?")),
+    ("date", ("Due 2024-05-01?", "Due 2024-05-02?"), ("May I go?", "Can I go?")),
+    (
+        "negation",
+        ("Cancel my subscription.", "Don't cancel my subscription."),
+        ("Don't cancel it.", "Do not cancel it."),
+    ),
+    (
+        "negation",
+        ("Cake with sugar", "Cake without sugar"),
+        ("Why can't I sleep?", "Why am I not able to sleep?"),
+    ),
+    ("negation", ("Is it ever safe?", "Is it never safe?"), ("I never win.", "I cannot ever win.")),
+    ("negation", ("Why does it work?", "Why doesn’t it work?"), ("Why does it work?", "How does it work?")),
+    (
+        "negation",
+        ("Should X be banned?", "Should X not be banned?"),
+        ("Should X be banned?", "Should X be banned or not?"),
+    ),
+    ("entity", ("Capital of France?", "Capital of Germany?"), ("Learn Python fast", "learn python fast")),
+    (
+        "entity",
+        ("Flights to Paris", "Flights to Rome"),
+        ("Why is India poor?", "Why are Indian people poor?"),
+    ),
+    (
+        "entity",
+        ('What does "carpe diem" mean?', 'What does "carpe noctem" mean?'),
+        ("Is NASA real?", "is nasa real"),
+    ),
+    (
+        "entity",
+        ("Install it on iPhone", "Install it on Android"),
+        ("What Is The Best Phone?", "what is the best phone"),
+    ),
+    ("scope", ("Delete my account.", "Delete all accounts."), ("Delete my account.", "Delete the account.")),
+    (
+        "scope",
+        ("Hack my phone", "Hack his phone"),
+        ("How do I improve my English?", "How do you improve your English?"),
+    ),
+    ("scope", ("Reset my password", "Reset all passwords"), ("All my photos", "My photos")),
+    (
+        "antonym",
+        ("How do I buy bitcoin?", "How do I sell bitcoin?"),
+        ("How do I buy bitcoin?", "Where can I buy bitcoin?"),
+    ),
+    ("antonym", ("Install Python", "Uninstall Python"), ("Install Python", "Set up Python")),
+    ("antonym", ("Best phone?", "Worst phone?"), ("Best phone?", "Best phones?")),
+]
+
+
+@pytest.mark.parametrize(("rule_name", "near_miss", "harmless"), CASES)
+def test_rule_fires_on_near_miss_in_both_directions(
+    rule_name: str, near_miss: tuple[str, str], harmless: tuple[str, str]
+) -> None:
+    rule = RULES_BY_NAME[rule_name]
+    a, b = near_miss
+    assert rule.differences(signature(a), signature(b)), f"{rule_name} missed {near_miss}"
+    assert rule.differences(signature(b), signature(a)), f"{rule_name} missed reversed {near_miss}"
+
+
+@pytest.mark.parametrize(("rule_name", "near_miss", "harmless"), CASES)
+def test_rule_accepts_harmless_rewording(
+    rule_name: str, near_miss: tuple[str, str], harmless: tuple[str, str]
+) -> None:
+    rule = RULES_BY_NAME[rule_name]
+    a, b = harmless
+    assert rule.differences(signature(a), signature(b)) == []
+    assert rule.differences(signature(b), signature(a)) == []
+
+
+def test_clock_digits_are_not_also_numbers() -> None:
+    # 17:00 and 5pm are one time; the number rule must not see 17 and 0 as extra numbers.
+    assert signature("Alarm at 17:00").numbers == frozenset()
+    assert "time:17:00" in signature("Alarm at 5 p.m.").dates
+
+
+def test_written_and_scaled_numbers_parse() -> None:
+    assert signature("two hundred and fifty people").numbers == {(250.0, "")}
+    assert signature("three thousand five hundred km").numbers == {(3500.0, "km")}
+    assert (5000.0, "") in signature("5k followers").numbers
+    assert (2_000_000.0, "inr") in signature("2 million rupees").numbers
+    assert (3.0, "") in signature("the third time").numbers
+
+
+def test_one_as_pronoun_is_not_a_number() -> None:
+    assert signature("How can one learn to code?").numbers == frozenset()
+    assert (1.0, "h") in signature("in one hour").numbers
+
+
+def test_sentence_initial_capital_is_not_an_entity() -> None:
+    assert signature("Cancel my order. Then refund it").entities == frozenset()
+    assert signature("Why is Donald Trump popular?").entities == {"donald", "trump"}
+
+
+def test_rule_verifier_reports_the_rule_and_rejects() -> None:
+    verifier = RuleVerifier()
+    verdict = verifier.verify("cancel my subscription", "don't cancel my subscription", 0.95)
+    assert not verdict.accept
+    assert verdict.reason.startswith("negation:")
+    assert verdict.score == 0.0
+    same = verifier.verify("How do I cancel my subscription?", "How can I cancel my subscription?", 0.97)
+    assert same.accept and same.score == 1.0
+
+
+def test_rule_differences_lists_every_rule() -> None:
+    found = rule_differences("Fly to Paris on Monday", "Fly to Rome on Friday")
+    assert set(found) == {rule.name for rule in RULES}
+    assert found["entity"] and found["date"] and not found["negation"]
+
+
+def test_rules_survive_odd_input() -> None:
+    for text in ["", "   ", "?!", "12:99", "99/99/9999", "$", "''", '""', "💥 émoji", "a" * 5000]:
+        for rule in RULES:
+            rule.differences(signature(text), signature("What is this?"))
