@@ -1,0 +1,195 @@
+"""The learned verifier: ONNX export parity, manifest pinning, and the guarded verifier's order of checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache.verifier_features import FEATURE_NAMES
+from cache.verifier_guarded import GuardedVerifier
+from cache.verifier_model import DEFAULT_MODEL_DIR, MANIFEST_NAME, VerifierModel, VerifierModelError
+from cache.verifier_rules import RuleVerifier
+from training.make_traps import generate
+from training.verifier import (
+    IDF_FILE,
+    MODEL_FILE,
+    PairBlock,
+    fit_feature_assets,
+    fit_lightgbm,
+    pair_block,
+    write_model_dir,
+)
+from training.verifier_data import QuestionPair
+
+EMBEDDER_KEY = "test/embedder@8"
+
+
+def _trap_block() -> tuple[PairBlock, list[QuestionPair]]:
+    """Real features of the trap pairs with made-up cosines: enough rows to grow real trees."""
+    pairs = [
+        QuestionPair(str(row["a"]), str(row["b"]), int(str(row["label"])))
+        for row in generate("train") + generate("eval")
+        if isinstance(row["a"], str)
+    ]
+    rng = np.random.default_rng(7)
+    texts = {text for pair in pairs for text in (pair.a, pair.b)}
+    vectors = {}
+    for text in sorted(texts):
+        vector = rng.normal(size=8)
+        vectors[text] = vector / np.linalg.norm(vector)
+    assets = fit_feature_assets(pairs)
+    return pair_block(pairs, vectors, RuleVerifier(), assets), pairs
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, PairBlock]:
+    block, pairs = _trap_block()
+    model = fit_lightgbm(block, seed=0)
+    out = tmp_path_factory.mktemp("verifier")
+    write_model_dir(
+        model,
+        fit_feature_assets(pairs),
+        out,
+        embedder_key=EMBEDDER_KEY,
+        threshold=0.5,
+        min_cosine=-1.0,
+    )
+    return model, out, block
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_onnx_matches_lightgbm(trained: tuple[object, Path, PairBlock]) -> None:
+    model, out, block = trained
+    served = VerifierModel(out, expected_embedder_key=EMBEDDER_KEY)
+    expected = model.predict_proba(block.features)[:, 1]  # type: ignore[attr-defined]
+    np.testing.assert_allclose(served.predict(block.features), expected, atol=1e-5)
+    assert served.manifest.feature_names == FEATURE_NAMES
+
+
+def test_tampered_model_file_is_refused(trained: tuple[object, Path, PairBlock], tmp_path: Path) -> None:
+    _, out, _ = trained
+    copy = _copy(out, tmp_path / "tampered")
+    payload = bytearray((copy / MODEL_FILE).read_bytes())
+    payload[len(payload) // 2] ^= 0x01
+    (copy / MODEL_FILE).write_bytes(bytes(payload))
+    with pytest.raises(VerifierModelError, match="SHA-256"):
+        VerifierModel(copy)
+
+
+def test_tampered_frequencies_are_refused(trained: tuple[object, Path, PairBlock], tmp_path: Path) -> None:
+    _, out, _ = trained
+    copy = _copy(out, tmp_path / "tampered")
+    (copy / IDF_FILE).write_bytes(b"\x1f\x8b" + (copy / IDF_FILE).read_bytes()[2:-1])
+    with pytest.raises(VerifierModelError, match="SHA-256"):
+        VerifierModel(copy)
+
+
+def _edit_manifest(directory: Path, **changes: object) -> None:
+    path = directory / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"feature_names": ["cosine"]}, "feature layout"),
+        ({"feature_version": 999}, "feature layout"),
+        ({"format": 99}, "manifest format"),
+        ({"model_file": "../verifier.onnx"}, "bare file names"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"sha256": {}}, "no SHA-256 pinned"),
+    ],
+)
+def test_mismatching_manifest_is_refused(
+    trained: tuple[object, Path, PairBlock], tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    _, out, _ = trained
+    copy = _copy(out, tmp_path / "edited")
+    _edit_manifest(copy, **changes)
+    with pytest.raises(VerifierModelError, match=message):
+        VerifierModel(copy)
+
+
+def test_missing_or_broken_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(VerifierModelError, match="no verifier manifest"):
+        VerifierModel(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(VerifierModelError, match="cannot read"):
+        VerifierModel(tmp_path)
+
+
+def test_other_embedder_is_refused(trained: tuple[object, Path, PairBlock]) -> None:
+    _, out, _ = trained
+    with pytest.raises(VerifierModelError, match="cosines of test/embedder@8"):
+        VerifierModel(out, expected_embedder_key="other/model@384")
+
+
+def test_guarded_verifier_checks_floor_then_rules_then_model(trained: tuple[object, Path, PairBlock]) -> None:
+    _, out, _ = trained
+    model = VerifierModel(out)
+    verifier = GuardedVerifier(model, min_cosine=0.5, threshold=0.0)
+    low = verifier.verify("How do I cancel my plan?", "How can I cancel my plan?", 0.3)
+    assert not low.accept and low.reason.startswith("cosine")
+    rule = verifier.verify("cancel my subscription", "don't cancel my subscription", 0.99)
+    assert not rule.accept and rule.reason.startswith("rule negation")
+    scored = verifier.verify("How do I cancel my plan?", "How can I cancel my plan?", 0.99)
+    assert scored.accept and scored.reason.startswith("P(same answer)")
+    probability = model.probability("How do I cancel my plan?", "How can I cancel my plan?", 0.99)
+    assert scored.score == pytest.approx(probability)
+    strict = GuardedVerifier(model, min_cosine=0.5, threshold=1.0)
+    assert not strict.verify("How do I cancel my plan?", "How can I cancel my plan?", 0.99).accept
+
+
+def test_guarded_verifier_rejects_unknown_rules_and_thresholds(
+    trained: tuple[object, Path, PairBlock],
+) -> None:
+    _, out, _ = trained
+    model = VerifierModel(out)
+    with pytest.raises(ValueError, match="threshold"):
+        GuardedVerifier(model, threshold=2.0)
+    model.manifest = type(model.manifest)(**{**_fields(model.manifest), "hard_rules": ("telepathy",)})
+    with pytest.raises(ValueError, match="unknown rules"):
+        GuardedVerifier(model)
+
+
+def _fields(manifest: object) -> dict[str, object]:
+    return {name: getattr(manifest, name) for name in manifest.__dataclass_fields__}  # type: ignore[attr-defined]
+
+
+CLASSIC_TRAPS = [
+    ("Cancel my subscription.", "Don't cancel my subscription."),
+    ("Book a table for 4 people.", "Book a table for 5 people."),
+    ("What is the capital of France?", "What is the capital of Germany?"),
+    ("Set an alarm for 7am.", "Set an alarm for 7pm."),
+    ("Delete my account.", "Delete all accounts."),
+    ("How do I buy bitcoin?", "How do I sell bitcoin?"),
+    ("Is the museum open on Monday?", "Is the museum open on Sunday?"),
+]
+
+
+@pytest.mark.parametrize(("query", "candidate"), CLASSIC_TRAPS)
+def test_shipped_model_loads_and_rejects_classic_traps(query: str, candidate: str) -> None:
+    verifier = GuardedVerifier.load(
+        DEFAULT_MODEL_DIR, expected_embedder_key="sentence-transformers/all-MiniLM-L6-v2@384"
+    )
+    # Even at a cosine no real pair reaches, a near-miss is not served.
+    for cosine in (0.95, 0.999):
+        assert not verifier.verify(query, candidate, cosine).accept
+        assert not verifier.verify(candidate, query, cosine).accept
+
+
+def test_shipped_model_serves_a_plain_paraphrase() -> None:
+    verifier = GuardedVerifier.load()
+    verdict = verifier.verify("How do I reset my password?", "How can I reset my password?", 0.97)
+    assert verdict.accept, verdict.reason
+    assert 0.0 <= verdict.score <= 1.0
