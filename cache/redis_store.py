@@ -433,7 +433,7 @@ class RedisEntryStore:
         self.writer_id = uuid.uuid4().hex
         kwargs = client.connection_pool.connection_kwargs
         self.name = f"Redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
-        self._outage = _Outage(self.name, backoff or Backoff(0.5, 30.0))
+        self._outage = _Outage(self.name, backoff or Backoff(0.5, 5.0))
         self._closed = False
         self._insert = client.register_script(_INSERT)
         self._select = client.register_script(_SELECT)
@@ -453,7 +453,7 @@ class RedisEntryStore:
         block_s: float = 1.0,
         stream_maxlen: int = 100_000,
         reconnect_min_s: float = 0.5,
-        reconnect_max_s: float = 30.0,
+        reconnect_max_s: float = 5.0,
     ) -> RedisEntryStore:
         """Connects lazily: a store made while Redis is down works once it is back."""
         no_retries = Retry(NoBackoff(), 0)

@@ -152,7 +152,7 @@ class IndexFollower:
         self._batch = batch
         self._backoff = backoff
         self._clock = clock
-        self._verify = False
+        self._verify = True  # the position may come from a snapshot of another store's feed
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.stats = FollowerStats(position=position)

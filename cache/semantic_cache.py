@@ -266,12 +266,9 @@ class SemanticCache:
         verifier: CandidateVerifier,
         clock: Callable[[], float],
     ) -> SemanticCache:
-        index, position, from_snapshot, entries = (
-            PartitionedIndex(embedder.dim, settings.index_params()),
-            None,
-            False,
-            0,
-        )
+        index = PartitionedIndex(embedder.dim, settings.index_params())
+        position: FeedPosition | None = None
+        from_snapshot, entries = False, 0
         try:
             current: FeedPosition | None = await feed.position()  # before the scan: later changes replay
         except CacheStoreError as exc:

@@ -119,7 +119,12 @@ class CacheSettings(BaseModel):
     )
     replication_batch: int = Field(512, ge=1, description="Most changes applied to the index in one step.")
     reconnect_min_s: float = Field(0.5, gt=0, description="First wait before retrying an unreachable store.")
-    reconnect_max_s: float = Field(30.0, gt=0, description="Longest wait between reconnection attempts.")
+    reconnect_max_s: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait between reconnection attempts (one probe costs a request at most "
+        "redis_timeout_s; the cache serves misses until one succeeds).",
+    )
 
     @model_validator(mode="after")
     def _reconnect_range(self) -> CacheSettings:

@@ -15,10 +15,10 @@ from redis.asyncio import Redis
 
 from cache.embedder import EmbedderInfo
 from cache.redis_store import RedisEntryStore
-from cache.replication import Change, ChangeFeed, FeedPosition
+from cache.replication import Backoff, Change, ChangeFeed, ChangeOp, FeedPosition, net_changes
 from cache.semantic_cache import CacheQuery, HitKind, SemanticCache
 from cache.settings import CacheSettings
-from cache.store import CachedResponse, CacheStoreError, VectorRow
+from cache.store import CachedResponse, CacheStoreError, EntryRef, VectorRow
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_cache_redis_store import until
 
@@ -341,3 +341,25 @@ async def test_a_replica_snapshot_resumes_from_the_position_it_recorded(
     redis.restart()  # a new, empty Redis: the snapshot belongs to the old one and is not trusted
     b = await replicas.open(snapshot_path=snapshot)
     assert not b.stats().index_from_snapshot and b.stats().indexed_vectors == 0
+
+
+# -- pieces ------------------------------------------------------------------------------------------
+
+
+def test_backoff_grows_with_equal_jitter_up_to_its_cap() -> None:
+    low, high = Backoff(0.5, 4.0, rng=lambda: 0.0), Backoff(0.5, 4.0, rng=lambda: 1.0)
+    assert [low.next_delay() for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
+    assert [high.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    high.reset()
+    assert high.next_delay() == 0.5
+    with pytest.raises(ValueError):
+        Backoff(2.0, 1.0)
+
+
+def test_a_batch_of_changes_applies_its_net_effect() -> None:
+    def change(op: ChangeOp, entry_id: str, seq: int) -> Change:
+        return Change(op, EntryRef(entry_id, "p", "e"), FeedPosition("i", f"{seq}-0", seq), 0.0, local=False)
+
+    batch = [change(ChangeOp.ADD, "x", 1), change(ChangeOp.ADD, "y", 2), change(ChangeOp.REMOVE, "x", 3)]
+    adds, removes = net_changes(batch)
+    assert [c.ref.entry_id for c in adds] == ["y"] and [c.ref.entry_id for c in removes] == ["x"]
