@@ -26,20 +26,22 @@ FEATURE_VERSION = "prompt-stats-1"
 EMBEDDING_DIM = 384
 
 _WORD = re.compile(r"[A-Za-z]+(?:'[a-z]+)?|\d+")
-_CODE_FENCE = re.compile(r"```")
-_CODE_TOKENS = re.compile(r"\bdef |\bclass |\bimport |\breturn\b|\bfunction\b|=>|[{};]|\w+\(\)")
-_CODE_WORDS = re.compile(r"\b(?:python|function|code|program|script|implement|algorithm|regex|sql)\b", re.I)
+_CODE_MARKS = ("def ", "class ", "import ", "return ", "=>", "{", "}", ";", "()")
 _MATH_SYMBOLS = re.compile(r"[=+*/^<>%]|\\frac|\\sqrt|\$")
-_MATH_WORDS = re.compile(
-    r"\b(?:calculate|compute|solve|equation|sum|product|how many|how much|percent|probability|average)\b",
-    re.I,
-)
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)]|[a-zA-Z][.)])\s", re.M)
 _OPTION_LINE = re.compile(r"^\s*\(?[A-Ha-h]\)\s", re.M)
-_CONSTRAINTS = re.compile(
-    r"\b(?:must|should|only|exactly|without|do not|don't|at least|at most|no more than|never|always)\b", re.I
+# Vocabulary counts go through one lower-cased word tally (faster than an alternation regex
+# per list); phrases of several words are counted as substrings of the lower-cased text.
+_CODE_WORDS = frozenset(
+    ["python", "function", "code", "program", "script", "implement", "algorithm", "regex", "sql"]
 )
-_NEGATION = re.compile(r"\b(?:not|except|never|least|no|none|false|incorrect)\b", re.I)
+_MATH_WORDS = frozenset(
+    ["calculate", "compute", "solve", "equation", "sum", "product", "percent", "probability", "average"]
+)
+_MATH_PHRASES = ("how many", "how much")
+_CONSTRAINT_WORDS = frozenset(["must", "should", "only", "exactly", "without", "never", "always", "don't"])
+_CONSTRAINT_PHRASES = ("do not", "at least", "at most", "no more than")
+_NEGATIONS = frozenset(["not", "except", "never", "least", "no", "none", "false", "incorrect"])
 _SHOT_MARKERS = re.compile(
     r"^\s*(?:answer|q|a|question|example|input|output|solution)\s*\d*\s*:", re.I | re.M
 )
@@ -157,32 +159,40 @@ def _words(text: str) -> list[str]:
     return _WORD.findall(text)
 
 
+def _vocabulary(
+    text: str, words: list[str], vocabulary: frozenset[str], phrases: tuple[str, ...] = ()
+) -> int:
+    lowered = text.lower() if phrases else ""
+    return sum(1 for w in words if w in vocabulary) + sum(lowered.count(p) for p in phrases)
+
+
 def _whole_statistics(text: str, input_tokens: int, turns: int) -> list[float]:
     chars = len(text)
+    words = [w.lower() for w in _words(text)]
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     distinct = len(set(lines))
     blocks = [b for b in _BLANK_LINE.split(text) if b.strip()]
     return [
         math.log1p(max(input_tokens, 0)),
         math.log1p(chars),
-        math.log1p(len(_words(text))),
+        math.log1p(len(words)),
         float(turns),
         float(len(lines)),
         float(len(blocks)),
         1.0 - distinct / len(lines) if lines else 0.0,
-        float(len(_CODE_FENCE.findall(text))),
-        _rate(len(_CODE_TOKENS.findall(text)), chars) * 100.0,
-        float(len(_CODE_WORDS.findall(text))),
+        float(text.count("```")),
+        _rate(sum(text.count(mark) for mark in _CODE_MARKS), chars) * 100.0,
+        float(_vocabulary(text, words, _CODE_WORDS)),
         _rate(len(_MATH_SYMBOLS.findall(text)), chars) * 100.0,
-        float(len(_MATH_WORDS.findall(text))),
-        _rate(sum(c.isdigit() for c in text), chars) * 100.0,
+        float(_vocabulary(text, words, _MATH_WORDS, _MATH_PHRASES)),
+        _rate(sum(map(str.isdigit, text)), chars) * 100.0,
         float(len(_LIST_LINE.findall(text))),
         float(len(_OPTION_LINE.findall(text))),
-        float(len(_CONSTRAINTS.findall(text))),
+        float(_vocabulary(text, words, _CONSTRAINT_WORDS, _CONSTRAINT_PHRASES)),
         float(text.count("?")),
         float(len(_SHOT_MARKERS.findall(text))),
-        _rate(sum(c.isupper() for c in text), chars) * 100.0,
-        _rate(sum(not c.isascii() for c in text), chars) * 100.0,
+        _rate(sum(map(str.isupper, text)), chars) * 100.0,
+        _rate(chars - len(text.encode("ascii", "ignore")), chars) * 100.0,
     ]
 
 
@@ -211,10 +221,10 @@ def _final_statistics(final: str, text: str) -> list[float]:
         sum(len(w) for w in alpha) / len(alpha) if alpha else 0.0,
         _rate(sum(len(w) >= 9 for w in alpha), len(alpha)),
         _rate(sum(w[0].isupper() for w in alpha), len(alpha)),
-        _rate(sum(c.isdigit() for c in final), len(final)) * 100.0,
+        _rate(sum(map(str.isdigit, final)), len(final)) * 100.0,
         float(len(option_lines)),
         sum(option_words) / len(option_words) if option_words else 0.0,
-        float(len(_NEGATION.findall(final))),
+        float(_vocabulary(final, [w.lower() for w in words], _NEGATIONS)),
         float(final.count("?")),
         1.0 if "_" in final else 0.0,
         1.0 if _WH_START.search(final) or _WH_QUESTION.search(final) else 0.0,

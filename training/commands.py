@@ -1,0 +1,265 @@
+"""Command functions ``train``, ``calibrate``, ``eval-router`` and ``models list|promote|rollback``.
+
+They are registered on the ``tierwise`` CLI; heavy imports (LightGBM, onnxruntime,
+torch via the embedder, matplotlib) happen inside the bodies, so building the
+CLI costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+if TYPE_CHECKING:
+    from router.config import Config
+    from training.dataset import RoutingData
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench"
+DEFAULT_TIERS = Path(__file__).resolve().parent / "routerbench_tiers.yaml"
+DEFAULT_REGISTRY = Path("./var/models")
+
+DataOption = Annotated[
+    list[Path], typer.Option("--data", help="CSV files or directories of them (repeatable)")
+]
+ConfigOption = Annotated[
+    Path, typer.Option(help="tierwise config whose tiers (names, models, prices) to use")
+]
+RegistryOption = Annotated[Path, typer.Option(help="model registry directory")]
+FormatOption = Annotated[str, typer.Option("--format", help="data layout: routerbench or wide")]
+ScoreColOption = Annotated[
+    list[str] | None, typer.Option("--score-col", help="TIER=COLUMN: the score column of a tier (repeatable)")
+]
+CacheOption = Annotated[
+    Path | None, typer.Option(help="embedding cache directory (default ~/.cache/tierwise)")
+]
+
+
+def parse_score_cols(items: list[str] | None) -> dict[str, str] | None:
+    if not items:
+        return None
+    mapping = {}
+    for item in items:
+        tier, sep, column = item.partition("=")
+        if not sep or not tier or not column:
+            raise typer.BadParameter(f"expected TIER=COLUMN, got {item!r}", param_hint="--score-col")
+        mapping[tier.strip()] = column.strip()
+    return mapping
+
+
+def _layout(value: str) -> Literal["routerbench", "wide"]:
+    if value == "routerbench":
+        return "routerbench"
+    if value == "wide":
+        return "wide"
+    raise typer.BadParameter("must be 'routerbench' or 'wide'", param_hint="--format")
+
+
+def _cache(path: Path | None) -> Path:
+    from training.verifier_data import default_cache_dir
+
+    return path if path is not None else default_cache_dir()
+
+
+def _load(
+    data: list[Path], config: Config, layout: str, score_col: list[str] | None, cache_dir: Path | None
+) -> RoutingData:
+    from rich.console import Console
+
+    from classifier.model import DEFAULT_EMBEDDER_KEY
+    from training.train import load_data
+
+    return load_data(
+        data,
+        config,
+        _cache(cache_dir),
+        _layout(layout),
+        parse_score_cols(score_col),
+        None,
+        DEFAULT_EMBEDDER_KEY,
+        Console(stderr=True),
+    )
+
+
+def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def train(
+    data: DataOption = [DEFAULT_DATA],  # noqa: B006 - typer reads the default, nothing mutates it
+    config: ConfigOption = DEFAULT_TIERS,
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    layout: FormatOption = "routerbench",
+    score_col: ScoreColOption = None,
+    quality_bar: Annotated[float, typer.Option(help="a score at or above this is adequate")] = 0.5,
+    cache_dir: CacheOption = None,
+    seed: Annotated[int, typer.Option(help="LightGBM seed")] = 0,
+    promote: Annotated[bool, typer.Option(help="promote the new version (behind the gate)")] = False,
+) -> None:
+    """Train a model version on the train split, select and calibrate on validation, register it."""
+    from router.config import ConfigError, load_config
+    from training.train import train as train_version
+
+    try:
+        settings = load_config(config)
+        dataset = _load(data, settings, layout, score_col, cache_dir)
+        result = train_version(data, settings, registry, quality_bar=quality_bar, seed=seed, prepared=dataset)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    summary = {"version": result.version, "directory": str(result.directory), **result.manifest.metrics}
+    if promote:
+        from classifier.registry import ModelRegistry, RegistryError
+
+        try:
+            ModelRegistry(registry).promote(result.version, expected_tiers=settings.tier_names)
+        except (RegistryError, ValueError) as exc:
+            raise _fail(f"trained {result.version} but did not promote it: {exc}") from None
+        summary["promoted"] = True
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def _model_dir(registry: Path, version: str | None) -> Path:
+    from classifier.registry import ModelRegistry
+
+    store = ModelRegistry(registry)
+    chosen = version or store.serving_version()
+    if chosen is None:
+        raise _fail(f"no version given and none is serving in {registry}")
+    return store.version_dir(chosen)
+
+
+def calibrate(
+    data: DataOption = [DEFAULT_DATA],  # noqa: B006
+    config: ConfigOption = DEFAULT_TIERS,
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    version: Annotated[str | None, typer.Option(help="model version (default: the serving one)")] = None,
+    rule: Annotated[str, typer.Option(help="decision rule: threshold or utility")] = "threshold",
+    strongest_share: Annotated[
+        float | None, typer.Option(help="largest share of prompts the strongest tier may take")
+    ] = None,
+    quality: Annotated[float | None, typer.Option(help="mean score to reach")] = None,
+    relative: Annotated[bool, typer.Option(help="--quality is a share of the strongest tier's mean")] = False,
+    layout: FormatOption = "routerbench",
+    score_col: ScoreColOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Choose the default quality target on the validation split (for routing.default_quality_target)."""
+    from dataclasses import asdict
+
+    from classifier.model import ModelRefused, load_model
+    from router.config import ConfigError, load_config
+    from training.calibrate import choose_quality_target
+
+    if rule not in ("threshold", "utility"):
+        raise typer.BadParameter("must be 'threshold' or 'utility'", param_hint="--rule")
+    try:
+        settings = load_config(config)
+        model = load_model(_model_dir(registry, version), settings.tier_names, device="cpu")
+        dataset = _load(data, settings, layout, score_col, cache_dir)
+        choice = choose_quality_target(
+            model,
+            dataset,
+            settings,
+            "utility" if rule == "utility" else "threshold",
+            strongest_share=strongest_share,
+            quality=quality,
+            relative_to_strongest=relative,
+        )
+    except (ConfigError, ModelRefused, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(json.dumps({"model_version": model.version, **asdict(choice)}, indent=2))
+
+
+def eval_router(
+    data: DataOption = [DEFAULT_DATA],  # noqa: B006
+    config: ConfigOption = DEFAULT_TIERS,
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    version: Annotated[str | None, typer.Option(help="model version (default: the serving one)")] = None,
+    out: Annotated[Path, typer.Option(help="directory for report.json and report.png")] = Path(
+        "./eval-router"
+    ),
+    strong: Annotated[str | None, typer.Option(help="strong tier (name or model) of the pair")] = None,
+    weak: Annotated[str | None, typer.Option(help="weak tier (name or model) of the pair")] = None,
+    layout: FormatOption = "routerbench",
+    score_col: ScoreColOption = None,
+    cache_dir: CacheOption = None,
+) -> None:
+    """Cost-quality report of the router and the baselines on the held-out (test) split."""
+    from classifier.model import ModelRefused, load_model
+    from router.config import ConfigError, load_config
+    from training.evaluate import evaluate, summary_table
+    from training.plots import plot_report
+
+    try:
+        settings = load_config(config)
+        model = load_model(_model_dir(registry, version), settings.tier_names, device="cpu")
+        dataset = _load(data, settings, layout, score_col, cache_dir)
+        report = evaluate(model, dataset, settings, strong=strong, weak=weak)
+    except (ConfigError, ModelRefused, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot_report(report, out / "report.png")
+    typer.echo(summary_table(report))
+    typer.echo(f"wrote {out / 'report.json'} and {out / 'report.png'}")
+
+
+def models_list(registry: RegistryOption = DEFAULT_REGISTRY) -> None:
+    """The registry's versions, the serving one marked."""
+    from classifier.registry import ModelRegistry
+
+    for info in ModelRegistry(registry).list():
+        mark = "*" if info.serving else " "
+        gate = "" if info.gate is None else f"  {info.gate.get('name')}={info.gate.get('value')}"
+        problem = "" if info.error is None else f"  UNREADABLE: {info.error}"
+        typer.echo(f"{mark} {info.version}  {info.created_at}{gate}{problem}")
+
+
+def models_promote(
+    version: Annotated[str, typer.Argument(help="the version to serve")],
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    config: Annotated[Path | None, typer.Option(help="check the version's tiers against this config")] = None,
+    force: Annotated[bool, typer.Option(help="promote even if the held-out gate says no")] = False,
+) -> None:
+    """Serve a version (replicas watching the registry swap to it)."""
+    from classifier.model import ModelRefused
+    from classifier.registry import ModelRegistry, RegistryError
+    from router.config import ConfigError, load_config
+
+    try:
+        tiers = load_config(config).tier_names if config is not None else None
+        pointer = ModelRegistry(registry).promote(version, force=force, expected_tiers=tiers)
+    except (ConfigError, ModelRefused, RegistryError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"serving {pointer.version}")
+
+
+def models_rollback(
+    registry: RegistryOption = DEFAULT_REGISTRY,
+    config: Annotated[Path | None, typer.Option(help="check the version's tiers against this config")] = None,
+) -> None:
+    """Serve the previously served version again."""
+    from classifier.model import ModelRefused
+    from classifier.registry import ModelRegistry, RegistryError
+    from router.config import ConfigError, load_config
+
+    try:
+        tiers = load_config(config).tier_names if config is not None else None
+        pointer = ModelRegistry(registry).rollback(expected_tiers=tiers)
+    except (ConfigError, ModelRefused, RegistryError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"serving {pointer.version}")
+
+
+def models_app() -> typer.Typer:
+    """The ``models`` command group, for ``app.add_typer(models_app(), name="models")``."""
+    group = typer.Typer(help="the classifier model registry", no_args_is_help=True)
+    group.command("list")(models_list)
+    group.command("promote")(models_promote)
+    group.command("rollback")(models_rollback)
+    return group
