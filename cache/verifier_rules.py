@@ -219,21 +219,19 @@ def _calendar_words(raw_tokens: list[str], starts: set[int]) -> set[str]:
     return found
 
 
-def _sentence_starts(text: str, raw_tokens: list[str]) -> set[int]:
-    """Token indexes that begin a sentence (capitalised there for grammar, not for a name)."""
+def _tokens_and_starts(text: str) -> tuple[list[str], set[int]]:
+    """Tokens, and the indexes of those that begin a sentence (capitalised for grammar, not for a name)."""
+    boundaries = {match.end() for match in _SENTENCE_END.finditer(text)}
+    tokens: list[str] = []
     starts = {0}
-    offset = 0
-    positions: list[int] = []
-    for token in raw_tokens:
-        offset = text.find(token, offset)
-        positions.append(offset)
-        offset += len(token)
-    for match in _SENTENCE_END.finditer(text):
-        for index, position in enumerate(positions):
-            if position >= match.end():
-                starts.add(index)
-                break
-    return starts
+    previous_end = 0
+    for match in _TOKEN.finditer(text):
+        # A sentence ends between the previous token and this one.
+        if any(previous_end < boundary <= match.start() for boundary in boundaries):
+            starts.add(len(tokens))
+        tokens.append(match.group())
+        previous_end = match.end()
+    return tokens, starts
 
 
 def _entity_token(word: str) -> str:
@@ -320,8 +318,7 @@ def signature(text: str) -> TextSignature:
     """Parse one text; memoised because the same cached entry is checked against many queries."""
     text = text.translate(_APOSTROPHES)
     without_dates, dates = _strip_dates(text)
-    raw_tokens = _words(text)
-    starts = _sentence_starts(text, raw_tokens)
+    raw_tokens, starts = _tokens_and_starts(text)
     tokens = [token.lower() for token in raw_tokens]
     dates |= _calendar_words(raw_tokens, starts)
     return TextSignature(

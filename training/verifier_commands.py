@@ -1,0 +1,187 @@
+"""Command functions ``train-verifier`` and ``eval-cache`` (registered on the ``tierwise`` CLI).
+
+Heavy imports (torch via the embedder, LightGBM, FAISS) happen inside the bodies, so
+importing this module to build the CLI costs nothing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp" / "pairs.jsonl.gz"
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "cache" / "models" / "verifier"
+
+
+def _cache_dir(path: Path | None) -> Path:
+    from training.verifier_data import default_cache_dir
+
+    return path if path is not None else default_cache_dir()
+
+
+def train_verifier(
+    pairs: Annotated[
+        Path, typer.Option(help="labelled pairs (.jsonl or .jsonl.gz of {a, b, label})")
+    ] = DEFAULT_PAIRS,
+    out: Annotated[Path, typer.Option(help="model directory to write")] = SHIPPED_MODEL_DIR,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="embedding cache directory (default ~/.cache/tierwise)")
+    ] = None,
+    precision_target: Annotated[
+        float, typer.Option(help="validation precision the chosen point must hold with 95% confidence")
+    ] = 0.90,
+    traps: Annotated[bool, typer.Option(help="add the training share of the hand-written traps")] = True,
+    seed: Annotated[int, typer.Option(help="LightGBM seed")] = 0,
+    device: Annotated[str, typer.Option(help="embedding device: auto, cpu, cuda")] = "auto",
+) -> None:
+    """Train the cache verifier on the train split, choose its defaults on validation, score test once."""
+    import json
+
+    from rich.console import Console
+
+    from cache.embedder import SentenceEmbedder
+    from training.verifier import train_verifier_model
+
+    console = Console(stderr=True)
+    if not pairs.exists():
+        console.print(f"[red]error:[/red] pairs file {pairs} not found")
+        raise typer.Exit(2)
+    report = train_verifier_model(
+        pairs,
+        out,
+        SentenceEmbedder(device=device),
+        _cache_dir(cache_dir),
+        use_traps=traps,
+        precision_target=precision_target,
+        seed=seed,
+        log=console.print,
+    )
+    typer.echo(json.dumps(report, indent=2, sort_keys=True))
+
+
+def _parse_thresholds(text: str) -> list[float]:
+    try:
+        values = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise typer.BadParameter(f"thresholds must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(-1.0 <= value <= 1.0 for value in values):
+        raise typer.BadParameter("thresholds must be one or more numbers in [-1, 1]")
+    return values
+
+
+def eval_cache(
+    pairs: Annotated[Path, typer.Option(help="labelled pairs (.jsonl/.jsonl.gz; a/b: text or message list)")],
+    mode: Annotated[str, typer.Option(help="pairs: each pair alone; corpus: every a in one cache")] = "pairs",
+    thresholds: Annotated[
+        str, typer.Option(help="comma-separated cosine thresholds")
+    ] = "0.80,0.85,0.88,0.90,0.92,0.95",
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full report here")] = None,
+    plot: Annotated[Path | None, typer.Option(help="write precision/recall curves (PNG) here")] = None,
+    model: Annotated[Path, typer.Option(help="verifier model directory")] = SHIPPED_MODEL_DIR,
+    split: Annotated[
+        str, typer.Option(help="all, or the train/validation/test group split of plain-text pairs (QQP)")
+    ] = "all",
+    sample: Annotated[
+        int | None, typer.Option(help="evaluate this many pairs, chosen by a hash of the text")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="embedding cache directory (default ~/.cache/tierwise)")
+    ] = None,
+    device: Annotated[str, typer.Option(help="embedding device: auto, cpu, cuda")] = "auto",
+) -> None:
+    """Serve metrics of the semantic cache (cosine-only vs guarded verifier) through the real cache path."""
+    import asyncio
+    import json
+
+    from rich.console import Console
+
+    from cache.embedder import SentenceEmbedder
+    from cache.verification import CosineOnlyVerifier
+    from cache.verifier_guarded import GuardedVerifier
+    from cache.verifier_model import VerifierModel, VerifierModelError
+    from training.eval_cache import Mode, evaluate_cache, plot_curves, read_eval_pairs, select_pairs
+    from training.verifier_data import DiskCachedEmbedder, EmbeddingDiskCache
+
+    console = Console(stderr=True)
+    if mode not in ("pairs", "corpus"):
+        raise typer.BadParameter(f"mode must be pairs or corpus, got {mode!r}")
+    eval_mode: Mode = "pairs" if mode == "pairs" else "corpus"
+    levels = _parse_thresholds(thresholds)
+    try:
+        chosen = select_pairs(read_eval_pairs(pairs), split, sample)
+        verifier_model = VerifierModel(model)
+    except (OSError, ValueError, VerifierModelError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    inner = SentenceEmbedder(device=device)
+    embedder = DiskCachedEmbedder(inner, EmbeddingDiskCache(_cache_dir(cache_dir), inner.info))
+    console.print(f"evaluating {len(chosen)} pairs in {mode} mode at thresholds {levels}")
+    report = asyncio.run(
+        evaluate_cache(
+            chosen,
+            embedder,
+            {
+                "cosine": CosineOnlyVerifier,
+                "guarded": lambda threshold: GuardedVerifier(verifier_model, min_cosine=threshold),
+            },
+            levels,
+            eval_mode,
+        )
+    )
+    defaults = verifier_model.manifest
+    default_run = asyncio.run(
+        evaluate_cache(
+            chosen,
+            embedder,
+            {"guarded": lambda _: GuardedVerifier(verifier_model)},
+            [defaults.min_cosine],
+            eval_mode,
+        )
+    )
+    report["default"] = {
+        "similarity_threshold": defaults.min_cosine,
+        "probability_threshold": defaults.threshold,
+        **default_run["thresholds"][0]["guarded"],
+    }
+    report["split"] = split
+    _print_table(console, report)
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if plot is not None:
+        plot_curves(report, plot)
+
+
+def _print_table(console: object, report: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    assert isinstance(console, Console)
+    table = Table(title=f"{report['mode']} mode, {report['pairs']} pairs ({report['positives']} label 1)")
+    for column in ("threshold", "verifier", "precision", "recall", "wrong-serve", "served"):
+        table.add_column(column, justify="right")
+    rows = report["thresholds"]
+    assert isinstance(rows, list)
+    for row in rows:
+        for name in ("cosine", "guarded"):
+            m = row[name]
+            table.add_row(
+                f"{row['threshold']:.2f}",
+                name,
+                f"{m['precision']:.3f}",
+                f"{m['recall']:.3f}",
+                f"{m['wrong_serve_rate']:.3f}",
+                str(m["served"]),
+            )
+    default = report["default"]
+    assert isinstance(default, dict)
+    table.add_row(
+        f"{default['similarity_threshold']:.2f}",
+        "guarded (defaults)",
+        f"{default['precision']:.3f}",
+        f"{default['recall']:.3f}",
+        f"{default['wrong_serve_rate']:.3f}",
+        str(default["served"]),
+    )
+    Console().print(table)
