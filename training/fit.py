@@ -115,6 +115,33 @@ def _with_tier(projected: npt.NDArray[np.float32], tier: int, tiers: int) -> npt
     return np.hstack([projected, one_hot])
 
 
+def _float32_floor(value: float) -> float:
+    rounded = np.float32(value)
+    if float(rounded) > value:
+        rounded = np.nextafter(rounded, np.float32(-np.inf))
+    return float(rounded)
+
+
+def float32_thresholds(booster: lgb.Booster, rounds: int) -> lgb.Booster:
+    """The booster's first ``rounds`` trees, every split threshold moved down to the largest float32
+    not above it.
+
+    For float32 inputs ``x <= t`` and ``x <= floor32(t)`` agree, so the trees decide exactly as
+    before; and ONNX, which stores thresholds as float32, then makes the very same comparisons
+    (rounding a threshold to the nearest float32 instead would flip inputs that fall between).
+    """
+    lines = booster.model_to_string(num_iteration=rounds).splitlines()
+    if any(line.startswith("num_cat=") and line != "num_cat=0" for line in lines):
+        raise ValueError("categorical splits are not supported")
+    for i, line in enumerate(lines):
+        if line.startswith("threshold="):
+            values = (_float32_floor(float(v)) for v in line.removeprefix("threshold=").split())
+            lines[i] = "threshold=" + " ".join(repr(v) for v in values)
+    # The header's tree byte sizes no longer hold; without them LightGBM finds the trees by their headers.
+    lines = [line for line in lines if not line.startswith("tree_sizes=")]
+    return lgb.Booster(model_str="\n".join(lines) + "\n")
+
+
 def _train_one(
     params: dict[str, Any],
     x: npt.NDArray[np.float32],
@@ -127,7 +154,7 @@ def _train_one(
     usable_validation = len(y_val) > 0 and 0 < y_val.sum() < len(y_val)
     if not usable_validation or candidate.early_stopping <= 0:
         booster = lgb.train(params, train_set, num_boost_round=candidate.rounds)
-        return booster, booster.current_iteration()
+        return float32_thresholds(booster, booster.current_iteration()), booster.current_iteration()
     booster = lgb.train(
         params,
         train_set,
@@ -136,8 +163,7 @@ def _train_one(
         callbacks=[lgb.early_stopping(candidate.early_stopping, verbose=False)],
     )
     best = booster.best_iteration or booster.current_iteration()
-    # A booster holding exactly the kept trees: the converter and predict() then agree by construction.
-    return lgb.Booster(model_str=booster.model_to_string(num_iteration=best)), best
+    return float32_thresholds(booster, best), best
 
 
 def fit_candidate(
