@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+from cache.store import CacheStoreError
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.auth import Authenticator, Caller, Unauthenticated
 from router.pricing import usd_str
@@ -54,12 +55,15 @@ class AdminServicer:
                 context, grpc.StatusCode.FAILED_PRECONDITION, "cache: the cache is off in this server"
             )
         # The tenant filter always applies, so an entry id or partition of another tenant removes nothing.
-        removed = await cache.cache.invalidate(
-            entry_id=request.entry_id or None,
-            tenant=tenant,
-            partition_key=request.partition_key or None,
-            older_than_s=older,
-        )
+        try:
+            removed = await cache.cache.invalidate(
+                entry_id=request.entry_id or None,
+                tenant=tenant,
+                partition_key=request.partition_key or None,
+                older_than_s=older,
+            )
+        except CacheStoreError as exc:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"cache store: {exc}")
         return pb.InvalidateCacheResponse(removed=removed)
 
     async def TierStatus(self, request: Any, context: Context) -> pb.TierStatusResponse:

@@ -12,10 +12,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from router.anomaly_cli import anomalies
 from router.config import Config, ConfigError, load_config
 from router.logs import configure_logging
 from router.service import Service, build_service
 from router.types import ChatMessage, RequestSpec
+from training import commands as training_commands
+from training import verifier_commands
 
 app = typer.Typer(
     name="tierwise",
@@ -120,6 +123,17 @@ def demo(
     from router.demo import run_demo
 
     sys.exit(run_demo(data=data, workdir=workdir, limit=limit, concurrency=concurrency, policy=policy))
+
+
+# Offline jobs: their modules import their heavy dependencies inside the commands,
+# so `tierwise serve` loads none of the training code.
+app.command()(training_commands.train)
+app.command()(training_commands.calibrate)
+app.command("eval-router")(training_commands.eval_router)
+app.add_typer(training_commands.models_app(), name="models")
+app.command("train-verifier")(verifier_commands.train_verifier)
+app.command("eval-cache")(verifier_commands.eval_cache)
+app.command()(anomalies)
 
 
 def main() -> None:

@@ -148,6 +148,11 @@ class CacheConfig(CacheSettings):
         1.0, ge=0, le=2, description="requests with a higher temperature neither read nor fill the cache"
     )
     device: str = Field("auto", description="embedding device: auto (CUDA when present), cpu or cuda")
+    verifier: Literal["guarded", "cosine"] = Field(
+        "guarded",
+        description="guarded: near-miss rules + the trained pair model; cosine: the threshold alone",
+    )
+    verifier_model: Path | None = Field(None, description="pair-model directory; default: the shipped model")
 
 
 class LimitsConfig(_Strict):

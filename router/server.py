@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.admin_http import AdminServer
 from router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
+from router.anomaly import AnomalyChecker
 from router.auth import Authenticator, Unauthenticated
 from router.config import ConfigError, TlsConfig
 from router.errors import ServiceError
@@ -261,6 +262,7 @@ class TierwiseServer:
         self.port = 0
         self.metrics_port = 0
         self._stopped = False
+        self._anomalies: AnomalyChecker | None = None
         self.admin = AdminServer(service.accounting.metrics) if config.metrics_port else None
         if self.admin is not None:
             self.admin.add_refresher(self._refresh_budget_gauges)
@@ -285,6 +287,11 @@ class TierwiseServer:
         ledger = self.service.accounting.ledger
         if ledger is not None:
             await ledger.start()
+            if self.service.config.anomaly.enabled:
+                self._anomalies = AnomalyChecker(
+                    ledger, self.service.config.anomaly, metrics=self.service.accounting.metrics
+                )
+                self._anomalies.start()
         if self.admin is not None:
             self.metrics_port = await self.admin.start(config.host, config.metrics_port)
         await self._server.start()
@@ -304,6 +311,8 @@ class TierwiseServer:
         if self.admin is not None:
             await self.admin.stop()
             self.admin = None
+        if self._anomalies is not None:
+            await self._anomalies.aclose()
         await self.service.aclose()
 
     async def wait(self) -> None:

@@ -12,10 +12,13 @@ from cache.redis_store import RedisEntryStore
 from cache.semantic_cache import SemanticCache
 from cache.sqlite_store import SqliteEntryStore
 from cache.store import EntryStore
+from cache.verification import CandidateVerifier, CosineOnlyVerifier
+from cache.verifier_guarded import GuardedVerifier
+from cache.verifier_model import VerifierModelError
 from router.accounting import Accounting
 from router.budgets import BudgetManager, build_budget_manager
 from router.caching import ResponseCache
-from router.config import CacheConfig, Config
+from router.config import CacheConfig, Config, ConfigError
 from router.feedback import FeedbackStore, SqliteFeedbackStore
 from router.ledger import build_ledger
 from router.ledger_builder import SpendRecordBuilder
@@ -71,8 +74,19 @@ async def _open_cache(config: Config, settings: CacheConfig, embedder: BatchingE
     tuning = settings.model_copy(
         update={"snapshot_path": settings.snapshot_path or config.store.path / "cache.faiss"}
     )
-    cache = await SemanticCache.open(store, embedder.info, tuning)
+    cache = await SemanticCache.open(store, embedder.info, tuning, _verifier(settings, embedder.info.key))
     return ResponseCache(cache, settings)
+
+
+def _verifier(settings: CacheConfig, embedder_key: str) -> CandidateVerifier:
+    if settings.verifier == "cosine":
+        return CosineOnlyVerifier(settings.similarity_threshold)
+    try:
+        if settings.verifier_model is None:
+            return GuardedVerifier.load(expected_embedder_key=embedder_key)
+        return GuardedVerifier.load(settings.verifier_model, expected_embedder_key=embedder_key)
+    except VerifierModelError as exc:
+        raise ConfigError(f"cache.verifier_model: {exc}") from None
 
 
 async def build_service(config: Config) -> Service:
