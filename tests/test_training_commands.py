@@ -50,6 +50,9 @@ def test_argument_errors_exit_with_a_message(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "cannot read config" in missing.output
     no_model = runner.invoke(app(), ["calibrate", "--registry", str(tmp_path), "--quality", "0.8"])
     assert no_model.exit_code == 2 and "none is serving" in no_model.output
-    assert commands.parse_score_cols(["large=col_d", " small = col_a "]) == {"large": "col_d", "small": "col_a"}
+    assert commands.parse_score_cols(["large=col_d", " small = col_a "]) == {
+        "large": "col_d",
+        "small": "col_a",
+    }
     with pytest.raises(typer.BadParameter, match="TIER=COLUMN"):
         commands.parse_score_cols(["large"])
