@@ -116,8 +116,23 @@ class TierConfig(_Strict):
         return value.rstrip("/")
 
 
+class ClassifierConfig(_Strict):
+    """The trained router: model versions in a registry directory, the serving one named by its pointer."""
+
+    registry: Path = Field(Path("./models/router"), description="model registry directory")
+    rule: Literal["threshold", "utility"] = Field(
+        "threshold",
+        description="threshold: cheapest tier with P(adequate) >= the quality target; "
+        "utility: max P(adequate) - lambda * expected cost, lambda calibrated from the target",
+    )
+    watch_interval_s: float = Field(
+        2.0, ge=0, description="how often the registry pointer is checked for a promoted version (0: never)"
+    )
+
+
 class RoutingConfig(_Strict):
-    policy: Literal["cheapest", "strongest", "random", "length"] = "cheapest"
+    policy: Literal["cheapest", "strongest", "random", "length", "classifier"] = "cheapest"
+    classifier: ClassifierConfig = ClassifierConfig()
     seed: int = 0
     default_quality_target: float = Field(0.8, ge=0, le=1)
     expected_output_tokens: int = Field(256, gt=0, description="output length assumed for cost estimates")

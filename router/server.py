@@ -263,6 +263,8 @@ class TierwiseServer:
         self.metrics_port = 0
         self._stopped = False
         self._anomalies: AnomalyChecker | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._watch_stop = asyncio.Event()
         self.admin = AdminServer(service.accounting.metrics) if config.metrics_port else None
         if self.admin is not None:
             self.admin.add_refresher(self._refresh_budget_gauges)
@@ -287,13 +289,20 @@ class TierwiseServer:
         ledger = self.service.accounting.ledger
         if ledger is not None:
             await ledger.start()
-            if self.service.config.anomaly.enabled:
+            if self.service.config.anomaly.enabled:  # the checker reads the ledger
                 self._anomalies = AnomalyChecker(
                     ledger, self.service.config.anomaly, metrics=self.service.accounting.metrics
                 )
                 self._anomalies.start()
         if self.admin is not None:
             self.metrics_port = await self.admin.start(config.host, config.metrics_port)
+        serving, interval = (
+            self.service.serving_model,
+            self.service.config.routing.classifier.watch_interval_s,
+        )
+        if serving is not None and interval > 0:
+            self._watch_stop = asyncio.Event()
+            self._watcher = asyncio.create_task(serving.watch(interval, self._watch_stop))
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -313,6 +322,9 @@ class TierwiseServer:
             self.admin = None
         if self._anomalies is not None:
             await self._anomalies.aclose()
+        if self._watcher is not None:
+            self._watch_stop.set()
+            await self._watcher
         await self.service.aclose()
 
     async def wait(self) -> None:

@@ -15,6 +15,7 @@ from cache.store import EntryStore
 from cache.verification import CandidateVerifier, CosineOnlyVerifier
 from cache.verifier_guarded import GuardedVerifier
 from cache.verifier_model import VerifierModelError
+from classifier.registry import ServingModel
 from router.accounting import Accounting
 from router.budgets import BudgetManager, build_budget_manager
 from router.caching import ResponseCache
@@ -24,7 +25,7 @@ from router.ledger import build_ledger
 from router.ledger_builder import SpendRecordBuilder
 from router.metrics import Metrics
 from router.pipeline import Pipeline
-from router.policies.factory import build_policy
+from router.policies.factory import build_policy, load_serving_model
 from router.providers.base import Provider
 from router.providers.factory import build_provider
 from router.resilience import TierHealth
@@ -49,6 +50,7 @@ class Service:
     embedder: BatchingEmbedder | None
     cache: ResponseCache | None
     accounting: Accounting
+    serving_model: ServingModel | None = None  # the classifier's model holder, hot-swapped on promotion
 
     async def aclose(self) -> None:
         await self.accounting.aclose()  # flushes the spend ledger
@@ -94,7 +96,10 @@ async def build_service(config: Config) -> Service:
     tokens.preload()  # seed and verify the offline encodings at start-up, not on the first request
     config.store.path.mkdir(parents=True, exist_ok=True)
     providers = {tier.name: build_provider(tier) for tier in config.tiers}
-    policy = build_policy(config.routing)
+    serving = None
+    if config.routing.policy == "classifier":
+        serving = load_serving_model(config.routing, config.tier_names, config.cache.device)
+    policy = build_policy(config.routing, config.tier_names, serving)
     embedder = None
     if config.cache.enabled or policy.needs_embedding:
         settings = config.cache
@@ -116,4 +121,6 @@ async def build_service(config: Config) -> Service:
         config, providers, policy, tokens, budgets=budgets, health=health, embedder=embedder, cache=cache
     )
     feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
-    return Service(config, pipeline, providers, feedback, budgets, health, embedder, cache, accounting)
+    return Service(
+        config, pipeline, providers, feedback, budgets, health, embedder, cache, accounting, serving
+    )

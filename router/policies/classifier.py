@@ -94,6 +94,7 @@ def context_features(context: RoutingContext) -> npt.NDArray[np.float32] | None:
 
 class ClassifierPolicy:
     name = "classifier"
+    needs_embedding = True
 
     def __init__(
         self,

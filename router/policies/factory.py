@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from router.config import RoutingConfig
 from router.policies.base import RoutingPolicy
 from router.policies.baselines import CheapestPolicy, LengthPolicy, RandomPolicy, StrongestPolicy
 
+if TYPE_CHECKING:
+    from classifier.registry import ServingModel
 
-def build_policy(routing: RoutingConfig) -> RoutingPolicy:
+
+def build_baseline(routing: RoutingConfig) -> RoutingPolicy:
     if routing.policy == "cheapest":
         return CheapestPolicy()
     if routing.policy == "strongest":
@@ -16,4 +22,33 @@ def build_policy(routing: RoutingConfig) -> RoutingPolicy:
         return RandomPolicy(routing.seed)
     if routing.policy == "length":
         return LengthPolicy(routing.length_thresholds)
-    raise ValueError(f"routing.policy: unknown policy {routing.policy!r}")
+    raise ValueError(f"routing.policy: {routing.policy!r} is not a baseline policy")
+
+
+def load_serving_model(routing: RoutingConfig, tiers: Sequence[str], device: str = "auto") -> ServingModel:
+    """Load the registry's serving version now: a missing, tampered or mismatched model refuses the start."""
+    from classifier.registry import ModelRegistry, ServingModel
+    from router.config import ConfigError
+
+    serving = ServingModel(ModelRegistry(routing.classifier.registry), tiers, device=device)
+    loaded = serving.reload()
+    if not serving.loaded:
+        raise ConfigError(f"routing.classifier.registry: no usable model version: {loaded.error}")
+    return serving
+
+
+def build_policy(
+    routing: RoutingConfig, tiers: Sequence[str], serving: ServingModel | None = None
+) -> RoutingPolicy:
+    """The configured policy; ``classifier`` needs the ``serving`` model holder."""
+    if routing.policy != "classifier":
+        return build_baseline(routing)
+    from router.config import ConfigError
+    from router.policies.classifier import ClassifierPolicy
+
+    if serving is None:
+        raise ValueError("the classifier policy needs a serving model (load_serving_model)")
+    try:
+        return ClassifierPolicy(serving, tiers, routing.classifier.rule)
+    except ValueError as exc:
+        raise ConfigError(f"routing.classifier: {exc}") from None
