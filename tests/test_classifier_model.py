@@ -172,3 +172,39 @@ def test_utility_calibration_interpolates_and_clamps() -> None:
         UtilityCalibration((0.5, 0.2), (1.0, 2.0))
     with pytest.raises(ValueError, match="negative"):
         UtilityCalibration((0.5,), (-1.0,))
+
+
+def test_onnx_agrees_with_lightgbm_on_inputs_at_the_split_thresholds(tmp_path: Path) -> None:
+    """Inputs a float32 step either side of every threshold: where rounding a threshold would flip a split.
+
+    LightGBM reads any |x| <= 1e-35 as 0 (its zero threshold), so splits at zero are probed with
+    0 and small values either side instead."""
+    fitted = fit_small("per_tier", pca=0)
+    write_version(tmp_path, fitted, "v1", EMBEDDER_KEY, "data-hash", 0.5)
+    model = load_model(tmp_path, TIERS, EMBEDDER_KEY, device="cpu")
+    splits: list[tuple[int, float]] = []
+
+    def walk(node: dict[str, object]) -> None:
+        if "split_feature" in node:
+            splits.append((int(str(node["split_feature"])), float(str(node["threshold"]))))
+            walk(node["left_child"])  # type: ignore[arg-type]
+            walk(node["right_child"])  # type: ignore[arg-type]
+
+    for booster in fitted.boosters:
+        for tree in booster.dump_model()["tree_info"]:
+            walk(tree["tree_structure"])
+    base, _ = synthetic_data(1, seed=11)
+    rows = []
+    for feature, threshold in splits[:200]:
+        at = np.float32(threshold)
+        probes = (np.nextafter(at, np.float32(-np.inf)), at, np.nextafter(at, np.float32(np.inf)))
+        if abs(threshold) < 1e-34:  # LightGBM splits at zero with a threshold of +-1e-35
+            probes = (np.float32(-1e-6), np.float32(0.0), np.float32(1e-6))
+        for value in probes:
+            row = base[0].copy()
+            row[feature] = value
+            rows.append(row)
+    features = np.stack(rows)
+    np.testing.assert_allclose(
+        model.predict_matrix(features), fitted.predict_projected(features), atol=1e-5, rtol=0
+    )
