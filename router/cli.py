@@ -115,9 +115,14 @@ def demo(
         Path | None, typer.Option(help="RouterBench CSV folder (default: ../shared/data/routerbench)")
     ] = None,
     workdir: Annotated[Path, typer.Option(help="where the demo keeps its state")] = Path(".demo"),
-    limit: Annotated[int, typer.Option(help="prompts to send (0 = all)")] = 600,
-    concurrency: Annotated[int, typer.Option(help="requests in flight")] = 8,
-    policy: Annotated[str, typer.Option(help="routing policy for the run")] = "length",
+    limit: Annotated[int, typer.Option(help="held-out prompts to send (0 = all)")] = 0,
+    concurrency: Annotated[int, typer.Option(help="requests in flight")] = 4,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="routing policy: classifier (trained on first run), cheapest, strongest, random, length"
+        ),
+    ] = "classifier",
 ) -> None:
     """Replay RouterBench traffic through a real tierwise server and print a cost / quality / latency report."""
     from router.demo import run_demo

@@ -121,9 +121,10 @@ class ClassifierConfig(_Strict):
 
     registry: Path = Field(Path("./models/router"), description="model registry directory")
     rule: Literal["threshold", "utility"] = Field(
-        "threshold",
+        "utility",
         description="threshold: cheapest tier with P(adequate) >= the quality target; "
-        "utility: max P(adequate) - lambda * expected cost, lambda calibrated from the target",
+        "utility: max P(adequate) - lambda * expected cost, lambda calibrated from the target (the default: "
+        "on the held-out RouterBench split it beat threshold, APGR 0.551 vs 0.475, AIQ 0.790 vs 0.774)",
     )
     watch_interval_s: float = Field(
         2.0, ge=0, description="how often the registry pointer is checked for a promoted version (0: never)"

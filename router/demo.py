@@ -9,8 +9,10 @@ never scored on what it learned from.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -88,7 +90,11 @@ def demo_config(workdir: Path, upstream_url: str, key: str, policy: str) -> dict
             }
             for name, model, price in DEMO_TIERS
         ],
-        "routing": {"policy": policy, "length_thresholds": {"small": 300, "medium": 600, "standard": 1200}},
+        "routing": {
+            "policy": policy,
+            "length_thresholds": {"small": 300, "medium": 600, "standard": 1200},
+            "classifier": {"registry": str(workdir / "models")},
+        },
         "store": {"kind": "embedded", "path": str(workdir / "var")},
         "logging": {"level": "WARNING"},
     }
@@ -104,6 +110,8 @@ class Tally:
     tiers: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
+    cache_hits: int = 0
+    cache_saved: Decimal = Decimal(0)
 
 
 def _strongest_cost(row: RouterBenchRow, tokens: TokenCounter) -> Decimal:
@@ -142,12 +150,18 @@ async def _drive(
                     except grpc.aio.AioRpcError as exc:
                         tally.errors[exc.code().name] += 1
                     else:
-                        tier = response.decision.tier
+                        decision = response.decision
+                        tier = decision.tier
+                        if decision.cache_hit:
+                            tally.cache_hits += 1
+                            tally.cache_saved += Decimal(repr(decision.saved_cost_usd))
                         tally.tiers[tier] += 1
                         tally.reasons[response.decision.reason] += 1
                         tally.costs.append(Decimal(response.cost_usd_exact))
                         tally.overhead_ms.append(response.latency.overhead_ms)
-                        score = row.scores.get(models[tier])
+                        # a cached answer was written by the model that answered first
+                        answered_by = decision.cached.model if decision.cache_hit else models[tier]
+                        score = row.scores.get(answered_by)
                         strongest = row.scores.get(DEMO_TIERS[-1][1])
                         if score is not None and strongest is not None:
                             tally.scores.append(score)
@@ -179,6 +193,9 @@ def print_report(tally: Tally, policy: str) -> None:
     table.add_row("total cost (USD)", f"{cost:.6f}", f"{strongest:.6f}")
     share = float(cost / strongest) if strongest else float("nan")
     table.add_row("cost vs always-strongest", f"{share:.1%}", "100.0%")
+    hit_rate = tally.cache_hits / served if served else 0.0
+    table.add_row("cache hits", f"{tally.cache_hits} ({hit_rate:.1%})", "")
+    table.add_row("saved by the cache (USD)", f"{tally.cache_saved:.6f}", "")
     table.add_row("mean recorded score", f"{mean_score:.3f}", f"{mean_strongest:.3f}")
     kept = mean_score / mean_strongest if mean_strongest else float("nan")
     table.add_row("quality kept", f"{kept:.1%}", "100.0%")
@@ -199,7 +216,25 @@ def print_report(tally: Tally, policy: str) -> None:
         console.print(f"[red]errors by status:[/red] {dict(tally.errors)}")
 
 
-def run_demo(data: Path | None, workdir: Path, limit: int, concurrency: int, policy: str = "length") -> int:
+def ensure_model(data_dir: Path, config_path: Path, registry: Path) -> None:
+    """Train (on the train split; the demo replays the test split) and serve a model if none is serving."""
+    from classifier.registry import ModelRegistry
+    from router.config import load_config
+    from training.train import train
+
+    models = ModelRegistry(registry)
+    if models.pointer() is not None:
+        console.print(f"classifier: serving {models.serving_version()} from {registry}")
+        return
+    console.print("classifier: no model yet, training one on the train split (first run only)")
+    result = train(data_dir, load_config(config_path), registry, console=console)
+    models.promote(result.version)
+    console.print(f"classifier: trained and serving {result.version}")
+
+
+def run_demo(
+    data: Path | None, workdir: Path, limit: int, concurrency: int, policy: str = "classifier"
+) -> int:
     data_dir = find_data(data)
     if data_dir is None:
         console.print(
@@ -209,7 +244,10 @@ def run_demo(data: Path | None, workdir: Path, limit: int, concurrency: int, pol
         return 2
     rows = [r for r in load_rows(data_dir) if split_of(r.sample_id) == "test"]
     rows = rows[:limit] if limit else rows
+    # Real traffic repeats itself: a quarter of the prompts come again (chosen by id), after the first pass.
+    repeats = [r for r in rows if hashlib.sha256(r.sample_id.encode()).digest()[0] < 64]
     workdir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(workdir / "var", ignore_errors=True)  # each run starts with an empty cache and ledger
     from router.replay import ReplayUpstream
 
     replay = ReplayUpstream.from_data_dir(data_dir)
@@ -218,13 +256,18 @@ def run_demo(data: Path | None, workdir: Path, limit: int, concurrency: int, pol
     config = demo_config(workdir, upstream_url, key, policy)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    console.print(f"data: {data_dir}  prompts: {len(rows)} (test split)  upstream: {upstream_url}")
+    if policy == "classifier":
+        ensure_model(data_dir, config_path, workdir / "models")
+    console.print(
+        f"data: {data_dir}  prompts: {len(rows)} held-out (test split) + {len(repeats)} repeated  "
+        f"upstream: {upstream_url}"
+    )
     server = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(config_path)])
     target = f"127.0.0.1:{config['server']['port']}"  # type: ignore[index]
     tally = Tally()
     try:
         wait_serving(target, server)
-        asyncio.run(_drive(target, key, rows, concurrency, tally))
+        asyncio.run(_drive(target, key, [*rows, *repeats], concurrency, tally))
     finally:
         stop_process(server)
         replay.stop()
