@@ -72,10 +72,10 @@ class CacheSettings(BaseModel):
         0.5, ge=0.0, le=1.0, description="Feedback scores below this are negative."
     )
     feedback_threshold_step: float = Field(
-        0.04,
+        0.07,
         gt=0.0,
         description="Each negative feedback raises that entry's semantic threshold by this much; once the "
-        "threshold reaches 1.0 it is served by exact match only (with the defaults: after two).",
+        "threshold reaches 1.0 it is served by exact match only (with the defaults, 0.86 + 2 x 0.07: after two).",
     )
     exact_block_after_negatives: int = Field(
         3,
