@@ -188,7 +188,7 @@ def _feedback_record(request: pb.FeedbackRequest, tenant: str, max_metadata: int
         raise InvalidRequest("request_id", "must be the request_id of an earlier response (1-128 characters)")
     if not (math.isfinite(request.score) and 0.0 <= request.score <= 1.0):
         raise InvalidRequest("score", f"must be in [0, 1]; got {request.score}")
-    if request.source == pb.FEEDBACK_SOURCE_UNSPECIFIED or request.source > len(SOURCES):
+    if not 1 <= request.source <= len(SOURCES):  # proto3 enums are open: any int32 can arrive
         raise InvalidRequest("source", "must be APP, HUMAN or JUDGE")
     if len(request.comment) > 4096:
         raise InvalidRequest("comment", f"is {len(request.comment)} characters; the limit is 4096")

@@ -33,7 +33,7 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from protos.tierwise.v1 import tierwise_pb2 as pb
@@ -626,8 +626,6 @@ def test_fuzzed_fields_end_with_a_defined_status(name: str, request: pytest.Fixt
     @fuzz_settings()
     @given(message=MESSAGES[name](served), auth=auths)
     def run(message: Message, auth: Metadata) -> None:
-        if isinstance(message, pb.FeedbackRequest):
-            assume(message.source >= 0)  # KNOWN BUG: see test_feedback_source_outside_the_enum_...
         seen.add(exercise(served, rpc, message, auth))
 
     run()
@@ -635,11 +633,7 @@ def test_fuzzed_fields_end_with_a_defined_status(name: str, request: pytest.Fixt
     served.assert_healthy()
 
 
-# KNOWN BUG (router/server.py, _feedback_record): a negative source passes the range check and indexes
-# SOURCES from the end: -1 is stored as "human", -2 as "app", -3 and below end in IndexError (UNKNOWN).
-# Once the check is ``1 <= source <= len(SOURCES)``, remove this xfail and the two ``assume`` lines
-# that keep negative sources out of the Feedback fuzzing.
-@pytest.mark.xfail(strict=True, reason="router/server.py accepts negative FeedbackSource values")
+# Found by the fuzzer: proto3 enums are open, so a negative source once indexed SOURCES from the end.
 def test_feedback_source_outside_the_enum_is_invalid_argument(served: Served) -> None:
     outcomes = []
     for source in (-1, -2, -3, -(2**31), 0, 4, 2**31 - 1):
@@ -651,13 +645,6 @@ def test_feedback_source_outside_the_enum_is_invalid_argument(served: Served) ->
     poll(lambda: len(served.errors.records) >= crashed, timeout_s=10)
     served.errors.records.clear()
     assert all(code == "INVALID_ARGUMENT" and d.startswith("source:") for _, code, d in outcomes), outcomes
-
-
-def negative_source(body: bytes) -> bool:
-    try:
-        return pb.FeedbackRequest.FromString(body).source < 0
-    except Exception:
-        return False  # undecodable: the server answers INVALID_ARGUMENT before looking at the source
 
 
 def test_invalidate_cache_without_a_cache_is_failed_precondition(served: Served) -> None:
@@ -680,8 +667,6 @@ def test_raw_bodies_end_with_a_defined_status(name: str, request: pytest.Fixture
     @fuzz_settings(share=1.0 if fieldless else 0.25)
     @given(body=raw_bodies(rpc, MESSAGES[name](served)), auth=auths)
     def run(body: bytes, auth: Metadata) -> None:
-        if name == "Feedback":
-            assume(not negative_source(body))  # KNOWN BUG: see test_feedback_source_outside_the_enum_...
         seen.add(exercise(served, rpc, body, auth))
 
     run()
