@@ -640,10 +640,6 @@ def test_feedback_source_outside_the_enum_is_invalid_argument(served: Served) ->
         feedback = pb.FeedbackRequest(request_id=served.request_ids[0], score=0.5, source=source)
         code, _, details = call_unary(served.channel, RPCS["Feedback"], feedback, AUTH)
         outcomes.append((source, code.name, details))
-    # The IndexError tracebacks belong to this test; gRPC may log them after the status went out.
-    crashed = sum(code == "UNKNOWN" for _, code, _ in outcomes)
-    poll(lambda: len(served.errors.records) >= crashed, timeout_s=10)
-    served.errors.records.clear()
     assert all(code == "INVALID_ARGUMENT" and d.startswith("source:") for _, code, d in outcomes), outcomes
 
 
