@@ -169,3 +169,33 @@ async def test_restart_keeps_cache_entries(upstream: ScriptedUpstream, tmp_path:
         again = await complete(svc, msgs(("user", "Where is the office?")))
     assert again.decision.cache_hit
     assert len(upstream.requests) == 1
+
+
+@pytest.mark.asyncio
+async def test_long_prompts_that_share_few_shot_examples_only_hit_exactly(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    # Past the embedder's 256-piece window the vector cannot see the whole prompt: such prompts
+    # (few-shot examples, then the question) are served from the cache by exact match only, even
+    # with a verifier that would accept anything close.
+    data = cached_config(tmp_path, upstream)
+    data["cache"] = {"enabled": True, "verifier": "cosine", "similarity_threshold": 0.5}
+    shots = "".join(
+        f"Question: Which word fits the blank in sentence number {i}? A) apple B) pear\nAnswer: A\n\n"
+        for i in range(20)
+    )
+    first = (
+        shots + "Question: The trophy does not fit the suitcase because _ is too big. A) trophy B) suitcase"
+    )
+    second = shots + "Question: The cat sat on the mat because _ was warm. A) cat B) mat"
+    async with running_server(build_config(data)) as svc:
+        await complete(svc, msgs(("user", first)))
+        other = await complete(svc, msgs(("user", second)))
+        assert not other.decision.cache_hit
+        again = await complete(svc, msgs(("user", first)))
+        assert again.decision.cache_hit and again.decision.cached.kind == "exact"
+        short = await complete(svc, msgs(("user", "Which fruit is red?")))
+        near = await complete(svc, msgs(("user", "Which fruit is yellow?")))
+        assert (
+            not short.decision.cache_hit and near.decision.cache_hit
+        )  # short texts still match semantically
