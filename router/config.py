@@ -164,6 +164,12 @@ class CacheConfig(CacheSettings):
         1.0, ge=0, le=2, description="requests with a higher temperature neither read nor fill the cache"
     )
     device: str = Field("auto", description="embedding device: auto (CUDA when present), cpu or cuda")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads of the embedding forward pass (0: torch's default); 1 is faster on small, busy "
+        "machines, where threads spin-wait on each other",
+    )
     verifier: Literal["guarded", "cosine"] = Field(
         "guarded",
         description="guarded: near-miss rules + the trained pair model; cosine: the threshold alone",

@@ -96,6 +96,8 @@ def demo_config(workdir: Path, upstream_url: str, key: str, policy: str) -> dict
             "classifier": {"registry": str(workdir / "models")},
         },
         "store": {"kind": "embedded", "path": str(workdir / "var")},
+        # One embedding thread: on a small shared CPU, threads spin-waiting on each other cost more than they give.
+        "cache": {"torch_threads": 1},
         "logging": {"level": "WARNING"},
     }
 

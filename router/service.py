@@ -34,8 +34,12 @@ from router.tracing import Tracing
 
 
 @functools.cache
-def shared_embedder(device: str) -> SentenceEmbedder:
+def shared_embedder(device: str, torch_threads: int = 0) -> SentenceEmbedder:
     """The model is read-only once loaded: one instance per process and device serves every server."""
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)  # process-wide, as torch's setting is
     return SentenceEmbedder(device=device)
 
 
@@ -104,7 +108,7 @@ async def build_service(config: Config) -> Service:
     if config.cache.enabled or policy.needs_embedding:
         settings = config.cache
         embedder = BatchingEmbedder(
-            shared_embedder(settings.device), settings.max_batch, settings.max_wait_us
+            shared_embedder(settings.device, settings.torch_threads), settings.max_batch, settings.max_wait_us
         )
     cache = await _open_cache(config, config.cache, embedder) if config.cache.enabled and embedder else None
     budgets = build_budget_manager(config)
