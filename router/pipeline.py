@@ -32,12 +32,36 @@ from router.upstream_errors import attempt_from_error, circuit_open_attempt, rej
 StreamItem = Decision | StreamDelta | Completion
 
 
+class _PromptTokens:
+    """The prompt's token count per encoding, counted once per request (long prompts are costly to count)."""
+
+    def __init__(self, counter: TokenCounter, spec: RequestSpec) -> None:
+        self._counter = counter
+        self._messages = spec.messages
+        self._counts: dict[str, int] = {}
+
+    def encoding(self, tier: TierConfig) -> str:
+        return tier.encoding or self._counter.encoding_for_model(tier.model)
+
+    def of(self, tier: TierConfig) -> int:
+        encoding = self.encoding(tier)
+        if encoding not in self._counts:
+            self._counts[encoding] = self._counter.count_messages(
+                self._messages, tier.model, encoding=encoding
+            )
+        return self._counts[encoding]
+
+    def text(self, tier: TierConfig, text: str) -> int:
+        return self._counter.count_text(text, encoding=self.encoding(tier))
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     decision: Decision
     chain: tuple[TierConfig, ...]  # the chosen tier first, then its fallbacks
     reservation: BudgetReservation
     cache_use: CacheUse | None  # how this request may read and fill the cache
+    prompt: _PromptTokens
 
 
 class Pipeline:
@@ -85,10 +109,11 @@ class Pipeline:
 
     async def _plan(self, spec: RequestSpec, request_id: str) -> _Plan:
         # 5 tokens (before 3: the budget reserves the estimated cost)
-        input_tokens = self._tokens.count_messages(spec.messages, self._config.tiers[0].model)
-        options = self._options(spec)
+        prompt = _PromptTokens(self._tokens, spec)
+        input_tokens = prompt.of(self._config.tiers[0])
+        options = self._options(spec, prompt)
         # 3 budget
-        reservation = await self._reserve(spec, options)
+        reservation = await self._reserve(spec, options, prompt)
         try:
             degrade = reservation.degrade
             if degrade is not None and degrade.max_tier is not None:
@@ -109,24 +134,24 @@ class Pipeline:
             cache_use = None if self._cache is None or embedding is None else self._cache.use(spec, embedding)
             hit = None if cache_use is None or self._cache is None else await self._cache.lookup(cache_use)
             # 8-9 classify and choose the tier (a pinned tier skips the policy)
-            decision = self._decide(spec, request_id, input_tokens, candidates, degrade, embedding)
+            decision = self._decide(spec, request_id, prompt, input_tokens, candidates, degrade, embedding)
             if hit is not None:
-                decision = self._served_from_cache(decision, spec, hit)
+                decision = self._served_from_cache(decision, prompt, hit)
             chain = self._chain(decision.tier, spec, candidates)
         except BaseException:
             await self._budgets.release(reservation)
             raise
-        return _Plan(decision, chain, reservation, cache_use)
+        return _Plan(decision, chain, reservation, cache_use, prompt)
 
     async def _embed(self, spec: RequestSpec) -> Vector | None:
         if self._embedder is None or not spec.last_user_text:
             return None
         return await self._embedder.embed(embedding_text(spec.last_user_text))
 
-    def _served_from_cache(self, decision: Decision, spec: RequestSpec, hit: CacheHitInfo) -> Decision:
+    def _served_from_cache(self, decision: Decision, prompt: _PromptTokens, hit: CacheHitInfo) -> Decision:
         """A hit costs nothing upstream and saves what the chosen tier would have cost."""
         tier = self._config.tier(decision.tier)
-        usage = TokenUsage(self._tokens.count_messages(spec.messages, tier.model), hit.usage.output_tokens)
+        usage = TokenUsage(prompt.of(tier), hit.usage.output_tokens)
         saved = cost_usd(tier.price, usage)
         if self._cache is not None:
             self._cache.record_saving(hit.entry_id, float(saved))
@@ -136,6 +161,7 @@ class Pipeline:
         self,
         spec: RequestSpec,
         request_id: str,
+        prompt: _PromptTokens,
         input_tokens: int,
         candidates: list[TierOption],
         degrade: Degrade | None,
@@ -166,15 +192,15 @@ class Pipeline:
             reason=reason,
             policy=policy,
             estimated_input_tokens=input_tokens,
-            estimated_cost_usd=self._expected_cost(tier, spec),
+            estimated_cost_usd=self._expected_cost(tier, spec, prompt),
             p_adequate=p_adequate,
             model_version=version,
         )
 
-    def _options(self, spec: RequestSpec) -> list[TierOption]:
+    def _options(self, spec: RequestSpec, prompt: _PromptTokens) -> list[TierOption]:
         """Tiers that can serve the request at all, cheapest first."""
         options = [
-            TierOption(t.name, t.model, self._expected_cost(t, spec), t.max_output_tokens)
+            TierOption(t.name, t.model, self._expected_cost(t, spec, prompt), t.max_output_tokens)
             for t in self._config.tiers
             if spec.max_tokens is None or spec.max_tokens <= t.max_output_tokens
         ]
@@ -185,17 +211,18 @@ class Pipeline:
     def _expected_output(self, tier: TierConfig, spec: RequestSpec) -> int:
         return min(spec.max_tokens or tier.max_output_tokens, self._config.routing.expected_output_tokens)
 
-    def _expected_cost(self, tier: TierConfig, spec: RequestSpec) -> Decimal:
-        input_tokens = self._tokens.count_messages(spec.messages, tier.model)
-        return expected_cost_usd(tier.price, input_tokens, self._expected_output(tier, spec))
+    def _expected_cost(self, tier: TierConfig, spec: RequestSpec, prompt: _PromptTokens) -> Decimal:
+        return expected_cost_usd(tier.price, prompt.of(tier), self._expected_output(tier, spec))
 
-    async def _reserve(self, spec: RequestSpec, options: list[TierOption]) -> BudgetReservation:
+    async def _reserve(
+        self, spec: RequestSpec, options: list[TierOption], prompt: _PromptTokens
+    ) -> BudgetReservation:
         """Reserve the most this request can cost: any tier of its chain may end up answering."""
         if spec.tier is not None:
             options = [o for o in options if o.name == spec.tier] or options
         worst = max(options, key=lambda o: o.expected_cost_usd)
         tier = self._config.tier(worst.name)
-        tokens = self._tokens.count_messages(spec.messages, tier.model) + self._expected_output(tier, spec)
+        tokens = prompt.of(tier) + self._expected_output(tier, spec)
         return await self._budgets.reserve(spec.tenant, spec.feature, worst.expected_cost_usd, tokens)
 
     def _chain(self, chosen: str, spec: RequestSpec, candidates: list[TierOption]) -> tuple[TierConfig, ...]:
@@ -224,20 +251,17 @@ class Pipeline:
             stop=spec.stop,
         )
 
-    def _usage(
-        self, tier: TierConfig, spec: RequestSpec, reported: TokenUsage | None, text: str
-    ) -> TokenUsage:
+    @staticmethod
+    def _usage(tier: TierConfig, prompt: _PromptTokens, reported: TokenUsage | None, text: str) -> TokenUsage:
+        """The upstream's reported usage, else tiktoken's count of what was sent and received."""
         if reported is not None:
             return reported
-        return TokenUsage(
-            input_tokens=self._tokens.count_messages(spec.messages, tier.model),
-            output_tokens=self._tokens.count_text(text, model=tier.model),
-        )
+        return TokenUsage(input_tokens=prompt.of(tier), output_tokens=prompt.text(tier, text))
 
     def _finish(
         self,
         decision: Decision,
-        spec: RequestSpec,
+        prompt: _PromptTokens,
         tier: TierConfig,
         result: ChatResult,
         attempts: list[Attempt],
@@ -245,7 +269,7 @@ class Pipeline:
     ) -> Completion:
         started, upstream_s, first_token_at = timing
         now = self._clock()
-        usage = self._usage(tier, spec, result.usage, result.content)
+        usage = self._usage(tier, prompt, result.usage, result.content)
         total_ms = (now - started) * 1000
         ttft_ms = (first_token_at - started) * 1000 if first_token_at is not None else total_ms
         after_first = (now - first_token_at) * 1000 if first_token_at is not None else 0.0
@@ -331,7 +355,7 @@ class Pipeline:
                     attempts.append(attempt_from_error(tier, attempt.error, attempt.duration_s))
             if outcome.ok and outcome.value is not None:
                 return self._finish(
-                    plan.decision, spec, tier, outcome.value, attempts, (started, upstream_s, None)
+                    plan.decision, plan.prompt, tier, outcome.value, attempts, (started, upstream_s, None)
                 )
             if outcome.stop is StopReason.REFUSED and not outcome.tries:
                 attempts.append(circuit_open_attempt(tier))
@@ -414,7 +438,7 @@ class Pipeline:
             attempts.append(Attempt(tier.name, tier.model, True, elapsed * 1000))
             result = ChatResult("".join(parts), finish.finish_reason, finish.usage, finish.model)
             yield self._finish(
-                plan.decision, spec, tier, result, attempts, (started, upstream_s, first_token_at)
+                plan.decision, plan.prompt, tier, result, attempts, (started, upstream_s, first_token_at)
             )
             return
         raise _exhausted(attempts)
