@@ -14,7 +14,7 @@ from router.ledger import SpendLedger
 from router.ledger_builder import SpendRecordBuilder
 from router.ledger_record import SpendRecord
 from router.metrics import Metrics
-from router.outcome import Completion, Decision
+from router.outcome import Completion, Decision, PartialAnswer
 from router.tracing import Tracing, finish_request
 from router.types import RequestSpec
 
@@ -55,10 +55,17 @@ class Accounting:
         self._book(self.builder.for_decision(spec, decision, total_ms=total_ms), span)
 
     def failed(
-        self, spec: RequestSpec, request_id: str, error: BaseException, started: float, span: Span
+        self,
+        spec: RequestSpec,
+        request_id: str,
+        error: BaseException,
+        started: float,
+        span: Span,
+        partial: PartialAnswer | None = None,
     ) -> None:
         total_ms = (time.perf_counter() - started) * 1000
-        self._book(self.builder.for_failure(spec, request_id, error, total_ms=total_ms), span)
+        record = self.builder.for_failure(spec, request_id, error, total_ms=total_ms, partial=partial)
+        self._book(record, span)
 
     async def aclose(self) -> None:
         if self.ledger is not None:

@@ -187,8 +187,11 @@ class BudgetManager:
         now = self._wall_clock().timestamp()
         first_failure = self._backoff.ready()
         try:
-            used = await self._store_call(
-                "settle", lambda: self._store.settle(reservation.id, reservation.lines, actual, now)
+            # Shielded: a caller cancelled mid-settle must not leave its spend uncounted.
+            used = await asyncio.shield(
+                self._store_call(
+                    "settle", lambda: self._store.settle(reservation.id, reservation.lines, actual, now)
+                )
             )
         except BudgetStoreUnavailable:
             # Once per outage in the log; every lost settle reaches the store-error listeners (a metric).
@@ -210,8 +213,11 @@ class BudgetManager:
         now = self._wall_clock().timestamp()
         # A store outage is logged by _store_call; the reservation then expires after reservation_ttl_s.
         with contextlib.suppress(BudgetStoreUnavailable):
-            await self._store_call(
-                "release", lambda: self._store.release(reservation.id, reservation.lines, now)
+            # Shielded: releases run in cleanup paths, where a second cancellation may arrive.
+            await asyncio.shield(
+                self._store_call(
+                    "release", lambda: self._store.release(reservation.id, reservation.lines, now)
+                )
             )
 
     # -- reporting ------------------------------------------------------------

@@ -42,6 +42,12 @@ class StreamBroken(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class RequestCancelled(ServiceError):
+    """The caller cancelled the call (or its deadline passed on the caller's side)."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
 

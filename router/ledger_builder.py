@@ -19,9 +19,9 @@ from typing import TypedDict
 from router.config import Config
 from router.errors import ServiceError
 from router.ledger_record import SpendRecord, hash_user
-from router.outcome import Attempt, Completion, Decision
+from router.outcome import Attempt, Completion, Decision, PartialAnswer
 from router.pricing import cost_usd
-from router.types import CacheMode, RequestSpec
+from router.types import CacheMode, RequestSpec, TokenUsage
 
 _NANO = Decimal("1e-9")
 _MS_PER_HOUR = Decimal(3_600_000)
@@ -170,16 +170,24 @@ class SpendRecordBuilder:
         *,
         total_ms: float,
         decision: Decision | None = None,
+        partial: PartialAnswer | None = None,
         ts: float | None = None,
     ) -> SpendRecord:
-        """A request that ended in an error status; failed upstream attempts are not billed."""
+        """A request that ended in an error status. Failed upstream attempts are not billed; text a
+        tier streamed before the stream broke or the caller left (``partial``) is."""
         attempts = error.attempts if isinstance(error, ServiceError) else ()
         status = error.code.name if isinstance(error, ServiceError) else "INTERNAL"
         tier_name = attempts[-1].tier if attempts else (decision.tier if decision else "")
+        if partial is not None:
+            tier_name = partial.tier
+        usage = partial.usage if partial is not None else TokenUsage()
         upstream_ms = sum(a.latency_ms for a in attempts)
         overhead_ms = max(0.0, total_ms - upstream_ms)
         return SpendRecord(
             **self._common(spec, request_id, ts, decision, tier_name),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=partial.cost_usd if partial is not None else Decimal(0),
             router_cost_usd=self._router_cost(overhead_ms),
             total_ms=total_ms,
             upstream_ms=upstream_ms,

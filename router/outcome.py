@@ -40,6 +40,15 @@ class Decision:
 
 
 @dataclass(frozen=True, slots=True)
+class PartialAnswer:
+    """Text a tier streamed before the stream broke or the caller left: the provider bills it."""
+
+    tier: str
+    usage: TokenUsage
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
     tier: str
     model: str

@@ -10,7 +10,7 @@ call (steps 10-11).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -20,7 +20,7 @@ from router.budgets import BudgetManager, BudgetReservation, Degrade
 from router.caching import CacheUse, ResponseCache
 from router.config import Config, TierConfig
 from router.errors import ServiceError, StreamBroken, UpstreamDeadline, UpstreamUnavailable
-from router.outcome import Attempt, CacheHitInfo, Completion, Decision, Latency, StreamDelta
+from router.outcome import Attempt, CacheHitInfo, Completion, Decision, Latency, PartialAnswer, StreamDelta
 from router.policies.base import RoutingContext, RoutingPolicy, TierOption
 from router.pricing import cost_usd, expected_cost_usd
 from router.providers.base import ChatCall, ChatResult, Provider, ProviderError, StreamFinish, TextDelta
@@ -53,6 +53,29 @@ class _PromptTokens:
 
     def text(self, tier: TierConfig, text: str) -> int:
         return self._counter.count_text(text, encoding=self.encoding(tier))
+
+
+class StreamProgress:
+    """The text a stream has sent so far, kept as it goes: when the stream ends without a
+    Completion (the tier broke mid-stream, or the caller left), the provider still bills it."""
+
+    def __init__(self) -> None:
+        self._tier: TierConfig | None = None
+        self._prompt: _PromptTokens | None = None
+        self._parts: list[str] = []
+
+    def start(self, tier: TierConfig, prompt: _PromptTokens) -> None:
+        self._tier, self._prompt, self._parts = tier, prompt, []
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
+
+    def billed(self) -> PartialAnswer | None:
+        if self._tier is None or self._prompt is None or not self._parts:
+            return None
+        tier, prompt = self._tier, self._prompt
+        usage = TokenUsage(prompt.of(tier), prompt.text(tier, "".join(self._parts)))
+        return PartialAnswer(tier.name, usage, cost_usd(tier.price, usage))
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,8 +387,14 @@ class Pipeline:
         raise _exhausted(attempts)
 
     async def stream(
-        self, spec: RequestSpec, request_id: str, *, started: float, deadline: float | None
-    ) -> AsyncIterator[StreamItem]:
+        self,
+        spec: RequestSpec,
+        request_id: str,
+        *,
+        started: float,
+        deadline: float | None,
+        progress: StreamProgress | None = None,
+    ) -> AsyncGenerator[StreamItem, None]:
         plan = await self._plan(spec, request_id)
         hit = plan.decision.cache_hit
         if hit is not None:
@@ -374,10 +403,11 @@ class Pipeline:
             yield StreamDelta(hit.content)
             yield self._cached(plan.decision, hit, started)
             return
+        progress = progress or StreamProgress()
         settled = False
         try:
             yield plan.decision
-            async for item in self._stream_chain(plan, spec, started, deadline):
+            async for item in self._stream_chain(plan, spec, started, deadline, progress):
                 if isinstance(item, Completion):
                     await self._settle(plan, item)
                     settled = True
@@ -385,10 +415,20 @@ class Pipeline:
                 yield item
         finally:
             if not settled:
-                await self._budgets.release(plan.reservation)
+                await self._settle_partial(plan, progress.billed())
+
+    async def _settle_partial(self, plan: _Plan, partial: PartialAnswer | None) -> None:
+        """A stream that ended without a Completion settles what its text cost, else holds nothing."""
+        if partial is None:
+            await self._budgets.release(plan.reservation)
+            return
+        usage = partial.usage
+        await self._budgets.settle(
+            plan.reservation, partial.cost_usd, usage.input_tokens + usage.output_tokens
+        )
 
     async def _stream_chain(
-        self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None
+        self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None, progress: StreamProgress
     ) -> AsyncIterator[StreamDelta | Completion]:
         """Fall back to the next tier only while no text has reached the caller; no retries in a stream."""
         attempts: list[Attempt] = []
@@ -403,12 +443,14 @@ class Pipeline:
             first_token_at: float | None = None
             parts: list[str] = []
             finish: StreamFinish | None = None
+            progress.start(tier, plan.prompt)
             try:
                 async for event in self._providers[tier.name].stream(call):
                     if isinstance(event, TextDelta):
                         if first_token_at is None:
                             first_token_at = self._clock()
                         parts.append(event.text)
+                        progress.add(event.text)
                         yield StreamDelta(event.text)
                     else:
                         finish = event

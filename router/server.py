@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -23,10 +24,11 @@ from router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
 from router.anomaly import AnomalyChecker
 from router.auth import Authenticator, Unauthenticated
 from router.config import ConfigError, TlsConfig
-from router.errors import ServiceError
+from router.errors import RequestCancelled, ServiceError
 from router.feedback import SOURCES, FeedbackRecord
 from router.logs import prompt_field
 from router.outcome import Completion, Decision, StreamDelta
+from router.pipeline import StreamProgress
 from router.rpc import abort as _abort
 from router.rpc import reject_undecodable, safe_deserializer, unary
 from router.service import Service
@@ -132,6 +134,10 @@ class RouterServicer:
                 completion = await self._service.pipeline.complete(
                     spec, request_id, started=started, deadline=self._deadline(context, started)
                 )
+            except asyncio.CancelledError:
+                # The caller left: the upstream call was abandoned and nothing was settled.
+                accounting.failed(spec, request_id, _cancelled(), started, span)
+                raise
             except Exception as exc:
                 accounting.failed(spec, request_id, exc, started, span)
                 await self._fail(context, request_id, exc)
@@ -146,22 +152,28 @@ class RouterServicer:
         spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
         accounting = self._service.accounting
+        progress = StreamProgress()
         stream = self._service.pipeline.stream(
-            spec, request_id, started=started, deadline=self._deadline(context, started)
+            spec, request_id, started=started, deadline=self._deadline(context, started), progress=progress
         )
         with accounting.request_span("CompleteStream", context.invocation_metadata()) as span:
             try:
-                async for item in stream:
-                    if isinstance(item, Decision):
-                        yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
-                    elif isinstance(item, StreamDelta):
-                        yield pb.CompleteChunk(request_id=request_id, delta=item.text)
-                    else:
-                        accounting.completed(spec, item, span)
-                        self._log_done(spec, item)
-                        yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
+                async with contextlib.aclosing(stream):
+                    async for item in stream:
+                        if isinstance(item, Decision):
+                            yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
+                        elif isinstance(item, StreamDelta):
+                            yield pb.CompleteChunk(request_id=request_id, delta=item.text)
+                        else:
+                            accounting.completed(spec, item, span)
+                            self._log_done(spec, item)
+                            yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
+            except (asyncio.CancelledError, GeneratorExit):
+                # The caller left mid-stream: what the tier streamed until then is billed.
+                accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
+                raise
             except Exception as exc:
-                accounting.failed(spec, request_id, exc, started, span)
+                accounting.failed(spec, request_id, exc, started, span, progress.billed())
                 await self._fail(context, request_id, exc)
 
     async def Feedback(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FeedbackAck:
@@ -218,6 +230,10 @@ def _handlers(servicer: RouterServicer) -> grpc.GenericRpcHandler[Any, Any]:
             ),
         },
     )
+
+
+def _cancelled() -> RequestCancelled:
+    return RequestCancelled("the caller cancelled the call")
 
 
 def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:

@@ -1,0 +1,126 @@
+"""A stream that ends without its final chunk still costs what the tier streamed: the tier broke
+mid-stream, or the caller left. The spend record, the metrics and the budget all carry that cost
+(settled, not released); a unary call the caller abandoned is recorded as CANCELLED at no cost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from protos.tierwise.v1 import tierwise_pb2 as pb
+from router.ledger_record import SpendRecord
+from router.pricing import cost_usd
+from router.tokens import TokenCounter
+from router.types import ChatMessage, TokenUsage
+from tests.harness import AUTH, Running, build_config, config_dict, running_server
+from tests.upstream import ScriptedUpstream
+
+PROMPT = [pb.ChatMessage(role="user", content="Tell me a story.")]
+
+
+@pytest_asyncio.fixture
+async def upstream() -> AsyncIterator[ScriptedUpstream]:
+    async with ScriptedUpstream() as scripted:
+        yield scripted
+
+
+@pytest_asyncio.fixture
+async def svc(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Running]:
+    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
+    data["budgets"] = [{"tenant": "acme", "window": "day", "usd": "10"}]
+    async with running_server(build_config(data)) as running:
+        yield running
+
+
+async def record_of(svc: Running, request_id: str) -> SpendRecord:
+    ledger = svc.server.service.accounting.ledger
+    assert ledger is not None
+    for _ in range(200):
+        record = await ledger.lookup(request_id, "acme")
+        if record is not None:
+            return record
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no spend record for {request_id}")
+
+
+async def budget_used(svc: Running) -> tuple[Decimal, Decimal]:
+    [usage] = await svc.server.service.budgets.usage()
+    return usage.used_usd, usage.in_flight_usd
+
+
+def small_cost(svc: Running, text: str) -> tuple[int, Decimal]:
+    """What the small tier bills for the prompt plus ``text``, by tiktoken's count."""
+    tier = svc.config.tier("small")
+    counter = TokenCounter()
+    encoding = counter.encoding_for_model(tier.model)
+    messages = [ChatMessage(role=m.role, content=m.content) for m in PROMPT]
+    usage = TokenUsage(
+        counter.count_messages(messages, tier.model, encoding=encoding),
+        counter.count_text(text, encoding=encoding),
+    )
+    return usage.output_tokens, cost_usd(tier.price, usage)
+
+
+@pytest.mark.asyncio
+async def test_a_stream_broken_mid_way_bills_the_text_it_sent(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script("small-model", text="a b c d e f", drop_after=2)
+    received: list[pb.CompleteChunk] = []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for chunk in svc.stub.CompleteStream(pb.CompleteRequest(messages=PROMPT), metadata=AUTH):
+            received.append(chunk)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    sent = "".join(c.delta for c in received)
+    assert sent == "a b "
+    record = await record_of(svc, received[0].request_id)
+    output_tokens, cost = small_cost(svc, sent)
+    assert (record.status, record.tier, record.output_tokens) == ("UNAVAILABLE", "small", output_tokens)
+    assert record.cost_usd == cost > 0
+    assert await budget_used(svc) == (cost, Decimal(0))  # settled at that cost, nothing left in flight
+
+
+@pytest.mark.asyncio
+async def test_a_stream_the_caller_leaves_bills_what_was_streamed(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script("small-model", text=" ".join(["word"] * 200), chunk_delay_s=0.02)
+    call = svc.stub.CompleteStream(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
+    first = await call.read()
+    await call.read()  # the first text has arrived
+    call.cancel()
+    record = await record_of(svc, first.request_id)
+    assert record.status == "CANCELLED" and record.tier == "small"
+    assert 1 <= record.output_tokens < 200 and record.cost_usd > 0
+    assert await budget_used(svc) == (record.cost_usd, Decimal(0))
+
+
+@pytest.mark.asyncio
+async def test_an_abandoned_unary_call_is_recorded_as_cancelled_and_holds_nothing(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script("small-model", latency_s=5.0)
+    call = svc.stub.Complete(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
+    while not upstream.requests_for("small-model"):  # the upstream call is under way
+        await asyncio.sleep(0.01)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    ledger = svc.server.service.accounting.ledger
+    assert ledger is not None
+    now = time.time()
+    for _ in range(200):
+        assert await ledger.flush(10)
+        rows = await ledger.totals(now - 60, now + 60, ["status"])
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    assert [(r.group["status"], r.requests, r.cost_usd) for r in rows] == [("CANCELLED", 1, Decimal(0))]
+    assert await budget_used(svc) == (Decimal(0), Decimal(0))
