@@ -251,7 +251,7 @@ def main() -> None:
         replay = ReplayUpstream.from_data_dir(data)
         upstream_url = replay.start()
         key = secrets.token_urlsafe(24)
-        config = demo_config(workdir, upstream_url, key, "length")
+        config = demo_config(workdir, upstream_url, {"soak": key}, "length")
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         target = f"127.0.0.1:{config['server']['port']}"  # type: ignore[index]

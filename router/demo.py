@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -32,6 +32,7 @@ from protos.tierwise.v1 import tierwise_pb2 as pb
 from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 from router.auth import sha256_hex
 from router.config import Price
+from router.demo_reconcile import ResponseCosts, ledger_costs, reconcile, scrape_costs
 from router.pricing import cost_usd
 from router.process import free_port, stop_process, wait_serving
 from router.routerbench import RouterBenchRow, csv_files, load_rows, split_of
@@ -72,10 +73,23 @@ def find_data(explicit: Path | None) -> Path | None:
     return None
 
 
-def demo_config(workdir: Path, upstream_url: str, key: str, policy: str) -> dict[str, object]:
+# The demo's traffic comes from two tenants and three teams (a metadata tag), chosen by sample id,
+# so the closing reconciliation has groups to add up.
+DEMO_TENANTS = ("acme", "globex")
+DEMO_TEAMS = ("search", "support", "growth")
+
+
+def demo_config(
+    workdir: Path, upstream_url: str, keys: Mapping[str, str], policy: str, metrics_port: int = 0
+) -> dict[str, object]:
     return {
-        "server": {"host": "127.0.0.1", "port": free_port(), "metrics_port": 0, "grace_period_s": 5},
-        "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": "demo"}]},
+        "server": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "metrics_port": metrics_port,
+            "grace_period_s": 5,
+        },
+        "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": t} for t, key in keys.items()]},
         "tiers": [
             {
                 "name": name,
@@ -114,6 +128,12 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     cache_hits: int = 0
     cache_saved: Decimal = Decimal(0)
+    by_group: ResponseCosts = field(default_factory=lambda: ResponseCosts(("tenant", "feature", "team")))
+
+
+def _pick(sample_id: str, choices: Sequence[str], salt: str) -> str:
+    digest = hashlib.sha256(f"{salt}:{sample_id}".encode()).digest()
+    return choices[digest[0] % len(choices)]
 
 
 def _strongest_cost(row: RouterBenchRow, tokens: TokenCounter) -> Decimal:
@@ -127,7 +147,7 @@ def _strongest_cost(row: RouterBenchRow, tokens: TokenCounter) -> Decimal:
 
 
 async def _drive(
-    target: str, key: str, rows: Sequence[RouterBenchRow], concurrency: int, tally: Tally
+    target: str, keys: Mapping[str, str], rows: Sequence[RouterBenchRow], concurrency: int, tally: Tally
 ) -> None:
     models = {name: model for name, model, _ in DEMO_TIERS}
     tokens = TokenCounter()
@@ -142,12 +162,16 @@ async def _drive(
             async def worker() -> None:
                 while not queue.empty():
                     row = queue.get_nowait()
+                    tenant = _pick(row.sample_id, DEMO_TENANTS, "tenant")
+                    team = _pick(row.sample_id, DEMO_TEAMS, "team")
                     request = pb.CompleteRequest(
-                        messages=[pb.ChatMessage(role="user", content=row.prompt)], feature=row.task
+                        messages=[pb.ChatMessage(role="user", content=row.prompt)],
+                        feature=row.task,
+                        metadata={"team": team, "environment": "demo"},
                     )
                     try:
                         response = await stub.Complete(
-                            request, metadata=(("authorization", f"Bearer {key}"),), timeout=60
+                            request, metadata=(("authorization", f"Bearer {keys[tenant]}"),), timeout=60
                         )
                     except grpc.aio.AioRpcError as exc:
                         tally.errors[exc.code().name] += 1
@@ -160,6 +184,10 @@ async def _drive(
                         tally.tiers[tier] += 1
                         tally.reasons[response.decision.reason] += 1
                         tally.costs.append(Decimal(response.cost_usd_exact))
+                        tally.by_group.add(
+                            {"tenant": tenant, "feature": row.task, "team": team},
+                            Decimal(response.cost_usd_exact),
+                        )
                         tally.overhead_ms.append(response.latency.overhead_ms)
                         # a cached answer was written by the model that answered first
                         answered_by = decision.cached.model if decision.cache_hit else models[tier]
@@ -254,8 +282,9 @@ def run_demo(
 
     replay = ReplayUpstream.from_data_dir(data_dir)
     upstream_url = replay.start()
-    key = secrets.token_urlsafe(24)
-    config = demo_config(workdir, upstream_url, key, policy)
+    keys = {tenant: secrets.token_urlsafe(24) for tenant in DEMO_TENANTS}
+    metrics_port = free_port()
+    config = demo_config(workdir, upstream_url, keys, policy, metrics_port)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     if policy == "classifier":
@@ -269,9 +298,21 @@ def run_demo(
     tally = Tally()
     try:
         wait_serving(target, server)
-        asyncio.run(_drive(target, key, [*rows, *repeats], concurrency, tally))
+        asyncio.run(_drive(target, keys, [*rows, *repeats], concurrency, tally))
+        metrics = scrape_costs(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
-        stop_process(server)
+        stop_process(server)  # a graceful stop flushes the ledger
         replay.stop()
     print_report(tally, policy)
-    return 0 if not tally.errors else 1
+    ledger = ledger_costs(workdir / "var" / "spend.sqlite3", tally.by_group.dimensions)
+    table, mismatches = reconcile(tally.by_group, ledger, metrics)
+    console.print(table)
+    console.print(
+        f"config for [bold]tierwise report[/bold] and the dashboard: {config_path} "
+        "(e.g. tierwise report --config " + str(config_path) + " --since 1d --by tenant,feature,team)"
+    )
+    for mismatch in mismatches:
+        console.print(
+            f"[red]does not reconcile:[/red] {mismatch.dimension}={mismatch.value!r}: {mismatch.detail}"
+        )
+    return 0 if not tally.errors and not mismatches else 1
