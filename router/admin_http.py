@@ -1,4 +1,5 @@
-"""The operator's HTTP port (``server.metrics_port``): ``/metrics`` and ``/healthz``.
+"""The operator's HTTP port (``server.metrics_port``): ``/metrics``, ``/healthz`` (and ``/dashboard``,
+added by ``router.analytics.dashboard_http``).
 
 ``app`` is a plain aiohttp application: other parts (a dashboard, say) add their
 routes to it before ``start``; aiohttp freezes the router once it runs.

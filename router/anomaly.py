@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from router.config import AnomalyConfig
 from router.ledger import SpendSink
-from router.ledger_sql import SpendTotals
+from router.ledger_sql import Sample, SpendTotals
 from router.metrics import Metrics
 
 log = logging.getLogger("tierwise.anomaly")
@@ -159,6 +159,16 @@ class SinkReports:
         self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
     ) -> list[SpendTotals]:
         return await asyncio.to_thread(self.sink.totals, since, until, by, filters)
+
+    async def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        return await asyncio.to_thread(self.sink.samples, since, until, by, filters, columns)
 
 
 def _epoch_hour(bucket: str) -> int:

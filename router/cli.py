@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from router.analytics.cli import report
 from router.anomaly_cli import anomalies
 from router.config import Config, ConfigError, load_config
 from router.logs import configure_logging
@@ -139,6 +140,7 @@ app.add_typer(training_commands.models_app(), name="models")
 app.command("train-verifier")(verifier_commands.train_verifier)
 app.command("eval-cache")(verifier_commands.eval_cache)
 app.command()(anomalies)
+app.command()(report)
 
 
 def main() -> None:

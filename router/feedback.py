@@ -8,12 +8,13 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 SOURCES = ("app", "human", "judge")
+_IN_CHUNK = 500  # request ids per query: under SQLite's bound-parameter limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,10 @@ class FeedbackStore(Protocol):
         ...
 
     async def for_request(self, tenant: str, request_id: str) -> list[FeedbackRecord]: ...
+
+    async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        """The mean score per (tenant, request_id) that has any feedback; the others are left out."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -99,6 +104,30 @@ class SqliteFeedbackStore:
 
     async def for_request(self, tenant: str, request_id: str) -> list[FeedbackRecord]:
         return await asyncio.to_thread(self._select, tenant, request_id)
+
+    def _mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        wanted = set(requests)
+        by_id: dict[str, set[str]] = {}
+        for tenant, request_id in wanted:
+            by_id.setdefault(request_id, set()).add(tenant)
+        ids = sorted(by_id)
+        out: dict[tuple[str, str], float] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT tenant, request_id, AVG(score) FROM feedback WHERE request_id IN ({marks})"
+                    " GROUP BY tenant, request_id",
+                    chunk,
+                ).fetchall()
+            for tenant, request_id, mean in rows:
+                if tenant in by_id[request_id]:  # feedback counts only for the tenant that made the request
+                    out[(tenant, request_id)] = float(mean)
+        return out
+
+    async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        return await asyncio.to_thread(self._mean_scores, list(requests))
 
     async def aclose(self) -> None:
         with self._lock:

@@ -36,7 +36,7 @@ from typing import Protocol
 from router.config import Config
 from router.ledger_journal import Journal, JournalLine
 from router.ledger_record import SpendRecord, decode_line, encode_line
-from router.ledger_sql import SpendTotals
+from router.ledger_sql import Sample, SpendTotals
 
 log = logging.getLogger("tierwise.ledger")
 
@@ -59,6 +59,17 @@ class SpendSink(Protocol):
     def totals(
         self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
     ) -> list[SpendTotals]: ...
+
+    def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        """Per-request ``columns`` in [since, until) with each request's group (see ``ledger_sql.samples_sql``)."""
+        ...
 
     def purge_older_than(self, seconds: float, *, now: float | None = None) -> int: ...
 
@@ -405,6 +416,17 @@ class SpendLedger:
         Records still waiting in the journal are not counted; ``flush()`` first for an exact cut.
         """
         return await asyncio.to_thread(self._sink.totals, since, until, by, filters)
+
+    async def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        """Stored per-request values in [since, until); like ``totals``, journalled records are not seen."""
+        return await asyncio.to_thread(self._sink.samples, since, until, by, filters, columns)
 
     def stats(self) -> LedgerStats:
         return LedgerStats(

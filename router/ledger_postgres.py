@@ -19,10 +19,13 @@ from psycopg.types.json import Jsonb
 from router.ledger_record import SpendRecord
 from router.ledger_sql import (
     Dialect,
+    Sample,
     SpendTotals,
     from_row,
     insert_sql,
     purge_sql,
+    samples_from_rows,
+    samples_sql,
     schema,
     select_one_sql,
     to_row,
@@ -129,6 +132,18 @@ class PostgresSpendSink:
         dims, query, params = totals_sql(POSTGRES, since, until, by, filters or {})
         rows = self._run(lambda conn: conn.execute(query, params).fetchall())
         return totals_from_rows(dims, rows)
+
+    def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        dims, query, params = samples_sql(POSTGRES, since, until, by, filters or {}, columns)
+        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
+        return samples_from_rows(POSTGRES, dims, columns, rows)
 
     def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
         cutoff = (time.time() if now is None else now) - seconds

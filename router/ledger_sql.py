@@ -184,20 +184,35 @@ def _dimension_sql(d: Dialect, dim: Dimension) -> tuple[str, list[Any]]:
     return d.tag_value, [d.tag_param(dim.key)]
 
 
-def totals_sql(
+def _grouped(
     d: Dialect, since: float, until: float, by: Sequence[str], filters: Mapping[str, str]
-) -> tuple[list[Dimension], str, list[Any]]:
-    """The report query: requests in [since, until) grouped by ``by``, where each filter matches."""
+) -> tuple[list[Dimension], list[str], list[Any], str, list[Any]]:
+    """The parts every report query shares: the group expressions and the WHERE clause, with params."""
     if len(set(by)) != len(by):
         raise ValueError(f"group by each dimension once, got {list(by)}")
     dims = [parse_dimension(name) for name in by]
     selects: list[str] = []
-    params: list[Any] = []
+    select_params: list[Any] = []
     for dim in dims:
         sql, dim_params = _dimension_sql(d, dim)
         selects.append(f"COALESCE({sql}, '')")
-        params += dim_params
-    m, p = d.money_sum, d.placeholder
+        select_params += dim_params
+    p = d.placeholder
+    where = [f"ts >= {p}", f"ts < {p}"]
+    where_params: list[Any] = [since, until]
+    for name, value in filters.items():
+        sql, dim_params = _dimension_sql(d, parse_dimension(name))
+        where.append(f"COALESCE({sql}, '') = {p}")
+        where_params += [*dim_params, value]
+    return dims, selects, select_params, " AND ".join(where), where_params
+
+
+def totals_sql(
+    d: Dialect, since: float, until: float, by: Sequence[str], filters: Mapping[str, str]
+) -> tuple[list[Dimension], str, list[Any]]:
+    """The report query: requests in [since, until) grouped by ``by``, where each filter matches."""
+    dims, selects, params, where, where_params = _grouped(d, since, until, by, filters)
+    m = d.money_sum
     selects += [
         "COUNT(*)",
         "SUM(input_tokens)",
@@ -210,17 +225,53 @@ def totals_sql(
         "SUM(CASE WHEN fallback THEN 1 ELSE 0 END)",
         "SUM(CASE WHEN cache_result IN ('exact', 'semantic') THEN 1 ELSE 0 END)",
     ]
-    where = [f"ts >= {p}", f"ts < {p}"]
-    params += [since, until]
-    for name, value in filters.items():
-        sql, dim_params = _dimension_sql(d, parse_dimension(name))
-        where.append(f"COALESCE({sql}, '') = {p}")
-        params += [*dim_params, value]
-    query = f"SELECT {', '.join(selects)} FROM {TABLE} WHERE {' AND '.join(where)}"
+    query = f"SELECT {', '.join(selects)} FROM {TABLE} WHERE {where}"
     if dims:
         ordinals = ", ".join(str(i + 1) for i in range(len(dims)))
         query += f" GROUP BY {ordinals} ORDER BY {ordinals}"
-    return dims, query, params
+    return dims, query, params + where_params
+
+
+# Columns a per-request sample may carry: anything but the tags (group by a tag key instead).
+SAMPLE_COLUMNS = {name: kind for name, kind in COLUMNS if kind != "json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One request's chosen columns, with its group (as in ``SpendTotals.group``)."""
+
+    group: Mapping[str, str]
+    values: tuple[Any, ...]
+
+
+def samples_sql(
+    d: Dialect,
+    since: float,
+    until: float,
+    by: Sequence[str],
+    filters: Mapping[str, str],
+    columns: Sequence[str],
+) -> tuple[list[Dimension], str, list[Any]]:
+    """Per-request values in [since, until) with each request's group: what SQL cannot sum
+    portably (latency percentiles, joins with the feedback store) is computed from these."""
+    unknown = [c for c in columns if c not in SAMPLE_COLUMNS]
+    if unknown or not columns:
+        raise ValueError(f"sample columns must be some of {sorted(SAMPLE_COLUMNS)}, got {list(columns)}")
+    dims, selects, params, where, where_params = _grouped(d, since, until, by, filters)
+    query = f"SELECT {', '.join([*selects, *columns])} FROM {TABLE} WHERE {where} ORDER BY ts"
+    return dims, query, params + where_params
+
+
+def samples_from_rows(
+    d: Dialect, dims: Sequence[Dimension], columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> list[Sample]:
+    n = len(dims)
+    converts = [d.from_db.get(SAMPLE_COLUMNS[c]) for c in columns]
+    out = []
+    for row in rows:
+        values = tuple(v if f is None else f(v) for f, v in zip(converts, row[n:], strict=True))
+        out.append(Sample({dim.name: str(v) for dim, v in zip(dims, row[:n], strict=True)}, values))
+    return out
 
 
 def totals_from_rows(dims: Sequence[Dimension], rows: Sequence[Sequence[Any]]) -> list[SpendTotals]:

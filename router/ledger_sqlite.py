@@ -20,10 +20,13 @@ from typing import Any
 from router.ledger_record import SpendRecord
 from router.ledger_sql import (
     Dialect,
+    Sample,
     SpendTotals,
     from_row,
     insert_sql,
     purge_sql,
+    samples_from_rows,
+    samples_sql,
     schema,
     select_one_sql,
     tags_json,
@@ -109,6 +112,19 @@ class SqliteSpendSink:
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
         return totals_from_rows(dims, rows)
+
+    def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        dims, query, params = samples_sql(SQLITE, since, until, by, filters or {}, columns)
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return samples_from_rows(SQLITE, dims, columns, rows)
 
     def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
         cutoff = (time.time() if now is None else now) - seconds

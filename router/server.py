@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.admin_http import AdminServer
 from router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
+from router.analytics.dashboard_http import Dashboard
 from router.anomaly import AnomalyChecker
 from router.auth import Authenticator, Unauthenticated
 from router.config import ConfigError, TlsConfig
@@ -284,6 +285,11 @@ class TierwiseServer:
         self.admin = AdminServer(service.accounting.metrics) if config.metrics_port else None
         if self.admin is not None:
             self.admin.add_refresher(self._refresh_budget_gauges)
+            if service.accounting.ledger is not None:  # the dashboard reads the spend ledger
+                dashboard = Dashboard(
+                    service.accounting.ledger, service.config, authenticator, service.feedback
+                )
+                dashboard.install(self.admin.app)
 
     async def _refresh_budget_gauges(self) -> None:
         metrics = self.service.accounting.metrics

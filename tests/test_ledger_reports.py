@@ -102,6 +102,17 @@ def check_store(sink: SpendSink) -> None:
     assert [(r.requests, r.cost_usd) for r in window] == [(1, Decimal("0.1"))]
     assert sink.totals(0, 1) == []
 
+    # Per-request samples: the columns asked for, each with its group, oldest first, money exact.
+    samples = sink.samples(0, 2e9, ["team"], {"tenant": "acme"}, ["request_id", "cost_usd", "fallback"])
+    assert [(s.group["team"], *s.values) for s in samples] == [
+        ("search", "req-00001", Decimal("0.1"), False),
+        ("search", "req-00002", Decimal("0.2"), True),
+        ("ads", "req-00003", TINY, False),
+    ]
+    assert len(sink.samples(0, 2e9, [], None, ["total_ms"])) == 1004
+    with pytest.raises(ValueError, match="sample columns"):
+        sink.samples(0, 2e9, [], None, ["tags"])
+
     with pytest.raises(ValueError, match="tag keys"):
         sink.totals(0, 2e9, ['bad"key'])
     with pytest.raises(ValueError, match="once"):

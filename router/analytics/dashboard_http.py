@@ -1,0 +1,110 @@
+"""``/dashboard`` on the operator's HTTP port, behind the admin API's authentication.
+
+The key travels as ``Authorization: Bearer <key>`` (curl, proxies) or as the
+password of HTTP Basic auth, which is what a browser asks a person for after the
+401 challenge. A tenant's key sees only its own tenant; an admin key sees all, or
+one with ``?tenant=``. The page embeds its data (no second request: browsers do not
+resend Basic credentials from a URL to ``fetch``); the charting library and the
+page's script are files shipped in the package, so nothing is fetched from outside.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from importlib import resources
+
+from aiohttp import web
+
+from router.analytics.dashboard import PanelContext, dashboard_data
+from router.analytics.quality import JudgedScores
+from router.analytics.source import SpendSource
+from router.anomaly_cli import parse_since
+from router.auth import Authenticator, Caller, Unauthenticated
+from router.config import Config
+
+_STATIC = {"chart.umd.min.js": "text/javascript", "dashboard.js": "text/javascript"}
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="tierwise dashboard", charset="UTF-8"'}
+_SECURITY = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src data:",
+}
+
+
+def _static(name: str) -> bytes:
+    return resources.files("router.analytics").joinpath("static", name).read_bytes()
+
+
+def _embed(data: object) -> str:
+    """JSON safe inside <script type="application/json">: nothing in it can close the element."""
+    text = json.dumps(data, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _bearer(header: str) -> str:
+    """The request's credentials as the gRPC metadata value ``Authenticator`` reads."""
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return header
+    try:
+        _, _, key = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        raise Unauthenticated("malformed Basic credentials") from None
+    return f"Bearer {key}"
+
+
+class Dashboard:
+    def __init__(
+        self, source: SpendSource, config: Config, authenticator: Authenticator, scores: JudgedScores | None
+    ) -> None:
+        self._source = source
+        self._config = config
+        self._auth = authenticator
+        self._scores = scores
+        self._files = {name: _static(name) for name in _STATIC}
+        self._page = _static("dashboard.html").decode()
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/dashboard", self._serve_page)
+        app.router.add_get("/dashboard/static/{name}", self._serve_static)
+
+    def _caller(self, request: web.Request) -> Caller:
+        header = request.headers.get("Authorization")
+        metadata = [] if header is None else [("authorization", _bearer(header))]
+        try:
+            return self._auth.caller_for(metadata)
+        except Unauthenticated as exc:
+            raise web.HTTPUnauthorized(text=f"{exc}\n", headers=_CHALLENGE) from None
+
+    async def _serve_static(self, request: web.Request) -> web.Response:
+        self._caller(request)
+        name = request.match_info["name"]
+        if name not in self._files:
+            raise web.HTTPNotFound()
+        return web.Response(body=self._files[name], content_type=_STATIC[name], headers=_SECURITY)
+
+    def _context(self, request: web.Request, caller: Caller) -> PanelContext:
+        now = time.time()
+        query = request.query
+        try:
+            since = parse_since(query.get("since", "7d"), now)
+            until = now if "until" not in query else parse_since(query["until"], now)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        if until <= since:
+            raise web.HTTPBadRequest(text="until: must be after since\n")
+        tenant = query.get("tenant") or None
+        if not caller.admin:
+            if tenant not in (None, caller.tenant):
+                raise web.HTTPForbidden(text="tenant: only admin keys see other tenants\n")
+            tenant = caller.tenant
+        return PanelContext(self._source, self._config, self._scores, since, until, tenant)
+
+    async def _serve_page(self, request: web.Request) -> web.Response:
+        context = self._context(request, self._caller(request))
+        data = await dashboard_data(context)
+        page = self._page.replace("{{DATA}}", _embed(data))
+        return web.Response(text=page, content_type="text/html", charset="utf-8", headers=_SECURITY)
