@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from router.analytics.cli import report
+from router.analytics.estimate_cli import estimate
 from router.anomaly_cli import anomalies
 from router.config import Config, ConfigError, load_config
 from router.logs import configure_logging
@@ -141,6 +142,7 @@ app.command("train-verifier")(verifier_commands.train_verifier)
 app.command("eval-cache")(verifier_commands.eval_cache)
 app.command()(anomalies)
 app.command()(report)
+app.command()(estimate)
 
 
 def main() -> None:

@@ -79,6 +79,11 @@ def total_usd(amounts: Iterable[Decimal]) -> Decimal:
     return total
 
 
+def scale_usd(amount: Decimal, factor: Decimal | int) -> Decimal:
+    """``amount`` times ``factor`` (a count, a share, a price multiplier), exactly."""
+    return _EXACT.multiply(amount, Decimal(factor))
+
+
 def usd_to_float(amount: Decimal) -> float:
     """The nearest float, for wire formats that carry doubles; never sum these."""
     return float(amount)

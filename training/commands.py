@@ -63,9 +63,10 @@ def _cache(path: Path | None) -> Path:
     return path if path is not None else default_cache_dir()
 
 
-def _load(
+def load_dataset(
     data: list[Path], config: Config, layout: str, score_col: list[str] | None, cache_dir: Path | None
 ) -> RoutingData:
+    """The rows of ``data`` with features, as every command here reads them (embeddings cached on disk)."""
     from rich.console import Console
 
     from classifier.model import DEFAULT_EMBEDDER_KEY
@@ -107,7 +108,7 @@ def train(
 
     try:
         settings = load_config(config)
-        dataset = _load(data, settings, layout, score_col, cache_dir)
+        dataset = load_dataset(data, settings, layout, score_col, cache_dir)
         result = train_version(data, settings, registry, quality_bar=quality_bar, seed=seed, prepared=dataset)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
@@ -123,7 +124,8 @@ def train(
     typer.echo(json.dumps(summary, indent=2))
 
 
-def _model_dir(registry: Path, version: str | None) -> Path:
+def model_dir(registry: Path, version: str | None) -> Path:
+    """The directory of ``version``, or of the serving version when None (exit 2 when none serves)."""
     from classifier.registry import ModelRegistry
 
     store = ModelRegistry(registry)
@@ -159,8 +161,8 @@ def calibrate(
         raise typer.BadParameter("must be 'threshold' or 'utility'", param_hint="--rule")
     try:
         settings = load_config(config)
-        model = load_model(_model_dir(registry, version), settings.tier_names, device="cpu")
-        dataset = _load(data, settings, layout, score_col, cache_dir)
+        model = load_model(model_dir(registry, version), settings.tier_names, device="cpu")
+        dataset = load_dataset(data, settings, layout, score_col, cache_dir)
         choice = choose_quality_target(
             model,
             dataset,
@@ -197,8 +199,8 @@ def eval_router(
 
     try:
         settings = load_config(config)
-        model = load_model(_model_dir(registry, version), settings.tier_names, device="cpu")
-        dataset = _load(data, settings, layout, score_col, cache_dir)
+        model = load_model(model_dir(registry, version), settings.tier_names, device="cpu")
+        dataset = load_dataset(data, settings, layout, score_col, cache_dir)
         report = evaluate(model, dataset, settings, strong=strong, weak=weak)
     except (ConfigError, ModelRefused, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None

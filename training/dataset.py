@@ -28,6 +28,7 @@ from router.types import ChatMessage
 from training.verifier_data import EmbeddingDiskCache, embed_cached
 
 FloatMatrix = npt.NDArray[np.float64]
+IntMatrix = npt.NDArray[np.int64]
 Progress = Callable[[int], None]
 
 
@@ -130,9 +131,9 @@ def data_hash(paths: Sequence[Path], columns: Mapping[str, str], layout: str) ->
     return digest.hexdigest()
 
 
-def _expected_costs(config: Config, texts: Sequence[str], tokens: TokenCounter) -> FloatMatrix:
-    """As the pipeline estimates before a call: prompt tokens and the assumed output length at list prices."""
-    costs = np.zeros((len(texts), len(config.tiers)), dtype=np.float64)
+def prompt_tokens_by_tier(config: Config, texts: Sequence[str], tokens: TokenCounter) -> IntMatrix:
+    """Each text sent as one user turn, counted as the pipeline counts it for each tier (its encoding)."""
+    counts = np.zeros((len(texts), len(config.tiers)), dtype=np.int64)
     counted: dict[str, list[int]] = {}
     for j, tier in enumerate(config.tiers):
         encoding = tier.encoding or tokens.encoding_for_model(tier.model)
@@ -140,9 +141,18 @@ def _expected_costs(config: Config, texts: Sequence[str], tokens: TokenCounter) 
             counted[encoding] = [
                 tokens.count_messages([ChatMessage("user", t)], tier.model, encoding=encoding) for t in texts
             ]
+        counts[:, j] = counted[encoding]
+    return counts
+
+
+def _expected_costs(config: Config, texts: Sequence[str], tokens: TokenCounter) -> FloatMatrix:
+    """As the pipeline estimates before a call: prompt tokens and the assumed output length at list prices."""
+    counts = prompt_tokens_by_tier(config, texts, tokens)
+    costs = np.zeros(counts.shape, dtype=np.float64)
+    for j, tier in enumerate(config.tiers):
         output = min(tier.max_output_tokens, config.routing.expected_output_tokens)
-        for i, count in enumerate(counted[encoding]):
-            costs[i, j] = float(expected_cost_usd(tier.price, count, Decimal(output)))
+        for i in range(len(texts)):
+            costs[i, j] = float(expected_cost_usd(tier.price, int(counts[i, j]), Decimal(output)))
     return costs
 
 

@@ -113,6 +113,7 @@ def classifier_sweeps(
     contexts: Sequence[RoutingContext],
     tier_names: Sequence[str],
     rules: Sequence[Rule] = RULES,
+    targets: Sequence[float] = QUALITY_TARGETS,
 ) -> list[Sweep]:
     """``ClassifierPolicy``'s decision rules over the quality targets, one prediction per prompt."""
     index = {name: i for i, name in enumerate(tier_names)}
@@ -127,7 +128,7 @@ def classifier_sweeps(
     sweeps = []
     for rule, policy in policies.items():
         runs = []
-        for target in QUALITY_TARGETS:
+        for target in targets:
             choices = [
                 index[policy.decide(replace(context, quality_target=target), p, used).tier]
                 for context, (p, used) in zip(contexts, predictions, strict=True)

@@ -1,3 +1,4 @@
 """Cost analytics over the spend ledger: chargeback reports, cost per unit of quality, forecasts, and
 the built-in dashboard page. ``tierwise report`` and ``/dashboard`` read their numbers from the same
-functions here, so the two always agree."""
+functions here, so the two always agree. Planning ahead of spend: the what-if estimator
+(``estimate*``, ``tierwise estimate``)."""
