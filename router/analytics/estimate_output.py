@@ -102,16 +102,10 @@ def print_document(document: Mapping[str, Any], console: Console) -> None:
     if document["sample"] is not None:
         console.print("sample: " + ", ".join(f"{k} {v}" for k, v in document["sample"].items()))
     table = Table(title="monthly estimate per policy")
-    for column in (
-        "policy",
-        "tier mix",
-        "input tok",
-        "output tok",
-        "USD / month",
-        "USD / request",
-        "quality",
-    ):
-        table.add_column(column, justify="left" if column == "tier mix" else "right")
+    table.add_column("policy", no_wrap=True, min_width=15)
+    table.add_column("tier mix")
+    for column in ("input tok", "output tok", "USD / month", "USD / request", "quality"):
+        table.add_column(column, justify="right")
     for p in document["policies"]:
         quality = "—" if p["expected_quality"] is None else f"{p['expected_quality']:.3f}"
         per_request = "—" if p["usd_per_request"] is None else f"{Decimal(p['usd_per_request']):.6f}"

@@ -83,7 +83,7 @@ def _output_tokens(
     return counts, recorded
 
 
-def _duplicates(texts: Sequence[str]) -> npt.NDArray[np.bool_]:
+def exact_repeats(texts: Sequence[str]) -> npt.NDArray[np.bool_]:
     seen: set[str] = set()
     flags = []
     for text in texts:
@@ -123,7 +123,7 @@ def sample_profile(
         recorded_outputs=recorded,
         scores=rows.scores,
         recorded_costs=rows.realized_costs(),
-        duplicates=_duplicates(rows.texts),
+        duplicates=exact_repeats(rows.texts),
         model_version=None if model is None else model.version,
         rule=rule if targets else None,
         classifier_choices=choices,
