@@ -19,33 +19,18 @@ from router.analytics.estimate import PolicySpec, Workload, estimate_policy, par
 from router.analytics.estimate_sample import SampleProfile, exact_repeats
 from router.analytics.estimate_volume import VolumeSpec, conversation_tokens, parse_volume
 from router.cli import app
-from router.config import parse_config
 from tests.test_training_end_to_end import TIERS, embedder, slice_config, slices  # noqa: F401 - fixtures
 from training.fit import Candidate
 from training.train import train
 
 SPEC = "conversations_per_day=15,messages=6,tokens_per_message=50,output_tokens=150,system_prompt_tokens=20"
-TWO_TIERS = {
-    "tiers": [
-        {
-            "name": "small",
-            "provider": "openai",
-            "base_url": "http://127.0.0.1:1/v1",
-            "model": "mistralai/mistral-7b-chat",
-            "price": {"input_per_mtok": "0.2", "output_per_mtok": "0.2"},
-        },
-        {
-            "name": "large",
-            "provider": "openai",
-            "base_url": "http://127.0.0.1:1/v1",
-            "model": "gpt-4-1106-preview",
-            "price": {"input_per_mtok": "10", "output_per_mtok": "30"},
-        },
-    ]
-}
 
 
-def write_config(path: Path, document: dict[str, Any]) -> Path:
+def write_config(path: Path, routing: dict[str, Any] | None = None) -> Path:
+    """The slice's four tiers (small 0.2 / 0.2 … large 10 / 30 USD per million tokens) as a YAML file."""
+    document = slice_config().model_dump(mode="json", include={"tiers"})
+    if routing is not None:
+        document["routing"] = routing
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return path
 
@@ -74,7 +59,7 @@ def test_turn_by_turn_history_matches_the_closed_form() -> None:
 
 
 def test_volume_spec_reproduces_the_hand_calculation(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "tiers.yaml", TWO_TIERS)
+    config = write_config(tmp_path / "tiers.yaml")
     # turn k input = 20 + 50k + 150(k-1): 70, 270, 470, 670, 870, 1070 -> 3420 a conversation, output 6*150
     # a month: 15 * 30 = 450 conversations -> 1,539,000 input and 405,000 output tokens, 2,700 requests
     # large: 1.539 * 10 + 0.405 * 30 = 15.39 + 12.15 = 27.54; small: (1.539 + 0.405) * 0.2 = 0.3888
@@ -89,7 +74,7 @@ def test_volume_spec_reproduces_the_hand_calculation(tmp_path: Path) -> None:
     assert Decimal(policies["strongest"]["monthly_usd"]) == Decimal("27.54")
     assert Decimal(policies["strongest"]["usd_per_request"]) == Decimal("0.0102")
     assert Decimal(policies["cheapest"]["monthly_usd"]) == Decimal("0.3888")
-    assert policies["strongest"]["tier_mix"] == {"small": 0.0, "large": 1.0}
+    assert policies["strongest"]["tier_mix"] == {"small": 0.0, "medium": 0.0, "standard": 0.0, "large": 1.0}
     assert policies["strongest"]["expected_quality"] is None  # no sample, no recorded scores
     for name in ("classifier@0.5", "classifier@0.7", "classifier@0.8", "classifier@0.9"):
         assert policies[name]["monthly_usd"] is None and policies[name]["note"] == "needs --sample"
@@ -100,7 +85,7 @@ def test_volume_spec_reproduces_the_hand_calculation(tmp_path: Path) -> None:
 
 
 def test_sensitivity_rows(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "tiers.yaml", TWO_TIERS)
+    config = write_config(tmp_path / "tiers.yaml")
     document = run_json(
         "--config", str(config), "--volume", SPEC, "--policy", "strongest", "--policy", "cheapest",
         "--sensitivity", "--price-change", "large=+20%",
@@ -149,7 +134,7 @@ def test_sensitivity_rows(tmp_path: Path) -> None:
     ],
 )
 def test_bad_input_is_a_clear_error_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
-    config = write_config(tmp_path / "tiers.yaml", TWO_TIERS)
+    config = write_config(tmp_path / "tiers.yaml")
     result = CliRunner().invoke(app, ["estimate", "--config", str(config), *args], env={"COLUMNS": "300"})
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
@@ -162,26 +147,30 @@ def test_cache_measured_on_a_sample_leaves_out_the_repeated_prompts() -> None:
         True,
         True,
     ]
-    config = parse_config(TWO_TIERS)
-    # three prompts, the third repeats the first; the classifier sends the middle one to large
+    config = slice_config()
+    # three prompts, the third repeats the first; the classifier sends the middle one to large (tier 3)
     profile = SampleProfile(
         split="test",
         dropped=0,
-        input_tokens=np.array([[100, 90], [2000, 1800], [100, 90]], dtype=np.int64),
-        output_tokens=np.array([[10, 20], [300, 400], [10, 20]], dtype=np.int64),
-        recorded_outputs=6,
-        scores=np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]]),
-        recorded_costs=np.zeros((3, 2)),
+        input_tokens=np.array(
+            [[100, 95, 95, 90], [2000, 1900, 1900, 1800], [100, 95, 95, 90]], dtype=np.int64
+        ),
+        output_tokens=np.array([[10, 15, 15, 20], [300, 350, 350, 400], [10, 15, 15, 20]], dtype=np.int64),
+        recorded_outputs=12,
+        scores=np.array([[1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]),
+        recorded_costs=np.zeros((3, 4)),
         duplicates=np.array([False, False, True]),
         model_version="v",
         rule="threshold",
-        classifier_choices={0.8: np.array([0, 1, 0], dtype=np.int64)},
+        classifier_choices={0.8: np.array([0, 3, 0], dtype=np.int64)},
     )
     measured = estimate_policy(config, Workload(None, profile, 3, None), PolicySpec("classifier", 0.8))
     # rows 1 and 2 reach a tier: small (100 + 10) * 0.2 / 1e6 + large (1800 * 10 + 400 * 30) / 1e6 = 0.030022
     # over the 3 sample rows; 3 a day for 30 days is 90 requests = 30 samples' worth
     assert measured.monthly_usd == Decimal("0.030022") * 30
-    assert measured.tier_mix == pytest.approx({"small": 2 / 3, "large": 1 / 3})
+    assert measured.tier_mix == pytest.approx(
+        {"small": 2 / 3, "medium": 0.0, "standard": 0.0, "large": 1 / 3}
+    )
     assert measured.expected_quality == 1.0
     assert measured.input_tokens == (100 + 1800 + 100) * 30
     given = estimate_policy(config, Workload(None, profile, 3, Decimal("0.5")), PolicySpec("classifier", 0.8))
@@ -225,9 +214,8 @@ def test_sample_agrees_with_eval_router_on_the_same_rows(
     trained: tuple[Path, Path, Path], tmp_path: Path, rule: str
 ) -> None:
     data, registry, embeddings = trained
-    document = slice_config().model_dump(mode="json", include={"tiers"})
-    document["routing"] = {"policy": "classifier", "classifier": {"registry": str(registry), "rule": rule}}
-    config = write_config(tmp_path / "config.yaml", document)
+    routing = {"policy": "classifier", "classifier": {"registry": str(registry), "rule": rule}}
+    config = write_config(tmp_path / "config.yaml", routing)
     common = ["--config", str(config), "--cache-dir", str(embeddings)]
     evaluated = CliRunner().invoke(
         app,
