@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cache.embedder import SentenceEmbedder
 from classifier import ModelRegistry
-from router.analytics.estimate import PolicySpec, Workload, estimate_policy, parse_policies
+from router.analytics.estimate import PolicySpec, Workload, divide_usd, estimate_policy, parse_policies
 from router.analytics.estimate_sample import SampleProfile, exact_repeats
 from router.analytics.estimate_volume import VolumeSpec, conversation_tokens, parse_volume
 from router.cli import app
@@ -78,7 +78,7 @@ def test_volume_spec_reproduces_the_hand_calculation(tmp_path: Path) -> None:
     assert policies["strongest"]["expected_quality"] is None  # no sample, no recorded scores
     for name in ("classifier@0.5", "classifier@0.7", "classifier@0.8", "classifier@0.9"):
         assert policies[name]["monthly_usd"] is None and policies[name]["note"] == "needs --sample"
-    assert document["cache"] == {"hit_rate": "0", "source": "none"}
+    assert document["cache"] == {"hit_rate": 0.0, "source": "none"}
     # a quarter of the requests answered by the cache cost nothing upstream: 27.54 * 0.75 = 20.655
     cached = by_policy(run_json("--config", str(config), "--volume", SPEC, "--cache-hit-rate", "0.25"))
     assert Decimal(cached["strongest"]["monthly_usd"]) == Decimal("20.655")
@@ -180,6 +180,12 @@ def test_cache_measured_on_a_sample_leaves_out_the_repeated_prompts() -> None:
     mixed = estimate_policy(config, Workload(volume, profile, None, None), PolicySpec("classifier", 0.8))
     assert mixed.monthly_usd is not None
     assert mixed.monthly_usd == pytest.approx((2 * Decimal("0.3888") + Decimal("27.54")) / 3 * 2 / 3)
+
+
+def test_divisions_are_exact_where_they_can_be() -> None:
+    assert divide_usd(Decimal("27.54"), 2700) == Decimal("0.0102")
+    assert divide_usd(Decimal("0.000000123456"), 1) == Decimal("0.000000123456")
+    assert divide_usd(Decimal(1), 3) == Decimal("0.333333333333")
 
 
 def test_policies_default_and_expand() -> None:

@@ -11,15 +11,16 @@ A cache hit costs nothing upstream: at a given hit rate r the upstream cost is
 ``(1 - r)`` of it; measured on a sample, the rows whose prompt repeats an
 earlier one exactly are hits (with a sample alone they are left out row by row).
 
-Money is Decimal: exact except for means over a sample (a division), which
-keep 60 significant digits.
+Money is Decimal: exact, except where a mean over a sample or a per-request
+figure needs a division that does not come out exact; that is rounded to 1e-12 USD.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from decimal import Context, Decimal, InvalidOperation
+from decimal import Context, Decimal, Inexact, InvalidOperation
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -33,7 +34,20 @@ from router.types import TokenUsage
 DEFAULT_TARGETS: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
 SAMPLE_DAYS_PER_MONTH = 30
 NEEDS_SAMPLE = "needs --sample"  # the classifier's tier mix depends on the prompts
-_MEAN = Context(prec=60)  # rounds (no Inexact trap): a mean over n rows is a division
+USD_STEP = Decimal("1e-12")  # where a division is inexact, the quotient is rounded to this
+
+
+def divide_usd(amount: Decimal, divisor: Decimal | int) -> Decimal:
+    """``amount / divisor``: exact where it can be, else rounded half-even to ``USD_STEP``."""
+    context = Context(prec=60)
+    quotient = context.divide(amount, Decimal(divisor))
+    return quotient.quantize(USD_STEP, context=context) if context.flags[Inexact] else quotient
+
+
+def _scaled_count(total: int, numerator: int, denominator: int) -> int:
+    """``total * numerator / denominator`` rounded half-even, in integers."""
+    return round(Fraction(total * numerator, denominator))
+
 
 PolicyKind = Literal["strongest", "cheapest", "classifier"]
 
@@ -63,8 +77,8 @@ class CacheRate:
     source: str
 
     @property
-    def hit_rate(self) -> Decimal:
-        return _MEAN.divide(self.out_of - self.kept, self.out_of)
+    def hit_rate(self) -> float:
+        return float((self.out_of - self.kept) / self.out_of)
 
 
 @dataclass(frozen=True)
@@ -202,7 +216,7 @@ def _tier_sums(config: Config, sample: SampleProfile, choices: IntMatrix, rows: 
 
 
 def _per_request(monthly: Decimal, requests: int) -> Decimal:
-    return _MEAN.divide(monthly, requests)
+    return divide_usd(monthly, requests)
 
 
 def _sample_only(
@@ -220,8 +234,8 @@ def _sample_only(
         upstream = total_usd(_tier_sums(config, sample, choices, kept))
     chosen_in = int(sample.input_tokens[everything, choices].sum())
     chosen_out = int(sample.output_tokens[everything, choices].sum())
-    monthly = _MEAN.divide(scale_usd(upstream, requests), n)
-    return requests, round(chosen_in * requests / n), round(chosen_out * requests / n), monthly
+    monthly = divide_usd(scale_usd(upstream, requests), n)
+    return requests, _scaled_count(chosen_in, requests, n), _scaled_count(chosen_out, requests, n), monthly
 
 
 def estimate_policy(config: Config, workload: Workload, spec: PolicySpec) -> PolicyEstimate:
@@ -255,7 +269,7 @@ def estimate_policy(config: Config, workload: Workload, spec: PolicySpec) -> Pol
         weighted = total_usd(
             scale_usd(cost_usd(t.price, usage), int(counts[j])) for j, t in enumerate(config.tiers)
         )
-        monthly = _MEAN.divide(scale_usd(weighted, cache.kept), int(counts.sum()) * cache.out_of)
+        monthly = divide_usd(scale_usd(weighted, cache.kept), int(counts.sum()) * cache.out_of)
         requests, input_tokens, output_tokens = tokens.requests, tokens.input_tokens, tokens.output_tokens
     else:
         assert sample is not None

@@ -59,7 +59,7 @@ def estimate_document(
         policies.append(entry)
     document: dict[str, Any] = {
         "workload": _workload(workload),
-        "cache": {"hit_rate": usd_str(cache.hit_rate), "source": cache.source},
+        "cache": {"hit_rate": round(cache.hit_rate, 6), "source": cache.source},
         "sample": dict(sample) if sample is not None else None,
         "policies": policies,
     }
@@ -98,7 +98,7 @@ def print_document(document: Mapping[str, Any], console: Console) -> None:
         console.print(f"workload: the sample at {load['requests_per_day']:,} requests a day "
                       f"({load['requests_per_day_source']}), 30 days a month")  # fmt: skip
     cache = document["cache"]
-    console.print(f"cache hit rate: {Decimal(cache['hit_rate']):.1%} ({cache['source']})")
+    console.print(f"cache hit rate: {cache['hit_rate']:.1%} ({cache['source']})")
     if document["sample"] is not None:
         console.print("sample: " + ", ".join(f"{k} {v}" for k, v in document["sample"].items()))
     table = Table(title="monthly estimate per policy")
