@@ -215,10 +215,6 @@ def _tier_sums(config: Config, sample: SampleProfile, choices: IntMatrix, rows: 
     return costs
 
 
-def _per_request(monthly: Decimal, requests: int) -> Decimal:
-    return divide_usd(monthly, requests)
-
-
 def _sample_only(
     config: Config, workload: Workload, sample: SampleProfile, choices: IntMatrix, cache: CacheRate
 ) -> tuple[int, int, int, Decimal]:
@@ -278,7 +274,7 @@ def estimate_policy(config: Config, workload: Workload, spec: PolicySpec) -> Pol
         )
     return PolicyEstimate(
         spec.name, spec.target, mix, requests, input_tokens, output_tokens,
-        monthly, _per_request(monthly, requests), quality, recorded,
+        monthly, divide_usd(monthly, requests), quality, recorded,
     )  # fmt: skip
 
 
