@@ -131,6 +131,8 @@ def test_sensitivity_rows(tmp_path: Path) -> None:
         (["--volume", SPEC, "--price-change", "large=20"], "--price-change: expected TIER=+N%"),
         (["--volume", SPEC, "--format", "xml"], "--format: must be table or json"),
         ([], "give --volume SPEC, --sample FILE, or both"),
+        (["--volume", SPEC, "--split", "dev"], "--split: must be one of"),
+        (["--sample", "/nonexistent/rows.csv"], "no such file or directory: /nonexistent/rows.csv"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
@@ -138,6 +140,14 @@ def test_bad_input_is_a_clear_error_and_exit_2(tmp_path: Path, args: list[str], 
     result = CliRunner().invoke(app, ["estimate", "--config", str(config), *args], env={"COLUMNS": "300"})
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
+
+
+def test_a_sample_without_a_serving_model_is_a_clear_error(shared_data: Path, tmp_path: Path) -> None:
+    routing = {"policy": "classifier", "classifier": {"registry": str(tmp_path / "empty")}}
+    config = write_config(tmp_path / "config.yaml", routing)
+    sample = str(shared_data / "routerbench")
+    result = CliRunner().invoke(app, ["estimate", "--config", str(config), "--sample", sample])
+    assert result.exit_code == 2 and "none is serving" in result.output
 
 
 def test_cache_measured_on_a_sample_leaves_out_the_repeated_prompts() -> None:

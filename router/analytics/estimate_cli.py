@@ -51,12 +51,12 @@ def _sample(
     from training.commands import load_dataset, model_dir, parse_score_cols
     from training.dataset import column_map
 
-    data = load_dataset(paths, settings, options["layout"], options["score_col"], options["cache_dir"])
     targets = [p.target for p in policies if p.target is not None]
     model = None
-    if targets:
+    if targets:  # before the data: a missing model fails before the prompts are embedded
         registry = options["registry"] or settings.routing.classifier.registry
         model = load_model(model_dir(registry, options["version"]), settings.tier_names, device="cpu")
+    data = load_dataset(paths, settings, options["layout"], options["score_col"], options["cache_dir"])
     columns = column_map(settings, parse_score_cols(options["score_col"]))
     layout: Layout = "wide" if options["layout"] == "wide" else "routerbench"
     answers = load_rows(csv_files(paths), format=layout, score_col_map=columns)
