@@ -84,7 +84,9 @@ def _money(text: str | None) -> str:
 def _mix(mix: Mapping[str, float] | None) -> str:
     if mix is None:
         return "—"
-    return " ".join(f"{name} {share:.0%}" for name, share in mix.items() if share > 0)
+    return " ".join(
+        f"{name} {share:.0%}" if share >= 0.005 else f"{name} <1%" for name, share in mix.items() if share > 0
+    )
 
 
 def print_document(document: Mapping[str, Any], console: Console) -> None:
@@ -151,10 +153,14 @@ def plot_document(document: Mapping[str, Any], path: Path) -> Path:
         if p["monthly_usd"] is not None and p["expected_quality"] is not None
     ]
     figure, axis = plt.subplots(figsize=(7.5, 5.5))
+    same_place: dict[tuple[float, float], list[str]] = {}  # policies that coincide share one label
     for name, cost, quality in points:
-        marker = "o" if name.startswith("classifier") else "*"
+        same_place.setdefault((cost, quality), []).append(name)
+    for (cost, quality), names in same_place.items():
+        marker = "*" if any(not n.startswith("classifier") for n in names) else "o"
         axis.scatter([cost], [quality], marker=marker, s=80 if marker == "o" else 160, zorder=3)
-        axis.annotate(name, (cost, quality), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        label = " = ".join(names)
+        axis.annotate(label, (cost, quality), textcoords="offset points", xytext=(6, 4), fontsize=8)
     classifier = sorted((c, q) for n, c, q in points if n.startswith("classifier"))
     if len(classifier) > 1:
         axis.plot(*zip(*classifier, strict=True), color="grey", linewidth=1, zorder=2)
