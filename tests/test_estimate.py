@@ -132,7 +132,10 @@ def test_sensitivity_rows(tmp_path: Path) -> None:
         (["--volume", SPEC, "--format", "xml"], "--format: must be table or json"),
         ([], "give --volume SPEC, --sample FILE, or both"),
         (["--volume", SPEC, "--split", "dev"], "--split: must be one of"),
-        (["--sample", "/nonexistent/rows.csv"], "no such file or directory: /nonexistent/rows.csv"),
+        (
+            ["--sample", "/nonexistent/rows.csv", "--policy", "strongest"],
+            "no such file or directory: /nonexistent/rows.csv",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
