@@ -19,6 +19,7 @@ from router.logs import configure_logging
 from router.service import Service, build_service
 from router.types import ChatMessage, RequestSpec
 from training import commands as training_commands
+from training import learning_commands
 from training import verifier_commands
 
 app = typer.Typer(
@@ -141,6 +142,7 @@ app.command("train-verifier")(verifier_commands.train_verifier)
 app.command("eval-cache")(verifier_commands.eval_cache)
 app.command()(anomalies)
 app.command()(report)
+app.command()(learning_commands.retrain)
 
 
 def main() -> None:

@@ -472,13 +472,16 @@ class RetrainConfig(_Strict):
     tolerance: float = Field(0.0, ge=0, description="promote when candidate >= serving - tolerance")
     judgment_weight: float = Field(1.0, gt=0, description="training weight of a judged row (base rows: 1)")
     quality_bar: float = Field(0.5, ge=0, le=1, description="a score at or above it is adequate")
-    holdout_share: float = Field(0.2, ge=0, lt=1, description="share of judged requests held out to evaluate")
+    window_days: float | None = Field(
+        None, gt=0, description="judgments of the last N days train (null: every retained one)"
+    )
     strong: str | None = Field(
         None, description="apgr: strong tier (name or model); default gpt-4 if configured"
     )
     weak: str | None = Field(None, description="apgr: weak tier; default mixtral-8x7b if configured")
     interval_s: float = Field(3600.0, gt=0, description="--watch: time between runs")
-    min_judgments: int = Field(1, ge=0, description="fewer new judgments: no retraining this run")
+    min_new_judgments: int = Field(1, ge=0, description="fewer judgments since the last run: no retraining")
+    seed: int = 0
 
 
 class LearningConfig(_Strict):

@@ -141,6 +141,9 @@ class SqliteFeedbackStore:
     async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
         return await asyncio.to_thread(self._mean_scores, list(requests))
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    async def aclose(self) -> None:
+        self.close()
