@@ -19,8 +19,7 @@ from router.logs import configure_logging
 from router.service import Service, build_service
 from router.types import ChatMessage, RequestSpec
 from training import commands as training_commands
-from training import learning_commands
-from training import verifier_commands
+from training import learning_commands, verifier_commands
 
 app = typer.Typer(
     name="tierwise",
