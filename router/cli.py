@@ -142,6 +142,7 @@ app.command("eval-cache")(verifier_commands.eval_cache)
 app.command()(anomalies)
 app.command()(report)
 app.command()(learning_commands.retrain)
+app.command()(learning_commands.simulate)
 
 
 def main() -> None:

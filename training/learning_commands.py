@@ -58,3 +58,27 @@ def retrain(
         if not watch:
             return
         time.sleep(settings.learning.retrain.interval_s)
+
+
+def simulate(
+    data: Annotated[
+        Path | None, typer.Option(help="RouterBench CSV folder (default: ../shared/data/routerbench)")
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="where the simulation keeps its state (emptied first)")
+    ] = Path(".simulate"),
+    rounds: Annotated[int, typer.Option(min=1, help="serve -> sample -> retrain -> promote rounds")] = 4,
+    slice_rows: Annotated[
+        int, typer.Option("--slice", min=10, help="train-split prompts the weak start learns from")
+    ] = 60,
+    rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of served requests judged")] = 0.5,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 4,
+) -> None:
+    """Replay RouterBench traffic through a running tierwise, judge samples (recorded scores), retrain, promote; per round."""
+    from router.demo import find_data
+    from training.simulate import run_simulation
+
+    data_dir = find_data(data)
+    if data_dir is None:
+        raise _fail("no RouterBench data found: pass --data, or set TIERWISE_DATA")
+    run_simulation(data_dir, workdir, rounds, slice_rows, rate, concurrency)
