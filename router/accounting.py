@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from opentelemetry.trace import Span
 
+from router.learning import LearningLoop
 from router.ledger import SpendLedger
 from router.ledger_builder import SpendRecordBuilder
 from router.ledger_record import SpendRecord
@@ -21,12 +22,18 @@ from router.types import RequestSpec
 
 class Accounting:
     def __init__(
-        self, builder: SpendRecordBuilder, ledger: SpendLedger | None, metrics: Metrics, tracing: Tracing
+        self,
+        builder: SpendRecordBuilder,
+        ledger: SpendLedger | None,
+        metrics: Metrics,
+        tracing: Tracing,
+        learning: LearningLoop | None = None,
     ) -> None:
         self.builder = builder
         self.ledger = ledger
         self.metrics = metrics
         self.tracing = tracing
+        self.learning = learning or LearningLoop()
 
     @contextlib.contextmanager
     def request_span(self, rpc: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Iterator[Span]:
@@ -48,6 +55,7 @@ class Accounting:
     def completed(self, spec: RequestSpec, completion: Completion, span: Span) -> None:
         self.decided(completion.decision)
         self._book(self.builder.for_completion(spec, completion), span)
+        self.learning.observe(spec, completion)  # 13 sample: queued only, judged after the response
 
     def routed(self, spec: RequestSpec, decision: Decision, started: float, span: Span) -> None:
         self.decided(decision)
@@ -68,5 +76,6 @@ class Accounting:
         self._book(record, span)
 
     async def aclose(self) -> None:
+        await self.learning.aclose()  # before the ledger: judgments book their spend there
         if self.ledger is not None:
             await self.ledger.aclose()

@@ -20,7 +20,7 @@ from router.logs import configure_logging
 from router.service import Service, build_service
 from router.types import ChatMessage, RequestSpec
 from training import commands as training_commands
-from training import verifier_commands
+from training import learning_commands, verifier_commands
 
 app = typer.Typer(
     name="tierwise",
@@ -143,6 +143,8 @@ app.command("eval-cache")(verifier_commands.eval_cache)
 app.command()(anomalies)
 app.command()(report)
 app.command()(estimate)
+app.command()(learning_commands.retrain)
+app.command()(learning_commands.simulate)
 
 
 def main() -> None:

@@ -394,6 +394,103 @@ class AnomalyConfig(_Strict):
         return self
 
 
+class TrafficConfig(_Strict):
+    """Per-request traffic samples (embedding, prompt statistics, tier, model version) for training
+    and reports, written in batches off the request path to SQLite under store.path."""
+
+    enabled: bool = True
+    batch_size: int = Field(200, gt=0, description="most samples per store write")
+    flush_interval_s: float = Field(1.0, gt=0, description="longest a sample waits before a store write")
+    max_queued: int = Field(
+        10_000, gt=0, description="samples held in memory; beyond it new ones are dropped"
+    )
+    retention_days: float | None = Field(
+        30, gt=0, description="samples older than this are purged; null keeps all"
+    )
+    store_prompts_tenants: tuple[str, ...] = Field(
+        (), description="tenants whose prompt text may be stored with their samples; others: never"
+    )
+
+
+class SamplingConfig(_Strict):
+    """Which served requests are judged after their response was returned, and what that may spend.
+
+    The share is the arm's rate if ``rate_by_arm`` names the arm, else the tier's from
+    ``rate_by_tier``, else ``rate``; the draw is a hash of the request id (reproducible).
+    """
+
+    rate: float = Field(0.0, ge=0, le=1, description="share of served requests judged (0: sampling off)")
+    rate_by_tier: dict[str, float] = Field(default_factory=dict)
+    rate_by_arm: dict[str, float] = Field(default_factory=dict)
+    shadow: Literal["strongest", "stronger", "none"] = Field(
+        "strongest",
+        description="for a request served by a cheaper tier, also ask this tier (the counterfactual)",
+    )
+    shadow_cheapest_when_strongest: bool = Field(
+        False,
+        description="for a request served by the strongest tier, also ask the cheapest (was it needed?)",
+    )
+    budget_usd: Decimal = Field(Decimal(0), ge=0, description="most judge + shadow spend per window")
+    window: Literal["day", "month"] = "day"
+    feature: str = Field("tierwise-judge", min_length=1, description="the ledger feature of that spend")
+    concurrency: int = Field(4, gt=0, description="judgments running at once")
+    max_queued: int = Field(
+        1000, gt=0, description="sampled requests waiting; beyond it new ones are skipped"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="deadline of each shadow or judge call")
+
+    @field_validator("rate_by_tier", "rate_by_arm")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if not 0.0 <= v <= 1.0)
+        if bad:
+            raise ValueError(f"rates must be in [0, 1]: {bad}")
+        return value
+
+
+class JudgeConfig(_Strict):
+    """Who scores sampled answers: an LLM through a configured tier, or recorded RouterBench scores."""
+
+    kind: Literal["llm", "replay"] = "llm"
+    tier: str | None = Field(None, description="llm: the tier that judges; default the strongest")
+    prompt_version: str = Field("v1", description="llm: the versioned judging prompt")
+    replay_data: Path | None = Field(None, description="replay: RouterBench CSV folder with recorded scores")
+    max_output_tokens: int = Field(64, gt=0)
+
+    @model_validator(mode="after")
+    def _replay_needs_data(self) -> JudgeConfig:
+        if self.kind == "replay" and self.replay_data is None:
+            raise ValueError("judge.kind 'replay' needs judge.replay_data")
+        return self
+
+
+class RetrainConfig(_Strict):
+    """``tierwise retrain``: base data plus recent judgments, evaluated against the serving model."""
+
+    data: Path | None = Field(None, description="base data (RouterBench CSVs); default: no base rows")
+    metric: Literal["apgr", "aiq"] = "apgr"
+    tolerance: float = Field(0.0, ge=0, description="promote when candidate >= serving - tolerance")
+    judgment_weight: float = Field(1.0, gt=0, description="training weight of a judged row (base rows: 1)")
+    quality_bar: float = Field(0.5, ge=0, le=1, description="a score at or above it is adequate")
+    window_days: float | None = Field(
+        None, gt=0, description="judgments of the last N days train (null: every retained one)"
+    )
+    strong: str | None = Field(
+        None, description="apgr: strong tier (name or model); default gpt-4 if configured"
+    )
+    weak: str | None = Field(None, description="apgr: weak tier; default mixtral-8x7b if configured")
+    interval_s: float = Field(3600.0, gt=0, description="--watch: time between runs")
+    min_new_judgments: int = Field(1, ge=0, description="fewer judgments since the last run: no retraining")
+    seed: int = 0
+
+
+class LearningConfig(_Strict):
+    traffic: TrafficConfig = TrafficConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    judge: JudgeConfig = JudgeConfig()
+    retrain: RetrainConfig = RetrainConfig()
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIERWISE_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -414,6 +511,7 @@ class Config(BaseSettings):
     budgets: tuple[BudgetConfig, ...] = ()
     budget_store: BudgetStoreConfig = BudgetStoreConfig()
     anomaly: AnomalyConfig = AnomalyConfig()
+    learning: LearningConfig = LearningConfig()
 
     @classmethod
     def settings_customise_sources(
@@ -450,6 +548,17 @@ class Config(BaseSettings):
                     f"budgets[{index}].degrade.max_tier: unknown tier {budget.degrade.max_tier!r}; "
                     f"configured: {list(self.tier_names)}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _learning_tiers(self) -> Config:
+        names = set(self.tier_names)
+        sampling, judge = self.learning.sampling, self.learning.judge
+        unknown = sorted(set(sampling.rate_by_tier) - names)
+        if unknown:
+            raise ValueError(f"learning.sampling.rate_by_tier: unknown tiers {unknown}")
+        if judge.tier is not None and judge.tier not in names:
+            raise ValueError(f"learning.judge.tier: unknown tier {judge.tier!r}; configured: {sorted(names)}")
         return self
 
     def tier(self, name: str) -> TierConfig:

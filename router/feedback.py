@@ -40,6 +40,10 @@ class FeedbackStore(Protocol):
         """The mean score per (tenant, request_id) that has any feedback; the others are left out."""
         ...
 
+    async def between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
+        """Feedback created in [since, until), oldest first (training reads judgments this way)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -90,12 +94,12 @@ class SqliteFeedbackStore:
         await asyncio.to_thread(self._insert, feedback)
         return feedback.feedback_id
 
-    def _select(self, tenant: str, request_id: str) -> list[FeedbackRecord]:
+    def _select(self, where: str, params: tuple[object, ...]) -> list[FeedbackRecord]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT request_id, tenant, score, source, comment, metadata, created_at, feedback_id"
-                " FROM feedback WHERE tenant = ? AND request_id = ? ORDER BY created_at",
-                (tenant, request_id),
+                f" FROM feedback WHERE {where} ORDER BY created_at, feedback_id",
+                params,
             ).fetchall()
         return [
             FeedbackRecord(r[0], r[1], float(r[2]), r[3], r[4], json.loads(r[5]), float(r[6]), r[7])
@@ -103,7 +107,15 @@ class SqliteFeedbackStore:
         ]
 
     async def for_request(self, tenant: str, request_id: str) -> list[FeedbackRecord]:
-        return await asyncio.to_thread(self._select, tenant, request_id)
+        return await asyncio.to_thread(self._select, "tenant = ? AND request_id = ?", (tenant, request_id))
+
+    def select_between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
+        if source is None:
+            return self._select("created_at >= ? AND created_at < ?", (since, until))
+        return self._select("created_at >= ? AND created_at < ? AND source = ?", (since, until, source))
+
+    async def between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
+        return await asyncio.to_thread(self.select_between, since, until, source)
 
     def _mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
         wanted = set(requests)
@@ -129,6 +141,9 @@ class SqliteFeedbackStore:
     async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
         return await asyncio.to_thread(self._mean_scores, list(requests))
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    async def aclose(self) -> None:
+        self.close()

@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+import numpy as np
+import numpy.typing as npt
+
 from router.types import TokenUsage
 
 
@@ -81,6 +84,7 @@ class Completion:
     cost_usd: Decimal
     latency: Latency
     attempts: tuple[Attempt, ...]
+    embedding: npt.NDArray[np.float32] | None = None  # the request's one embedding (learning samples read it)
 
 
 @dataclass(frozen=True, slots=True)

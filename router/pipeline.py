@@ -85,6 +85,7 @@ class _Plan:
     reservation: BudgetReservation
     cache_use: CacheUse | None  # how this request may read and fill the cache
     prompt: _PromptTokens
+    embedding: Vector | None  # the request's one embedding; the completion carries it to the learning loop
 
 
 class Pipeline:
@@ -164,7 +165,7 @@ class Pipeline:
         except BaseException:
             await self._budgets.release(reservation)
             raise
-        return _Plan(decision, chain, reservation, cache_use, prompt)
+        return _Plan(decision, chain, reservation, cache_use, prompt, embedding)
 
     async def _embed(self, spec: RequestSpec) -> Vector | None:
         if self._embedder is None or not spec.last_user_text:
@@ -283,16 +284,16 @@ class Pipeline:
 
     def _finish(
         self,
-        decision: Decision,
-        prompt: _PromptTokens,
+        plan: _Plan,
         tier: TierConfig,
         result: ChatResult,
         attempts: list[Attempt],
         timing: tuple[float, float, float | None],
     ) -> Completion:
         started, upstream_s, first_token_at = timing
+        decision = plan.decision
         now = self._clock()
-        usage = self._usage(tier, prompt, result.usage, result.content)
+        usage = self._usage(tier, plan.prompt, result.usage, result.content)
         total_ms = (now - started) * 1000
         ttft_ms = (first_token_at - started) * 1000 if first_token_at is not None else total_ms
         after_first = (now - first_token_at) * 1000 if first_token_at is not None else 0.0
@@ -312,6 +313,7 @@ class Pipeline:
                 total_ms=total_ms, upstream_ms=upstream_s * 1000, ttft_ms=ttft_ms, tpot_ms=tpot_ms
             ),
             attempts=tuple(attempts),
+            embedding=plan.embedding,
         )
 
     async def _settle(self, plan: _Plan, completion: Completion) -> None:
@@ -326,7 +328,7 @@ class Pipeline:
         plan = await self._plan(spec, request_id)
         if plan.decision.cache_hit is not None:
             await self._budgets.release(plan.reservation)
-            return self._cached(plan.decision, plan.decision.cache_hit, started)
+            return self._cached(plan, plan.decision.cache_hit, started)
         try:
             completion = await self._call_chain(plan, spec, started, deadline)
         except BaseException:
@@ -336,10 +338,10 @@ class Pipeline:
         self._store(plan, completion)
         return completion
 
-    def _cached(self, decision: Decision, hit: CacheHitInfo, started: float) -> Completion:
+    def _cached(self, plan: _Plan, hit: CacheHitInfo, started: float) -> Completion:
         total_ms = (self._clock() - started) * 1000
         return Completion(
-            decision=decision,
+            decision=plan.decision,
             content=hit.content,
             finish_reason=hit.finish_reason,
             usage=TokenUsage(),
@@ -347,6 +349,7 @@ class Pipeline:
             cost_usd=Decimal(0),
             latency=Latency(total_ms=total_ms, upstream_ms=0.0, ttft_ms=total_ms, tpot_ms=0.0),
             attempts=(),
+            embedding=plan.embedding,
         )
 
     def _store(self, plan: _Plan, completion: Completion) -> None:
@@ -377,9 +380,7 @@ class Pipeline:
                 else:
                     attempts.append(attempt_from_error(tier, attempt.error, attempt.duration_s))
             if outcome.ok and outcome.value is not None:
-                return self._finish(
-                    plan.decision, plan.prompt, tier, outcome.value, attempts, (started, upstream_s, None)
-                )
+                return self._finish(plan, tier, outcome.value, attempts, (started, upstream_s, None))
             if outcome.stop is StopReason.REFUSED and not outcome.tries:
                 attempts.append(circuit_open_attempt(tier))
             elif outcome.stop is StopReason.NOT_RETRYABLE and outcome.error is not None:
@@ -401,7 +402,7 @@ class Pipeline:
             await self._budgets.release(plan.reservation)
             yield plan.decision
             yield StreamDelta(hit.content)
-            yield self._cached(plan.decision, hit, started)
+            yield self._cached(plan, hit, started)
             return
         progress = progress or StreamProgress()
         settled = False
@@ -479,9 +480,7 @@ class Pipeline:
             assert finish is not None  # providers end every stream with a StreamFinish or raise
             attempts.append(Attempt(tier.name, tier.model, True, elapsed * 1000))
             result = ChatResult("".join(parts), finish.finish_reason, finish.usage, finish.model)
-            yield self._finish(
-                plan.decision, plan.prompt, tier, result, attempts, (started, upstream_s, first_token_at)
-            )
+            yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))
             return
         raise _exhausted(attempts)
 

@@ -316,6 +316,7 @@ class TierwiseServer:
                     ledger, self.service.config.anomaly, metrics=self.service.accounting.metrics
                 )
                 self._anomalies.start()
+        await self.service.accounting.learning.start()
         if self.admin is not None:
             self.metrics_port = await self.admin.start(config.host, config.metrics_port)
         serving, interval = (

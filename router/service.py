@@ -21,6 +21,7 @@ from router.budgets import BudgetManager, build_budget_manager
 from router.caching import ResponseCache
 from router.config import CacheConfig, Config, ConfigError
 from router.feedback import FeedbackStore, SqliteFeedbackStore
+from router.learning import build_learning
 from router.ledger import build_ledger
 from router.ledger_builder import SpendRecordBuilder
 from router.metrics import Metrics
@@ -120,11 +121,14 @@ async def build_service(config: Config) -> Service:
     ledger = build_ledger(config)
     if ledger is not None:
         metrics.watch_ledger(ledger)
-    accounting = Accounting(SpendRecordBuilder.from_config(config), ledger, metrics, Tracing(config.tracing))
+    feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
+    learning = build_learning(config, providers, feedback, ledger, tokens)
+    accounting = Accounting(
+        SpendRecordBuilder.from_config(config), ledger, metrics, Tracing(config.tracing), learning
+    )
     pipeline = Pipeline(
         config, providers, policy, tokens, budgets=budgets, health=health, embedder=embedder, cache=cache
     )
-    feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
     return Service(
         config, pipeline, providers, feedback, budgets, health, embedder, cache, accounting, serving
     )

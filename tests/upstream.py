@@ -74,6 +74,7 @@ class Script:
     raw_body: str | None = None  # sent verbatim as the whole body (with ``status``) instead of a reply
     latency_s: float = 0.0  # before the response headers
     hang: bool = False  # never answer; the request stays open until the server stops
+    release: asyncio.Event | None = None  # answer only once the test sets this event (same event loop)
     # Streaming behaviour.
     ttft_s: float = 0.0  # between the response headers and the first event
     chunk_delay_s: float = 0.0  # before each text chunk after the first
@@ -197,6 +198,8 @@ class ScriptedUpstream:
         if script.hang:
             await self._pause(None)
             return web.Response(status=503)
+        if script.release is not None:
+            await script.release.wait()
         if not await self._pause(script.latency_s):
             return web.Response(status=503)
         extra = {"retry-after": script.retry_after} if script.retry_after is not None else {}

@@ -72,6 +72,7 @@ class RoutingData:
     embeddings: npt.NDArray[np.float32]
     features: npt.NDArray[np.float32]
     data_hash: str
+    weights: npt.NDArray[np.float64] | None = None  # training weight per row; None: all 1
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -90,6 +91,7 @@ class RoutingData:
             input_tokens=self.input_tokens[index],
             embeddings=self.embeddings[index],
             features=self.features[index],
+            weights=None if self.weights is None else self.weights[index],
         )
 
     def split(self, name: str) -> RoutingData:

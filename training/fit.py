@@ -149,8 +149,9 @@ def _train_one(
     x_val: npt.NDArray[np.float32],
     y_val: FloatMatrix,
     candidate: Candidate,
+    weight: npt.NDArray[np.float64] | None = None,
 ) -> tuple[lgb.Booster, int]:
-    train_set = lgb.Dataset(x, y, free_raw_data=False)
+    train_set = lgb.Dataset(x, y, weight=weight, free_raw_data=False)
     usable_validation = len(y_val) > 0 and 0 < y_val.sum() < len(y_val)
     if not usable_validation or candidate.early_stopping <= 0:
         booster = lgb.train(params, train_set, num_boost_round=candidate.rounds)
@@ -176,7 +177,9 @@ def fit_candidate(
     val_labels: FloatMatrix,
     seed: int = 0,
     threads: int = 0,
+    weights: npt.NDArray[np.float64] | None = None,
 ) -> FittedModel:
+    """``weights``: one training weight per row (None: all 1), e.g. judged traffic against base data."""
     embeddings = train_features[:, : spec.embedding_dim]
     projection = fit_projection(embeddings, candidate.pca_components) if candidate.pca_components else None
     x_train = project(spec, projection, train_features)
@@ -196,13 +199,19 @@ def fit_candidate(
                 x_val[known_val],
                 val_labels[known_val, t],
                 candidate,
+                None if weights is None else weights[known],
             )
             boosters.append(booster)
             rounds.append(best)
     else:
         stacked = _stack(x_train, train_labels)
         stacked_val = _stack(x_val, val_labels)
-        booster, best = _train_one(params, *stacked, *stacked_val, candidate)
+        stacked_weights = None
+        if weights is not None:
+            stacked_weights = np.concatenate(
+                [weights[~np.isnan(train_labels[:, t])] for t in range(train_labels.shape[1])]
+            )
+        booster, best = _train_one(params, *stacked, *stacked_val, candidate, stacked_weights)
         boosters.append(booster)
         rounds.append(best)
     return FittedModel(candidate, tuple(tiers), projection, boosters, rounds)
@@ -249,6 +258,7 @@ def select(
     score: Scorer | None = None,
     seed: int = 0,
     threads: int = 0,
+    train_weights: npt.NDArray[np.float64] | None = None,
 ) -> tuple[FittedModel, list[CandidateReport]]:
     """Fit every candidate on ``train`` (features, labels); keep the best on ``validation``.
 
@@ -260,7 +270,9 @@ def select(
     best: tuple[float, FittedModel] | None = None
     reports = []
     for candidate in candidates:
-        fitted = fit_candidate(candidate, spec, tiers, *train, *validation, seed=seed, threads=threads)
+        fitted = fit_candidate(
+            candidate, spec, tiers, *train, *validation, seed=seed, threads=threads, weights=train_weights
+        )
         probabilities = fitted.predict_projected(project(spec, fitted.projection, validation[0]))
         loss = mean_log_loss(probabilities, validation[1])
         value = score(probabilities) if score is not None else -loss

@@ -260,6 +260,7 @@ def train(
         score=routing_quality,
         seed=seed,
         threads=threads,
+        train_weights=train_rows.weights,
     )
     for report in reports:
         console.log(

@@ -1,0 +1,197 @@
+"""``tierwise retrain``: judged traffic joins the training set; a worse candidate is not promoted; a
+promoted one is hot-swapped by a running server with no failed request."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from classifier.features import EMBEDDING_DIM
+from classifier.registry import ModelRegistry
+from protos.tierwise.v1 import tierwise_pb2 as pb
+from router.config import Config
+from router.feedback import FeedbackRecord, SqliteFeedbackStore
+from router.routerbench import split_of
+from router.service import shared_embedder
+from router.traffic import TrafficSample
+from router.traffic_sqlite import SqliteTrafficStore
+from tests.harness import AUTH, build_config, config_dict, running_server
+from tests.upstream import ScriptedUpstream
+from training.dataset import RoutingData, load_routing_data
+from training.retrain import retrain
+from training.train import train
+
+ROWS_PER_FILE = 120
+SCORE_COLUMNS = {"small": "mistralai/mistral-7b-chat", "large": "gpt-4-1106-preview"}
+
+
+def learning_config(store: Path, registry: Path, url: str = "http://127.0.0.1:1", **retrain: Any) -> Config:
+    data = config_dict(store, f"{url}/v1", url)
+    data["routing"] = {
+        "policy": "classifier",
+        "classifier": {"registry": str(registry), "watch_interval_s": 0.05},
+    }
+    data["learning"] = {"retrain": {"weak": "small", "strong": "large", **retrain}}
+    return build_config(data)
+
+
+@pytest.fixture(scope="module")
+def base(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RoutingData]:
+    """A RouterBench slice for the harness's tiers, loaded once (embeddings cached in the module's folder)."""
+    root = tmp_path_factory.mktemp("retrain")
+    data = root / "data"
+    data.mkdir()
+    for source in sorted((shared_data / "routerbench").glob("*.csv")):
+        with source.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            rows = [next(reader), *(row for _, row in zip(range(ROWS_PER_FILE), reader, strict=False))]
+        with (data / source.name).open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+    config = learning_config(root / "var", root / "unused")
+    loaded = load_routing_data(
+        data,
+        config,
+        lambda: shared_embedder("cpu"),
+        "sentence-transformers/all-MiniLM-L6-v2@384",
+        root / "embeddings",
+        score_col_map=SCORE_COLUMNS,
+    )
+    return root, loaded
+
+
+def serving_registry(root: Path, base: RoutingData, config: Config, *, seen_held_out: bool = False) -> str:
+    """Train and serve a version; ``seen_held_out`` also trains on the test split's labels: an incumbent
+    that ranks the held-out prompts well, which a candidate has to match."""
+    if seen_held_out:
+        base = replace(base, splits=np.where(base.splits == "test", "train", base.splits))
+    version = train([], config, root, prepared=base, seed=1).version
+    ModelRegistry(root).promote(version, force=True)
+    return version
+
+
+def train_split_ids(count: int) -> list[str]:
+    """Request ids the hash split puts in the train split (so none is held out)."""
+    ids = (f"req-{i:05d}" for i in itertools.count())
+    return list(itertools.islice((i for i in ids if split_of(i) == "train"), count))
+
+
+def write_judged_traffic(config: Config, base: RoutingData, scores: np.ndarray) -> None:
+    """What a server writes for judged requests: traffic samples (features) and judge feedback per tier."""
+    rows = np.flatnonzero(base.splits == "train")
+    ids = train_split_ids(len(rows))
+    traffic = SqliteTrafficStore(config.store.path / "traffic.sqlite3")
+    feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
+    samples = []
+    for rid, row in zip(ids, rows, strict=True):
+        features = base.features[row]
+        samples.append(
+            TrafficSample(
+                rid,
+                1000.0,
+                "acme",
+                "",
+                "",
+                "",
+                "small",
+                "small-model",
+                "v0",
+                "miss",
+                int(base.input_tokens[row]),
+                1,
+                features[:EMBEDDING_DIM].astype("<f4").tobytes(),
+                features[EMBEDDING_DIM:].astype("<f4").tobytes(),
+            )
+        )
+    traffic.write(samples)
+    traffic.close()
+
+    async def record() -> None:
+        for rid, row in zip(ids, rows, strict=True):
+            for j, tier in enumerate(config.tier_names):
+                if not np.isnan(scores[row, j]):
+                    meta = {"tier": tier, "role": "served" if j == 0 else "shadow"}
+                    await feedback.record(
+                        FeedbackRecord(rid, "acme", float(scores[row, j]), "judge", metadata=meta)
+                    )
+        await feedback.aclose()
+
+    asyncio.run(record())
+
+
+def test_a_worse_candidate_is_not_promoted(base: tuple[Path, RoutingData], tmp_path: Path) -> None:
+    _, data = base
+    config = learning_config(tmp_path / "var", tmp_path / "registry", judgment_weight=20.0)
+    serving = serving_registry(tmp_path / "registry", data, config, seen_held_out=True)
+    # Judges that say the opposite of the recorded scores, weighted heavily: the candidate learns them.
+    write_judged_traffic(config, data, 1.0 - data.scores)
+    outcome = retrain(config, base=data)
+    assert not outcome.promoted, outcome.reason
+    assert ModelRegistry(tmp_path / "registry").serving_version() == serving
+    models = outcome.report["models"]
+    assert models["candidate"]["value"] < models["serving"]["value"]
+    assert "keeping " + serving in outcome.reason
+    assert outcome.report["training_rows"]["judged"] > 0 and outcome.report["held_out"]["judged"] == 0
+    directory = ModelRegistry(tmp_path / "registry").version_dir(outcome.candidate or "")
+    saved = json.loads((directory / "retrain-report.json").read_text())
+    assert saved["promoted"] is False and saved["reason"] == outcome.reason
+    assert (directory / "retrain-report.png").stat().st_size > 1000
+    # Nothing new since that run: the next run does not retrain.
+    again = retrain(config, base=data)
+    assert again.candidate is None and "0 new judgments" in again.reason
+
+
+@pytest.mark.asyncio
+async def test_a_promoted_model_is_served_by_a_running_server_without_a_failed_request(
+    base: tuple[Path, RoutingData], tmp_path: Path
+) -> None:
+    _, data = base
+    async with ScriptedUpstream() as upstream:
+        upstream.script(text="ok")
+        # tolerance 1: this test is about the swap, not the gate
+        config = learning_config(tmp_path / "var", tmp_path / "registry", upstream.base_url, tolerance=1.0)
+        first = serving_registry(tmp_path / "registry", data, config)
+        await asyncio.to_thread(write_judged_traffic, config, data, data.scores)
+        async with running_server(config) as svc:
+            stop = asyncio.Event()
+            versions: list[str] = []
+            failures: list[grpc.aio.AioRpcError] = []
+
+            async def traffic() -> None:
+                prompts = itertools.cycle(
+                    ["Write a Python function to sort a list.", "Which gas do plants absorb?"]
+                )
+                while not stop.is_set():
+                    request = pb.CompleteRequest(
+                        messages=[pb.ChatMessage(role="user", content=next(prompts))]
+                    )
+                    try:
+                        reply = await svc.stub.Complete(request, metadata=AUTH, timeout=30)
+                    except grpc.aio.AioRpcError as exc:
+                        failures.append(exc)
+                    else:
+                        versions.append(reply.decision.model_version)
+
+            clients = [asyncio.create_task(traffic()) for _ in range(3)]
+            outcome = await asyncio.to_thread(retrain, config, base=data)
+            assert outcome.promoted, outcome.reason
+            async with asyncio.timeout(30):
+                while not versions or versions[-1] != outcome.candidate:
+                    await asyncio.sleep(0.05)
+            seen = len(versions)
+            async with asyncio.timeout(30):
+                while len(versions) < seen + 5:
+                    await asyncio.sleep(0.05)
+            stop.set()
+            await asyncio.gather(*clients)
+    assert failures == []
+    assert versions[0] == first and versions[-1] == outcome.candidate
+    assert set(versions) == {first, outcome.candidate}

@@ -1,0 +1,123 @@
+"""Judged traffic as training rows: feedback scores joined with the traffic samples that hold the
+request's features (embedding + prompt statistics, as the server computed them).
+
+A row is one request; each tier column holds the mean score of that tier's
+judgments (the served answer's, and the shadow tier's), NaN where no one judged
+it. Feedback from apps and humans names no tier: it scores the served one.
+Requests are split by a hash of their id, as the base data is by sample id,
+so the same request is always on the same side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+import numpy as np
+
+from classifier.features import EMBEDDING_DIM
+from router.config import Config
+from router.feedback import FeedbackRecord, SqliteFeedbackStore
+from router.pricing import expected_cost_usd
+from router.routerbench import split_of
+from router.traffic_sqlite import SqliteTrafficStore
+from training.dataset import RoutingData
+
+JUDGED_TASK = "judged-traffic"
+
+
+@dataclass(frozen=True)
+class Judgments:
+    records: list[FeedbackRecord]
+    newest: float  # created_at of the newest record (0 when none)
+
+
+def read_judgments(config: Config, since: float, until: float) -> Judgments:
+    store = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
+    try:
+        records = store.select_between(since, until)
+    finally:
+        store.close()
+    return Judgments(records, max((r.created_at for r in records), default=0.0))
+
+
+def _expected_costs(config: Config, input_tokens: int) -> list[float]:
+    costs = []
+    for tier in config.tiers:
+        output = min(tier.max_output_tokens, config.routing.expected_output_tokens)
+        costs.append(float(expected_cost_usd(tier.price, input_tokens, Decimal(output))))
+    return costs
+
+
+def judged_rows(config: Config, records: Sequence[FeedbackRecord], weight: float) -> RoutingData | None:
+    """Training rows for the judged requests that have a traffic sample with features; None if none."""
+    tiers = config.tier_names
+    index = {name: j for j, name in enumerate(tiers)}
+    traffic = SqliteTrafficStore(config.store.path / "traffic.sqlite3")
+    try:
+        samples = traffic.get_many(sorted({r.request_id for r in records}))
+    finally:
+        traffic.close()
+    scores: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        sample = samples.get(record.request_id)
+        if sample is None or sample.tenant != record.tenant:
+            continue
+        tier = record.metadata.get("tier", sample.tier)
+        if tier in index:
+            scores[record.request_id][index[tier]].append(record.score)
+    ids = [rid for rid in sorted(scores) if samples[rid].features() is not None]
+    if not ids:
+        return None
+    features = np.stack([samples[rid].features() for rid in ids]).astype(np.float32)  # type: ignore[misc]
+    matrix = np.full((len(ids), len(tiers)), np.nan)
+    for i, rid in enumerate(ids):
+        for j, values in scores[rid].items():
+            matrix[i, j] = float(np.mean(values))
+    tokens = np.array([samples[rid].input_tokens for rid in ids], dtype=np.int64)
+    digest = hashlib.sha256()
+    for rid, row in zip(ids, matrix, strict=True):
+        digest.update(rid.encode() + row.tobytes())
+    return RoutingData(
+        tiers=tiers,
+        sample_ids=tuple(ids),
+        texts=tuple(samples[rid].prompt or "" for rid in ids),
+        tasks=(JUDGED_TASK,) * len(ids),
+        splits=np.array([split_of(rid) for rid in ids]),
+        scores=matrix,
+        costs=np.full(matrix.shape, np.nan),
+        expected_costs=np.array([_expected_costs(config, int(t)) for t in tokens], dtype=np.float64),
+        input_tokens=tokens,
+        embeddings=features[:, :EMBEDDING_DIM].copy(),
+        features=features,
+        data_hash=digest.hexdigest(),
+        weights=np.full(len(ids), weight),
+    )
+
+
+def concat(parts: Sequence[RoutingData]) -> RoutingData:
+    """Rows of several datasets over the same tiers, in order; weights default to 1."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    tiers = parts[0].tiers
+    if any(p.tiers != tiers for p in parts):
+        raise ValueError("datasets over different tiers cannot be combined")
+    digest = hashlib.sha256("".join(p.data_hash for p in parts).encode()).hexdigest()
+    return RoutingData(
+        tiers=tiers,
+        sample_ids=tuple(s for p in parts for s in p.sample_ids),
+        texts=tuple(t for p in parts for t in p.texts),
+        tasks=tuple(t for p in parts for t in p.tasks),
+        splits=np.concatenate([p.splits for p in parts]),
+        scores=np.vstack([p.scores for p in parts]),
+        costs=np.vstack([p.costs for p in parts]),
+        expected_costs=np.vstack([p.expected_costs for p in parts]),
+        input_tokens=np.concatenate([p.input_tokens for p in parts]),
+        embeddings=np.vstack([p.embeddings for p in parts]),
+        features=np.vstack([p.features for p in parts]),
+        data_hash=digest,
+        weights=np.concatenate([p.weights if p.weights is not None else np.ones(len(p)) for p in parts]),
+    )

@@ -1,0 +1,84 @@
+"""``tierwise retrain`` and ``tierwise simulate``: the learning loop's batch side, as commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="the service's YAML config file")]
+
+
+def _fail(message: str) -> typer.Exit:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def retrain(
+    config: ConfigOption,
+    watch: Annotated[bool, typer.Option(help="run every learning.retrain.interval_s until stopped")] = False,
+    force: Annotated[bool, typer.Option(help="train even with too few new judgments")] = False,
+) -> None:
+    """Train on base data + judged traffic; promote only if the candidate matches the serving model on held-out data."""
+    from classifier.model import ModelRefused
+    from classifier.registry import RegistryError
+    from router.config import ConfigError, load_config
+    from training.retrain import retrain as run_retrain
+    from training.train import TrainingError
+
+    try:
+        settings = load_config(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    while True:
+        try:
+            outcome = run_retrain(settings, force=force)
+        except (FileNotFoundError, ValueError, TrainingError, RegistryError, ModelRefused) as exc:
+            if not watch:
+                raise _fail(str(exc)) from None
+            typer.echo(json.dumps({"error": str(exc)}))
+        else:
+            summary = {
+                "promoted": outcome.promoted,
+                "reason": outcome.reason,
+                "candidate": outcome.candidate,
+                "serving_before": outcome.serving,
+            }
+            if outcome.report:
+                summary["models"] = {
+                    k: {m: v[m] for m in ("version", "value", "rows", "base_test_value")}
+                    for k, v in outcome.report["models"].items()
+                }
+            typer.echo(json.dumps(summary, indent=2))
+        if not watch:
+            return
+        time.sleep(settings.learning.retrain.interval_s)
+
+
+def simulate(
+    data: Annotated[
+        Path | None, typer.Option(help="RouterBench CSV folder (default: ../shared/data/routerbench)")
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option(help="where the simulation keeps its state (emptied first)")
+    ] = Path(".simulate"),
+    rounds: Annotated[int, typer.Option(min=1, help="serve -> sample -> retrain -> promote rounds")] = 4,
+    slice_rows: Annotated[
+        int, typer.Option("--slice", min=10, help="train-split prompts the weak start learns from")
+    ] = 60,
+    rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of served requests judged")] = 0.5,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 4,
+) -> None:
+    """Replay RouterBench traffic through a running tierwise, judge samples (recorded scores), retrain, promote; per round."""
+    from router.demo import find_data
+    from training.simulate import run_simulation
+
+    data_dir = find_data(data)
+    if data_dir is None:
+        raise _fail("no RouterBench data found: pass --data, or set TIERWISE_DATA")
+    run_simulation(data_dir, workdir, rounds, slice_rows, rate, concurrency)

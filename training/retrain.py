@@ -1,0 +1,256 @@
+"""``tierwise retrain``: base data + judged traffic -> a candidate version, promoted only if it is
+at least as good as the serving one on held-out data.
+
+Training rows are the base data's train split plus the judged requests of the
+train split (by request-id hash), weighted by ``judgment_weight``; selection and
+calibration use the validation splits of both. The gate scores the candidate
+and the serving model on the same held-out rows: the base data's test split
+plus the held-out judged requests, with the configured metric (APGR of the
+strong/weak pair, or AIQ over every tier) under the configured decision rule.
+Judged rows are scored from the features the server stored, never recomputed.
+
+Every run that trains writes ``retrain-report.json`` and ``retrain-report.png``
+into the candidate's version directory; ``retrain-state.json`` in the registry
+remembers up to when judgments were read, for "judgments since the last run".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from classifier.manifest import write_json_atomic
+from classifier.model import ClassifierModel, load_model
+from classifier.registry import ModelRegistry
+from router.config import Config, RetrainConfig
+from training.dataset import RoutingData
+from training.evaluate import DEFAULT_PAIR_MODELS, Scorer, probability_sweeps, routing_contexts, tier_index
+from training.judged import JUDGED_TASK, concat, judged_rows, read_judgments
+from training.metrics import aiq, apgr
+from training.train import train
+
+STATE_FILE = "retrain-state.json"
+REPORT_NAME = "retrain-report"
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    promoted: bool
+    reason: str
+    candidate: str | None
+    serving: str | None
+    report: dict[str, Any]
+
+
+def pair_of(config: Config, settings: RetrainConfig) -> tuple[int, int]:
+    """(weak, strong) tier indices for APGR."""
+    strong = settings.strong or DEFAULT_PAIR_MODELS[0]
+    weak = settings.weak or DEFAULT_PAIR_MODELS[1]
+    return tier_index(config, weak), tier_index(config, strong)
+
+
+def _curve(
+    probabilities: np.ndarray[Any, Any], rows: RoutingData, config: Config, candidates: list[int], rule: str
+) -> tuple[list[tuple[float, float]], Scorer]:
+    scorer = Scorer(rows.scores, rows.realized_costs(), candidates[-1])
+    contexts = routing_contexts(rows, config, candidates)
+    sweeps = probability_sweeps("p", probabilities[:, candidates], contexts, candidates)
+    (sweep,) = [s for s in sweeps if s.name == f"p-{rule}"]
+    points = scorer.curve(sweep)
+    return [
+        (p.strong_share, p.quality) if len(candidates) == 2 else (p.cost, p.quality) for p in points
+    ], scorer
+
+
+def metric_value(
+    model: ClassifierModel, rows: RoutingData, config: Config, settings: RetrainConfig
+) -> tuple[float, int, list[tuple[float, float]]]:
+    """The configured metric of ``model`` on ``rows`` (those scored for the tiers it compares),
+    with how many rows counted and the curve it is the area of."""
+    rule = config.routing.classifier.rule
+    candidates = (
+        list(pair_of(config, settings)) if settings.metric == "apgr" else list(range(len(config.tiers)))
+    )
+    rows = rows.subset(np.asarray(~np.isnan(rows.scores[:, candidates]).any(axis=1), dtype=bool))
+    if len(rows) == 0:
+        return float("nan"), 0, []
+    probabilities = model.predict_matrix(rows.features).astype(np.float64)
+    curve, scorer = _curve(probabilities, rows, config, candidates, rule)
+    singles = [scorer.point(0.0, np.full(len(rows), j, dtype=np.int64)) for j in candidates]
+    if settings.metric == "apgr":
+        return apgr(curve, singles[0].quality, singles[-1].quality), len(rows), curve
+    costs = [p.cost for p in singles]
+    return aiq([(singles[0].cost, singles[0].quality), *curve], min(costs), max(costs)), len(rows), curve
+
+
+def _read_state(registry: ModelRegistry) -> dict[str, Any]:
+    try:
+        data = json.loads((registry.root / STATE_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def plot_retrain(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 5))
+    for name in ("candidate", "serving"):
+        entry = report["models"].get(name)
+        if entry and entry["curve"]:
+            xs, ys = zip(*sorted(entry["curve"]), strict=True)
+            axis.plot(
+                xs,
+                ys,
+                marker=".",
+                label=f"{name} {entry['version']} ({report['metric']} {entry['value']:.4f})",
+            )
+    axis.set_xlabel("strong-tier share" if report["metric"] == "apgr" else "cost per prompt (USD)")
+    axis.set_ylabel("mean score")
+    verdict = "promoted" if report["promoted"] else "kept serving model"
+    axis.set_title(f"retrain: {verdict} — held-out {report['held_out']}")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def retrain(
+    config: Config,
+    *,
+    base: RoutingData | None = None,
+    now: float | None = None,
+    console: Console | None = None,
+    force: bool = False,
+) -> RetrainOutcome:
+    """One run: read judgments, train a candidate, gate it against the serving model, maybe promote.
+
+    ``base`` is the base data already loaded (``learning.retrain.data`` is read otherwise).
+    """
+    console = console or Console(stderr=True)
+    settings = config.learning.retrain
+    registry = ModelRegistry(config.routing.classifier.registry)
+    now = time.time() if now is None else now
+    state = _read_state(registry)
+    since = now - settings.window_days * 86400 if settings.window_days is not None else 0.0
+    judgments = read_judgments(config, since, now)
+    new = sum(1 for r in judgments.records if r.created_at > float(state.get("judgments_until", 0.0)))
+    serving_version = registry.serving_version()
+    if not force and new < settings.min_new_judgments:
+        reason = (
+            f"{new} new judgments since the last run, fewer than {settings.min_new_judgments}: not retraining"
+        )
+        return RetrainOutcome(False, reason, None, serving_version, {})
+    if base is None and settings.data is not None:
+        from classifier.model import DEFAULT_EMBEDDER_KEY
+        from training.train import load_data
+        from training.verifier_data import default_cache_dir
+
+        base = load_data(
+            settings.data,
+            config,
+            default_cache_dir(),
+            "routerbench",
+            None,
+            None,
+            DEFAULT_EMBEDDER_KEY,
+            console,
+        )
+    judged = judged_rows(config, judgments.records, settings.judgment_weight)
+    parts = [p for p in (base, judged) if p is not None]
+    if not parts:
+        return RetrainOutcome(
+            False,
+            "no base data and no judged traffic with features: nothing to train on",
+            None,
+            serving_version,
+            {},
+        )
+    everything = concat(parts)
+    is_judged = np.array([t == JUDGED_TASK for t in everything.tasks], dtype=bool)
+    held_out = everything.split("test")
+    # Judged held-out rows stay out of training's own test metrics: they have no prompt text to re-featurise.
+    trainable = everything.subset(~(is_judged & (everything.splits == "test")))
+    result = train(
+        [],
+        config,
+        registry.root,
+        quality_bar=settings.quality_bar,
+        seed=settings.seed,
+        console=console,
+        prepared=trainable,
+    )
+    models = {"candidate": load_model(result.directory, config.tier_names, device="cpu")}
+    if serving_version is not None:
+        models["serving"] = load_model(registry.version_dir(serving_version), config.tier_names, device="cpu")
+    held_base = np.array([t != JUDGED_TASK for t in held_out.tasks], dtype=bool)
+    scored: dict[str, Any] = {}
+    for name, model in models.items():
+        value, rows, curve = metric_value(model, held_out, config, settings)
+        base_value = metric_value(model, held_out.subset(held_base), config, settings)[0]
+        scored[name] = {
+            "version": model.version,
+            "value": value,
+            "rows": rows,
+            "base_test_value": base_value,
+            "curve": curve,
+        }
+    candidate_value = scored["candidate"]["value"]
+    serving_value = scored["serving"]["value"] if "serving" in scored else None
+    if serving_value is None:
+        promoted, reason = True, "no model was serving"
+    elif not np.isfinite(candidate_value):
+        promoted, reason = False, "no held-out row is scored for the compared tiers"
+    elif candidate_value >= serving_value - settings.tolerance:
+        promoted, reason = (
+            True,
+            (
+                f"candidate {settings.metric} {candidate_value:.4f} >= serving {serving_value:.4f} - tolerance {settings.tolerance}"
+            ),
+        )
+    else:
+        promoted, reason = (
+            False,
+            (
+                f"candidate {settings.metric} {candidate_value:.4f} < serving {serving_value:.4f} - tolerance "
+                f"{settings.tolerance}: keeping {serving_version}"
+            ),
+        )
+    if promoted:
+        # The comparison above is the gate (same rows, same metric); the registry's own gate compares
+        # test-split AIQ only on identical data, which judged traffic never is.
+        registry.promote(result.version, force=True, expected_tiers=config.tier_names)
+    judged_held_out = int((~held_base).sum())
+    report: dict[str, Any] = {
+        "candidate": result.version,
+        "serving_before": serving_version,
+        "promoted": promoted,
+        "reason": reason,
+        "metric": settings.metric,
+        "rule": config.routing.classifier.rule,
+        "tolerance": settings.tolerance,
+        "held_out": {"base_test": len(held_out) - judged_held_out, "judged": judged_held_out},
+        "judgments": {"read": len(judgments.records), "new": new, "since": since, "until": now},
+        "training_rows": {
+            "base": 0 if base is None else int((base.splits == "train").sum()),
+            "judged": 0 if judged is None else int((judged.splits == "train").sum()),
+            "judgment_weight": settings.judgment_weight,
+        },
+        "models": scored,
+    }
+    directory = result.directory
+    write_json_atomic(directory / f"{REPORT_NAME}.json", report)
+    plot_retrain(report, directory / f"{REPORT_NAME}.png")
+    write_json_atomic(
+        registry.root / STATE_FILE, {"judgments_until": judgments.newest or state.get("judgments_until", 0.0)}
+    )
+    return RetrainOutcome(promoted, reason, result.version, serving_version, report)
