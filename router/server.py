@@ -286,8 +286,13 @@ class TierwiseServer:
         if self.admin is not None:
             self.admin.add_refresher(self._refresh_budget_gauges)
             if service.accounting.ledger is not None:  # the dashboard reads the spend ledger
+                traffic = service.accounting.learning.traffic
                 dashboard = Dashboard(
-                    service.accounting.ledger, service.config, authenticator, service.feedback
+                    service.accounting.ledger,
+                    service.config,
+                    authenticator,
+                    service.feedback,
+                    None if traffic is None else traffic.store,
                 )
                 dashboard.install(self.admin.app)
 

@@ -198,8 +198,8 @@ async def test_report_and_dashboard_on_real_traffic(tmp_path: Path) -> None:
                 f"--screenshot={shot}", "--window-size=1400,1900", url, profile=tmp_path / "chromium-shot"
             )
 
-    assert 'data-ready="1"' in dom and 'data-charts="5"' in dom  # the script ran and drew every chart
-    assert dom.count("<canvas") == 5
+    assert 'data-ready="1"' in dom and 'data-charts="6"' in dom  # the script ran and drew every chart
+    assert dom.count("<canvas") == 6
     total = report["total"]
     for key in (
         "spend_usd",

@@ -12,15 +12,18 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from router.analytics.clusters import MAX_CLUSTERS
+from router.analytics.quality import JudgedScores
 from router.analytics.render import Section, groups_csv, groups_tables, report_json
 from router.analytics.report import build_report
-from router.analytics.sections import forecast_sections, quality_section
+from router.analytics.sections import clusters_section, forecast_sections, quality_section
 from router.analytics.timeseries import SpendSeries, spend_series
 from router.anomaly import SinkReports
 from router.anomaly_cli import open_sink, parse_since
 from router.config import Config, load_config
 from router.feedback import SqliteFeedbackStore
 from router.ledger_sql import parse_dimension
+from router.traffic_sqlite import SqliteTrafficStore
 
 
 class Format(StrEnum):
@@ -43,6 +46,11 @@ def _dimensions(text: str) -> tuple[str, ...]:
     return dims
 
 
+def _traffic_store(cfg: Config) -> SqliteTrafficStore | None:
+    path = cfg.store.path / "traffic.sqlite3"
+    return SqliteTrafficStore(path) if path.exists() else None
+
+
 async def _sections(
     cfg: Config,
     reports: SinkReports,
@@ -51,18 +59,28 @@ async def _sections(
     tenant: str | None,
     quality: bool,
     forecast: bool,
+    clusters: int | None,
 ) -> list[Section]:
     sections = []
-    if quality:
-        path = cfg.store.path / "feedback.sqlite3"
-        if path.exists():
-            store = SqliteFeedbackStore(path)
+    path = cfg.store.path / "feedback.sqlite3"
+    judged = quality or clusters is not None
+    store = SqliteFeedbackStore(path) if judged and path.exists() else None
+    scores: JudgedScores = _NoJudgments() if store is None else store
+    try:
+        if quality:
+            sections.append(await quality_section(reports, scores, since, until, tenant))
+        if clusters is not None:
+            traffic = _traffic_store(cfg)
             try:
-                sections.append(await quality_section(reports, store, since, until, tenant))
+                sections.append(
+                    await clusters_section(reports, traffic, scores, cfg, since, until, tenant, clusters)
+                )
             finally:
-                await store.aclose()
-        else:
-            sections.append(await quality_section(reports, _NoJudgments(), since, until, tenant))
+                if traffic is not None:
+                    traffic.close()
+    finally:
+        if store is not None:
+            await store.aclose()
     if forecast:
         sections += await forecast_sections(reports, cfg.budgets, time.time(), tenant)
     return sections
@@ -93,6 +111,16 @@ def report(
     forecast: Annotated[
         bool, typer.Option("--forecast", help="add the month-end forecast per tenant and budget run-out days")
     ] = False,
+    clusters: Annotated[
+        int | None,
+        typer.Option(
+            "--clusters",
+            min=1,
+            max=MAX_CLUSTERS,
+            help="add where the money goes: K prompt clusters (k-means over stored embeddings), "
+            "the fewest that make 80% of spend",
+        ),
+    ] = None,
 ) -> None:
     """Spend, savings, errors and latency grouped by any dimensions, from the spend ledger."""
     err = Console(stderr=True)
@@ -107,9 +135,10 @@ def report(
             dims = _dimensions(by)
         except ValueError as exc:
             raise ValueError(f"--by: {exc}") from None
-        if fmt is Format.csv and (quality or forecast):
+        if fmt is Format.csv and (quality or forecast or clusters is not None):
             raise ValueError(
-                "--format csv is the per-group export; use table or json with --quality / --forecast"
+                "--format csv is the per-group export; "
+                "use table or json with --quality / --forecast / --clusters"
             )
         sink = open_sink(cfg)
     except ValueError as exc:  # ConfigError included
@@ -120,7 +149,7 @@ def report(
 
     async def build() -> None:
         result = await build_report(reports, start, end, dims, filters)
-        sections = await _sections(cfg, reports, start, end, tenant, quality, forecast)
+        sections = await _sections(cfg, reports, start, end, tenant, quality, forecast, clusters)
         if fmt is Format.csv:
             typer.echo(groups_csv(result), nl=False)
         elif fmt is Format.json:

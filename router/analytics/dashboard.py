@@ -1,9 +1,8 @@
 """The dashboard's numbers: one JSON document built from the same analytics as ``tierwise report``.
 
 Each panel is an async builder over a ``PanelContext``; the page draws whatever
-panels the document holds. A new view (request clusters over stored embeddings,
-say) is one more builder in ``PANELS`` and one more drawing function in
-``static/dashboard.js``.
+panels the document holds. A new view is one more builder in ``PANELS`` and one
+more drawing function in ``static/dashboard.js``.
 """
 
 from __future__ import annotations
@@ -12,10 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from router.analytics.clusters import TrafficLookup
 from router.analytics.quality import JudgedScores
 from router.analytics.render import jsonable, row_values
 from router.analytics.report import build_report
-from router.analytics.sections import forecast_sections, quality_section
+from router.analytics.sections import clusters_section, forecast_sections, quality_section
 from router.analytics.source import SpendSource
 from router.analytics.timeseries import spend_series
 from router.anomaly import find_anomalies
@@ -23,6 +23,7 @@ from router.config import Config
 
 SPEND_DIMENSIONS = ("tenant", "feature", "model")
 MAX_ANOMALIES = 50
+DEFAULT_CLUSTERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,8 @@ class PanelContext:
     since: float
     until: float
     tenant: str | None  # None: every tenant (an admin key)
+    traffic: TrafficLookup | None = None  # the traffic samples' embeddings (the clusters view)
+    clusters: int = DEFAULT_CLUSTERS
 
     @property
     def filters(self) -> dict[str, str]:
@@ -95,12 +98,20 @@ async def _quality(ctx: PanelContext) -> object:
     return section.data
 
 
+async def _clusters(ctx: PanelContext) -> object:
+    section = await clusters_section(
+        ctx.source, ctx.traffic, ctx.scores, ctx.config, ctx.since, ctx.until, ctx.tenant, ctx.clusters
+    )
+    return section.data
+
+
 PANELS: tuple[tuple[str, Panel], ...] = (
     ("summary", _summary),
     ("spend", _spend_over_time),
     ("forecast", _forecast),
     ("anomalies", _anomalies),
     ("quality", _quality),
+    ("clusters", _clusters),
 )
 
 

@@ -18,7 +18,8 @@ from importlib import resources
 
 from aiohttp import web
 
-from router.analytics.dashboard import PanelContext, dashboard_data
+from router.analytics.clusters import MAX_CLUSTERS, TrafficLookup
+from router.analytics.dashboard import DEFAULT_CLUSTERS, PanelContext, dashboard_data
 from router.analytics.quality import JudgedScores
 from router.analytics.source import SpendSource
 from router.anomaly_cli import parse_since
@@ -58,9 +59,15 @@ def _bearer(header: str) -> str:
 
 class Dashboard:
     def __init__(
-        self, source: SpendSource, config: Config, authenticator: Authenticator, scores: JudgedScores | None
+        self,
+        source: SpendSource,
+        config: Config,
+        authenticator: Authenticator,
+        scores: JudgedScores | None,
+        traffic: TrafficLookup | None = None,
     ) -> None:
         self._source = source
+        self._traffic = traffic
         self._config = config
         self._auth = authenticator
         self._scores = scores
@@ -96,12 +103,18 @@ class Dashboard:
             raise web.HTTPBadRequest(text=f"{exc}\n") from None
         if until <= since:
             raise web.HTTPBadRequest(text="until: must be after since\n")
+        clusters = query.get("clusters", str(DEFAULT_CLUSTERS))
+        digits = clusters.isascii() and clusters.isdigit() and len(clusters) <= len(str(MAX_CLUSTERS))
+        if not (digits and 1 <= int(clusters) <= MAX_CLUSTERS):
+            raise web.HTTPBadRequest(text=f"clusters: a whole number from 1 to {MAX_CLUSTERS}\n")
         tenant = query.get("tenant") or None
         if not caller.admin:
             if tenant not in (None, caller.tenant):
                 raise web.HTTPForbidden(text="tenant: only admin keys see other tenants\n")
             tenant = caller.tenant
-        return PanelContext(self._source, self._config, self._scores, since, until, tenant)
+        return PanelContext(
+            self._source, self._config, self._scores, since, until, tenant, self._traffic, int(clusters)
+        )
 
     async def _serve_page(self, request: web.Request) -> web.Response:
         context = self._context(request, self._caller(request))

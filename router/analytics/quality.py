@@ -52,6 +52,14 @@ class QualityRow:
         }
 
 
+def usd_per_quality(judged_spend: Decimal, scores: Sequence[float]) -> Decimal | None:
+    """The judged requests' spend per unit of their summed scores; None without judged quality."""
+    score_sum = sum(scores)
+    if score_sum <= 0:
+        return None
+    return (judged_spend / Decimal(repr(score_sum))).quantize(_PER_QUALITY_PLACES)
+
+
 @dataclass
 class _Acc:
     requests: int = 0
@@ -60,11 +68,7 @@ class _Acc:
     scores: list[float] = field(default_factory=list)
 
     def row(self, dimension: str, value: str) -> QualityRow:
-        score_sum = sum(self.scores)
         judged_spend = total_usd(self.judged_spend)
-        per_quality = None
-        if score_sum > 0:
-            per_quality = (judged_spend / Decimal(repr(score_sum))).quantize(_PER_QUALITY_PLACES)
         return QualityRow(
             dimension,
             value,
@@ -72,8 +76,8 @@ class _Acc:
             total_usd(self.spend),
             len(self.scores),
             judged_spend,
-            score_sum / len(self.scores) if self.scores else None,
-            per_quality,
+            sum(self.scores) / len(self.scores) if self.scores else None,
+            usd_per_quality(judged_spend, self.scores),
         )
 
 

@@ -1,9 +1,9 @@
-"""The optional sections of a report beyond the groups: cost per quality and the forecast.
+"""The optional sections of a report beyond the groups: cost per quality, the forecast, the clusters.
 
-Each builder reads the ledger (and, for quality, the judgments) and returns a
-``Section``: a rich table for the terminal and the same numbers as JSON. A new view
-(e.g. request clusters over stored embeddings) is one more builder here, added to
-the CLI's options and the dashboard's data.
+Each builder reads the ledger (and, for quality and clusters, the judgments; for
+clusters, the traffic samples' embeddings) and returns a ``Section``: a rich table
+for the terminal and the same numbers as JSON. A new view is one more builder here,
+added to the CLI's options and the dashboard's data.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
+from router.analytics.clusters import TrafficLookup, cluster_view
+from router.analytics.clusters_table import clusters_table, view_dict
 from router.analytics.forecast import (
     BudgetProjection,
     MonthEndForecast,
@@ -23,7 +25,7 @@ from router.analytics.forecast import (
 from router.analytics.quality import JudgedScores, cost_per_quality, quality_table
 from router.analytics.render import Section
 from router.analytics.source import SpendSource
-from router.config import BudgetConfig
+from router.config import BudgetConfig, Config
 
 
 async def quality_section(
@@ -83,3 +85,27 @@ async def forecast_sections(
     if projections:
         sections.append(Section("budgets", _budget_table(projections), [p.as_dict() for p in projections]))
     return sections
+
+
+async def clusters_section(
+    source: SpendSource,
+    traffic: TrafficLookup | None,
+    scores: JudgedScores | None,
+    config: Config,
+    since: float,
+    until: float,
+    tenant: str | None,
+    k: int,
+) -> Section:
+    """Where the money goes: ``k`` prompt clusters, the fewest that make 80 % of spend first."""
+    view = await cluster_view(
+        source,
+        traffic,
+        scores,
+        since,
+        until,
+        {"tenant": tenant} if tenant else None,
+        k,
+        config.learning.traffic.store_prompts_tenants,
+    )
+    return Section("clusters", clusters_table(view), view_dict(view))

@@ -120,6 +120,37 @@
           rows.map((b) => ({ ...b, runs_out: b.runs_out || "not this " + b.window })), "no USD budgets configured");
   }
 
+  function clusters() {
+    const view = data.clusters;
+    const leading = view.clusters.filter((c) => c.leading);
+    const rest = view.clusters.filter((c) => !c.leading);
+    const labels = leading.map((c) => "cluster " + c.rank);
+    const shares = leading.map((c) => 100 * c.spend_share);
+    if (rest.length) {
+      labels.push(rest.length + " others");
+      shares.push(100 * rest.reduce((sum, c) => sum + c.spend_share, 0));
+    }
+    charts.clusters = new Chart(document.getElementById("chart-clusters"), {
+      type: "bar",
+      data: { labels, datasets: [{ label: "share of spend", data: shares,
+              backgroundColor: labels.map((_, i) => i < leading.length ? palette[i % palette.length] : "#bab0ac") }] },
+      options: { indexAxis: "y", plugins: { legend: { display: false } },
+                 scales: { x: { min: 0, max: 100, title: { display: true, text: "% of clustered spend" } } } },
+    });
+    text("clusters-target", Math.round(100 * view.target_share) + " %");
+    text("clusters-coverage", "clustered " + view.clustered_requests + " of " + view.requests + " requests (" +
+         view.clustered_spend_usd + " of " + view.spend_usd + " USD); the others have no stored embedding");
+    const mix = (c, key) => c.tiers.filter((t) => t[key] !== null).map((t) => (t.tier || "(none)") + " " + t[key]).join(" · ");
+    table("table-clusters", [["cluster", "rank"], ["requests", "requests"], ["USD", "spend_usd"], ["share", "spend_share"],
+          ["tier mix", "tier_mix"], ["USD / quality by tier", "tier_quality"], ["in tokens", "mean_input_tokens"],
+          ["out tokens", "mean_output_tokens"], ["cache hits", "cache_hit_share"], ["cache saved", "cache_saved_usd"],
+          ["routing saved", "routing_saved_usd"], ["USD / quality", "usd_per_quality"], ["representative prompts", "prompt_list"]],
+          leading.map((c) => ({ ...c, tier_mix: mix(c, "requests"), tier_quality: mix(c, "usd_per_quality"),
+                                prompt_list: c.prompts.join("\n") })),
+          "no embedded requests in this window");
+    document.querySelectorAll("#table-clusters td:last-child").forEach((td) => { td.className = "prompts"; });
+  }
+
   kpis();
   text("tenant", data.tenant);
   text("window", data.since + " .. " + data.until);
@@ -135,6 +166,7 @@
         data.anomalies, "no anomalies in this window");
   table("table-quality", [["", "dimension"], ["value", "value"], ["judged", "judged"], ["mean quality", "mean_quality"], ["USD / quality", "usd_per_quality"]],
         data.quality, "no judgments in this window");
+  clusters();
   document.body.dataset.charts = String(Object.keys(charts).length);
   document.body.dataset.ready = "1";
 })();
