@@ -79,8 +79,29 @@ DEMO_TENANTS = ("acme", "globex")
 DEMO_TEAMS = ("search", "support", "growth")
 
 
+# The demo's first tenant allows storing its prompts: the clusters view shows them, never the other's.
+PROMPT_TENANTS = DEMO_TENANTS[:1]
+JUDGED_SHARE = 0.5
+
+
+def _learning(judge_data: Path | None) -> dict[str, object]:
+    """Traffic samples (the clusters view's embeddings) and, given the recorded scores, judged quality."""
+    learning: dict[str, object] = {"traffic": {"store_prompts_tenants": list(PROMPT_TENANTS)}}
+    if judge_data is not None:
+        # The replay judge gives RouterBench's recorded score of the model that answered: free, and
+        # enough for cost per judged quality. No shadow calls: the demo's spend stays the served traffic's.
+        learning["sampling"] = {"rate": JUDGED_SHARE, "shadow": "none"}
+        learning["judge"] = {"kind": "replay", "replay_data": str(judge_data)}
+    return learning
+
+
 def demo_config(
-    workdir: Path, upstream_url: str, keys: Mapping[str, str], policy: str, metrics_port: int = 0
+    workdir: Path,
+    upstream_url: str,
+    keys: Mapping[str, str],
+    policy: str,
+    metrics_port: int = 0,
+    judge_data: Path | None = None,
 ) -> dict[str, object]:
     return {
         "server": {
@@ -113,6 +134,7 @@ def demo_config(
         # One embedding thread: on a small shared CPU, threads spin-waiting on each other cost more than they give.
         "cache": {"torch_threads": 1},
         "logging": {"level": "WARNING"},
+        "learning": _learning(judge_data),
     }
 
 
@@ -284,7 +306,7 @@ def run_demo(
     upstream_url = replay.start()
     keys = {tenant: secrets.token_urlsafe(24) for tenant in DEMO_TENANTS}
     metrics_port = free_port()
-    config = demo_config(workdir, upstream_url, keys, policy, metrics_port)
+    config = demo_config(workdir, upstream_url, keys, policy, metrics_port, judge_data=data_dir)
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     if policy == "classifier":
@@ -310,6 +332,9 @@ def run_demo(
     console.print(
         f"config for [bold]tierwise report[/bold] and the dashboard: {config_path} "
         "(e.g. tierwise report --config " + str(config_path) + " --since 1d --by tenant,feature,team)"
+    )
+    console.print(
+        f"where the money goes: tierwise report --config {config_path} --since 1d --clusters 8 --quality"
     )
     for mismatch in mismatches:
         console.print(

@@ -79,6 +79,7 @@ _COLUMNS = (
     ("cache_saved_usd", "cache_saved_usd"),
     ("routing_saved_usd", "routing_saved_usd"),
     ("judged", "judged"),
+    ("mean quality", "mean_quality"),
     ("usd_per_quality", "usd_per_quality"),
 )
 
