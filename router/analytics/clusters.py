@@ -254,7 +254,7 @@ def describe_clusters(
         labels, centroids = assign_clusters(matrix, ids, k, seed=seed, fit_limit=fit_limit)
         distances = np.linalg.norm(matrix - centroids[labels], axis=1).astype(np.float32)
         for label in range(centroids.shape[0]):
-            rows = [i for i in range(len(embedded)) if labels[i] == label]
+            rows = [int(i) for i in np.flatnonzero(labels == label)]
             if rows:
                 mine = tuple(embedded[i] for i in rows)
                 prompts = _representatives(rows, distances, chosen, prompt_tenants)
