@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import yaml
 
 from classifier.features import EMBEDDING_DIM, STATISTIC_NAMES
 from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.analytics.clusters import SpentRequest, describe_clusters, spend_set_size
+from router.analytics.clusters import SpentRequest, describe_clusters, shared_head, spend_set_size
 from router.auth import sha256_hex
 from router.process import free_port
 from router.traffic import TrafficSample
@@ -128,6 +129,15 @@ def test_prompts_only_of_tenants_allowed_now() -> None:
     # globex's samples carry text here (stored before it withdrew, say): still never shown.
     withdrawn = describe_clusters(requests, samples, {}, 4, set())
     assert all(c.prompts == () for c in withdrawn.clusters)
+    # A few-shot preamble all of them share is cut (here with "acme prompt "), so what sets each apart shows.
+    preamble = "Answer with one letter.\nQ: Which is a mammal? A) eel B) bat\nAnswer: B\n\nQ: "
+    assert shared_head([preamble + "x?", preamble + "y?"]) == len(preamble)
+    assert shared_head([preamble + "x?", preamble + "x?"]) == 0 and shared_head(["short a", "short b"]) == 0
+    few_shot = {i: replace(s, prompt=preamble + (s.prompt or "")) for i, s in samples.items()}
+    cut = describe_clusters(requests, few_shot, {}, 4, {"acme"})
+    assert [c.prompts for c in cut.clusters] == [
+        tuple(f"… {p.split()[-1]}" for p in c.prompts) for c in allowed.clusters
+    ]
 
 
 def test_same_window_same_clusters_in_any_order_and_when_fitted_on_a_subsample() -> None:

@@ -12,7 +12,8 @@ tokens, what caching and routing saved, and spend per unit of judged quality. Pr
 text appears only as representative prompts (the members nearest the centroid) of
 tenants that allow storing prompts now (``learning.traffic.store_prompts_tenants``):
 the traffic store keeps no text for the others, and text kept before a tenant
-withdrew is not shown.
+withdrew is not shown. A preamble every shown-able prompt starts with (few-shot
+examples, a fixed instruction) is cut to "…", so the part that sets them apart shows.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ MAX_CLUSTERS = 100
 FIT_LIMIT = 20_000  # beyond this many requests, k-means is fitted on a fixed subsample, then assigns all
 PROMPTS_PER_CLUSTER = 3
 PROMPT_CHARS = 200
+SHARED_HEAD_MIN = 40
 _LEDGER_COLUMNS = (
     "request_id",
     "tenant",
@@ -152,8 +154,21 @@ def assign_clusters(
     return labels, np.asarray(model.cluster_centers_, dtype=np.float32)
 
 
-def _shown_prompt(text: str) -> str:
-    flat = " ".join(text.split())
+def shared_head(texts: Sequence[str]) -> int:
+    """Characters every one of ``texts`` starts with, to a word boundary: a shared few-shot preamble or
+    system text, cut from the prompts shown so that what sets them apart fits. 0 when short or none."""
+    if len(set(texts)) < 2:
+        return 0
+    first, last = min(texts), max(texts)  # the sorted extremes share what every text shares
+    same = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first))
+    head = first[:same]
+    cut = max(head.rfind(" "), head.rfind("\n")) + 1
+    return cut if cut >= SHARED_HEAD_MIN else 0
+
+
+def _shown_prompt(text: str, cut: int) -> str:
+    rest = " ".join(text[cut:].split())
+    flat = "… " + rest if cut and rest else " ".join(text.split())
     return flat if len(flat) <= PROMPT_CHARS else flat[: PROMPT_CHARS - 1] + "…"
 
 
@@ -162,13 +177,14 @@ def _representatives(
     distances: npt.NDArray[np.float32],
     samples: Sequence[TrafficSample],
     prompt_tenants: Collection[str],
+    cut: int,
 ) -> tuple[str, ...]:
     shown: list[str] = []
     for i in sorted(members, key=lambda i: (float(distances[i]), samples[i].request_id)):
         sample = samples[i]
         if sample.prompt is None or sample.tenant not in prompt_tenants:
             continue
-        text = _shown_prompt(sample.prompt)
+        text = _shown_prompt(sample.prompt, cut)
         if text not in shown:
             shown.append(text)
         if len(shown) == PROMPTS_PER_CLUSTER:
@@ -253,11 +269,12 @@ def describe_clusters(
         matrix = np.stack([vectors[i] for i in ids]).astype(np.float32)
         labels, centroids = assign_clusters(matrix, ids, k, seed=seed, fit_limit=fit_limit)
         distances = np.linalg.norm(matrix - centroids[labels], axis=1).astype(np.float32)
+        cut = shared_head([s.prompt for s in chosen if s.prompt is not None and s.tenant in prompt_tenants])
         for label in range(centroids.shape[0]):
             rows = [int(i) for i in np.flatnonzero(labels == label)]
             if rows:
                 mine = tuple(embedded[i] for i in rows)
-                prompts = _representatives(rows, distances, chosen, prompt_tenants)
+                prompts = _representatives(rows, distances, chosen, prompt_tenants, cut)
                 clusters.append(_Members(mine, prompts, total_usd(r.cost_usd for r in mine)))
     # Most spend first; ties by size, then by the smallest request id (labels are arbitrary).
     clusters.sort(key=lambda c: (-c.spend_usd, -len(c.requests), c.requests[0].request_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 
 from router.analytics.clusters import Cluster, ClusterView, TierSlice
@@ -89,9 +90,19 @@ def _tier_mix(tiers: tuple[TierSlice, ...], key: str) -> str:
     return "\n".join(f"{t['tier'] or '(none)'} {cell(t[key])}" for t in rows if t[key] is not None)
 
 
-def clusters_table(view: ClusterView) -> Table:
-    """The leading clusters (those that make the target share of spend), then the rest as one row."""
-    prompts = any(c.prompts for c in view.leading)
+def _prompts_table(view: ClusterView) -> Table:
+    table = Table(title="representative prompts (nearest each centroid; only of tenants that allow it)")
+    table.add_column("cluster", justify="right")
+    table.add_column("prompts", overflow="fold")
+    for c in view.leading:
+        if c.prompts:
+            table.add_row(str(c.rank), "\n".join(f"· {p}" for p in c.prompts))
+    return table
+
+
+def clusters_table(view: ClusterView) -> RenderableType:
+    """The leading clusters (those that make the target share of spend), then the rest as one row;
+    below, their representative prompts where a tenant allows showing them."""
     table = Table(
         title=f"where the money goes: the {view.top} of {len(view.clusters)} prompt clusters "
         f"that make {view.target:.0%} of spend",
@@ -105,18 +116,12 @@ def clusters_table(view: ClusterView) -> Table:
     table.add_column("tier: usd_per_quality", overflow="fold")
     for label, _ in _COLUMNS[5:]:
         table.add_column(label, justify="right", overflow="fold")
-    if prompts:
-        table.add_column("representative prompts", overflow="fold", max_width=60)
     for c in view.leading:
         data = cluster_dict(c, leading=True)
         values = [cell(data[key]) for _, key in _COLUMNS]
-        row = [
-            *values[:5],
-            _tier_mix(c.tiers, "requests"),
-            _tier_mix(c.tiers, "usd_per_quality"),
-            *values[5:],
-        ]
-        table.add_row(*row, *(["\n".join(f"· {p}" for p in c.prompts)] if prompts else []))
+        table.add_row(
+            *values[:5], _tier_mix(c.tiers, "requests"), _tier_mix(c.tiers, "usd_per_quality"), *values[5:]
+        )
     rest = view.clusters[view.top :]
     if rest:
         spend = total_usd(c.spend_usd for c in rest)
@@ -124,4 +129,6 @@ def clusters_table(view: ClusterView) -> Table:
         table.add_row(
             f"{len(rest)} others", str(sum(c.requests for c in rest)), cell(spend), cell(_round(share))
         )
-    return table
+    if not any(c.prompts for c in view.leading):
+        return table
+    return Group(table, _prompts_table(view))

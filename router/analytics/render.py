@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from rich.console import RenderableType
 from rich.table import Table
 
 from router.analytics.report import GroupReport, Percentiles, Report
@@ -86,7 +87,7 @@ class Section:
     """A further section of a report (cost per quality, forecast ...): its table and its JSON."""
 
     key: str
-    table: Table
+    table: RenderableType  # a rich table, or a group of them
     data: object
 
 
