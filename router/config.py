@@ -116,6 +116,9 @@ class TierConfig(_Strict):
         return value.rstrip("/")
 
 
+PolicyName = Literal["cheapest", "strongest", "random", "length", "classifier"]
+
+
 class ClassifierConfig(_Strict):
     """The trained router: model versions in a registry directory, the serving one named by its pointer."""
 
@@ -132,7 +135,7 @@ class ClassifierConfig(_Strict):
 
 
 class RoutingConfig(_Strict):
-    policy: Literal["cheapest", "strongest", "random", "length", "classifier"] = "cheapest"
+    policy: PolicyName = "cheapest"
     classifier: ClassifierConfig = ClassifierConfig()
     seed: int = 0
     default_quality_target: float = Field(0.8, ge=0, le=1)
@@ -491,6 +494,75 @@ class LearningConfig(_Strict):
     retrain: RetrainConfig = RetrainConfig()
 
 
+EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ArmConfig(_Strict):
+    """One arm of an experiment; every setting left unset is the service's own."""
+
+    name: str
+    weight: float = Field(gt=0, description="share of units, relative to the other arms' weights")
+    policy: PolicyName | None = Field(None, description="routing policy of this arm")
+    quality_target: float | None = Field(
+        None, ge=0, le=1, description="replaces routing.default_quality_target (a request's own target wins)"
+    )
+    model_version: str | None = Field(
+        None, description="classifier registry version this arm routes with (policy classifier)"
+    )
+    cache: bool | None = Field(None, description="false: this arm neither reads nor fills the cache")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not EXPERIMENT_NAME.match(value):
+            raise ValueError("arm names are 1-64 characters: letters, digits, '_', '.', '-'")
+        return value
+
+
+class ExperimentConfig(_Strict):
+    """A deterministic A/B experiment: each unit (user, else tenant) hashes into one arm for good."""
+
+    name: str
+    unit: Literal["user", "tenant"] = Field(
+        "user", description="user: the request's user, else its tenant; tenant: always the tenant"
+    )
+    salt: str = Field("", description="hash salt; default: the experiment name")
+    arms: tuple[ArmConfig, ...] = Field(min_length=2)
+    control: str = Field(description="the arm the others are compared with")
+    tenants: tuple[str, ...] = Field((), description="only these tenants take part (empty: all)")
+    features: tuple[str, ...] = Field((), description="only these features take part (empty: all)")
+    force: bool = Field(
+        False, description="accept changed weights, arms or salt of a running experiment (reshuffles units)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not EXPERIMENT_NAME.match(value):
+            raise ValueError("experiment names are 1-64 characters: letters, digits, '_', '.', '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _arms_consistent(self) -> ExperimentConfig:
+        names = [a.name for a in self.arms]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"arms: duplicate arm names {duplicates}")
+        if self.control not in names:
+            raise ValueError(f"control: {self.control!r} is not one of the arms {names}")
+        return self
+
+    @property
+    def hash_salt(self) -> str:
+        return self.salt or self.name
+
+    def arm(self, name: str) -> ArmConfig:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise KeyError(name)
+
+
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TIERWISE_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -512,6 +584,7 @@ class Config(BaseSettings):
     budget_store: BudgetStoreConfig = BudgetStoreConfig()
     anomaly: AnomalyConfig = AnomalyConfig()
     learning: LearningConfig = LearningConfig()
+    experiments: tuple[ExperimentConfig, ...] = ()
 
     @classmethod
     def settings_customise_sources(
@@ -559,6 +632,24 @@ class Config(BaseSettings):
             raise ValueError(f"learning.sampling.rate_by_tier: unknown tiers {unknown}")
         if judge.tier is not None and judge.tier not in names:
             raise ValueError(f"learning.judge.tier: unknown tier {judge.tier!r}; configured: {sorted(names)}")
+        return self
+
+    @model_validator(mode="after")
+    def _experiments_consistent(self) -> Config:
+        names = [e.name for e in self.experiments]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"experiments: duplicate experiment names {duplicates}")
+        for i, experiment in enumerate(self.experiments):
+            for j, arm in enumerate(experiment.arms):
+                where = f"experiments[{i}].arms[{j}]"
+                policy = arm.policy or self.routing.policy
+                if arm.model_version is not None and policy != "classifier":
+                    raise ValueError(
+                        f"{where}.model_version: needs policy classifier (the arm's is {policy!r})"
+                    )
+                if arm.cache and not self.cache.enabled:
+                    raise ValueError(f"{where}.cache: the cache is off (cache.enabled: false)")
         return self
 
     def tier(self, name: str) -> TierConfig:

@@ -18,6 +18,7 @@ from typing import TypedDict
 
 from router.config import Config
 from router.errors import ServiceError
+from router.experiments import Assigner
 from router.ledger_record import SpendRecord, hash_user
 from router.outcome import Attempt, Completion, Decision, PartialAnswer
 from router.pricing import cost_usd
@@ -83,6 +84,8 @@ class SpendRecordBuilder:
         self._compute_per_ms = config.ledger.compute_usd_per_hour / _MS_PER_HOUR
         self._strongest = config.tiers[-1]
         self._tiers = {tier.name: tier for tier in config.tiers}
+        # A request that failed before its decision existed still counts in its experiment arm.
+        self._assigner = Assigner(config.experiments)
         # Users recur: hash each once (bounded, so a stream of new ids cannot grow it).
         self._user_hash = functools.lru_cache(maxsize=4096)(lambda user: hash_user(user, user_salt))
 
@@ -100,6 +103,11 @@ class SpendRecordBuilder:
         self, spec: RequestSpec, request_id: str, ts: float | None, decision: Decision | None, tier_name: str
     ) -> _Common:
         tier = self._tiers.get(tier_name)
+        if decision is not None:
+            experiment, arm = decision.experiment, decision.arm
+        else:
+            assignment = self._assigner.assign(spec) if self._assigner else None
+            experiment, arm = (assignment.experiment, assignment.arm) if assignment else ("", "")
         return _Common(
             request_id=request_id,
             ts=time.time() if ts is None else ts,
@@ -107,8 +115,8 @@ class SpendRecordBuilder:
             feature=spec.feature,
             tags=dict(spec.metadata),
             user_hash=self._user_hash(spec.user),
-            experiment=decision.experiment if decision else "",
-            arm=decision.arm if decision else "",
+            experiment=experiment,
+            arm=arm,
             tier=tier_name,
             model=tier.model if tier else "",
             provider=tier.provider if tier else "",

@@ -1,8 +1,8 @@
 """The request pipeline, top to bottom (ARCHITECTURE.md, "The request's way through").
 
 The server authenticates and validates (steps 1-2) and hands a ``RequestSpec``
-here. ``_plan`` runs steps 3-9 (budget, tokens, tier choice among the healthy
-tiers); ``route`` returns that decision, while ``complete`` and ``stream`` go
+here. ``_plan`` runs steps 3-9 (budget, experiment arm, tokens, tier choice
+among the healthy tiers); ``route`` returns that decision, while ``complete`` and ``stream`` go
 on to call the tiers of the fallback chain with retries and account for the
 call (steps 10-11).
 """
@@ -20,6 +20,7 @@ from router.budgets import BudgetManager, BudgetReservation, Degrade
 from router.caching import CacheUse, ResponseCache
 from router.config import Config, TierConfig
 from router.errors import ServiceError, StreamBroken, UpstreamDeadline, UpstreamUnavailable
+from router.experiment_arms import ArmRoute, ExperimentRouter
 from router.outcome import Attempt, CacheHitInfo, Completion, Decision, Latency, PartialAnswer, StreamDelta
 from router.policies.base import RoutingContext, RoutingPolicy, TierOption
 from router.pricing import cost_usd, expected_cost_usd
@@ -100,6 +101,7 @@ class Pipeline:
         health: TierHealth,
         embedder: BatchingEmbedder | None = None,
         cache: ResponseCache | None = None,
+        experiments: ExperimentRouter | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         missing = [t.name for t in config.tiers if t.name not in providers]
@@ -112,10 +114,12 @@ class Pipeline:
         self._budgets = budgets
         self._health = health
         self._cache = cache
+        self._experiments = experiments
         # One embedding per request serves the cache and the classifier; none when neither needs it.
-        self._embedder = embedder if (cache is not None or policy.needs_embedding) else None
-        if self._embedder is None and policy.needs_embedding:
-            raise ValueError(f"routing policy {policy.name!r} needs an embedder")
+        needs_embedding = policy.needs_embedding or (experiments is not None and experiments.needs_embedding)
+        self._embedder = embedder if (cache is not None or needs_embedding) else None
+        if self._embedder is None and needs_embedding:
+            raise ValueError("a routing policy (the service's or an experiment arm's) needs an embedder")
         self._clock = clock
         self._rank = {t.name: i for i, t in enumerate(config.tiers)}
 
@@ -132,6 +136,10 @@ class Pipeline:
         return plan.decision
 
     async def _plan(self, spec: RequestSpec, request_id: str) -> _Plan:
+        # 4 experiment: the unit's arm may change the policy, the quality target and the cache
+        arm = self._experiments.route_for(spec) if self._experiments is not None else None
+        policy = arm.policy if arm is not None and arm.policy is not None else self._policy
+        cache = self._cache if arm is None or arm.cache else None
         # 5 tokens (before 3: the budget reserves the estimated cost)
         prompt = _PromptTokens(self._tokens, spec)
         input_tokens = prompt.of(self._config.tiers[0])
@@ -153,12 +161,14 @@ class Pipeline:
             fitting = [o for o in healthy if self._health.usable(o.name, spec.latency_budget_ms)]
             candidates = fitting or healthy
             # 6 embed, once for the cache and the classifier
-            embedding = await self._embed(spec)
+            embedding = await self._embed(spec) if cache is not None or policy.needs_embedding else None
             # 7 cache: exact, then verified semantic, inside the request's partition
-            cache_use = None if self._cache is None or embedding is None else self._cache.use(spec, embedding)
-            hit = None if cache_use is None or self._cache is None else await self._cache.lookup(cache_use)
+            cache_use = None if cache is None or embedding is None else cache.use(spec, embedding)
+            hit = None if cache_use is None or cache is None else await cache.lookup(cache_use)
             # 8-9 classify and choose the tier (a pinned tier skips the policy)
-            decision = self._decide(spec, request_id, prompt, input_tokens, candidates, degrade, embedding)
+            decision = self._decide(
+                spec, request_id, prompt, input_tokens, candidates, degrade, embedding, policy, arm
+            )
             if hit is not None:
                 decision = self._served_from_cache(decision, prompt, hit)
             chain = self._chain(decision.tier, spec, candidates)
@@ -190,8 +200,12 @@ class Pipeline:
         candidates: list[TierOption],
         degrade: Degrade | None,
         embedding: Vector | None,
+        routing_policy: RoutingPolicy,
+        arm: ArmRoute | None,
     ) -> Decision:
         quality_target = self._config.routing.default_quality_target
+        if arm is not None and arm.quality_target is not None:
+            quality_target = arm.quality_target
         if spec.quality_target is not None:
             quality_target = spec.quality_target
         if degrade is not None and degrade.quality_target is not None:
@@ -202,8 +216,8 @@ class Pipeline:
             tier_name, reason = spec.tier, "pinned"
         else:
             context = RoutingContext(spec, input_tokens, candidates, quality_target, embedding)
-            choice = self._policy.choose(context)
-            tier_name, reason, policy = choice.tier, choice.reason, self._policy.name
+            choice = routing_policy.choose(context)
+            tier_name, reason, policy = choice.tier, choice.reason, routing_policy.name
             p_adequate, version = dict(choice.p_adequate), choice.model_version
         if degrade is not None:
             reason = degrade.reason
@@ -219,6 +233,8 @@ class Pipeline:
             estimated_cost_usd=self._expected_cost(tier, spec, prompt),
             p_adequate=p_adequate,
             model_version=version,
+            experiment=arm.assignment.experiment if arm is not None else "",
+            arm=arm.assignment.arm if arm is not None else "",
         )
 
     def _options(self, spec: RequestSpec, prompt: _PromptTokens) -> list[TierOption]:

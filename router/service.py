@@ -20,6 +20,8 @@ from router.accounting import Accounting
 from router.budgets import BudgetManager, build_budget_manager
 from router.caching import ResponseCache
 from router.config import CacheConfig, Config, ConfigError
+from router.experiment_arms import build_experiment_router, needs_serving_model
+from router.experiment_store import check_and_record
 from router.feedback import FeedbackStore, SqliteFeedbackStore
 from router.learning import build_learning
 from router.ledger import build_ledger
@@ -101,12 +103,18 @@ async def build_service(config: Config) -> Service:
     tokens.preload()  # seed and verify the offline encodings at start-up, not on the first request
     config.store.path.mkdir(parents=True, exist_ok=True)
     providers = {tier.name: build_provider(tier) for tier in config.tiers}
+    check_and_record(config.store.path, config.experiments)  # a running experiment's units stay put
     serving = None
-    if config.routing.policy == "classifier":
+    if needs_serving_model(config):
         serving = load_serving_model(config.routing, config.tier_names, config.cache.device)
     policy = build_policy(config.routing, config.tier_names, serving)
+    experiments = build_experiment_router(config, serving)
     embedder = None
-    if config.cache.enabled or policy.needs_embedding:
+    if (
+        config.cache.enabled
+        or policy.needs_embedding
+        or (experiments is not None and experiments.needs_embedding)
+    ):
         settings = config.cache
         embedder = BatchingEmbedder(
             shared_embedder(settings.device, settings.torch_threads), settings.max_batch, settings.max_wait_us
@@ -127,7 +135,15 @@ async def build_service(config: Config) -> Service:
         SpendRecordBuilder.from_config(config), ledger, metrics, Tracing(config.tracing), learning
     )
     pipeline = Pipeline(
-        config, providers, policy, tokens, budgets=budgets, health=health, embedder=embedder, cache=cache
+        config,
+        providers,
+        policy,
+        tokens,
+        budgets=budgets,
+        health=health,
+        embedder=embedder,
+        cache=cache,
+        experiments=experiments,
     )
     return Service(
         config, pipeline, providers, feedback, budgets, health, embedder, cache, accounting, serving

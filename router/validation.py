@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 from router.config import Config
+from router.experiments import ARM_OVERRIDE_KEY, Assigner, BadArmOverride
 from router.types import ROLES, CacheMode, ChatMessage, RequestSpec
 
 _CACHE_MODES = {0: CacheMode.USE, 1: CacheMode.USE, 2: CacheMode.BYPASS, 3: CacheMode.REFRESH}
@@ -163,7 +164,7 @@ def validate_request(request: WireRequest, tenant: str, config: Config) -> Reque
     if max_age is not None and max_age < 0:
         raise InvalidRequest("max_age_s", f"must not be negative; got {max_age}")
 
-    return RequestSpec(
+    spec = RequestSpec(
         tenant=tenant,
         messages=messages,
         feature=request.feature,
@@ -179,3 +180,9 @@ def validate_request(request: WireRequest, tenant: str, config: Config) -> Reque
         cache_mode=_CACHE_MODES[request.cache_mode],
         max_age_s=max_age,
     )
+    if ARM_OVERRIDE_KEY in spec.metadata:
+        try:
+            Assigner(config.experiments).forced_arm(spec)
+        except BadArmOverride as exc:
+            raise InvalidRequest(f"metadata[{ARM_OVERRIDE_KEY!r}]", str(exc)) from None
+    return spec

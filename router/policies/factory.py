@@ -10,7 +10,9 @@ from router.policies.base import RoutingPolicy
 from router.policies.baselines import CheapestPolicy, LengthPolicy, RandomPolicy, StrongestPolicy
 
 if TYPE_CHECKING:
+    from classifier import ClassifierModel
     from classifier.registry import ServingModel
+    from router.policies.classifier import ModelSource
 
 
 def build_baseline(routing: RoutingConfig) -> RoutingPolicy:
@@ -37,8 +39,29 @@ def load_serving_model(routing: RoutingConfig, tiers: Sequence[str], device: str
     return serving
 
 
+class PinnedModel:
+    """One registry version, never swapped: what an experiment arm that names a version routes with."""
+
+    def __init__(self, model: ClassifierModel) -> None:
+        self.model = model
+
+
+def load_model_version(
+    routing: RoutingConfig, tiers: Sequence[str], version: str, device: str = "auto"
+) -> PinnedModel:
+    """Load ``version`` from the registry now: a missing, tampered or mismatched one refuses the start."""
+    from classifier import ModelRefused, ModelRegistry, RegistryError, load_model
+    from router.config import ConfigError
+
+    registry = ModelRegistry(routing.classifier.registry)
+    try:
+        return PinnedModel(load_model(registry.version_dir(version), tiers, device=device))
+    except (ModelRefused, RegistryError, OSError) as exc:
+        raise ConfigError(f"model version {version!r} in {registry.root}: {exc}") from None
+
+
 def build_policy(
-    routing: RoutingConfig, tiers: Sequence[str], serving: ServingModel | None = None
+    routing: RoutingConfig, tiers: Sequence[str], serving: ModelSource | None = None
 ) -> RoutingPolicy:
     """The configured policy; ``classifier`` needs the ``serving`` model holder."""
     if routing.policy != "classifier":
