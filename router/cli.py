@@ -16,6 +16,7 @@ from router.analytics.cli import report
 from router.analytics.estimate_cli import estimate
 from router.anomaly_cli import anomalies
 from router.config import Config, ConfigError, load_config
+from router.experiment_cli import experiment_app
 from router.logs import configure_logging
 from router.service import Service, build_service
 from router.types import ChatMessage, RequestSpec
@@ -145,6 +146,7 @@ app.command()(report)
 app.command()(estimate)
 app.command()(learning_commands.retrain)
 app.command()(learning_commands.simulate)
+app.add_typer(experiment_app(), name="experiment")
 
 
 def main() -> None:
