@@ -43,14 +43,18 @@ class ResponseCache:
     def cache(self) -> SemanticCache:
         return self._cache
 
-    def use(self, spec: RequestSpec, embedding: Vector) -> CacheUse | None:
-        """None when the request bypasses the cache (mode, or a temperature too high to reuse answers)."""
+    def use(self, spec: RequestSpec, embedding: Vector, arm: str = "") -> CacheUse | None:
+        """None when the request bypasses the cache (mode, or a temperature too high to reuse answers).
+
+        ``arm`` ("experiment/arm") keeps each experiment arm's answers apart, so one arm's
+        cached answers never stand in for another's in the comparison.
+        """
         if spec.cache_mode is CacheMode.BYPASS:
             return None
         if spec.temperature is not None and spec.temperature > self._config.max_temperature:
             return None
         params = GenerationParams(
-            model_class=spec.tier or AUTO_TIER,
+            model_class=spec.tier or (f"{AUTO_TIER}@{arm}" if arm else AUTO_TIER),
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
             stop=spec.stop,

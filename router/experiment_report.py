@@ -3,6 +3,8 @@ difference from control with a 95 % confidence interval.
 
 Requests whose arm was forced by ``tierwise-arm`` metadata are left out: they
 were sent to test an arm, not assigned to it, so they would bias the comparison.
+So are ``Route`` decisions that called no model (nothing was spent or answered:
+they would count as free requests).
 Quality is the mean judged score (feedback joined to the request by its id).
 """
 

@@ -163,7 +163,8 @@ class Pipeline:
             # 6 embed, once for the cache and the classifier
             embedding = await self._embed(spec) if cache is not None or policy.needs_embedding else None
             # 7 cache: exact, then verified semantic, inside the request's partition
-            cache_use = None if cache is None or embedding is None else cache.use(spec, embedding)
+            arm_key = f"{arm.assignment.experiment}/{arm.assignment.arm}" if arm is not None else ""
+            cache_use = None if cache is None or embedding is None else cache.use(spec, embedding, arm_key)
             hit = None if cache_use is None or cache is None else await cache.lookup(cache_use)
             # 8-9 classify and choose the tier (a pinned tier skips the policy)
             decision = self._decide(
