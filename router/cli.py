@@ -126,11 +126,27 @@ def demo(
             help="routing policy: classifier (trained on first run), cheapest, strongest, random, length"
         ),
     ] = "classifier",
+    experiment: Annotated[
+        bool,
+        typer.Option(
+            help="split the traffic by an A/B experiment (classifier vs cheapest), send the recorded scores as "
+            "Feedback, and check the experiment report against the offline evaluation"
+        ),
+    ] = False,
 ) -> None:
     """Replay RouterBench traffic through a real tierwise server and print a cost / quality / latency report."""
     from router.demo import run_demo
 
-    sys.exit(run_demo(data=data, workdir=workdir, limit=limit, concurrency=concurrency, policy=policy))
+    sys.exit(
+        run_demo(
+            data=data,
+            workdir=workdir,
+            limit=limit,
+            concurrency=concurrency,
+            policy=policy,
+            experiment=experiment,
+        )
+    )
 
 
 # Offline jobs: their modules import their heavy dependencies inside the commands,

@@ -102,8 +102,9 @@ def demo_config(
     policy: str,
     metrics_port: int = 0,
     judge_data: Path | None = None,
+    experiment: bool = False,
 ) -> dict[str, object]:
-    return {
+    config: dict[str, object] = {
         "server": {
             "host": "127.0.0.1",
             "port": free_port(),
@@ -136,6 +137,12 @@ def demo_config(
         "logging": {"level": "WARNING"},
         "learning": _learning(judge_data),
     }
+    if experiment:
+        from router.demo_experiment import experiment_section
+
+        config["experiments"] = [experiment_section()]
+        config["cache"] = {"torch_threads": 1, "enabled": False}  # the offline evaluation has no cache
+    return config
 
 
 @dataclass
@@ -169,8 +176,16 @@ def _strongest_cost(row: RouterBenchRow, tokens: TokenCounter) -> Decimal:
 
 
 async def _drive(
-    target: str, keys: Mapping[str, str], rows: Sequence[RouterBenchRow], concurrency: int, tally: Tally
+    target: str,
+    keys: Mapping[str, str],
+    rows: Sequence[RouterBenchRow],
+    concurrency: int,
+    tally: Tally,
+    experiment: bool = False,
 ) -> None:
+    """Send the rows; with ``experiment``, each as its own user, answered by a Feedback of its recorded score."""
+    from router.demo_experiment import send_recorded_score, user_of
+
     models = {name: model for name, model, _ in DEMO_TIERS}
     tokens = TokenCounter()
     queue: asyncio.Queue[RouterBenchRow] = asyncio.Queue()
@@ -190,6 +205,7 @@ async def _drive(
                         messages=[pb.ChatMessage(role="user", content=row.prompt)],
                         feature=row.task,
                         metadata={"team": team, "environment": "demo"},
+                        user=user_of(row.sample_id) if experiment else "",
                     )
                     try:
                         response = await stub.Complete(
@@ -218,6 +234,8 @@ async def _drive(
                         if score is not None and strongest is not None:
                             tally.scores.append(score)
                             tally.strongest_scores.append(strongest)
+                        if experiment and score is not None:
+                            await send_recorded_score(stub, keys[tenant], response.request_id, score)
                         tally.strongest_costs.append(_strongest_cost(row, tokens))
                     progress.advance(task)
 
@@ -285,7 +303,12 @@ def ensure_model(data_dir: Path, config_path: Path, registry: Path) -> None:
 
 
 def run_demo(
-    data: Path | None, workdir: Path, limit: int, concurrency: int, policy: str = "classifier"
+    data: Path | None,
+    workdir: Path,
+    limit: int,
+    concurrency: int,
+    policy: str = "classifier",
+    experiment: bool = False,
 ) -> int:
     data_dir = find_data(data)
     if data_dir is None:
@@ -298,6 +321,8 @@ def run_demo(
     rows = rows[:limit] if limit else rows
     # Real traffic repeats itself: a quarter of the prompts come again (chosen by id), after the first pass.
     repeats = [r for r in rows if hashlib.sha256(r.sample_id.encode()).digest()[0] < 64]
+    if experiment:  # each prompt once, as the offline evaluation scores it
+        policy, repeats = "classifier", []
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(workdir / "var", ignore_errors=True)  # each run starts with an empty cache and ledger
     from router.replay import ReplayUpstream
@@ -306,7 +331,9 @@ def run_demo(
     upstream_url = replay.start()
     keys = {tenant: secrets.token_urlsafe(24) for tenant in DEMO_TENANTS}
     metrics_port = free_port()
-    config = demo_config(workdir, upstream_url, keys, policy, metrics_port, judge_data=data_dir)
+    config = demo_config(
+        workdir, upstream_url, keys, policy, metrics_port, judge_data=data_dir, experiment=experiment
+    )
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     if policy == "classifier":
@@ -320,7 +347,7 @@ def run_demo(
     tally = Tally()
     try:
         wait_serving(target, server)
-        asyncio.run(_drive(target, keys, [*rows, *repeats], concurrency, tally))
+        asyncio.run(_drive(target, keys, [*rows, *repeats], concurrency, tally, experiment))
         metrics = scrape_costs(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         stop_process(server)  # a graceful stop flushes the ledger
@@ -340,4 +367,8 @@ def run_demo(
         console.print(
             f"[red]does not reconcile:[/red] {mismatch.dimension}={mismatch.value!r}: {mismatch.detail}"
         )
+    if experiment:
+        from router.demo_experiment import run_experiment_report
+
+        run_experiment_report(data_dir, config_path, workdir, console)
     return 0 if not tally.errors and not mismatches else 1
