@@ -5,7 +5,6 @@ tampered model refused at start."""
 from __future__ import annotations
 
 import asyncio
-import csv
 import shutil
 from pathlib import Path
 
@@ -14,42 +13,16 @@ import pytest
 from classifier.registry import ModelRegistry
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.config import ConfigError
-from router.service import build_service, shared_embedder
+from router.service import build_service
 from tests.harness import AUTH, build_config, config_dict, running_server
+from tests.trained_registry import train_small_registry
 from tests.upstream import ScriptedUpstream
-from training.train import train
-
-ROWS_PER_FILE = 30
-SCORE_COLUMNS = {"small": "mistralai/mistral-7b-chat", "large": "gpt-4-1106-preview"}
 
 
 @pytest.fixture(scope="module")
 def registry(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """Two versions trained on a slice of RouterBench for the harness's tiers (small, large)."""
-    root = tmp_path_factory.mktemp("router-models")
-    data = root / "data"
-    data.mkdir()
-    for source in sorted((shared_data / "routerbench").glob("*.csv")):
-        with source.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            rows = [next(reader), *(row for _, row in zip(range(ROWS_PER_FILE), reader, strict=False))]
-        with (data / source.name).open("w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows(rows)
-    config = build_config(config_dict(root / "var", "http://127.0.0.1:1/v1", "http://127.0.0.1:1"))
-    versions = [
-        train(
-            data,
-            config,
-            root / "registry",
-            score_col_map=SCORE_COLUMNS,
-            seed=seed,
-            cache_dir=root / "embeddings",
-            embedder=lambda: shared_embedder("cpu"),
-        ).version
-        for seed in (1, 2)
-    ]
-    ModelRegistry(root / "registry").promote(versions[0], force=True)
-    return root / "registry", versions
+    return train_small_registry(shared_data, tmp_path_factory.mktemp("router-models"))
 
 
 def classifier_config(tmp_path: Path, upstream: ScriptedUpstream, registry: Path) -> dict[str, object]:

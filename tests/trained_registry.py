@@ -1,0 +1,42 @@
+"""A small model registry for server tests: two classifier versions trained on a slice of
+RouterBench for the harness's tiers (small, large), the first one serving."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from classifier.registry import ModelRegistry
+from router.service import shared_embedder
+from tests.harness import build_config, config_dict
+from training.train import train
+
+ROWS_PER_FILE = 30
+SCORE_COLUMNS = {"small": "mistralai/mistral-7b-chat", "large": "gpt-4-1106-preview"}
+
+
+def train_small_registry(shared_data: Path, root: Path) -> tuple[Path, list[str]]:
+    """(registry directory, [serving version, second version])."""
+    data = root / "data"
+    data.mkdir()
+    for source in sorted((shared_data / "routerbench").glob("*.csv")):
+        with source.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            rows = [next(reader), *(row for _, row in zip(range(ROWS_PER_FILE), reader, strict=False))]
+        with (data / source.name).open("w", newline="", encoding="utf-8") as handle:
+            csv.writer(handle).writerows(rows)
+    config = build_config(config_dict(root / "var", "http://127.0.0.1:1/v1", "http://127.0.0.1:1"))
+    versions = [
+        train(
+            data,
+            config,
+            root / "registry",
+            score_col_map=SCORE_COLUMNS,
+            seed=seed,
+            cache_dir=root / "embeddings",
+            embedder=lambda: shared_embedder("cpu"),
+        ).version
+        for seed in (1, 2)
+    ]
+    ModelRegistry(root / "registry").promote(versions[0], force=True)
+    return root / "registry", versions
