@@ -142,9 +142,9 @@ def test_report_command_over_a_synthetic_ledger(tmp_path: Path) -> None:
                 for offset in (-0.05, 0.05):
                     await feedback.record(FeedbackRecord(f"{arm}-{i}", "acme", score + offset, "judge"))
         await feedback.record(FeedbackRecord("base-0", "globex", 0.0, "app"))  # another tenant's: ignored
+        await feedback.aclose()
 
     asyncio.run(judge())
-    feedback.close()
 
     plot = tmp_path / "exp1.png"
     result = runner.invoke(
