@@ -7,13 +7,22 @@ to a default.
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from cache.settings import CacheSettings
@@ -23,6 +32,10 @@ TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 class ConfigError(ValueError):
     """The configuration file is missing, unreadable, or invalid; the message names the key."""
+
+
+def _duplicates(names: list[str]) -> list[str]:
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 class _Strict(BaseModel):
@@ -494,13 +507,23 @@ class LearningConfig(_Strict):
     retrain: RetrainConfig = RetrainConfig()
 
 
-EXPERIMENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+EXPERIMENT_NAME = TIER_NAME  # experiments and arms are named as tiers are
+
+
+def _experiment_name(what: str, value: str) -> str:
+    if not EXPERIMENT_NAME.match(value):
+        raise ValueError(f"{what} names are 1-64 characters: letters, digits, '_', '.', '-'")
+    return value
+
+
+ArmName = Annotated[str, AfterValidator(functools.partial(_experiment_name, "arm"))]
+ExperimentName = Annotated[str, AfterValidator(functools.partial(_experiment_name, "experiment"))]
 
 
 class ArmConfig(_Strict):
     """One arm of an experiment; every setting left unset is the service's own."""
 
-    name: str
+    name: ArmName
     weight: float = Field(gt=0, description="share of units, relative to the other arms' weights")
     policy: PolicyName | None = Field(None, description="routing policy of this arm")
     quality_target: float | None = Field(
@@ -511,18 +534,11 @@ class ArmConfig(_Strict):
     )
     cache: bool | None = Field(None, description="false: this arm neither reads nor fills the cache")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not EXPERIMENT_NAME.match(value):
-            raise ValueError("arm names are 1-64 characters: letters, digits, '_', '.', '-'")
-        return value
-
 
 class ExperimentConfig(_Strict):
     """A deterministic A/B experiment: each unit (user, else tenant) hashes into one arm for good."""
 
-    name: str
+    name: ExperimentName
     unit: Literal["user", "tenant"] = Field(
         "user", description="user: the request's user, else its tenant; tenant: always the tenant"
     )
@@ -535,17 +551,10 @@ class ExperimentConfig(_Strict):
         False, description="accept changed weights, arms or salt of a running experiment (reshuffles units)"
     )
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not EXPERIMENT_NAME.match(value):
-            raise ValueError("experiment names are 1-64 characters: letters, digits, '_', '.', '-'")
-        return value
-
     @model_validator(mode="after")
     def _arms_consistent(self) -> ExperimentConfig:
         names = [a.name for a in self.arms]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = _duplicates(names)
         if duplicates:
             raise ValueError(f"arms: duplicate arm names {duplicates}")
         if self.control not in names:
@@ -601,7 +610,7 @@ class Config(BaseSettings):
     @model_validator(mode="after")
     def _tiers_consistent(self) -> Config:
         names = [t.name for t in self.tiers]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = _duplicates(names)
         if duplicates:
             raise ValueError(f"tiers: duplicate tier names {duplicates}")
         unknown = sorted(set(self.routing.length_thresholds) - set(names))
@@ -636,8 +645,7 @@ class Config(BaseSettings):
 
     @model_validator(mode="after")
     def _experiments_consistent(self) -> Config:
-        names = [e.name for e in self.experiments]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = _duplicates([e.name for e in self.experiments])
         if duplicates:
             raise ValueError(f"experiments: duplicate experiment names {duplicates}")
         for i, experiment in enumerate(self.experiments):
