@@ -160,8 +160,9 @@ class Pipeline:
                 )
             fitting = [o for o in healthy if self._health.usable(o.name, spec.latency_budget_ms)]
             candidates = fitting or healthy
-            # 6 embed, once for the cache and the classifier
-            embedding = await self._embed(spec) if cache is not None or policy.needs_embedding else None
+            # 6 embed, once for the cache, the classifier and the learning loop (every arm: judged
+            # requests of any arm become training rows only with their embedding)
+            embedding = await self._embed(spec)
             # 7 cache: exact, then verified semantic, inside the request's partition
             arm_key = f"{arm.assignment.experiment}/{arm.assignment.arm}" if arm is not None else ""
             cache_use = None if cache is None or embedding is None else cache.use(spec, embedding, arm_key)
