@@ -4,7 +4,6 @@ promoted one is hot-swapped by a running server with no failed request."""
 from __future__ import annotations
 
 import asyncio
-import csv
 import itertools
 import json
 from dataclasses import replace
@@ -25,6 +24,7 @@ from router.service import shared_embedder
 from router.traffic import TrafficSample
 from router.traffic_sqlite import SqliteTrafficStore
 from tests.harness import AUTH, build_config, config_dict, running_server
+from tests.trained_registry import routerbench_slice
 from tests.upstream import ScriptedUpstream
 from training.dataset import RoutingData, load_routing_data
 from training.retrain import retrain
@@ -48,14 +48,7 @@ def learning_config(store: Path, registry: Path, url: str = "http://127.0.0.1:1"
 def base(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RoutingData]:
     """A RouterBench slice for the harness's tiers, loaded once (embeddings cached in the module's folder)."""
     root = tmp_path_factory.mktemp("retrain")
-    data = root / "data"
-    data.mkdir()
-    for source in sorted((shared_data / "routerbench").glob("*.csv")):
-        with source.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            rows = [next(reader), *(row for _, row in zip(range(ROWS_PER_FILE), reader, strict=False))]
-        with (data / source.name).open("w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows(rows)
+    data = routerbench_slice(shared_data, root / "data", ROWS_PER_FILE)
     config = learning_config(root / "var", root / "unused")
     loaded = load_routing_data(
         data,

@@ -15,16 +15,21 @@ ROWS_PER_FILE = 30
 SCORE_COLUMNS = {"small": "mistralai/mistral-7b-chat", "large": "gpt-4-1106-preview"}
 
 
-def train_small_registry(shared_data: Path, root: Path) -> tuple[Path, list[str]]:
-    """(registry directory, [serving version, second version])."""
-    data = root / "data"
-    data.mkdir()
+def routerbench_slice(shared_data: Path, data: Path, rows_per_file: int = ROWS_PER_FILE) -> Path:
+    """The first ``rows_per_file`` rows of each RouterBench CSV, written to ``data``."""
+    data.mkdir(parents=True)
     for source in sorted((shared_data / "routerbench").glob("*.csv")):
         with source.open(newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)
-            rows = [next(reader), *(row for _, row in zip(range(ROWS_PER_FILE), reader, strict=False))]
+            rows = [next(reader), *(row for _, row in zip(range(rows_per_file), reader, strict=False))]
         with (data / source.name).open("w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows(rows)
+    return data
+
+
+def train_small_registry(shared_data: Path, root: Path) -> tuple[Path, list[str]]:
+    """(registry directory, [serving version, second version])."""
+    data = routerbench_slice(shared_data, root / "data")
     config = build_config(config_dict(root / "var", "http://127.0.0.1:1/v1", "http://127.0.0.1:1"))
     versions = [
         train(
