@@ -232,6 +232,9 @@ class ServingModel:
         )
         self._model: ClassifierModel | None = None
         self._reload_lock = threading.Lock()
+        # The pointer file's stamp as of the last reload: the watcher compares with this, not with
+        # what it saw when it started, or a promote landing before its first poll would be missed.
+        self._reloaded_stamp: tuple[int, int] | None = None
         self.last_error: str | None = None
         self.reloads = 0
 
@@ -254,6 +257,7 @@ class ServingModel:
     def reload(self) -> ReloadResult:
         """Load the version the pointer names if it is not the one serving; keep the old one on refusal."""
         with self._reload_lock:
+            self._reloaded_stamp = self._pointer_stamp()  # before reading: a later change is seen next poll
             current = self._model.version if self._model is not None else None
             try:
                 wanted = self.registry.serving_version()
@@ -293,16 +297,13 @@ class ServingModel:
     ) -> None:
         """Poll the pointer file and reload when it changes, until ``stop`` is set (or cancelled)."""
         stop = stop or asyncio.Event()
-        seen = self._pointer_stamp()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
             if stop.is_set():
                 break
-            stamp = self._pointer_stamp()
-            if stamp == seen:
+            if self._pointer_stamp() == self._reloaded_stamp:
                 continue
-            seen = stamp
             result = await asyncio.to_thread(self.reload)
             if on_reload is not None:
                 on_reload(result)

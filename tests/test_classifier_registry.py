@@ -183,3 +183,25 @@ async def test_watcher_reloads_when_the_pointer_changes(tmp_path: Path, template
     assert results[-1] == ReloadResult("v2", changed=True)
     assert serving.model.version == "v2"
     assert np.isfinite(serving.model.predict_matrix(synthetic_data(1)[0])).all()
+
+
+@pytest.mark.asyncio
+async def test_watcher_sees_a_promote_that_landed_before_it_started(
+    tmp_path: Path, templates: dict[str, Path]
+) -> None:
+    registry = registry_with(tmp_path, templates, "v1", "v2")
+    registry.promote("v1")
+    serving = ServingModel(registry, TIERS, EMBEDDER_KEY, device="cpu")
+    serving.reload()
+    registry.promote("v2")  # between the load and the watcher's start
+    reloaded = asyncio.Event()
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(
+        serving.watch(interval_s=0.01, stop=stop, on_reload=lambda _result: reloaded.set())
+    )
+    try:
+        await asyncio.wait_for(reloaded.wait(), timeout=30)
+    finally:
+        stop.set()
+        await asyncio.wait_for(watcher, timeout=30)
+    assert serving.model.version == "v2"
