@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from router.sqlite_batch import insert_batch
 from router.traffic import TrafficSample
 
 _COLUMNS = tuple(f.name for f in fields(TrafficSample))
@@ -65,16 +66,7 @@ class SqliteTrafficStore:
 
     def write(self, samples: Sequence[TrafficSample]) -> int:
         rows = [tuple(getattr(s, c) for c in _COLUMNS) for s in samples]
-        with self._lock:
-            before = self._db.total_changes
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(self._insert, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return self._db.total_changes - before
+        return insert_batch(self._db, self._lock, self._insert, rows)
 
     def _reader(self) -> sqlite3.Connection:
         reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
