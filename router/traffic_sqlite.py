@@ -39,7 +39,8 @@ _SCHEMA = (
         embedding BLOB,
         statistics BLOB NOT NULL,
         feature_version TEXT NOT NULL,
-        prompt TEXT
+        prompt TEXT,
+        prompt_key TEXT NOT NULL DEFAULT ''
     )
     """,
     "CREATE INDEX IF NOT EXISTS traffic_time ON traffic (ts)",

@@ -16,7 +16,7 @@ from router.routerbench import csv_files, load_rows, split_of
 from router.service import shared_embedder
 from tests.routerbench_slice import write_routerbench_slice
 from training.judged import judged_rows, read_judgments
-from training.simulate import STRONG, WEAK, run_simulation, simulation_config
+from training.simulate import STRONG, WEAK, SimulationSettings, run_simulation, simulation_config
 
 ROWS_PER_FILE = 30  # 90 prompts: 52 train, 21 validation, 17 test
 
@@ -29,11 +29,7 @@ def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
     report = run_simulation(
         data,
         workdir,
-        rounds=2,
-        slice_rows=20,
-        rate=1.0,
-        concurrency=2,
-        tolerance=0.02,
+        SimulationSettings(rounds=2, slice_rows=20, rate=1.0, concurrency=2, tolerance=0.02),
         console=Console(file=(tmp_path / "log.txt").open("w")),
         cache_dir=tmp_path / "embeddings",
     )

@@ -91,6 +91,7 @@ async def test_server_writes_a_sample_per_request_with_prompt_text_only_where_al
                 feature="geo",
             )
             mine = await svc.stub.Complete(request, metadata=AUTH)
+            again = await svc.stub.Complete(request, metadata=AUTH)
             theirs = await svc.stub.Complete(
                 pb.CompleteRequest(messages=[pb.ChatMessage(role="user", content="Name a prime number.")]),
                 metadata=OTHER_AUTH,
@@ -103,6 +104,9 @@ async def test_server_writes_a_sample_per_request_with_prompt_text_only_where_al
     assert acme.tenant == "acme" and acme.feature == "geo" and acme.tier == "small"
     assert acme.prompt == "What is the capital of France?"
     assert globex.tenant == "globex" and globex.prompt is None  # globex did not opt in
+    # One prompt, one key (training keeps its repeats on one side of the held-out split); no text in it.
+    assert samples[again.request_id].prompt_key == acme.prompt_key != globex.prompt_key
+    assert len(acme.prompt_key) == 32 and "France" not in acme.prompt_key
     assert acme.input_tokens == mine.decision.estimated_input_tokens
     assert acme.embedding is not None and len(acme.embedding) == 4 * EMBEDDING_DIM
     features = acme.features()

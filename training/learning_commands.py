@@ -84,9 +84,9 @@ def simulate(
 ) -> None:
     """Replay RouterBench traffic through a running tierwise, judge samples (recorded scores), retrain, promote; per round."""
     from router.demo import find_data
-    from training.simulate import run_simulation
+    from training.simulate import SimulationSettings, run_simulation
 
     data_dir = find_data(data)
     if data_dir is None:
         raise _fail("no RouterBench data found: pass --data, or set TIERWISE_DATA")
-    run_simulation(data_dir, workdir, rounds, slice_rows, rate, concurrency, tolerance)
+    run_simulation(data_dir, workdir, SimulationSettings(rounds, slice_rows, rate, concurrency, tolerance))

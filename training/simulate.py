@@ -19,6 +19,7 @@ import asyncio
 import json
 import secrets
 import shutil
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -150,17 +151,24 @@ def _gate(report: dict[str, Any]) -> dict[str, Any]:
     } | {"held_out_rows": report.get("held_out", {}), "tolerance": report.get("tolerance")}
 
 
+@dataclass(frozen=True)
+class SimulationSettings:
+    rounds: int = 4  # serve -> sample -> retrain -> promote
+    slice_rows: int = 60  # train-split prompts the weak start learns from
+    rate: float = 0.5  # share of served requests judged
+    concurrency: int = 4  # requests in flight
+    tolerance: float = 0.02  # the gate: promote when candidate >= serving - tolerance
+
+
 async def _simulate(
-    data_dir: Path,
-    workdir: Path,
-    rounds: int,
-    slice_rows: int,
-    rate: float,
-    concurrency: int,
-    tolerance: float,
-    cache_dir: Path,
-    console: Console,
+    data_dir: Path, workdir: Path, settings: SimulationSettings, cache_dir: Path, console: Console
 ) -> dict[str, Any]:
+    rounds, slice_rows, rate, tolerance = (
+        settings.rounds,
+        settings.slice_rows,
+        settings.rate,
+        settings.tolerance,
+    )
     replay = ReplayUpstream.from_data_dir(data_dir)
     key = secrets.token_urlsafe(16)
     config = simulation_config(workdir, replay.start(), key, data_dir, rate, tolerance)
@@ -187,7 +195,7 @@ async def _simulate(
                 apgr = _apgr(workdir / "models", serving, base, config)
                 before = dict(learning.sampler.spent_usd)
                 cost, served, failed = await _serve_round(
-                    f"127.0.0.1:{port}", key, [base.texts[i] for i in chunk], concurrency
+                    f"127.0.0.1:{port}", key, [base.texts[i] for i in chunk], settings.concurrency
                 )
                 await learning.sampler.drain()
                 await learning.traffic.flush(60)
@@ -321,11 +329,7 @@ def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> P
 def run_simulation(
     data_dir: Path,
     workdir: Path,
-    rounds: int,
-    slice_rows: int,
-    rate: float,
-    concurrency: int,
-    tolerance: float = 0.0,
+    settings: SimulationSettings,
     console: Console | None = None,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
@@ -336,19 +340,7 @@ def run_simulation(
     console = console or Console()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    report = asyncio.run(
-        _simulate(
-            data_dir,
-            workdir,
-            rounds,
-            slice_rows,
-            rate,
-            concurrency,
-            tolerance,
-            cache_dir or default_cache_dir(),
-            console,
-        )
-    )
+    report = asyncio.run(_simulate(data_dir, workdir, settings, cache_dir or default_cache_dir(), console))
     (workdir / "simulation.json").write_text(json.dumps(report, indent=2))
     print_and_plot(report, workdir, console)
     return report
