@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -261,20 +262,15 @@ async def _simulate(
 
 
 def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> Path:
-    table = Table(title=f"learning loop on replayed RouterBench traffic — judge: {report['judge']}")
-    for column in (
-        "round",
-        "APGR test",
-        "APGR validation",
-        "requests",
-        "cost / request (USD)",
-        "judgments",
-        "shadow USD",
-        "judge USD",
-        "candidate APGR test",
-        "promoted",
-    ):
-        table.add_column(column)
+    table = Table(
+        title=f"learning loop on replayed RouterBench traffic — judge: {report['judge']}",
+        caption="test / valid.: the serving model's APGR on those splits; cand.: the candidate's on test",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    # Short headers: the table fits an 80-column terminal. APGR of the serving model unless "cand.".
+    for column in ("round", "test", "valid.", "served", "USD/req", "judged", "shadow $", "cand.", "prom"):
+        table.add_column(column, no_wrap=True)
     for r in report["rounds"]:
         candidate = r["gate"].get("candidate", {}).get("base_test_value")
         table.add_row(
@@ -282,21 +278,21 @@ def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> P
             f"{r['held_out_apgr']:.4f}",
             f"{r['validation_apgr']:.4f}",
             str(r["requests"]),
-            f"{float(r['cost_per_request_usd']):.6f}",
+            f"{float(r['cost_per_request_usd']):.5f}",
             str(r["judgments_total"]),
-            f"{float(r['shadow_spend_usd']):.6f}",
-            f"{float(r['judge_spend_usd']):.6f}",
+            f"{float(r['shadow_spend_usd']):.3f}",
             "-" if candidate is None else f"{candidate:.4f}",
             "yes" if r["promoted"] else "no",
         )
     console.print(table)
-    final, reference = report["final"], report["reference"]
+    final, reference, totals = report["final"], report["reference"], report["sampling_totals"]
     console.print(
         f"final model APGR test {final['held_out_apgr']:.4f} / validation {final['validation_apgr']:.4f}; "
         f"offline model on every label {reference['held_out_apgr']:.4f} / {reference['validation_apgr']:.4f}; "
         f"gap {final['gap_to_reference']:.4f} / {final['validation_gap_to_reference']:.4f} "
         f"(held-out: RouterBench test split, {report['held_out']['test_rows']} prompts, "
-        f"{report['pair']['strong']} vs {report['pair']['weak']})"
+        f"{report['pair']['strong']} vs {report['pair']['weak']}); sampling spend: shadow "
+        f"${totals['shadow_spent_usd']}, judge ${totals['judge_spent_usd']}"
     )
     import matplotlib
 
