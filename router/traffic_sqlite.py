@@ -48,6 +48,18 @@ _SCHEMA = (
 )
 
 
+# Columns added after the first release of the table: (name, definition) for ALTER TABLE.
+_ADDED_COLUMNS = (("prompt_key", "TEXT NOT NULL DEFAULT ''"),)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a store written by an older tierwise up to this schema (its rows get the defaults)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(traffic)")}
+    for name, definition in _ADDED_COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE traffic ADD COLUMN {name} {definition}")
+
+
 def _sample(row: Sequence[Any]) -> TrafficSample:
     return TrafficSample(**dict(zip(_COLUMNS, row, strict=True)))
 
@@ -61,6 +73,7 @@ class SqliteTrafficStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         for statement in _SCHEMA:
             self._db.execute(statement)
+        _add_missing_columns(self._db)
         self._lock = threading.Lock()
         placeholders = ", ".join("?" for _ in _COLUMNS)
         self._insert = f"INSERT OR IGNORE INTO traffic ({', '.join(_COLUMNS)}) VALUES ({placeholders})"

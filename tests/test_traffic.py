@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,28 @@ def test_store_round_trip_skips_duplicates_filters_and_purges(tmp_path: Path) ->
         assert [s.request_id for s in store.samples(0, 1000)] == ["b", "c"]
     finally:
         store.close()
+
+
+def test_a_store_written_before_prompt_keys_opens_and_reads_with_empty_keys(tmp_path: Path) -> None:
+    path = tmp_path / "traffic.sqlite3"
+    old = sqlite3.connect(path)
+    columns = [f.name for f in fields(TrafficSample) if f.name != "prompt_key"]
+    old.execute(f"CREATE TABLE traffic (request_id TEXT PRIMARY KEY, {', '.join(columns[1:])})")
+    before = sample("old", 100.0)
+    old.execute(
+        f"INSERT INTO traffic VALUES ({', '.join('?' for _ in columns)})",
+        [getattr(before, c) for c in columns],
+    )
+    old.commit()
+    old.close()
+    store = SqliteTrafficStore(path)
+    try:
+        assert store.write([replace(sample("new", 200.0), prompt_key="k" * 32)]) == 1
+        got = store.get_many(["old", "new"])
+    finally:
+        store.close()
+    assert got["old"] == before and got["old"].prompt_key == ""
+    assert got["new"].prompt_key == "k" * 32
 
 
 class FailingFirst:
