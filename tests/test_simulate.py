@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from classifier.features import embedding_input
 from router.routerbench import csv_files, load_rows, split_of
-from router.service import shared_embedder
 from tests.routerbench_slice import write_routerbench_slice
 from training.judged import judged_rows, read_judgments
 from training.simulate import STRONG, WEAK, SimulationSettings, run_simulation, simulation_config
@@ -57,10 +55,8 @@ def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
     config = simulation_config(workdir, "http://127.0.0.1:1", "unused", data, 1.0)
     judged = judged_rows(config, read_judgments(config, 0, time.time() + 1).records, 1.0)
     assert judged is not None and len(judged) == len(train_prompts) - 20
-    served = [r for r in rows if r.prompt in train_prompts]
-    vectors = np.asarray(shared_embedder("cpu").encode([embedding_input(r.prompt) for r in served]))
-    nearest = np.asarray(judged.embeddings @ vectors.T).argmax(axis=1)  # the judged row's prompt
+    by_prompt = {r.prompt: r for r in rows}
+    assert set(judged.texts) <= train_prompts  # the simulation keeps its public prompts with the samples
     assert not np.isnan(judged.scores).any()  # the served tier and the shadow tier, both labelled
-    for row, match in enumerate(nearest):
-        expected = [served[match].scores[config.tier(t).model] for t in (WEAK, STRONG)]
-        assert judged.scores[row].tolist() == expected
+    for text, scores in zip(judged.texts, judged.scores, strict=True):
+        assert scores.tolist() == [by_prompt[text].scores[config.tier(t).model] for t in (WEAK, STRONG)]

@@ -48,6 +48,7 @@ from training.retrain import metric_value, retrain
 from training.train import load_data, train
 from training.verifier_data import default_cache_dir
 
+TENANT = "simulation"
 WEAK, STRONG = "medium", "large"  # mixtral-8x7b and gpt-4: the pair APGR is reported for
 
 
@@ -58,7 +59,7 @@ def simulation_config(
     return parse_config(
         {
             "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "grace_period_s": 5},
-            "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": "simulation"}]},
+            "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": TENANT}]},
             "tiers": [
                 {
                     "name": name,
@@ -83,6 +84,8 @@ def simulation_config(
             },  # every request reaches a tier: nothing to judge otherwise
             "logging": {"level": "WARNING"},
             "learning": {
+                # Public benchmark prompts: kept with the samples, so a judged row can be traced to its prompt.
+                "traffic": {"store_prompts_tenants": [TENANT]},
                 "sampling": {
                     "rate": rate,
                     "shadow": "strongest",
