@@ -71,7 +71,11 @@ def judged_rows(config: Config, records: Sequence[FeedbackRecord], weight: float
         tier = record.metadata.get("tier", sample.tier)
         if tier in index:
             scores[record.request_id][index[tier]].append(record.score)
-    ids = [rid for rid in sorted(scores) if samples[rid].features() is not None]
+    # Ordered by prompt key, then id: the same judged prompts give the same rows in the same order.
+    ids = sorted(
+        (rid for rid in scores if samples[rid].features() is not None),
+        key=lambda rid: (samples[rid].prompt_key, rid),
+    )
     if not ids:
         return None
     features = np.stack([samples[rid].features() for rid in ids]).astype(np.float32)  # type: ignore[misc]

@@ -185,6 +185,9 @@ async def _simulate(
         start = base.subset(keep)  # the weak model's slice, with the validation and test splits
         weak = train([], config, workdir / "models", prepared=start, console=console).version
         ModelRegistry(workdir / "models").promote(weak, force=True)
+        # A fixed prompt-key salt: judged prompts fall on the same side of retrain's split run after run.
+        config.store.path.mkdir(parents=True, exist_ok=True)
+        (config.store.path / "user_salt").write_bytes(b"tierwise-simulate")
         server = TierwiseServer(await build_service(config))
         port = await server.start()
         learning = server.service.accounting.learning
@@ -221,6 +224,11 @@ async def _simulate(
                         "shadow_spend_usd": str(spent["shadow"]),
                         "judge_spend_usd": str(spent["judge"]),
                         "candidate": outcome.candidate,
+                        "candidate_apgr": (
+                            _apgr(workdir / "models", outcome.candidate, base, config)
+                            if outcome.candidate
+                            else None
+                        ),
                         "gate": _gate(outcome.report),
                         "promoted": outcome.promoted,
                         "reason": outcome.reason,
@@ -264,24 +272,23 @@ async def _simulate(
 def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> Path:
     table = Table(
         title=f"learning loop on replayed RouterBench traffic — judge: {report['judge']}",
-        caption="test / valid.: the serving model's APGR on those splits; cand.: the candidate's on test",
+        caption="APGR of the serving model (test, valid.) and of the round's candidate (c.test, c.val)",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    # Short headers: the table fits an 80-column terminal. APGR of the serving model unless "cand.".
-    for column in ("round", "test", "valid.", "served", "USD/req", "judged", "shadow $", "cand.", "prom"):
+    # Short headers: the table fits an 80-column terminal (requests per round are in the JSON).
+    for column in ("round", "test", "valid.", "USD/req", "judged", "shadow $", "c.test", "c.val", "prom"):
         table.add_column(column, no_wrap=True)
     for r in report["rounds"]:
-        candidate = r["gate"].get("candidate", {}).get("base_test_value")
+        candidate = r.get("candidate_apgr") or {}
         table.add_row(
             str(r["round"]),
             f"{r['held_out_apgr']:.4f}",
             f"{r['validation_apgr']:.4f}",
-            str(r["requests"]),
             f"{float(r['cost_per_request_usd']):.5f}",
             str(r["judgments_total"]),
             f"{float(r['shadow_spend_usd']):.3f}",
-            "-" if candidate is None else f"{candidate:.4f}",
+            *(f"{candidate[k]:.4f}" if k in candidate else "-" for k in ("test", "validation")),
             "yes" if r["promoted"] else "no",
         )
     console.print(table)
