@@ -12,7 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from router.routerbench import csv_files, load_rows, split_of
-from tests.routerbench_slice import write_routerbench_slice
+from tests.trained_registry import routerbench_slice
 from training.judged import judged_rows, read_judgments
 from training.simulate import STRONG, WEAK, SimulationSettings, run_simulation, simulation_config
 
@@ -22,7 +22,7 @@ ROWS_PER_FILE = 30  # 90 prompts: 52 train, 21 validation, 17 test
 def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    data = write_routerbench_slice(shared_data, tmp_path / "data", ROWS_PER_FILE)
+    data = routerbench_slice(shared_data, tmp_path / "data", ROWS_PER_FILE)
     workdir = tmp_path / "sim"
     report = run_simulation(
         data,
