@@ -15,6 +15,7 @@ from router.config import Config, ConfigError
 from router.feedback import FeedbackStore
 from router.judge import Judge, LlmJudge, ReplayJudge
 from router.ledger import SpendLedger
+from router.ledger_builder import load_user_salt
 from router.outcome import Completion
 from router.providers.base import Provider
 from router.sampling import Sampler
@@ -80,4 +81,5 @@ def build_learning(
     sampler = None
     if sampling.rate > 0 or any(sampling.rate_by_tier.values()) or any(sampling.rate_by_arm.values()):
         sampler = Sampler(config, providers, build_judge(config, providers, tokens), feedback, ledger, tokens)
-    return LearningLoop(build_traffic_recorder(config.learning.traffic, config.store.path), sampler)
+    salt = load_user_salt(config.ledger.user_salt_env, config.store.path / "user_salt")
+    return LearningLoop(build_traffic_recorder(config.learning.traffic, config.store.path, salt), sampler)

@@ -35,6 +35,7 @@ from router.ledger_sql import (
     totals_sql,
 )
 from router.pricing import total_usd, usd_str
+from router.sqlite_batch import insert_batch
 
 
 class _DecimalSum:
@@ -88,17 +89,7 @@ class SqliteSpendSink:
         self._insert = insert_sql(SQLITE)
 
     def write(self, records: Sequence[SpendRecord]) -> int:
-        rows = [to_row(SQLITE, r) for r in records]
-        with self._lock:
-            before = self._db.total_changes
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(self._insert, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return self._db.total_changes - before
+        return insert_batch(self._db, self._lock, self._insert, [to_row(SQLITE, r) for r in records])
 
     def get(self, request_id: str) -> SpendRecord | None:
         with self._lock:

@@ -13,9 +13,9 @@ one process do not collide.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import get_args
+from typing import Protocol, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -70,6 +70,46 @@ class _LedgerCollector(Collector):
         ]
         out: list[Metric] = [GaugeMetricFamily(n, h, value=v) for n, h, v in gauges]
         out += [CounterMetricFamily(n, h, value=v) for n, h, v in counters]
+        return out
+
+
+class SamplingCounts(Protocol):
+    """What the sampler (``router.sampling.Sampler``) keeps, read at each scrape."""
+
+    @property
+    def counts(self) -> Mapping[str, int]: ...
+
+    @property
+    def spent_usd(self) -> Mapping[str, Decimal]: ...
+
+
+# (sampler count key, series name, help)
+SAMPLING_COUNTERS = (
+    ("sampled", "tierwise_sampling_sampled", "Served requests drawn for judging."),
+    ("judgments", "tierwise_sampling_judgments", "Scores stored by the judge (served and shadow answers)."),
+    ("judge_failures", "tierwise_sampling_judge_failures", "Judge calls that gave no usable score."),
+    ("skipped_budget", "tierwise_sampling_skipped_budget", "Shadow or judge calls skipped: over the budget."),
+    ("skipped_queue_full", "tierwise_sampling_skipped_queue_full", "Drawn requests dropped: queue full."),
+    ("shadow_calls", "tierwise_sampling_shadow_calls", "Shadow calls to a stronger tier that answered."),
+    ("shadow_failures", "tierwise_sampling_shadow_failures", "Shadow calls that failed."),
+)
+
+
+class _SamplingCollector(Collector):
+    def __init__(self, sampler: SamplingCounts) -> None:
+        self._sampler = sampler
+
+    def collect(self) -> list[Metric]:
+        counts = self._sampler.counts
+        out: list[Metric] = [
+            CounterMetricFamily(n, h, value=counts.get(k, 0)) for k, n, h in SAMPLING_COUNTERS
+        ]
+        spend = CounterMetricFamily(
+            "tierwise_sampling_spend_usd", "Shadow and judge spend in USD (since start).", labels=["kind"]
+        )
+        for kind, usd in sorted(self._sampler.spent_usd.items()):
+            spend.add_metric([kind], float(usd))
+        out.append(spend)
         return out
 
 
@@ -218,6 +258,10 @@ class Metrics:
     def watch_ledger(self, ledger: SpendLedger) -> None:
         """Export the ledger's backlog and store health, read at each scrape."""
         self.registry.register(_LedgerCollector(ledger))
+
+    def watch_sampling(self, sampler: SamplingCounts) -> None:
+        """Export the sampler's counts (sampled, judged, failures, skipped for budget) and spend."""
+        self.registry.register(_SamplingCollector(sampler))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -118,6 +118,8 @@ class Sampler:
         self._queue: asyncio.Queue[_Sampled] = asyncio.Queue(self._settings.max_queued)
         self._workers: list[asyncio.Task[None]] = []
         self.counts: Counter[str] = Counter()
+        # Since this process started (the budget's ``spent_usd`` is per window, seeded from the ledger).
+        self.spent_usd = {"shadow": Decimal(0), "judge": Decimal(0)}
 
     # -- the request path ----------------------------------------------------
 
@@ -204,6 +206,7 @@ class Sampler:
                 continue
             judgment = await self.judge.judge(judge_item)
             self.budget.settle(reserved, judgment.cost_usd)
+            self.spent_usd["judge"] += judgment.cost_usd
             self._book_judge(item, judgment, role, tier)
             if judgment.score is None:
                 self.counts["judge_failures"] += 1
@@ -237,6 +240,7 @@ class Sampler:
         )
         spent = cost_usd(tier.price, usage)
         self.budget.settle(reserved, spent)
+        self.spent_usd["shadow"] += spent
         self.counts["shadow_calls"] += 1
         self._book(item, "shadow", tier, usage, spent)
         return result.content
@@ -304,6 +308,8 @@ class Sampler:
             **{k: self.counts[k] for k in ("sampled", "judgments", "judge_failures", "shadow_calls")},
             **{k: self.counts[k] for k in ("shadow_failures", "skipped_budget", "skipped_queue_full")},
             "spent_usd": str(self.budget.spent_usd),
+            "shadow_spent_usd": str(self.spent_usd["shadow"]),
+            "judge_spent_usd": str(self.spent_usd["judge"]),
             "budget_usd": str(self.budget.limit_usd),
             "judge": self.judge.label,
         }

@@ -131,6 +131,8 @@ async def build_service(config: Config) -> Service:
         metrics.watch_ledger(ledger)
     feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
     learning = build_learning(config, providers, feedback, ledger, tokens)
+    if learning.sampler is not None:
+        metrics.watch_sampling(learning.sampler)
     accounting = Accounting(
         SpendRecordBuilder.from_config(config), ledger, metrics, Tracing(config.tracing), learning
     )

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import random
 import time
@@ -58,6 +60,9 @@ class TrafficSample:
     statistics: bytes  # float32 prompt statistics, STATISTIC_NAMES order
     feature_version: str = FEATURE_VERSION
     prompt: str | None = None  # only for tenants that allow storing prompts
+    # A keyed hash of the prompt text (no text): repeats of one prompt share it, so training can keep
+    # them on one side of its held-out split. "" when unknown.
+    prompt_key: str = ""
 
     def features(self) -> FloatVector | None:
         """The classifier's feature vector (embedding + statistics); None without an embedding."""
@@ -103,7 +108,13 @@ class TrafficStats:
     write_failures: int
 
 
-def sample_of(item: _Observed, store_prompts: frozenset[str]) -> TrafficSample:
+def prompt_key(text: str, salt: bytes) -> str:
+    """HMAC-SHA256 of the prompt under the deployment's secret salt: equal prompts, equal keys; the text
+    cannot be recovered by hashing guesses without the salt."""
+    return hmac.new(salt, text.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+
+def sample_of(item: _Observed, store_prompts: frozenset[str], salt: bytes) -> TrafficSample:
     """The stored form of a finished request (runs in the writer's thread: the statistics cost CPU)."""
     spec, decision = item.spec, item.completion.decision
     text = spec.prompt_text
@@ -127,6 +138,7 @@ def sample_of(item: _Observed, store_prompts: frozenset[str]) -> TrafficSample:
         embedding=None if embedding is None else np.asarray(embedding, dtype="<f4").tobytes(),
         statistics=np.asarray(prompt_statistics(text, tokens, turns), dtype="<f4").tobytes(),
         prompt=text if spec.tenant in store_prompts else None,
+        prompt_key=prompt_key(text, salt),
     )
 
 
@@ -136,6 +148,7 @@ class TrafficRecorder:
         store: TrafficStore,
         settings: TrafficConfig,
         *,
+        salt: bytes = b"",
         retry_initial_s: float = 0.05,
         retry_max_s: float = 30.0,
         purge_interval_s: float = 3600.0,
@@ -143,6 +156,7 @@ class TrafficRecorder:
         self.store = store
         self._settings = settings
         self._store_prompts = frozenset(settings.store_prompts_tenants)
+        self._salt = salt
         self._retry = (retry_initial_s, retry_max_s)
         self._purge_interval_s = purge_interval_s
         self._queue: deque[_Observed] = deque()
@@ -222,7 +236,7 @@ class TrafficRecorder:
                 self._queue.popleft()
 
     def _write(self, batch: list[_Observed]) -> int:
-        return self.store.write([sample_of(item, self._store_prompts) for item in batch])
+        return self.store.write([sample_of(item, self._store_prompts, self._salt) for item in batch])
 
     async def _store(self, batch: list[_Observed]) -> None:
         delay, longest = self._retry
@@ -258,9 +272,10 @@ class TrafficRecorder:
         return await asyncio.to_thread(lambda: list(self.store.samples(since, until, tenant)))
 
 
-def build_traffic_recorder(settings: TrafficConfig, store_path: Path) -> TrafficRecorder | None:
+def build_traffic_recorder(settings: TrafficConfig, store_path: Path, salt: bytes) -> TrafficRecorder | None:
+    """``salt``: the deployment's secret for prompt keys (the end-user id salt, shared by replicas)."""
     if not settings.enabled:
         return None
     from router.traffic_sqlite import SqliteTrafficStore
 
-    return TrafficRecorder(SqliteTrafficStore(store_path / "traffic.sqlite3"), settings)
+    return TrafficRecorder(SqliteTrafficStore(store_path / "traffic.sqlite3"), settings, salt=salt)

@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from router.sqlite_batch import insert_batch
 from router.traffic import TrafficSample
 
 _COLUMNS = tuple(f.name for f in fields(TrafficSample))
@@ -38,12 +39,25 @@ _SCHEMA = (
         embedding BLOB,
         statistics BLOB NOT NULL,
         feature_version TEXT NOT NULL,
-        prompt TEXT
+        prompt TEXT,
+        prompt_key TEXT NOT NULL DEFAULT ''
     )
     """,
     "CREATE INDEX IF NOT EXISTS traffic_time ON traffic (ts)",
     "CREATE INDEX IF NOT EXISTS traffic_tenant_time ON traffic (tenant, ts)",
 )
+
+
+# Columns added after the first release of the table: (name, definition) for ALTER TABLE.
+_ADDED_COLUMNS = (("prompt_key", "TEXT NOT NULL DEFAULT ''"),)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Bring a store written by an older tierwise up to this schema (its rows get the defaults)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(traffic)")}
+    for name, definition in _ADDED_COLUMNS:
+        if name not in present:
+            db.execute(f"ALTER TABLE traffic ADD COLUMN {name} {definition}")
 
 
 def _sample(row: Sequence[Any]) -> TrafficSample:
@@ -59,22 +73,14 @@ class SqliteTrafficStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         for statement in _SCHEMA:
             self._db.execute(statement)
+        _add_missing_columns(self._db)
         self._lock = threading.Lock()
         placeholders = ", ".join("?" for _ in _COLUMNS)
         self._insert = f"INSERT OR IGNORE INTO traffic ({', '.join(_COLUMNS)}) VALUES ({placeholders})"
 
     def write(self, samples: Sequence[TrafficSample]) -> int:
         rows = [tuple(getattr(s, c) for c in _COLUMNS) for s in samples]
-        with self._lock:
-            before = self._db.total_changes
-            self._db.execute("BEGIN")
-            try:
-                self._db.executemany(self._insert, rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            return self._db.total_changes - before
+        return insert_batch(self._db, self._lock, self._insert, rows)
 
     def _reader(self) -> sqlite3.Connection:
         reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)

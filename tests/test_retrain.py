@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from classifier.features import EMBEDDING_DIM
+from classifier.features import EMBEDDING_DIM, STATISTIC_NAMES
 from classifier.registry import ModelRegistry
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.config import Config
@@ -27,6 +27,7 @@ from tests.harness import AUTH, build_config, config_dict, running_server
 from tests.trained_registry import routerbench_slice
 from tests.upstream import ScriptedUpstream
 from training.dataset import RoutingData, load_routing_data
+from training.judged import judged_rows, read_judgments
 from training.retrain import retrain
 from training.train import train
 
@@ -77,34 +78,38 @@ def train_split_ids(count: int) -> list[str]:
     return list(itertools.islice((i for i in ids if split_of(i) == "train"), count))
 
 
+def sample_for(request_id: str, features: np.ndarray) -> TrafficSample:
+    """A traffic sample of a request served by the small tier, with these features."""
+    return TrafficSample(
+        request_id,
+        1000.0,
+        "acme",
+        "",
+        "",
+        "",
+        "small",
+        "small-model",
+        "v0",
+        "miss",
+        10,
+        1,
+        features[:EMBEDDING_DIM].astype("<f4").tobytes(),
+        features[EMBEDDING_DIM:].astype("<f4").tobytes(),
+    )
+
+
 def write_judged_traffic(config: Config, base: RoutingData, scores: np.ndarray) -> None:
     """What a server writes for judged requests: traffic samples (features) and judge feedback per tier."""
     rows = np.flatnonzero(base.splits == "train")
     ids = train_split_ids(len(rows))
     traffic = SqliteTrafficStore(config.store.path / "traffic.sqlite3")
     feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
-    samples = []
-    for rid, row in zip(ids, rows, strict=True):
-        features = base.features[row]
-        samples.append(
-            TrafficSample(
-                rid,
-                1000.0,
-                "acme",
-                "",
-                "",
-                "",
-                "small",
-                "small-model",
-                "v0",
-                "miss",
-                int(base.input_tokens[row]),
-                1,
-                features[:EMBEDDING_DIM].astype("<f4").tobytes(),
-                features[EMBEDDING_DIM:].astype("<f4").tobytes(),
-            )
-        )
-    traffic.write(samples)
+    traffic.write(
+        [
+            replace(sample_for(rid, base.features[row]), input_tokens=int(base.input_tokens[row]))
+            for rid, row in zip(ids, rows, strict=True)
+        ]
+    )
     traffic.close()
 
     async def record() -> None:
@@ -188,3 +193,31 @@ async def test_a_promoted_model_is_served_by_a_running_server_without_a_failed_r
     assert failures == []
     assert versions[0] == first and versions[-1] == outcome.candidate
     assert set(versions) == {first, outcome.candidate}
+
+
+def test_judged_repeats_of_one_prompt_stay_on_one_side_of_the_split(tmp_path: Path) -> None:
+    config = learning_config(tmp_path / "var", tmp_path / "registry")
+    ids = [f"req-{i:05d}" for i in range(40)]
+    assert len({split_of(i) for i in ids}) == 3  # by request id they would scatter over every split
+    traffic = SqliteTrafficStore(config.store.path / "traffic.sqlite3")
+    vector = np.ones(EMBEDDING_DIM + len(STATISTIC_NAMES), dtype="<f4")
+    traffic.write(
+        [
+            replace(sample_for(rid, vector), prompt_key="same-prompt" if i % 2 else f"prompt-{i}")
+            for i, rid in enumerate(ids)
+        ]
+    )
+    traffic.close()
+    feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
+
+    async def record() -> None:
+        for rid in ids:
+            await feedback.record(FeedbackRecord(rid, "acme", 1.0, "judge", metadata={"tier": "small"}))
+        await feedback.aclose()
+
+    asyncio.run(record())
+    rows = judged_rows(config, read_judgments(config, 0, 1e12).records, 1.0)
+    assert rows is not None and len(rows) == 40
+    split = dict(zip(rows.sample_ids, rows.splits, strict=True))
+    assert {split[rid] for i, rid in enumerate(ids) if i % 2} == {split_of("same-prompt")}
+    assert all(split[rid] == split_of(f"prompt-{i}") for i, rid in enumerate(ids) if not i % 2)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.judge import REPLAY_LABEL, JudgeItem, ReplayJudge, parse_score
@@ -60,6 +61,16 @@ def sampled_config(tmp_path: Path, upstream: ScriptedUpstream, **sampling: Any) 
     data["learning"] = {"sampling": {"rate": 1.0, "budget_usd": "1", **sampling}}
     data["ledger"] = {"flush_interval_s": 0.05}
     return data
+
+
+def scrape(svc: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The server's Prometheus exposition as {(sample name, sorted labels): value}."""
+    text = svc.server.service.accounting.metrics.exposition().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def sampler_of(svc: Running) -> Sampler:
@@ -130,11 +141,19 @@ async def test_judge_spend_is_capped_by_its_budget(tmp_path: Path) -> None:
             ledger = svc.server.service.accounting.ledger
             assert ledger is not None and await ledger.flush(10)
             totals = await ledger.totals(0, time.time() + 1, filters={"feature": "tierwise-judge"})
+            scraped = scrape(svc)
     spent = sum((t.cost_usd for t in totals), Decimal(0))
     assert spent <= Decimal("0.005")
     assert str(spent) == stats["spent_usd"]
     assert stats["judgments"] >= 1 and stats["skipped_budget"] >= 1
     assert stats["judgments"] + stats["skipped_budget"] == 12
+    # The same counts on /metrics.
+    assert scraped[("tierwise_sampling_sampled_total", ())] == 12
+    assert scraped[("tierwise_sampling_judgments_total", ())] == stats["judgments"]
+    assert scraped[("tierwise_sampling_skipped_budget_total", ())] == stats["skipped_budget"]
+    assert scraped[("tierwise_sampling_judge_failures_total", ())] == 0
+    assert scraped[("tierwise_sampling_spend_usd_total", (("kind", "judge"),))] == pytest.approx(float(spent))
+    assert scraped[("tierwise_sampling_spend_usd_total", (("kind", "shadow"),))] == 0
 
 
 @pytest.mark.asyncio
@@ -150,7 +169,9 @@ async def test_unparseable_judge_reply_is_a_failure_not_a_score(tmp_path: Path) 
             ledger = svc.server.service.accounting.ledger
             assert ledger is not None and await ledger.flush(10)
             record = await ledger.lookup(f"{reply.request_id}:judge-served", "acme")
+            scraped = scrape(svc)
     assert feedback == [] and stats["judge_failures"] == 1 and stats["judgments"] == 0
+    assert scraped[("tierwise_sampling_judge_failures_total", ())] == 1
     assert record is not None and record.error_type == "judge-failure" and record.cost_usd > 0
 
 

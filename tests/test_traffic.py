@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +59,28 @@ def test_store_round_trip_skips_duplicates_filters_and_purges(tmp_path: Path) ->
         store.close()
 
 
+def test_a_store_written_before_prompt_keys_opens_and_reads_with_empty_keys(tmp_path: Path) -> None:
+    path = tmp_path / "traffic.sqlite3"
+    old = sqlite3.connect(path)
+    columns = [f.name for f in fields(TrafficSample) if f.name != "prompt_key"]
+    old.execute(f"CREATE TABLE traffic (request_id TEXT PRIMARY KEY, {', '.join(columns[1:])})")
+    before = sample("old", 100.0)
+    old.execute(
+        f"INSERT INTO traffic VALUES ({', '.join('?' for _ in columns)})",
+        [getattr(before, c) for c in columns],
+    )
+    old.commit()
+    old.close()
+    store = SqliteTrafficStore(path)
+    try:
+        assert store.write([replace(sample("new", 200.0), prompt_key="k" * 32)]) == 1
+        got = store.get_many(["old", "new"])
+    finally:
+        store.close()
+    assert got["old"] == before and got["old"].prompt_key == ""
+    assert got["new"].prompt_key == "k" * 32
+
+
 class FailingFirst:
     """A real SQLite store whose first ``failures`` writes raise, as a store outage would."""
 
@@ -91,6 +115,7 @@ async def test_server_writes_a_sample_per_request_with_prompt_text_only_where_al
                 feature="geo",
             )
             mine = await svc.stub.Complete(request, metadata=AUTH)
+            again = await svc.stub.Complete(request, metadata=AUTH)
             theirs = await svc.stub.Complete(
                 pb.CompleteRequest(messages=[pb.ChatMessage(role="user", content="Name a prime number.")]),
                 metadata=OTHER_AUTH,
@@ -103,6 +128,9 @@ async def test_server_writes_a_sample_per_request_with_prompt_text_only_where_al
     assert acme.tenant == "acme" and acme.feature == "geo" and acme.tier == "small"
     assert acme.prompt == "What is the capital of France?"
     assert globex.tenant == "globex" and globex.prompt is None  # globex did not opt in
+    # One prompt, one key (training keeps its repeats on one side of the held-out split); no text in it.
+    assert samples[again.request_id].prompt_key == acme.prompt_key != globex.prompt_key
+    assert len(acme.prompt_key) == 32 and "France" not in acme.prompt_key
     assert acme.input_tokens == mine.decision.estimated_input_tokens
     assert acme.embedding is not None and len(acme.embedding) == 4 * EMBEDDING_DIM
     features = acme.features()

@@ -14,6 +14,7 @@ from cache.embedder import SentenceEmbedder
 from classifier import ModelRegistry, load_model
 from router.config import Config, parse_config
 from router.routerbench import Layout, load_rows
+from tests.trained_registry import routerbench_slice
 from training.commands import parse_score_cols
 from training.dataset import load_routing_data
 from training.evaluate import evaluate, summary_table
@@ -52,17 +53,7 @@ def slice_config() -> Config:
 def slices(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The first rows of each RouterBench file, as RouterBench CSVs and as one wide CSV."""
     root = tmp_path_factory.mktemp("slice")
-    routerbench_dir = root / "routerbench"
-    routerbench_dir.mkdir()
-    for source in sorted((shared_data / "routerbench").glob("*.csv")):
-        with source.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader)
-            rows = [row for _, row in zip(range(ROWS_PER_FILE), reader, strict=False)]
-        with (routerbench_dir / source.name).open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(header)
-            writer.writerows(rows)
+    routerbench_dir = routerbench_slice(shared_data, root / "routerbench", ROWS_PER_FILE)
     wide = root / "wide.csv"
     with wide.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -182,10 +182,14 @@ def load_routing_data(
     tokens = tokens or TokenCounter()
     tiers = config.tier_names
     texts = tuple(r.prompt for r in rows)
-    # The pipeline counts the prompt with the first tier's model; the features see that count.
-    first_model = config.tiers[0].model
+    # The pipeline counts the prompt with the first tier's model and encoding; the features see that count.
+    first = config.tiers[0]
     input_tokens = np.array(
-        [tokens.count_messages([ChatMessage("user", t)], first_model) for t in texts], dtype=np.int64
+        [
+            tokens.count_messages([ChatMessage("user", t)], first.model, encoding=first.encoding)
+            for t in texts
+        ],
+        dtype=np.int64,
     )
     scores = np.array(
         [[np.nan if r.scores[t] is None else r.scores[t] for t in tiers] for r in rows], np.float64

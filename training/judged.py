@@ -4,8 +4,10 @@ request's features (embedding + prompt statistics, as the server computed them).
 A row is one request; each tier column holds the mean score of that tier's
 judgments (the served answer's, and the shadow tier's), NaN where no one judged
 it. Feedback from apps and humans names no tier: it scores the served one.
-Requests are split by a hash of their id, as the base data is by sample id,
-so the same request is always on the same side.
+Requests are split by a hash of their prompt key (a keyed hash of the prompt
+text; the request id for samples without one), as the base data is by sample
+id: every request of one prompt is on the same side, so a held-out judged
+prompt was never trained on under another request id.
 """
 
 from __future__ import annotations
@@ -69,7 +71,11 @@ def judged_rows(config: Config, records: Sequence[FeedbackRecord], weight: float
         tier = record.metadata.get("tier", sample.tier)
         if tier in index:
             scores[record.request_id][index[tier]].append(record.score)
-    ids = [rid for rid in sorted(scores) if samples[rid].features() is not None]
+    # Ordered by prompt key, then id: the same judged prompts give the same rows in the same order.
+    ids = sorted(
+        (rid for rid in scores if samples[rid].features() is not None),
+        key=lambda rid: (samples[rid].prompt_key, rid),
+    )
     if not ids:
         return None
     features = np.stack([samples[rid].features() for rid in ids]).astype(np.float32)  # type: ignore[misc]
@@ -86,7 +92,7 @@ def judged_rows(config: Config, records: Sequence[FeedbackRecord], weight: float
         sample_ids=tuple(ids),
         texts=tuple(samples[rid].prompt or "" for rid in ids),
         tasks=(JUDGED_TASK,) * len(ids),
-        splits=np.array([split_of(rid) for rid in ids]),
+        splits=np.array([split_of(samples[rid].prompt_key or rid) for rid in ids]),
         scores=matrix,
         costs=np.full(matrix.shape, np.nan),
         expected_costs=np.array([_expected_costs(config, int(t)) for t in tokens], dtype=np.float64),

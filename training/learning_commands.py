@@ -73,12 +73,20 @@ def simulate(
     ] = 60,
     rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of served requests judged")] = 0.5,
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 4,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="promote a candidate whose held-out APGR is at least the serving one's minus this "
+            "(APGR over a few hundred prompts moves by ~0.03 between models trained on as many labels)",
+        ),
+    ] = 0.02,
 ) -> None:
     """Replay RouterBench traffic through a running tierwise, judge samples (recorded scores), retrain, promote; per round."""
     from router.demo import find_data
-    from training.simulate import run_simulation
+    from training.simulate import SimulationSettings, run_simulation
 
     data_dir = find_data(data)
     if data_dir is None:
         raise _fail("no RouterBench data found: pass --data, or set TIERWISE_DATA")
-    run_simulation(data_dir, workdir, rounds, slice_rows, rate, concurrency)
+    run_simulation(data_dir, workdir, SimulationSettings(rounds, slice_rows, rate, concurrency, tolerance))

@@ -1,0 +1,62 @@
+"""``tierwise simulate`` end to end on a small RouterBench slice: it serves train-split prompts through
+a real server, judges them with the replay judge, retrains and reports per round; and the judged rows
+it learns from carry the recorded score of each tier's own answer, for the served and the shadow tier."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from router.routerbench import csv_files, load_rows, split_of
+from tests.trained_registry import routerbench_slice
+from training.judged import judged_rows, read_judgments
+from training.simulate import STRONG, WEAK, SimulationSettings, run_simulation, simulation_config
+
+ROWS_PER_FILE = 30  # 90 prompts: 52 train, 21 validation, 17 test
+
+
+def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    data = routerbench_slice(shared_data, tmp_path / "data", ROWS_PER_FILE)
+    workdir = tmp_path / "sim"
+    report = run_simulation(
+        data,
+        workdir,
+        SimulationSettings(rounds=2, slice_rows=20, rate=1.0, concurrency=2, tolerance=0.02),
+        console=Console(file=(tmp_path / "log.txt").open("w")),
+        cache_dir=tmp_path / "embeddings",
+    )
+    saved = json.loads((workdir / "simulation.json").read_text())
+    assert saved == report and (workdir / "simulation.png").stat().st_size > 1000
+    rows = load_rows(csv_files(data))
+    train_prompts = {r.prompt for r in rows if split_of(r.sample_id) == "train"}
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    # Every train-split prompt but the weak start's slice is served once; none fails.
+    assert sum(r["requests"] for r in report["rounds"]) == len(train_prompts) - 20
+    assert all(r["failed"] == 0 for r in report["rounds"])
+    for entry in (*report["rounds"], report["final"], report["reference"]):
+        for key in ("held_out_apgr", "validation_apgr"):
+            assert 0.0 <= entry[key] <= 1.0
+    for r in report["rounds"]:
+        assert r["candidate"] and set(r["gate"]) >= {"candidate", "serving", "tolerance"}
+        assert float(r["shadow_spend_usd"]) > 0  # gpt-4's or mixtral's recorded answer, at list prices
+        assert float(r["judge_spend_usd"]) == 0  # the replay judge calls no model
+    # rate 1: both tiers' answers of every served request judged
+    assert report["rounds"][-1]["judgments_total"] == 2 * (len(train_prompts) - 20)
+    assert report["judge"] == "replay judge (recorded scores)"
+    assert report["held_out"]["test_rows"] == sum(split_of(r.sample_id) == "test" for r in rows)
+
+    # The labels: each judged request's tier columns are the recorded scores of that tier's model.
+    config = simulation_config(workdir, "http://127.0.0.1:1", "unused", data, 1.0)
+    judged = judged_rows(config, read_judgments(config, 0, time.time() + 1).records, 1.0)
+    assert judged is not None and len(judged) == len(train_prompts) - 20
+    by_prompt = {r.prompt: r for r in rows}
+    assert set(judged.texts) <= train_prompts  # the simulation keeps its public prompts with the samples
+    assert not np.isnan(judged.scores).any()  # the served tier and the shadow tier, both labelled
+    for text, scores in zip(judged.texts, judged.scores, strict=True):
+        assert scores.tolist() == [by_prompt[text].scores[config.tier(t).model] for t in (WEAK, STRONG)]
