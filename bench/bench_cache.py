@@ -4,19 +4,23 @@ Not part of the test suite. Every number is printed beside its baseline measured
 
 * index: per-query search latency (p50/p99) in one partition of N synthetic unit vectors, exact
   flat search against HNSW, and HNSW's recall@1 against the exact answer for cache-like queries
-  (a stored vector plus noise, cosine about 0.9 to it);
+  (a stored vector plus noise, cosine about 0.9 to it). ``--vectors clustered`` (the default) draws
+  topics and variants of them, as a cache's question embeddings sit; ``uniform`` draws independent
+  rows, the worst case for a graph index. One HNSW build is searched at every ``--ef-search``;
 * facade: ``SemanticCache.lookup`` end to end (SQLite store, FAISS, verifier) on a smaller cache;
 * embedding: texts/s of ``BatchingEmbedder`` under 64 concurrent callers as a ratio of plain
   batched ``encode()`` over the same texts (goal: at least 0.8).
 
     .venv/bin/python bench/bench_cache.py                       # 10k and 100k vectors
-    .venv/bin/python bench/bench_cache.py --sizes 10000 100000 1000000   # the full 1M (1.5 GB)
+    .venv/bin/python bench/bench_cache.py --sizes 10000 100000 1000000 --skip facade embedding
+        # the 1M point: 1.5 GB of vectors, an HNSW build of several minutes on two cores
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import sys
@@ -25,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +51,31 @@ def unit_rows(rng: np.random.Generator, count: int) -> Matrix:
     return rows
 
 
+def clustered_rows(
+    rng: np.random.Generator, count: int, per_cluster: int = 50, spread: float = 0.9
+) -> Matrix:
+    """Topics and their variants: ``count / per_cluster`` random centres, each row a centre plus noise.
+
+    With ``spread`` 0.9 a row is at cosine ~0.74 to its centre and ~0.55 to its topic's other rows,
+    and ~0 to other topics: closer to how sentence embeddings of a cache's questions sit than
+    uniform rows (for which every row is nearly orthogonal to every other, the hardest case for HNSW).
+    """
+    centres = unit_rows(rng, max(1, count // per_cluster))
+    rows = np.empty((count, DIM), dtype=np.float32)
+    for start in range(0, count, 100_000):  # in blocks: a 1M x 384 noise matrix at once doubles peak memory
+        stop = min(count, start + 100_000)
+        block = centres[rng.integers(0, len(centres), size=stop - start)]
+        block += spread * unit_rows(rng, stop - start)
+        rows[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return rows
+
+
+VECTOR_MODELS: dict[str, Callable[[np.random.Generator, int], Matrix]] = {
+    "uniform": unit_rows,
+    "clustered": clustered_rows,
+}
+
+
 def near_queries(
     rng: np.random.Generator, base: Matrix, count: int, noise: float = 0.5
 ) -> tuple[Matrix, np.ndarray]:
@@ -63,59 +93,105 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50 * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms"
 
 
-def timed_searches(index: PartitionedIndex, queries: Matrix) -> tuple[list[float], list[int]]:
-    latencies, answers = [], []
+@dataclasses.dataclass
+class Timings:
+    """Per-query wall time, and the CPU time of the searching thread (wall minus time spent preempted)."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+
+    def report(self) -> str:
+        return f"{percentiles(self.wall)}  (thread CPU: {percentiles(self.cpu)})"
+
+
+def timed_searches(index: PartitionedIndex, queries: Matrix) -> tuple[Timings, list[int]]:
+    timings, answers = Timings(), []
     for query in queries:
-        start = time.perf_counter()
+        cpu_start, start = time.thread_time(), time.perf_counter()
         result = index.search("p", query, 4)
-        latencies.append(time.perf_counter() - start)
+        timings.wall.append(time.perf_counter() - start)
+        timings.cpu.append(time.thread_time() - cpu_start)
         answers.append(result[0][0] if result else -1)
-    return latencies, answers
+    return timings, answers
+
+
+def exact_top1(base: Matrix, queries: Matrix) -> np.ndarray:
+    """The exact answers, in one batched search (per-query flat timing is done on a sample)."""
+    flat = faiss.IndexFlatIP(DIM)
+    flat.add(base)
+    _, labels = flat.search(queries, 1)
+    return np.asarray(labels[:, 0], dtype=np.int64)
+
+
+def build_hnsw(base: Matrix, params: IndexParams, batch: int) -> tuple[PartitionedIndex, float]:
+    """HNSW through the cache's own index, filled by ``add`` in batches as a growing partition is."""
+    index = PartitionedIndex(
+        DIM, IndexParams(1, params.hnsw_m, params.hnsw_ef_construction, params.hnsw_ef_search)
+    )
+    labels = np.arange(len(base), dtype=np.int64)
+    start = time.perf_counter()
+    index.add("p", labels[:2], base[:2])
+    index.rebuild("p")  # two vectors, now HNSW: every later add goes into the graph
+    for offset in range(2, len(base), batch):
+        index.add("p", labels[offset : offset + batch], base[offset : offset + batch])
+        if len(base) > 5 * batch and (offset // batch) % 5 == 4:
+            print(
+                f"    built {offset + batch:,}/{len(base):,} in {time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
+    return index, time.perf_counter() - start
 
 
 def bench_index(
-    sizes: list[int], queries_per_size: int, params: IndexParams, search_threads: int, build_threads: int
+    sizes: list[int],
+    queries_per_size: int,
+    params: IndexParams,
+    ef_searches: list[int],
+    options: argparse.Namespace,
 ) -> None:
     print(
-        f"\n== index: one partition, {DIM}-d, top-4, {queries_per_size} queries (cosine ~0.9 to a stored row)"
+        f"\n== index: one partition, {DIM}-d {options.vectors} vectors, top-4, {queries_per_size} queries "
+        "(cosine ~0.9 to a stored row)"
     )
+    print(f"   HNSW M={params.hnsw_m} efConstruction={params.hnsw_ef_construction} efSearch={ef_searches}")
     print(
-        f"   HNSW M={params.hnsw_m} efConstruction={params.hnsw_ef_construction} efSearch={params.hnsw_ef_search}"
+        f"   FAISS OpenMP threads: {options.faiss_threads} per search, {options.faiss_build_threads} per build"
     )
-    print(f"   FAISS OpenMP threads: {search_threads} per search, {build_threads} per build")
     rng = np.random.default_rng(7)
     for size in sizes:
-        base = unit_rows(rng, size)
-        labels = np.arange(size, dtype=np.int64)
+        base = VECTOR_MODELS[options.vectors](rng, size)
         queries, sources = near_queries(rng, base, queries_per_size)
+        set_faiss_threads(options.faiss_build_threads)
+        truth = exact_top1(base, queries)
 
-        set_faiss_threads(search_threads)
+        set_faiss_threads(options.faiss_threads)
+        timed = queries[: options.flat_queries]
         flat = PartitionedIndex(DIM, IndexParams(hnsw_after=size + 1))
-        flat.add("p", labels, base)
-        flat_latency, truth = timed_searches(flat, queries)
+        flat.add("p", np.arange(size, dtype=np.int64), base)
+        flat_latency, flat_answers = timed_searches(flat, timed)
         del flat
+        if flat_answers != truth[: len(timed)].tolist():
+            raise RuntimeError("the cache's flat index disagrees with the batched exact search")
+        print(f"  N={size:>9,}  flat {flat_latency.report()}  ({len(timed)} queries)")
 
-        hnsw = PartitionedIndex(
-            DIM, IndexParams(1, params.hnsw_m, params.hnsw_ef_construction, params.hnsw_ef_search)
-        )
-        set_faiss_threads(build_threads)
-        start = time.perf_counter()
-        hnsw.add("p", labels[:2], base[:2])
-        hnsw.rebuild("p")  # empty-ish HNSW, then bulk add: the same path a partition takes when it grows
-        hnsw.add("p", labels[2:], base[2:])
-        build_s = time.perf_counter() - start
-        set_faiss_threads(search_threads)
-        hnsw_latency, answers = timed_searches(hnsw, queries)
+        set_faiss_threads(options.faiss_build_threads)
+        hnsw, build_s = build_hnsw(base, params, options.build_batch)
+        del base
+        source_hit = float(np.mean(truth == sources))
+        print(f"  N={size:>9,}  HNSW build {build_s:.1f} s  (exact top-1 = source row: {source_hit:.4f})")
+        set_faiss_threads(options.faiss_threads)
+        for ef in ef_searches:
+            hnsw.params = dataclasses.replace(hnsw.params, hnsw_ef_search=ef)
+            timed_searches(hnsw, queries[:50])  # warm the graph's pages after a build or another ef
+            latency, answers = timed_searches(hnsw, queries)
+            recall = float(np.mean(np.asarray(answers) == truth))
+            ratio = statistics.median(flat_latency.wall) / statistics.median(latency.wall)
+            print(
+                f"  N={size:>9,}  HNSW efSearch={ef:<4} {latency.report()}  recall@1 {recall:.4f}  "
+                f"speed-up x{ratio:.1f} (p50)",
+                flush=True,
+            )
         del hnsw
-
-        recall = float(np.mean(np.asarray(answers) == np.asarray(truth)))
-        source_hit = float(np.mean(np.asarray(truth) == sources))
-        ratio = statistics.median(flat_latency) / statistics.median(hnsw_latency)
-        print(f"  N={size:>9,}  flat {percentiles(flat_latency)}")
-        print(
-            f"  N={size:>9,}  HNSW {percentiles(hnsw_latency)}  recall@1 {recall:.4f}  "
-            f"speed-up x{ratio:.1f} (p50)  build {build_s:.1f} s  (exact top-1 = source row: {source_hit:.4f})"
-        )
 
 
 async def bench_facade(entries: int, lookups: int) -> None:
@@ -211,10 +287,19 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--vectors", choices=sorted(VECTOR_MODELS), default="clustered")
     parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--hnsw-m", type=int, default=32)
-    parser.add_argument("--ef-construction", type=int, default=80)
-    parser.add_argument("--ef-search", type=int, default=64)
+    parser.add_argument("--flat-queries", type=int, default=200, help="queries timed on exact flat search")
+    parser.add_argument("--hnsw-m", type=int, default=CacheSettings().hnsw_m)
+    parser.add_argument("--ef-construction", type=int, default=CacheSettings().hnsw_ef_construction)
+    parser.add_argument(
+        "--ef-search",
+        type=int,
+        nargs="+",
+        default=[CacheSettings().hnsw_ef_search],
+        help="one build, each tried",
+    )
+    parser.add_argument("--build-batch", type=int, default=50_000, help="vectors per add() while building")
     parser.add_argument("--faiss-threads", type=int, default=1, help="per search, as the cache sets it")
     parser.add_argument("--faiss-build-threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--facade-entries", type=int, default=2000)
@@ -225,8 +310,8 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=["index", "facade", "embedding"])
     args = parser.parse_args()
     if "index" not in args.skip:
-        params = IndexParams(1, args.hnsw_m, args.ef_construction, args.ef_search)
-        bench_index(args.sizes, args.queries, params, args.faiss_threads, args.faiss_build_threads)
+        params = IndexParams(1, args.hnsw_m, args.ef_construction, args.ef_search[0])
+        bench_index(args.sizes, args.queries, params, args.ef_search, args)
     if "facade" not in args.skip:
         asyncio.run(bench_facade(args.facade_entries, min(args.queries, 500)))
     if "embedding" not in args.skip:
