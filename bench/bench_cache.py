@@ -136,7 +136,7 @@ def build_hnsw(base: Matrix, params: IndexParams, batch: int) -> tuple[Partition
         index.add("p", labels[offset : offset + batch], base[offset : offset + batch])
         if len(base) > 5 * batch and (offset // batch) % 5 == 4:
             print(
-                f"    built {offset + batch:,}/{len(base):,} in {time.perf_counter() - start:.0f} s",
+                f"    built {min(offset + batch, len(base)):,}/{len(base):,} in {time.perf_counter() - start:.0f} s",
                 flush=True,
             )
     return index, time.perf_counter() - start
