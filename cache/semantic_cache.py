@@ -368,7 +368,9 @@ class SemanticCache:
             if required >= _BLOCKED_THRESHOLD or cosine < required:
                 continue
             try:
-                verdict = self._verifier.verify(query.query_text, entry.query_text, cosine)
+                verdict = self._verifier.verify(
+                    query.query_text, entry.query_text, cosine, (vector, entry.embedding)
+                )
             except Exception:
                 # A broken verifier must never let an unverified answer through.
                 logger.exception("cache verifier failed; candidate %s rejected", entry_id)

@@ -12,6 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from cache.embedder import Vector
+
+# The query's and the candidate's embeddings (normalised, of one embedder), when the caller has them.
+PairVectors = tuple[Vector, Vector]
+
 
 @dataclass(frozen=True, slots=True)
 class VerifierVerdict:
@@ -23,7 +28,9 @@ class VerifierVerdict:
 
 
 class CandidateVerifier(Protocol):
-    def verify(self, query_text: str, candidate_text: str, cosine: float) -> VerifierVerdict:
+    def verify(
+        self, query_text: str, candidate_text: str, cosine: float, vectors: PairVectors | None = None
+    ) -> VerifierVerdict:
         """Judge whether ``candidate_text``'s stored answer serves ``query_text``."""
         ...
 
@@ -36,7 +43,9 @@ class CosineOnlyVerifier:
             raise ValueError(f"threshold must lie in [-1, 1], got {threshold}")
         self.threshold = threshold
 
-    def verify(self, query_text: str, candidate_text: str, cosine: float) -> VerifierVerdict:
+    def verify(
+        self, query_text: str, candidate_text: str, cosine: float, vectors: PairVectors | None = None
+    ) -> VerifierVerdict:
         accept = cosine >= self.threshold
         relation = ">=" if accept else "<"
         score = min(1.0, max(0.0, cosine))

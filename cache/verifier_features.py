@@ -2,14 +2,15 @@
 
 Every feature is symmetric in the two texts (min/max instead of first/second), so the
 verdict does not depend on which text was cached first. Rule difference counts come
-from ``cache.verifier_rules``, so the model sees the parse the rules act on. One learned
-asset travels with a model (``FeatureAssets``): word document frequencies, because rare
-words that differ matter more than common ones.
+from ``cache.verifier_rules``, so the model sees the parse the rules act on. Two learned
+assets travel with a model: word document frequencies (``FeatureAssets``), because rare
+words that differ matter more than common ones, and the embedding projection below.
 
-The texts' embeddings enter only through their cosine. Projections of |a−b| and a*b
-(16 principal directions each) were measured on the QQP validation split and did not
-raise precision at recall 0.4 (0.892 with them, 0.894 without), so the verifier needs
-no vectors and keeps the plain ``CandidateVerifier`` signature.
+The texts' embeddings enter through their cosine and through ``EmbeddingProjection``:
+|u−v| and u⊙v (symmetric in the two vectors) projected on their first 32 principal
+directions in the training pairs. On the QQP validation split these raised the recall
+the verifier reaches at precision ≥ 0.90 (95% lower bound) from 0.25 to 0.31 with the
+same LightGBM settings; 16 directions had not helped the smaller model before.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import numpy.typing as npt
 from cache.verifier_lexicon import QUESTION_WORDS, STOPWORDS
 from cache.verifier_rules import RULES, signature
 
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
+# Principal directions kept of each embedding interaction (|u−v| and u⊙v).
+EMBEDDING_COMPONENTS = 32
 
 _WORD = re.compile(r"\w+")
 
@@ -61,7 +64,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "numbers_max",
     "entities_max",
     "entities_shared",
+    *(f"embedding_diff_{i}" for i in range(EMBEDDING_COMPONENTS)),
+    *(f"embedding_product_{i}" for i in range(EMBEDDING_COMPONENTS)),
 )
+
+Vector = npt.NDArray[np.float32]
 
 
 class FeatureAssetError(ValueError):
@@ -96,6 +103,60 @@ class FeatureAssets:
             return cls(int(data["documents"]), frequencies)
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise FeatureAssetError(f"malformed verifier document frequencies: {exc!r}") from exc
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EmbeddingProjection:
+    """Centred principal directions of |u−v| and u⊙v: ``(EMBEDDING_COMPONENTS, dim)`` each, with means."""
+
+    diff_mean: Vector
+    diff_components: Vector
+    product_mean: Vector
+    product_components: Vector
+
+    def __post_init__(self) -> None:
+        dim = self.diff_mean.shape[0]
+        expected = {
+            "diff_mean": (dim,),
+            "product_mean": (dim,),
+            "diff_components": (EMBEDDING_COMPONENTS, dim),
+            "product_components": (EMBEDDING_COMPONENTS, dim),
+        }
+        for name, shape in expected.items():
+            array = getattr(self, name)
+            if array.shape != shape or array.dtype != np.float32 or not np.all(np.isfinite(array)):
+                raise FeatureAssetError(f"embedding projection {name}: expected finite float32 {shape}")
+
+    @property
+    def dim(self) -> int:
+        return int(self.diff_mean.shape[0])
+
+    def project(self, query_vector: Vector, candidate_vector: Vector) -> Vector:
+        """The 2 × EMBEDDING_COMPONENTS interaction features of one pair (order-free)."""
+        u = np.asarray(query_vector, dtype=np.float32).reshape(-1)
+        v = np.asarray(candidate_vector, dtype=np.float32).reshape(-1)
+        if u.shape != (self.dim,) or v.shape != (self.dim,):
+            raise ValueError(f"pair vectors have shapes {u.shape} and {v.shape}, expected ({self.dim},)")
+        diff = self.diff_components @ (np.abs(u - v) - self.diff_mean)
+        product = self.product_components @ (u * v - self.product_mean)
+        return np.concatenate([diff, product]).astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        # float() of a float32 prints the shortest decimal that reads back to the same float32.
+        payload = {name: np.asarray(getattr(self, name)).tolist() for name in _PROJECTION_FIELDS}
+        return gzip.compress(json.dumps(payload, separators=(",", ":")).encode("utf-8"), mtime=0)
+
+    @classmethod
+    def from_bytes(cls, payload: bytes) -> EmbeddingProjection:
+        try:
+            data = json.loads(gzip.decompress(payload))
+            arrays = {name: np.asarray(data[name], dtype=np.float32) for name in _PROJECTION_FIELDS}
+        except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+            raise FeatureAssetError(f"malformed verifier embedding projection: {exc!r}") from exc
+        return cls(**arrays)
+
+
+_PROJECTION_FIELDS = ("diff_mean", "diff_components", "product_mean", "product_components")
 
 
 def _jaccard(left: set[str] | frozenset[str], right: set[str] | frozenset[str]) -> float:
@@ -180,12 +241,17 @@ def _rule_features(query_text: str, candidate_text: str) -> list[float]:
 
 
 def pair_features(
-    query_text: str, candidate_text: str, cosine: float, assets: FeatureAssets
+    query_text: str,
+    candidate_text: str,
+    cosine: float,
+    vectors: tuple[Vector, Vector],
+    assets: FeatureAssets,
+    projection: EmbeddingProjection,
 ) -> npt.NDArray[np.float32]:
-    """The feature row of ``FEATURE_NAMES`` for one pair; ``cosine`` is the embeddings' similarity."""
+    """The feature row of ``FEATURE_NAMES`` for one pair; ``cosine`` is the similarity of ``vectors``."""
     row = [
         cosine,
         *_text_features(query_text, candidate_text, assets),
         *_rule_features(query_text, candidate_text),
     ]
-    return np.asarray(row, dtype=np.float32)
+    return np.concatenate([np.asarray(row, dtype=np.float32), projection.project(*vectors)])

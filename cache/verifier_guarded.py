@@ -9,13 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from cache.verification import VerifierVerdict
+from cache.verification import PairVectors, VerifierVerdict
 from cache.verifier_model import DEFAULT_MODEL_DIR, VerifierModel
 from cache.verifier_rules import RULES_BY_NAME, PairRule, RuleVerifier
 
 
 class GuardedVerifier:
     """CandidateVerifier: accept when cosine ≥ ``min_cosine``, no hard rule fires and P ≥ ``threshold``.
+
+    The model reads both embeddings: a call without ``vectors`` is rejected.
 
     ``threshold``, ``min_cosine`` and the hard rules default to the values the model's
     manifest records (chosen on the validation split when it was trained).
@@ -49,13 +51,18 @@ class GuardedVerifier:
         """The verifier of a model directory (the shipped one by default) at its manifest's settings."""
         return cls(VerifierModel(directory, expected_embedder_key))
 
-    def verify(self, query_text: str, candidate_text: str, cosine: float) -> VerifierVerdict:
+    def verify(
+        self, query_text: str, candidate_text: str, cosine: float, vectors: PairVectors | None = None
+    ) -> VerifierVerdict:
         if cosine < self.min_cosine:
             return VerifierVerdict(False, 0.0, f"cosine {cosine:.4f} < {self.min_cosine:.4f}")
         difference = self.rules.first_difference(query_text, candidate_text)
         if difference is not None:
             return VerifierVerdict(False, 0.0, f"rule {difference}")
-        probability = self.model.probability(query_text, candidate_text, cosine)
+        if vectors is None:
+            # The model reads the embeddings; without them it cannot judge, so nothing is served.
+            return VerifierVerdict(False, 0.0, "no embeddings to compare")
+        probability = self.model.probability(query_text, candidate_text, cosine, vectors)
         accept = probability >= self.threshold
         relation = ">=" if accept else "<"
         return VerifierVerdict(

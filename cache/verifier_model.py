@@ -1,7 +1,7 @@
 """The learned pair classifier, served with onnxruntime: P(one answer serves both texts).
 
-A model directory holds ``manifest.json``, the ONNX file and the feature asset it
-names (word document frequencies). The manifest pins each
+A model directory holds ``manifest.json``, the ONNX file and the feature assets it
+names (word document frequencies, the embedding projection). The manifest pins each
 file's SHA-256, the feature layout and the embedder the vectors came from; any
 mismatch refuses the model with ``VerifierModelError`` instead of serving verdicts
 from features the model was never trained on.
@@ -23,13 +23,15 @@ import numpy.typing as npt
 from cache.verifier_features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
+    EmbeddingProjection,
     FeatureAssetError,
     FeatureAssets,
+    Vector,
     pair_features,
 )
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "verifier"
 
 
@@ -43,6 +45,7 @@ class VerifierManifest:
 
     model_file: str
     idf_file: str
+    projection_file: str
     sha256: Mapping[str, str]
     feature_version: int
     feature_names: tuple[str, ...]
@@ -53,14 +56,15 @@ class VerifierManifest:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def files(self) -> tuple[str, str]:
-        return (self.model_file, self.idf_file)
+    def files(self) -> tuple[str, str, str]:
+        return (self.model_file, self.idf_file, self.projection_file)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": MANIFEST_FORMAT,
             "model_file": self.model_file,
             "idf_file": self.idf_file,
+            "projection_file": self.projection_file,
             "sha256": dict(self.sha256),
             "feature_version": self.feature_version,
             "feature_names": list(self.feature_names),
@@ -81,6 +85,7 @@ class VerifierManifest:
             "format",
             "model_file",
             "idf_file",
+            "projection_file",
             "sha256",
             "feature_version",
             "feature_names",
@@ -93,6 +98,7 @@ class VerifierManifest:
             manifest = cls(
                 model_file=str(data["model_file"]),
                 idf_file=str(data["idf_file"]),
+                projection_file=str(data["projection_file"]),
                 sha256={str(name): str(digest).lower() for name, digest in dict(data["sha256"]).items()},
                 feature_version=int(data["feature_version"]),
                 feature_names=tuple(str(name) for name in data["feature_names"]),
@@ -160,6 +166,7 @@ class VerifierModel:
             )
         try:
             self.assets = FeatureAssets.from_bytes(payloads[self.manifest.idf_file])
+            self.projection = EmbeddingProjection.from_bytes(payloads[self.manifest.projection_file])
         except FeatureAssetError as exc:
             raise VerifierModelError(f"verifier model {directory}: {exc}") from exc
         options = ort.SessionOptions()
@@ -189,8 +196,11 @@ class VerifierModel:
         (probabilities,) = self._session.run([self._output_name], {self._input_name: matrix})
         return np.asarray(probabilities, dtype=np.float32)[:, 1]
 
-    def probability(self, query_text: str, candidate_text: str, cosine: float) -> float:
-        return float(self.predict(pair_features(query_text, candidate_text, cosine, self.assets))[0])
+    def probability(
+        self, query_text: str, candidate_text: str, cosine: float, vectors: tuple[Vector, Vector]
+    ) -> float:
+        row = pair_features(query_text, candidate_text, cosine, vectors, self.assets, self.projection)
+        return float(self.predict(row)[0])
 
 
 def _read_pinned(directory: Path, name: str, pinned: str) -> bytes:

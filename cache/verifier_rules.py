@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from cache.verification import VerifierVerdict
+from cache.verification import PairVectors, VerifierVerdict
 from cache.verifier_lexicon import (
     AMBIGUOUS_MONTHS,
     ANTONYMS,
@@ -513,7 +513,9 @@ class RuleVerifier:
                 return f"{rule.name}: {diffs[0]}"
         return None
 
-    def verify(self, query_text: str, candidate_text: str, cosine: float) -> VerifierVerdict:
+    def verify(
+        self, query_text: str, candidate_text: str, cosine: float, vectors: PairVectors | None = None
+    ) -> VerifierVerdict:
         reason = self.first_difference(query_text, candidate_text)
         if reason is not None:
             return VerifierVerdict(accept=False, score=0.0, reason=reason)

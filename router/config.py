@@ -172,6 +172,9 @@ class StoreConfig(_Strict):
         return self
 
 
+COSINE_ONLY_THRESHOLD = 0.90
+
+
 class CacheConfig(CacheSettings):
     """The response cache: on by default; every ``CacheSettings`` key tunes it."""
 
@@ -191,6 +194,15 @@ class CacheConfig(CacheSettings):
         description="guarded: near-miss rules + the trained pair model; cosine: the threshold alone",
     )
     verifier_model: Path | None = Field(None, description="pair-model directory; default: the shipped model")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cosine_only_threshold(cls, data: Any) -> Any:
+        # The default similarity_threshold is the guarded verifier's floor; cosine alone decides at it,
+        # so without an explicit threshold it gets the one that gave 0.80 precision on QQP.
+        if isinstance(data, dict) and data.get("verifier") == "cosine" and "similarity_threshold" not in data:
+            return {**data, "similarity_threshold": COSINE_ONLY_THRESHOLD}
+        return data
 
 
 class LimitsConfig(_Strict):

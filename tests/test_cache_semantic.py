@@ -20,7 +20,7 @@ from cache.semantic_cache import CacheClosed, CacheQuery, HitKind, SemanticCache
 from cache.settings import CacheSettings
 from cache.sqlite_store import SqliteEntryStore
 from cache.store import CachedResponse, EvictionOrder
-from cache.verification import CosineOnlyVerifier, VerifierVerdict
+from cache.verification import CosineOnlyVerifier, PairVectors, VerifierVerdict
 from tests.test_cache_embedding import load_sentence_embedder
 
 SYSTEM = "You are the support assistant of an online shop."
@@ -397,9 +397,13 @@ class RecordingVerifier:
     def __init__(self, accept: bool, fail: bool = False) -> None:
         self.accept, self.fail = accept, fail
         self.calls: list[tuple[str, str, float]] = []
+        self.vectors: list[PairVectors | None] = []
 
-    def verify(self, query_text: str, candidate_text: str, cosine: float) -> VerifierVerdict:
+    def verify(
+        self, query_text: str, candidate_text: str, cosine: float, vectors: PairVectors | None = None
+    ) -> VerifierVerdict:
         self.calls.append((query_text, candidate_text, cosine))
+        self.vectors.append(vectors)
         if self.fail:
             raise RuntimeError("verifier model missing")
         return VerifierVerdict(self.accept, 0.77 if self.accept else 0.1, "recorded")
@@ -416,6 +420,10 @@ async def test_verifier_decides_and_a_failing_one_rejects(harness: Harness, acce
         "How can I reset my password?",
         "How do I reset my password?",
     )
+    # The verifier sees both embeddings, and their dot product is the cosine it was given.
+    pair = verifier.vectors[0]
+    assert pair is not None
+    assert float(np.dot(pair[0], pair[1])) == pytest.approx(verifier.calls[0][2], abs=1e-5)
     if accept and not fail:
         assert hit is not None and (hit.verifier_score, hit.verifier_reason) == (0.77, "recorded")
     else:

@@ -91,3 +91,16 @@ def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
         load_config(write(tmp_path, "tiers: [unclosed"))
     with pytest.raises(ConfigError, match="tiers"):
         load_config(write(tmp_path, "server: {port: 1}\n"))
+
+
+def test_cache_threshold_defaults_follow_the_verifier() -> None:
+    from cache.verifier_model import read_manifest
+    from router.config import COSINE_ONLY_THRESHOLD, CacheConfig
+
+    # The guarded default is the shipped verifier's evaluated cosine floor, so the cache shows it every
+    # candidate the evaluation did; cosine alone gets its own stricter default; explicit values stay.
+    shipped = read_manifest(Path(__file__).resolve().parents[1] / "cache" / "models" / "verifier")
+    assert CacheConfig().similarity_threshold == pytest.approx(shipped.min_cosine)
+    assert CacheConfig(verifier="cosine").similarity_threshold == COSINE_ONLY_THRESHOLD
+    assert CacheConfig(verifier="cosine", similarity_threshold=0.5).similarity_threshold == 0.5
+    assert CacheConfig(similarity_threshold=0.8).similarity_threshold == 0.8

@@ -6,9 +6,16 @@ import numpy as np
 import pytest
 
 from cache.embedder import EmbedderInfo, Matrix
-from cache.verifier_features import FEATURE_NAMES, FeatureAssetError, FeatureAssets, pair_features
+from cache.verifier_features import (
+    EMBEDDING_COMPONENTS,
+    FEATURE_NAMES,
+    EmbeddingProjection,
+    FeatureAssetError,
+    FeatureAssets,
+    pair_features,
+)
 from cache.verifier_rules import RuleVerifier
-from training.verifier import fit_feature_assets, pair_block
+from training.verifier import fit_embedding_projection, fit_feature_assets, pair_block
 from training.verifier_data import QuestionPair
 
 PAIRS = [
@@ -23,7 +30,7 @@ PAIRS = [
 class HashEmbedder:
     """Deterministic unit vectors from a text hash: stands in for the model where only plumbing is tested."""
 
-    info = EmbedderInfo("test/hash", 16)
+    info = EmbedderInfo("test/hash", 48)
 
     def encode(self, texts: list[str]) -> Matrix:
         rows = []
@@ -35,10 +42,21 @@ class HashEmbedder:
 
 
 ASSETS = fit_feature_assets(PAIRS * 2)
+# The projection is fitted on more pairs than PAIRS: it needs at least EMBEDDING_COMPONENTS of them.
+FIT_PAIRS = PAIRS + [QuestionPair(f"question {i}", f"question {i}, asked again", i % 2) for i in range(40)]
+_FIT_TEXTS = [text for pair in FIT_PAIRS for text in (pair.a, pair.b)]
+VECTORS = dict(zip(_FIT_TEXTS, HashEmbedder().encode(_FIT_TEXTS), strict=True))
+PROJECTION = fit_embedding_projection(FIT_PAIRS, VECTORS)
+
+
+def _row(query: str, candidate: str, cosine: float, assets: FeatureAssets = ASSETS) -> np.ndarray:
+    return pair_features(
+        query, candidate, cosine, (VECTORS[PAIRS[0].a], VECTORS[PAIRS[0].b]), assets, PROJECTION
+    )
 
 
 def test_row_has_one_value_per_named_feature() -> None:
-    row = pair_features(PAIRS[0].a, PAIRS[0].b, 0.97, ASSETS)
+    row = _row(PAIRS[0].a, PAIRS[0].b, 0.97)
     assert row.shape == (len(FEATURE_NAMES),)
     assert row.dtype == np.float32
     assert np.all(np.isfinite(row))
@@ -47,36 +65,48 @@ def test_row_has_one_value_per_named_feature() -> None:
 
 def test_features_are_symmetric() -> None:
     for pair in PAIRS:
+        u, v = VECTORS[pair.a], VECTORS[pair.b]
         np.testing.assert_array_equal(
-            pair_features(pair.a, pair.b, 0.9, ASSETS), pair_features(pair.b, pair.a, 0.9, ASSETS)
+            pair_features(pair.a, pair.b, 0.9, (u, v), ASSETS, PROJECTION),
+            pair_features(pair.b, pair.a, 0.9, (v, u), ASSETS, PROJECTION),
         )
 
 
+def test_embedding_features_see_the_vectors() -> None:
+    u, v = VECTORS[PAIRS[0].a], VECTORS[PAIRS[0].b]
+    first = FEATURE_NAMES.index("embedding_diff_0")
+    assert len(FEATURE_NAMES) - first == 2 * EMBEDDING_COMPONENTS
+    same = pair_features("x", "x", 1.0, (u, u), ASSETS, PROJECTION)
+    other = pair_features("x", "x", 1.0, (u, v), ASSETS, PROJECTION)
+    np.testing.assert_array_equal(same[:first], other[:first])
+    assert not np.array_equal(same[first:], other[first:])
+    with pytest.raises(ValueError, match="expected"):
+        PROJECTION.project(u[:10], v[:10])
+
+
 def test_training_rows_equal_serving_rows() -> None:
-    embedder = HashEmbedder()
-    texts = [text for pair in PAIRS for text in (pair.a, pair.b)]
-    vectors = dict(zip(texts, embedder.encode(texts), strict=True))
-    block = pair_block(PAIRS, vectors, RuleVerifier(), ASSETS)
+    block = pair_block(PAIRS, VECTORS, RuleVerifier(), ASSETS, PROJECTION)
     for index, pair in enumerate(PAIRS):
-        cosine = float(np.dot(vectors[pair.a], vectors[pair.b]))
+        cosine = float(np.dot(VECTORS[pair.a], VECTORS[pair.b]))
         assert block.cosines[index] == pytest.approx(cosine, abs=1e-6)
-        # The serving path computes the row from the texts and the cosine the index returned.
-        served = pair_features(pair.a, pair.b, float(block.cosines[index]), ASSETS)
+        # The serving path computes the row from the texts, both vectors and the cosine the index returned.
+        vectors = (VECTORS[pair.a], VECTORS[pair.b])
+        served = pair_features(pair.a, pair.b, float(block.cosines[index]), vectors, ASSETS, PROJECTION)
         np.testing.assert_array_equal(block.features[index], served)
     assert block.labels.tolist() == [pair.label for pair in PAIRS]
     assert block.rules_pass.tolist() == [True, False, False, True, True]
 
 
 def test_rule_counts_reach_the_features() -> None:
-    row = pair_features("cancel my subscription", "don't cancel my subscription", 0.95, ASSETS)
+    row = _row("cancel my subscription", "don't cancel my subscription", 0.95)
     assert row[FEATURE_NAMES.index("rule_negation")] == 1
     assert row[FEATURE_NAMES.index("rule_number")] == 0
 
 
 def test_rare_differing_words_weigh_more() -> None:
     assets = FeatureAssets(100, {"how": 90, "do": 80, "i": 85, "learn": 20, "python": 5})
-    common = pair_features("how do i learn python", "how do i learn python do", 0.99, assets)
-    rare = pair_features("how do i learn python", "how do i learn python zebra", 0.99, assets)
+    common = _row("how do i learn python", "how do i learn python do", 0.99, assets)
+    rare = _row("how do i learn python", "how do i learn python zebra", 0.99, assets)
     column = FEATURE_NAMES.index("idf_only_max_word")
     assert rare[column] > common[column]
     assert assets.idf("zebra") == pytest.approx(np.log(101))
@@ -93,3 +123,27 @@ def test_assets_round_trip_byte_for_byte() -> None:
 def test_malformed_assets_are_refused(payload: bytes) -> None:
     with pytest.raises(FeatureAssetError):
         FeatureAssets.from_bytes(payload)
+
+
+def test_projection_round_trips_byte_for_byte() -> None:
+    payload = PROJECTION.to_bytes()
+    again = EmbeddingProjection.from_bytes(payload)
+    for name in ("diff_mean", "diff_components", "product_mean", "product_components"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(PROJECTION, name))
+    assert again.to_bytes() == payload
+
+
+@pytest.mark.parametrize("payload", [b"", b"not gzip", b"\x1f\x8b\x08\x00garbage"])
+def test_malformed_projection_is_refused(payload: bytes) -> None:
+    with pytest.raises(FeatureAssetError):
+        EmbeddingProjection.from_bytes(payload)
+
+
+def test_projection_of_the_wrong_shape_is_refused() -> None:
+    with pytest.raises(FeatureAssetError, match="diff_components"):
+        EmbeddingProjection(
+            PROJECTION.diff_mean,
+            PROJECTION.diff_components[:3],
+            PROJECTION.product_mean,
+            PROJECTION.product_components,
+        )

@@ -13,11 +13,14 @@ from cache.verifier_features import FEATURE_NAMES
 from cache.verifier_guarded import GuardedVerifier
 from cache.verifier_model import DEFAULT_MODEL_DIR, MANIFEST_NAME, VerifierModel, VerifierModelError
 from cache.verifier_rules import RuleVerifier
+from tests.test_cache_embedding import load_sentence_embedder
 from training.make_traps import generate
 from training.verifier import (
     IDF_FILE,
     MODEL_FILE,
+    PROJECTION_FILE,
     PairBlock,
+    fit_embedding_projection,
     fit_feature_assets,
     fit_lightgbm,
     pair_block,
@@ -25,34 +28,51 @@ from training.verifier import (
 )
 from training.verifier_data import QuestionPair
 
-EMBEDDER_KEY = "test/embedder@8"
+EMBEDDER_KEY = "test/embedder@48"
+DIM = 48
+PLAN = ("How do I cancel my plan?", "How can I cancel my plan?")
 
 
-def _trap_block() -> tuple[PairBlock, list[QuestionPair]]:
-    """Real features of the trap pairs with made-up cosines: enough rows to grow real trees."""
+def _vectors(rng: np.random.Generator, texts: set[str]) -> dict[str, np.ndarray]:
+    vectors = {}
+    for text in sorted(texts):
+        vector = rng.normal(size=DIM).astype(np.float32)
+        vectors[text] = vector / np.linalg.norm(vector)
+    return vectors
+
+
+# Made-up embeddings of the texts the verifier tests below judge (unit vectors of the test dimension).
+PAIR_VECTORS = _vectors(
+    np.random.default_rng(3), {*PLAN, "cancel my subscription", "don't cancel my subscription"}
+)
+
+
+def _pair(query: str, candidate: str) -> tuple[np.ndarray, np.ndarray]:
+    return PAIR_VECTORS[query], PAIR_VECTORS[candidate]
+
+
+def _trap_block() -> tuple[PairBlock, list[QuestionPair], object]:
+    """Real features of the trap pairs with made-up vectors: enough rows to grow real trees."""
     pairs = [
         QuestionPair(str(row["a"]), str(row["b"]), int(str(row["label"])))
         for row in generate("train") + generate("eval")
         if isinstance(row["a"], str)
     ]
-    rng = np.random.default_rng(7)
-    texts = {text for pair in pairs for text in (pair.a, pair.b)}
-    vectors = {}
-    for text in sorted(texts):
-        vector = rng.normal(size=8)
-        vectors[text] = vector / np.linalg.norm(vector)
+    vectors = _vectors(np.random.default_rng(7), {text for pair in pairs for text in (pair.a, pair.b)})
     assets = fit_feature_assets(pairs)
-    return pair_block(pairs, vectors, RuleVerifier(), assets), pairs
+    projection = fit_embedding_projection(pairs, vectors)
+    return pair_block(pairs, vectors, RuleVerifier(), assets, projection), pairs, projection
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[object, Path, PairBlock]:
-    block, pairs = _trap_block()
+    block, pairs, projection = _trap_block()
     model = fit_lightgbm(block, seed=0)
     out = tmp_path_factory.mktemp("verifier")
     write_model_dir(
         model,
         fit_feature_assets(pairs),
+        projection,  # type: ignore[arg-type]
         out,
         embedder_key=EMBEDDER_KEY,
         threshold=0.5,
@@ -84,10 +104,13 @@ def test_tampered_model_file_is_refused(trained: tuple[object, Path, PairBlock],
         VerifierModel(copy)
 
 
-def test_tampered_frequencies_are_refused(trained: tuple[object, Path, PairBlock], tmp_path: Path) -> None:
+@pytest.mark.parametrize("asset", [IDF_FILE, PROJECTION_FILE])
+def test_tampered_assets_are_refused(
+    trained: tuple[object, Path, PairBlock], tmp_path: Path, asset: str
+) -> None:
     _, out, _ = trained
     copy = _copy(out, tmp_path / "tampered")
-    (copy / IDF_FILE).write_bytes(b"\x1f\x8b" + (copy / IDF_FILE).read_bytes()[2:-1])
+    (copy / asset).write_bytes(b"\x1f\x8b" + (copy / asset).read_bytes()[2:-1])
     with pytest.raises(VerifierModelError, match="SHA-256"):
         VerifierModel(copy)
 
@@ -130,7 +153,7 @@ def test_missing_or_broken_manifest_is_refused(tmp_path: Path) -> None:
 
 def test_other_embedder_is_refused(trained: tuple[object, Path, PairBlock]) -> None:
     _, out, _ = trained
-    with pytest.raises(VerifierModelError, match="cosines of test/embedder@8"):
+    with pytest.raises(VerifierModelError, match="cosines of test/embedder@48"):
         VerifierModel(out, expected_embedder_key="other/model@384")
 
 
@@ -138,16 +161,20 @@ def test_guarded_verifier_checks_floor_then_rules_then_model(trained: tuple[obje
     _, out, _ = trained
     model = VerifierModel(out)
     verifier = GuardedVerifier(model, min_cosine=0.5, threshold=0.0)
-    low = verifier.verify("How do I cancel my plan?", "How can I cancel my plan?", 0.3)
+    low = verifier.verify(*PLAN, 0.3, _pair(*PLAN))
     assert not low.accept and low.reason.startswith("cosine")
-    rule = verifier.verify("cancel my subscription", "don't cancel my subscription", 0.99)
+    negated = ("cancel my subscription", "don't cancel my subscription")
+    rule = verifier.verify(*negated, 0.99, _pair(*negated))
     assert not rule.accept and rule.reason.startswith("rule negation")
-    scored = verifier.verify("How do I cancel my plan?", "How can I cancel my plan?", 0.99)
+    scored = verifier.verify(*PLAN, 0.99, _pair(*PLAN))
     assert scored.accept and scored.reason.startswith("P(same answer)")
-    probability = model.probability("How do I cancel my plan?", "How can I cancel my plan?", 0.99)
+    probability = model.probability(*PLAN, 0.99, _pair(*PLAN))
     assert scored.score == pytest.approx(probability)
+    # Without the embeddings the model cannot judge: nothing is served.
+    blind = verifier.verify(*PLAN, 0.99)
+    assert not blind.accept and blind.reason == "no embeddings to compare"
     strict = GuardedVerifier(model, min_cosine=0.5, threshold=1.0)
-    assert not strict.verify("How do I cancel my plan?", "How can I cancel my plan?", 0.99).accept
+    assert not strict.verify(*PLAN, 0.99, _pair(*PLAN)).accept
 
 
 def test_guarded_verifier_rejects_unknown_rules_and_thresholds(
@@ -177,19 +204,28 @@ CLASSIC_TRAPS = [
 ]
 
 
+def _embedded(query: str, candidate: str) -> tuple[np.ndarray, np.ndarray]:
+    """Real all-MiniLM-L6-v2 vectors, as the cache hands them to the shipped verifier."""
+    left, right = load_sentence_embedder().encode([query, candidate])
+    return left, right
+
+
 @pytest.mark.parametrize(("query", "candidate"), CLASSIC_TRAPS)
 def test_shipped_model_loads_and_rejects_classic_traps(query: str, candidate: str) -> None:
     verifier = GuardedVerifier.load(
         DEFAULT_MODEL_DIR, expected_embedder_key="sentence-transformers/all-MiniLM-L6-v2@384"
     )
+    left, right = _embedded(query, candidate)
     # Even at a cosine no real pair reaches, a near-miss is not served.
     for cosine in (0.95, 0.999):
-        assert not verifier.verify(query, candidate, cosine).accept
-        assert not verifier.verify(candidate, query, cosine).accept
+        assert not verifier.verify(query, candidate, cosine, (left, right)).accept
+        assert not verifier.verify(candidate, query, cosine, (right, left)).accept
 
 
 def test_shipped_model_serves_a_plain_paraphrase() -> None:
     verifier = GuardedVerifier.load()
-    verdict = verifier.verify("How do I reset my password?", "How can I reset my password?", 0.97)
+    query, candidate = "How do I reset my password?", "How can I reset my password?"
+    left, right = _embedded(query, candidate)
+    verdict = verifier.verify(query, candidate, float(np.dot(left, right)), (left, right))
     assert verdict.accept, verdict.reason
     assert 0.0 <= verdict.score <= 1.0
