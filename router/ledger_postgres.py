@@ -7,11 +7,10 @@ its journal and retries); every call has a statement timeout so none hangs.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -32,8 +31,7 @@ from router.ledger_sql import (
     totals_from_rows,
     totals_sql,
 )
-
-T = TypeVar("T")
+from router.postgres_session import PostgresSession
 
 # Any fixed number: replicas creating the table at once take turns on it.
 _SCHEMA_LOCK = 0x7469657277697365
@@ -71,43 +69,15 @@ POSTGRES = Dialect(
 
 class PostgresSpendSink:
     def __init__(self, dsn: str, *, connect_timeout_s: int = 5, statement_timeout_s: float = 30.0) -> None:
-        self._dsn = dsn
-        self._connect_timeout_s = connect_timeout_s
-        self._statement_timeout_ms = int(statement_timeout_s * 1000)
-        self._conn: psycopg.Connection[Any] | None = None
-        self._lock = threading.Lock()
-        self._insert = insert_sql(POSTGRES)
-
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
-            return self._conn
-        conn = psycopg.connect(
-            self._dsn,
-            autocommit=True,
-            connect_timeout=self._connect_timeout_s,
-            options=f"-c statement_timeout={self._statement_timeout_ms}",
+        self._session = PostgresSession(
+            dsn,
+            schema(POSTGRES),
+            _SCHEMA_LOCK,
+            connect_timeout_s=connect_timeout_s,
+            statement_timeout_s=statement_timeout_s,
         )
-        try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                for statement in schema(POSTGRES):
-                    conn.execute(statement)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
-
-    def _run(self, work: Callable[[psycopg.Connection[Any]], T]) -> T:
-        with self._lock:
-            conn = self._connection()
-            try:
-                with conn.transaction():
-                    return work(conn)
-            except psycopg.OperationalError:
-                conn.close()  # reconnect on the next call
-                self._conn = None
-                raise
+        self._run = self._session.run
+        self._insert = insert_sql(POSTGRES)
 
     def write(self, records: Sequence[SpendRecord]) -> int:
         rows = [to_row(POSTGRES, r) for r in records]
@@ -150,7 +120,4 @@ class PostgresSpendSink:
         return self._run(lambda conn: conn.execute(purge_sql(POSTGRES), (cutoff,)).rowcount)
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._session.close()
