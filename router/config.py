@@ -254,6 +254,24 @@ class LedgerConfig(_Strict):
 MetricLabel = Literal["tenant", "feature", "tier", "model", "provider", "experiment", "arm"]
 
 
+class FeedbackConfig(_Strict):
+    """Judgments (Feedback RPC, sampled judge): kept in SQLite under store.path; with store.kind 'redis'
+    each replica appends them to a Redis stream that consumer-group workers land in the store
+    (PostgreSQL when ledger.postgres_dsn is set, else the consuming replica's SQLite file)."""
+
+    retention_days: float | None = Field(
+        None, gt=0, description="judgments older than this are purged; null keeps all"
+    )
+    stream: str = Field("tierwise:feedback", min_length=1, description="Redis stream key (shared mode)")
+    group: str = Field("tierwise-feedback", min_length=1, description="Redis consumer group (shared mode)")
+    claim_idle_s: float = Field(
+        30.0,
+        gt=0,
+        description="a judgment delivered but unacknowledged this long is taken over (dead replica)",
+    )
+    batch_size: int = Field(100, gt=0, description="most stream entries landed per store write")
+
+
 class MetricsConfig(_Strict):
     """Prometheus labels on tierwise's own series; a dropped label aggregates over its values."""
 
@@ -598,6 +616,7 @@ class Config(BaseSettings):
     cache: CacheConfig = CacheConfig()
     logging: LoggingConfig = LoggingConfig()
     ledger: LedgerConfig = LedgerConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     resilience: ResilienceConfig = ResilienceConfig()

@@ -19,7 +19,7 @@ from router.anomaly import SinkReports
 from router.anomaly_cli import open_sink, parse_since
 from router.config import Config, ExperimentConfig, load_config
 from router.experiment_store import recorded_since
-from router.feedback import SqliteFeedbackStore
+from router.feedback_open import open_feedback_table
 
 if TYPE_CHECKING:  # numpy and scipy load only when a report is made, not for every CLI command
     from router.experiment_report import ExperimentReport
@@ -48,7 +48,7 @@ async def load_report(
     from router.experiment_report import load_experiment
 
     sink = open_sink(config)
-    feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
+    feedback = open_feedback_table(config)
     try:
         return await load_experiment(SinkReports(sink), feedback, experiment, since, until)
     finally:

@@ -22,7 +22,8 @@ from router.caching import ResponseCache
 from router.config import CacheConfig, Config, ConfigError
 from router.experiment_arms import build_experiment_router, needs_serving_model
 from router.experiment_store import check_and_record
-from router.feedback import FeedbackStore, SqliteFeedbackStore
+from router.feedback import FeedbackStore
+from router.feedback_open import open_feedback_store
 from router.learning import build_learning
 from router.ledger import build_ledger
 from router.ledger_builder import SpendRecordBuilder
@@ -129,7 +130,7 @@ async def build_service(config: Config) -> Service:
     ledger = build_ledger(config)
     if ledger is not None:
         metrics.watch_ledger(ledger)
-    feedback = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
+    feedback = open_feedback_store(config)
     learning = build_learning(config, providers, feedback, ledger, tokens)
     if learning.sampler is not None:
         metrics.watch_sampling(learning.sampler)

@@ -22,7 +22,8 @@ import numpy as np
 
 from classifier.features import EMBEDDING_DIM
 from router.config import Config
-from router.feedback import FeedbackRecord, SqliteFeedbackStore
+from router.feedback import FeedbackRecord
+from router.feedback_open import open_feedback_table
 from router.pricing import expected_cost_usd
 from router.routerbench import split_of
 from router.traffic_sqlite import SqliteTrafficStore
@@ -38,7 +39,7 @@ class Judgments:
 
 
 def read_judgments(config: Config, since: float, until: float) -> Judgments:
-    store = SqliteFeedbackStore(config.store.path / "feedback.sqlite3")
+    store = open_feedback_table(config)
     try:
         records = store.select_between(since, until)
     finally:

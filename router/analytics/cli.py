@@ -21,7 +21,7 @@ from router.analytics.timeseries import SpendSeries, spend_series
 from router.anomaly import SinkReports
 from router.anomaly_cli import open_sink, parse_since
 from router.config import Config, load_config
-from router.feedback import SqliteFeedbackStore
+from router.feedback_open import feedback_table_exists, open_feedback_table
 from router.ledger_sql import parse_dimension
 from router.traffic_sqlite import SqliteTrafficStore
 
@@ -62,9 +62,8 @@ async def _sections(
     clusters: int | None,
 ) -> list[Section]:
     sections = []
-    path = cfg.store.path / "feedback.sqlite3"
     judged = quality or clusters is not None
-    store = SqliteFeedbackStore(path) if judged and path.exists() else None
+    store = open_feedback_table(cfg) if judged and feedback_table_exists(cfg) else None
     scores: JudgedScores = _NoJudgments() if store is None else store
     try:
         if quality:
