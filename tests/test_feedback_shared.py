@@ -16,6 +16,7 @@ import pytest_asyncio
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from router.config import FeedbackConfig
 from router.feedback import FeedbackRecord, FeedbackTable, SqliteFeedbackStore
+from router.feedback_open import open_feedback_store
 from router.feedback_postgres import PostgresFeedbackStore
 from router.feedback_redis import RedisFeedbackStore
 from tests.harness import AUTH, build_config, config_dict, running_server
@@ -202,3 +203,31 @@ async def test_feedback_rpc_in_shared_mode_lands_in_postgres(
 
         await until(landed)
     assert not (tmp_path / "var" / "feedback.sqlite3").exists()
+
+
+@pytest.mark.asyncio
+async def test_without_postgres_judgments_land_in_the_consuming_replicas_sqlite(
+    tmp_path: Path, redis_server_factory: Callable[[], RedisServer]
+) -> None:
+    redis = redis_server_factory()
+    data = config_dict(tmp_path / "var", "http://127.0.0.1:9", "http://127.0.0.1:9")
+    data["store"] = {"kind": "redis", "url": redis.url, "path": str(tmp_path / "var")}
+    data["feedback"] = {"retention_days": 30}
+    store = open_feedback_store(build_config(data))
+    assert isinstance(store, RedisFeedbackStore)
+    try:
+        f = judgment(3)
+        await store.record(f)
+
+        async def landed() -> bool:
+            return [r.feedback_id for r in await store.for_request("acme", f.request_id)] == [f.feedback_id]
+
+        await until(landed)  # the worker open_feedback_store started
+    finally:
+        await store.aclose()
+    reopened = SqliteFeedbackStore(tmp_path / "var" / "feedback.sqlite3")
+    assert [r.comment for r in reopened.select_between(0, time.time() + 1)] == ["c3"]
+    reopened.close()
+    embedded = open_feedback_store(build_config(config_dict(tmp_path / "e", "http://x", "http://y")))
+    assert isinstance(embedded, SqliteFeedbackStore)
+    await embedded.aclose()
