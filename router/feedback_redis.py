@@ -176,6 +176,7 @@ class RedisFeedbackStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis or the store is down: entries stay pending, retried later
+                self._group_ready = False  # a Redis that restarted empty has lost the group: recreate it
                 log.warning("feedback consumer: %s; retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

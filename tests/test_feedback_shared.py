@@ -231,3 +231,26 @@ async def test_without_postgres_judgments_land_in_the_consuming_replicas_sqlite(
     embedded = open_feedback_store(build_config(config_dict(tmp_path / "e", "http://x", "http://y")))
     assert isinstance(embedded, SqliteFeedbackStore)
     await embedded.aclose()
+
+
+@pytest.mark.asyncio
+async def test_the_worker_recovers_after_redis_restarts_empty(
+    replicas: Replicas, database: Database, redis_server_factory: Callable[[], RedisServer]
+) -> None:
+    redis = redis_server_factory()
+    store = replicas(url=redis.url)
+    store.start()
+    first, second, third = judgment(1), judgment(2), judgment(3)
+    await store.record(first)
+
+    async def landed(count: int) -> bool:
+        return len(rows(database.dsn)) == count
+
+    await until(lambda: landed(1))
+    redis.restart()  # same port, no data: the stream and the consumer group are gone
+    await store.record(second)  # if the pooled connection is found dead: written to the store directly
+    await store.record(third)  # a fresh connection: onto the new stream, which has no group yet
+    assert store.fallbacks <= 1
+    await until(lambda: landed(3))
+    assert await store.stream_length() >= 1  # so the worker did read the new stream (recreating its group)
+    assert sorted(rows(database.dsn)) == sorted((f.feedback_id, 1) for f in (first, second, third))
