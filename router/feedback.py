@@ -8,6 +8,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class FeedbackTable(FeedbackStore, Protocol):
 
 COLUMNS = "feedback_id, request_id, tenant, score, source, comment, metadata, created_at"
 SELECT = f"SELECT {COLUMNS} FROM feedback"
+_MARKS = ", ".join("?" for _ in COLUMNS.split(","))
 
 
 def to_row(f: FeedbackRecord) -> tuple[str, str, str, float, str, str, str, float]:
@@ -87,39 +89,83 @@ def from_row(r: Sequence[object]) -> FeedbackRecord:
     )
 
 
-def tenants_by_request_id(requests: Iterable[tuple[str, str]]) -> dict[str, set[str]]:
-    by_id: dict[str, set[str]] = {}
-    for tenant, request_id in requests:
-        by_id.setdefault(request_id, set()).add(tenant)
-    return by_id
+class SqlFeedbackTable(ABC):
+    """What the SQLite and PostgreSQL tables share: the queries, retention and the async face.
+    Subclasses run statements on their driver, whose parameter placeholder is ``mark``."""
 
+    mark = "?"
+    purge_every_s = 3600.0  # a write purges expired judgments at most this often
 
-def own_tenant_means(
-    rows: Iterable[Sequence[object]], by_id: Mapping[str, set[str]]
-) -> dict[tuple[str, str], float]:
-    """(tenant, request_id, mean) rows -> scores, keeping only the tenant that made each request."""
-    out: dict[tuple[str, str], float] = {}
-    for tenant, request_id, mean in rows:
-        if str(tenant) in by_id.get(str(request_id), set()):
-            assert isinstance(mean, float | int)
-            out[(str(tenant), str(request_id))] = float(mean)
-    return out
+    def __init__(self, retention_s: float | None) -> None:
+        self._retention_s = retention_s
+        self._last_purge = float("-inf")
 
+    @abstractmethod
+    def _insert_new(self, rows: Sequence[Sequence[object]]) -> int:
+        """Insert rows in one transaction, skipping feedback ids already stored; returns rows added."""
 
-class RetentionClock:
-    """Decides when a write path should also purge old rows: at most once per interval, never if None."""
+    @abstractmethod
+    def _fetch(self, query: str, params: Sequence[object]) -> list[Sequence[object]]: ...
 
-    def __init__(self, retention_s: float | None, every_s: float = 3600.0) -> None:
-        self.retention_s = retention_s
-        self._every_s = every_s
-        self._last = float("-inf")
+    @abstractmethod
+    def _execute(self, query: str, params: Sequence[object]) -> int:
+        """Run a statement; returns the rows it changed."""
 
-    def due(self, now: float) -> float | None:
-        """The retention in seconds when a purge is due now, else None."""
-        if self.retention_s is None or now - self._last < self._every_s:
-            return None
-        self._last = now
-        return self.retention_s
+    @abstractmethod
+    def _mean_rows(self, request_ids: list[str]) -> list[Sequence[object]]:
+        """(tenant, request_id, mean score) for every pair with feedback on these request ids."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def write_many(self, records: Sequence[FeedbackRecord]) -> int:
+        added = self._insert_new([to_row(f) for f in records]) if records else 0
+        now = time.time()
+        if self._retention_s is not None and now - self._last_purge >= self.purge_every_s:
+            self._last_purge = now
+            self.purge_older_than(self._retention_s, now=now)
+        return added
+
+    def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - seconds
+        return self._execute(f"DELETE FROM feedback WHERE created_at < {self.mark}", (cutoff,))
+
+    def _select(self, where: str, params: Sequence[object]) -> list[FeedbackRecord]:
+        where = where.replace("?", self.mark)
+        rows = self._fetch(f"{SELECT} WHERE {where} ORDER BY created_at, feedback_id", params)
+        return [from_row(r) for r in rows]
+
+    def select_between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
+        if source is None:
+            return self._select("created_at >= ? AND created_at < ?", (since, until))
+        return self._select("created_at >= ? AND created_at < ? AND source = ?", (since, until, source))
+
+    def _mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        by_id: dict[str, set[str]] = {}
+        for tenant, request_id in requests:
+            by_id.setdefault(request_id, set()).add(tenant)
+        out: dict[tuple[str, str], float] = {}
+        for owner, asked, mean in self._mean_rows(sorted(by_id)) if by_id else []:
+            if str(owner) in by_id.get(str(asked), set()):  # counts only for the tenant that made the request
+                assert isinstance(mean, float | int)
+                out[(str(owner), str(asked))] = float(mean)
+        return out
+
+    async def record(self, feedback: FeedbackRecord) -> str:
+        await asyncio.to_thread(self.write_many, [feedback])
+        return feedback.feedback_id
+
+    async def for_request(self, tenant: str, request_id: str) -> list[FeedbackRecord]:
+        return await asyncio.to_thread(self._select, "tenant = ? AND request_id = ?", (tenant, request_id))
+
+    async def between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
+        return await asyncio.to_thread(self.select_between, since, until, source)
+
+    async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        return await asyncio.to_thread(self._mean_scores, list(requests))
+
+    async def aclose(self) -> None:
+        self.close()
 
 
 _SCHEMA = """
@@ -138,86 +184,50 @@ CREATE INDEX IF NOT EXISTS feedback_time ON feedback (created_at);
 """
 
 
-class SqliteFeedbackStore:
+class SqliteFeedbackStore(SqlFeedbackTable):
     """Embedded store: one SQLite file, fsynced before a write is acknowledged."""
 
     def __init__(self, path: Path, *, retention_s: float | None = None) -> None:
+        super().__init__(retention_s)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._retention = RetentionClock(retention_s)
 
-    def write_many(self, records: Sequence[FeedbackRecord]) -> int:
+    def _insert_new(self, rows: Sequence[Sequence[object]]) -> int:
         with self._lock:
             before = self._db.total_changes
             self._db.execute("BEGIN")
             try:
-                self._db.executemany(
-                    f"INSERT OR IGNORE INTO feedback ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [to_row(f) for f in records],
-                )
+                self._db.executemany(f"INSERT OR IGNORE INTO feedback ({COLUMNS}) VALUES ({_MARKS})", rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            added = self._db.total_changes - before
-        retention = self._retention.due(time.time())
-        if retention is not None:
-            self.purge_older_than(retention)
-        return added
+            return self._db.total_changes - before
 
-    async def record(self, feedback: FeedbackRecord) -> str:
-        await asyncio.to_thread(self.write_many, [feedback])
-        return feedback.feedback_id
-
-    def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
-        cutoff = (time.time() if now is None else now) - seconds
+    def _fetch(self, query: str, params: Sequence[object]) -> list[Sequence[object]]:
         with self._lock:
-            return self._db.execute("DELETE FROM feedback WHERE created_at < ?", (cutoff,)).rowcount
+            return self._db.execute(query, params).fetchall()
 
-    def _select(self, where: str, params: tuple[object, ...]) -> list[FeedbackRecord]:
+    def _execute(self, query: str, params: Sequence[object]) -> int:
         with self._lock:
-            rows = self._db.execute(
-                f"{SELECT} WHERE {where} ORDER BY created_at, feedback_id", params
-            ).fetchall()
-        return [from_row(r) for r in rows]
+            return self._db.execute(query, params).rowcount
 
-    async def for_request(self, tenant: str, request_id: str) -> list[FeedbackRecord]:
-        return await asyncio.to_thread(self._select, "tenant = ? AND request_id = ?", (tenant, request_id))
-
-    def select_between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
-        if source is None:
-            return self._select("created_at >= ? AND created_at < ?", (since, until))
-        return self._select("created_at >= ? AND created_at < ? AND source = ?", (since, until, source))
-
-    async def between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
-        return await asyncio.to_thread(self.select_between, since, until, source)
-
-    def _mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
-        by_id = tenants_by_request_id(set(requests))
-        ids = sorted(by_id)
-        out: dict[tuple[str, str], float] = {}
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
+    def _mean_rows(self, request_ids: list[str]) -> list[Sequence[object]]:
+        rows: list[Sequence[object]] = []
+        for start in range(0, len(request_ids), _IN_CHUNK):
+            chunk = request_ids[start : start + _IN_CHUNK]
             marks = ", ".join("?" for _ in chunk)
-            with self._lock:
-                rows = self._db.execute(
-                    f"SELECT tenant, request_id, AVG(score) FROM feedback WHERE request_id IN ({marks})"
-                    " GROUP BY tenant, request_id",
-                    chunk,
-                ).fetchall()
-            out.update(own_tenant_means(rows, by_id))  # feedback counts only for the requesting tenant
-        return out
-
-    async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
-        return await asyncio.to_thread(self._mean_scores, list(requests))
+            rows += self._fetch(
+                f"SELECT tenant, request_id, AVG(score) FROM feedback WHERE request_id IN ({marks})"
+                " GROUP BY tenant, request_id",
+                chunk,
+            )
+        return rows
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-    async def aclose(self) -> None:
-        self.close()

@@ -7,23 +7,12 @@ judgment redelivered from the Redis stream lands once.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
-from router.feedback import (
-    COLUMNS,
-    SELECT,
-    FeedbackRecord,
-    RetentionClock,
-    from_row,
-    own_tenant_means,
-    tenants_by_request_id,
-    to_row,
-)
+from router.feedback import COLUMNS, SqlFeedbackTable
 from router.postgres_session import PostgresSession
 
 _SCHEMA_LOCK = 0x7469657266656564  # any fixed number, distinct from the ledger's
@@ -49,65 +38,35 @@ def _clean(value: object) -> object:
     return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
 
 
-class PostgresFeedbackStore:
-    def __init__(self, dsn: str, *, retention_s: float | None = None) -> None:
-        self._session = PostgresSession(dsn, _SCHEMA, _SCHEMA_LOCK)
-        self._run = self._session.run
-        self._retention = RetentionClock(retention_s)
+class PostgresFeedbackStore(SqlFeedbackTable):
+    mark = "%s"
 
-    def write_many(self, records: Sequence[FeedbackRecord]) -> int:
-        rows = [tuple(_clean(v) for v in to_row(f)) for f in records]
+    def __init__(self, dsn: str, *, retention_s: float | None = None) -> None:
+        super().__init__(retention_s)
+        self._session = PostgresSession(dsn, _SCHEMA, _SCHEMA_LOCK)
+
+    def _insert_new(self, rows: Sequence[Sequence[object]]) -> int:
+        cleaned = [tuple(_clean(v) for v in row) for row in rows]
 
         def insert(conn: psycopg.Connection[Any]) -> int:
             with conn.cursor() as cur:
-                cur.executemany(_INSERT, rows)
+                cur.executemany(_INSERT, cleaned)
                 return max(cur.rowcount, 0)
 
-        added = self._run(insert)
-        retention = self._retention.due(time.time())
-        if retention is not None:
-            self.purge_older_than(retention)
-        return added
+        return self._session.run(insert)
 
-    async def record(self, feedback: FeedbackRecord) -> str:
-        await asyncio.to_thread(self.write_many, [feedback])
-        return feedback.feedback_id
+    def _fetch(self, query: str, params: Sequence[object]) -> list[Sequence[object]]:
+        return self._session.run(lambda conn: list(conn.execute(query, params).fetchall()))
 
-    def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
-        cutoff = (time.time() if now is None else now) - seconds
-        return self._run(
-            lambda conn: conn.execute("DELETE FROM feedback WHERE created_at < %s", (cutoff,)).rowcount
-        )
+    def _execute(self, query: str, params: Sequence[object]) -> int:
+        return self._session.run(lambda conn: conn.execute(query, params).rowcount)
 
-    def _select(self, where: str, params: tuple[object, ...]) -> list[FeedbackRecord]:
-        query = f"{SELECT} WHERE {where} ORDER BY created_at, feedback_id"
-        return [from_row(r) for r in self._run(lambda conn: conn.execute(query, params).fetchall())]
-
-    async def for_request(self, tenant: str, request_id: str) -> list[FeedbackRecord]:
-        return await asyncio.to_thread(self._select, "tenant = %s AND request_id = %s", (tenant, request_id))
-
-    def select_between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
-        if source is None:
-            return self._select("created_at >= %s AND created_at < %s", (since, until))
-        return self._select("created_at >= %s AND created_at < %s AND source = %s", (since, until, source))
-
-    async def between(self, since: float, until: float, source: str | None = None) -> list[FeedbackRecord]:
-        return await asyncio.to_thread(self.select_between, since, until, source)
-
-    def _mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
-        by_id = tenants_by_request_id(set(requests))
-        query = (
+    def _mean_rows(self, request_ids: list[str]) -> list[Sequence[object]]:
+        return self._fetch(
             "SELECT tenant, request_id, AVG(score) FROM feedback WHERE request_id = ANY(%s)"
-            " GROUP BY tenant, request_id"
+            " GROUP BY tenant, request_id",
+            (request_ids,),
         )
-        rows = self._run(lambda conn: conn.execute(query, (sorted(by_id),)).fetchall())
-        return own_tenant_means(rows, by_id)  # feedback counts only for the requesting tenant
-
-    async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
-        return await asyncio.to_thread(self._mean_scores, list(requests))
 
     def close(self) -> None:
         self._session.close()
-
-    async def aclose(self) -> None:
-        self.close()

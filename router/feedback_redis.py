@@ -195,11 +195,10 @@ class RedisFeedbackStore:
         return await self._table.between(since, until, source)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # wait until the worker has stopped
         for client in (self._writer, self._reader):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
