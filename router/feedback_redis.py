@@ -139,8 +139,8 @@ class RedisFeedbackStore:
         if len(judgments) < len(entries):
             log.error("dropping %d unreadable feedback stream entries", len(entries) - len(judgments))
         added = await asyncio.to_thread(self._table.write_many, judgments) if judgments else 0
-        await self._reader.xack(self._stream, self._group, *(entry_id for entry_id, _ in entries))
         self.landed += added
+        await self._reader.xack(self._stream, self._group, *(entry_id for entry_id, _ in entries))
         await self._trim()
         return added
 

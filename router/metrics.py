@@ -113,6 +113,32 @@ class _SamplingCollector(Collector):
         return out
 
 
+class FeedbackCounts(Protocol):
+    """What the shared-mode feedback store (``router.feedback_redis``) counts, read at each scrape."""
+
+    fallbacks: int
+    landed: int
+
+
+class _FeedbackCollector(Collector):
+    def __init__(self, store: FeedbackCounts) -> None:
+        self._store = store
+
+    def collect(self) -> list[Metric]:
+        return [
+            CounterMetricFamily(
+                "tierwise_feedback_fallback",
+                "Judgments written to the store directly because the Redis stream was unreachable.",
+                value=self._store.fallbacks,
+            ),
+            CounterMetricFamily(
+                "tierwise_feedback_landed",
+                "Judgments this replica's stream consumer wrote to the store (redeliveries not counted).",
+                value=self._store.landed,
+            ),
+        ]
+
+
 class Metrics:
     def __init__(
         self, labels: Sequence[str] = DEFAULT_LABELS, *, registry: CollectorRegistry | None = None
@@ -262,6 +288,10 @@ class Metrics:
     def watch_sampling(self, sampler: SamplingCounts) -> None:
         """Export the sampler's counts (sampled, judged, failures, skipped for budget) and spend."""
         self.registry.register(_SamplingCollector(sampler))
+
+    def watch_feedback(self, store: FeedbackCounts) -> None:
+        """Export the shared-mode feedback store's fallback and landed counts."""
+        self.registry.register(_FeedbackCollector(store))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

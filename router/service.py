@@ -24,6 +24,7 @@ from router.experiment_arms import build_experiment_router, needs_serving_model
 from router.experiment_store import check_and_record
 from router.feedback import FeedbackStore
 from router.feedback_open import open_feedback_store
+from router.feedback_redis import RedisFeedbackStore
 from router.learning import build_learning
 from router.ledger import build_ledger
 from router.ledger_builder import SpendRecordBuilder
@@ -131,6 +132,8 @@ async def build_service(config: Config) -> Service:
     if ledger is not None:
         metrics.watch_ledger(ledger)
     feedback = open_feedback_store(config)
+    if isinstance(feedback, RedisFeedbackStore):
+        metrics.watch_feedback(feedback)
     learning = build_learning(config, providers, feedback, ledger, tokens)
     if learning.sampler is not None:
         metrics.watch_sampling(learning.sampler)

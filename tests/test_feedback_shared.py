@@ -198,10 +198,14 @@ async def test_feedback_rpc_in_shared_mode_lands_in_postgres(
             metadata=AUTH,
         )
 
-        async def landed() -> bool:
-            return rows(database.dsn) == [(ack.feedback_id, 1)]
+        metrics = svc.server.service.accounting.metrics
 
-        await until(landed)
+        async def counted() -> bool:  # the consumer counts a judgment once it is written
+            return "tierwise_feedback_landed_total 1.0" in metrics.exposition().decode()
+
+        await until(counted)
+        assert rows(database.dsn) == [(ack.feedback_id, 1)]
+        assert "tierwise_feedback_fallback_total 0.0" in metrics.exposition().decode()
     assert not (tmp_path / "var" / "feedback.sqlite3").exists()
 
 
