@@ -154,6 +154,7 @@ def demo(
 app.command()(training_commands.train)
 app.command()(training_commands.calibrate)
 app.command("eval-router")(training_commands.eval_router)
+app.command("cv-router")(training_commands.cv_router)
 app.add_typer(training_commands.models_app(), name="models")
 app.command("train-verifier")(verifier_commands.train_verifier)
 app.command("eval-cache")(verifier_commands.eval_cache)

@@ -190,6 +190,9 @@ def eval_router(
     layout: FormatOption = "routerbench",
     score_col: ScoreColOption = None,
     cache_dir: CacheOption = None,
+    split: Annotated[
+        str, typer.Option(help="held-out split: test (results) or validation (while tuning)")
+    ] = "test",
 ) -> None:
     """Cost-quality report of the router and the baselines on the held-out (test) split."""
     from classifier.model import ModelRefused, load_model
@@ -197,11 +200,20 @@ def eval_router(
     from training.evaluate import evaluate, summary_table
     from training.plots import plot_report
 
+    if split not in ("test", "validation"):
+        raise typer.BadParameter("must be 'test' or 'validation'", param_hint="--split")
     try:
         settings = load_config(config)
         model = load_model(model_dir(registry, version), settings.tier_names, device="cpu")
         dataset = load_dataset(data, settings, layout, score_col, cache_dir)
-        report = evaluate(model, dataset, settings, strong=strong, weak=weak)
+        report = evaluate(
+            model,
+            dataset,
+            settings,
+            strong=strong,
+            weak=weak,
+            split="test" if split == "test" else "validation",
+        )
     except (ConfigError, ModelRefused, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
@@ -209,6 +221,46 @@ def eval_router(
     plot_report(report, out / "report.png")
     typer.echo(summary_table(report))
     typer.echo(f"wrote {out / 'report.json'} and {out / 'report.png'}")
+
+
+def cv_router(
+    data: DataOption = [DEFAULT_DATA],  # noqa: B006
+    config: ConfigOption = DEFAULT_TIERS,
+    folds: Annotated[int, typer.Option(help="number of folds (at least 3)")] = 5,
+    fold_seed: Annotated[str, typer.Option(help="salt of the sample-id hash that deals the folds")] = (
+        "tierwise-cv-1"
+    ),
+    seed: Annotated[int, typer.Option(help="LightGBM seed")] = 0,
+    quality_bar: Annotated[float, typer.Option(help="a score at or above this is adequate")] = 0.5,
+    strong: Annotated[str | None, typer.Option(help="strong tier (name or model) of the pair")] = None,
+    weak: Annotated[str | None, typer.Option(help="weak tier (name or model) of the pair")] = None,
+    layout: FormatOption = "routerbench",
+    score_col: ScoreColOption = None,
+    cache_dir: CacheOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the full result here")] = None,
+) -> None:
+    """Cross-validate training + evaluation on the train and validation splits (the test split is unused)."""
+    from router.config import ConfigError, load_config
+    from training.crossval import cross_validate, summary_lines
+
+    try:
+        settings = load_config(config)
+        dataset = load_dataset(data, settings, layout, score_col, cache_dir)
+        result = cross_validate(
+            dataset,
+            settings,
+            folds=folds,
+            seed=fold_seed,
+            quality_bar=quality_bar,
+            strong=strong,
+            weak=weak,
+            lightgbm_seed=seed,
+        )
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    typer.echo(summary_lines(result))
 
 
 def models_list(registry: RegistryOption = DEFAULT_REGISTRY) -> None:

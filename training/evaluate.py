@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -47,6 +47,7 @@ QUALITY_TARGETS: tuple[float, ...] = tuple(float(x) for x in np.round(np.linspac
 COST_WEIGHTS: tuple[float, ...] = (0.0, *(float(x) for x in np.logspace(-1, 6, 71)))  # lambda, per USD
 RANDOM_SEEDS = 10
 SHARES: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.0, 1.0, 21))
+EvalSplit = Literal["validation", "test"]
 DEFAULT_PAIR_MODELS = ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")
 
 
@@ -346,13 +347,17 @@ def evaluate(
     strong: str | None = None,
     weak: str | None = None,
     quality_bar: float | None = None,
+    split: EvalSplit = "test",
 ) -> dict[str, Any]:
-    """The full report (JSON-ready) for the test split of ``data``."""
+    """The full report (JSON-ready) for one held-out split of ``data``: ``test`` for results,
+    ``validation`` while tuning (the classifier chose among its candidates there, so it is not a result)."""
+    if split not in ("validation", "test"):
+        raise ValueError(f"evaluate on 'validation' or 'test', not {split!r}")
     bar = model.manifest.quality_bar if quality_bar is None else quality_bar
-    held_out = data.split("test")
+    held_out = data.split(split)
     held_out = held_out.subset(held_out.complete())
     if len(held_out) == 0:
-        raise ValueError("the test split has no prompt scored for every tier")
+        raise ValueError(f"the {split} split has no prompt scored for every tier")
     baselines = fit_baselines(data, bar)
     all_tiers = list(range(len(config.tiers)))
     names = config.tier_names
@@ -360,7 +365,7 @@ def evaluate(
     report: dict[str, Any] = {
         "model_version": model.version,
         "data_hash": data.data_hash,
-        "split": "test",
+        "split": split,
         "prompts": len(held_out),
         "quality_bar": bar,
         "knn_k": baselines.knn.k,
@@ -417,7 +422,7 @@ def summary_table(report: Mapping[str, Any]) -> str:
     """The headline numbers of a report, one router per line."""
     tier_set = report["tier_set"]
     lines = [
-        f"model {report['model_version']}, test split, {report['prompts']} prompts; "
+        f"model {report['model_version']}, {report['split']} split, {report['prompts']} prompts; "
         f"strongest tier {tier_set['strongest']} (mean score {tier_set['strongest_quality']:.3f})",
         f"{'router':22s} {'AIQ':>7s} {'cost@90%':>9s} {'cost@95%':>9s}"
         + (f" {'APGR':>7s} {'CPT50':>7s} {'CPT80':>7s}" if "pair" in report else ""),
