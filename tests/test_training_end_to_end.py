@@ -16,6 +16,7 @@ from router.config import Config, parse_config
 from router.routerbench import Layout, load_rows
 from tests.trained_registry import routerbench_slice
 from training.commands import parse_score_cols
+from training.crossval import cross_validate, summary_lines
 from training.dataset import load_routing_data
 from training.evaluate import evaluate, summary_table
 from training.fit import Candidate
@@ -141,3 +142,34 @@ def test_train_register_evaluate_in_both_layouts(
     assert "classifier-utility" in summary_table(report)
     png = plot_report(report, tmp_path / "report.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cross_validation_runs_the_pipeline_per_fold_without_the_test_split(
+    slices: tuple[Path, Path], embedder: SentenceEmbedder, tmp_path: Path
+) -> None:
+    routerbench_dir, _ = slices
+    config = slice_config()
+    data = load_routing_data(routerbench_dir, config, lambda: embedder, KEY, tmp_path / "embeddings")
+    result = cross_validate(
+        data, config, folds=3, candidates=[Candidate("per_tier", 8, rounds=30)], strong="large", weak="medium"
+    )
+    pool = int(np.isin(data.splits, ["train", "validation"]).sum())
+    assert pool < len(data) and result["prompts"] == pool  # the test split's rows are never dealt
+    assert result["folds"] == 3 and len(result["per_fold"]) == 3
+    summary = result["summary"]
+    assert summary["strongest"]["cost_to_95pct"] == {"mean": 1.0, "sd": 0.0}
+    assert summary["oracle"]["aiq"]["mean"] >= summary["classifier-utility"]["aiq"]["mean"]
+    for entry in result["per_fold"]:
+        assert np.isfinite(entry["classifier-threshold"]["apgr"])
+    assert "classifier-utility" in summary_lines(result)
+
+    # tuning reads the validation split; the report says which split it is
+    model_registry = tmp_path / "registry"
+    trained = train(
+        [], config, model_registry, candidates=[Candidate("per_tier", 8, rounds=30)], prepared=data
+    )
+    model = load_model(trained.directory, config.tier_names, device="cpu")
+    report = evaluate(model, data, config, split="validation")
+    assert report["split"] == "validation"
+    assert report["prompts"] == int(data.split("validation").complete().sum())
+    assert summary_table(report).startswith(f"model {model.version}, validation split")

@@ -89,7 +89,7 @@ def choose_quality_target(
     strongest = candidates[-1]
     scorer = Scorer(validation.scores, validation.realized_costs(), strongest)
     contexts = routing_contexts(validation, config, candidates)
-    (sweep,) = classifier_sweeps(model, contexts, config.tier_names, rules=(rule,))
+    (sweep,) = classifier_sweeps(model, contexts, config.tier_names, rules=(rule,), via_calibration=True)
     points = scorer.curve(sweep)
     if strongest_share is not None:
         fitting = [p for p in points if p.strong_share <= strongest_share]

@@ -44,7 +44,8 @@ FloatMatrix = npt.NDArray[np.float64]
 Choices = npt.NDArray[np.int64]  # per prompt, the index of the chosen tier (in the data's tier order)
 
 QUALITY_TARGETS: tuple[float, ...] = tuple(float(x) for x in np.round(np.linspace(0.0, 1.0, 201), 4))
-COST_WEIGHTS: tuple[float, ...] = (0.0, *(float(x) for x in np.logspace(-1, 6, 71)))  # lambda, per USD
+# lambda (per USD) of the utility rule: 30 steps a decade, so no router's curve skips an operating point
+COST_WEIGHTS: tuple[float, ...] = (0.0, *(float(x) for x in np.logspace(-1, 6, 211)))
 RANDOM_SEEDS = 10
 SHARES: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.0, 1.0, 21))
 EvalSplit = Literal["validation", "test"]
@@ -115,8 +116,11 @@ def classifier_sweeps(
     tier_names: Sequence[str],
     rules: Sequence[Rule] = RULES,
     targets: Sequence[float] = QUALITY_TARGETS,
+    via_calibration: bool = False,
 ) -> list[Sweep]:
-    """``ClassifierPolicy``'s decision rules over the quality targets, one prediction per prompt."""
+    """``ClassifierPolicy``'s decision rules, one prediction per prompt: the threshold rule over the
+    quality ``targets``; the utility rule over ``COST_WEIGHTS`` (as the baselines' utility rule), or over
+    ``targets`` through the model's calibration table when ``via_calibration``."""
     index = {name: i for i, name in enumerate(tier_names)}
     policies = {rule: ClassifierPolicy(_FixedSource(model), list(tier_names), rule) for rule in rules}
     first = next(iter(policies.values()))
@@ -129,12 +133,22 @@ def classifier_sweeps(
     sweeps = []
     for rule, policy in policies.items():
         runs = []
-        for target in targets:
-            choices = [
-                index[policy.decide(replace(context, quality_target=target), p, used).tier]
-                for context, (p, used) in zip(contexts, predictions, strict=True)
-            ]
-            runs.append((target, np.array(choices, dtype=np.int64)))
+        if rule == "utility" and not via_calibration:
+            # The rule over the same lambda grid as every baseline's utility sweep: the calibration
+            # table only maps a quality target to one of these lambdas.
+            for weight in COST_WEIGHTS:
+                chosen = [
+                    index[max_utility(p, context.candidates, weight)[0]]
+                    for context, (p, _) in zip(contexts, predictions, strict=True)
+                ]
+                runs.append((weight, np.array(chosen, dtype=np.int64)))
+        else:
+            for target in targets:
+                choices = [
+                    index[policy.decide(replace(context, quality_target=target), p, used).tier]
+                    for context, (p, used) in zip(contexts, predictions, strict=True)
+                ]
+                runs.append((target, np.array(choices, dtype=np.int64)))
         sweeps.append(Sweep(f"classifier-{rule}", runs))
     return sweeps
 

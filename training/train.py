@@ -171,7 +171,7 @@ def classifier_aiq(
     candidates = list(range(len(config.tiers)))
     scorer = Scorer(rows.scores, rows.realized_costs(), candidates[-1])
     contexts = routing_contexts(rows, config, candidates)
-    (sweep,) = classifier_sweeps(model, contexts, config.tier_names, rules=(rule,))
+    (sweep,) = classifier_sweeps(model, contexts, config.tier_names, rules=(rule,), via_calibration=True)
     singles = [scorer.point(0.0, np.full(len(rows), j, dtype=np.int64)) for j in candidates]
     points = [(p.cost, p.quality) for p in [singles[0], *scorer.curve(sweep)]]
     costs = [p.cost for p in singles]

@@ -113,7 +113,9 @@ def sample_profile(
         if model is None:
             raise ValueError("a classifier policy needs the serving model")
         contexts = routing_contexts(rows, config, list(range(len(config.tiers))))
-        (sweep,) = classifier_sweeps(model, contexts, config.tier_names, rules=(rule,), targets=targets)
+        (sweep,) = classifier_sweeps(
+            model, contexts, config.tier_names, rules=(rule,), targets=targets, via_calibration=True
+        )
         choices = dict(sweep.runs)
     return SampleProfile(
         split=split,
