@@ -56,3 +56,8 @@ def test_argument_errors_exit_with_a_message(tmp_path: Path) -> None:
     }
     with pytest.raises(typer.BadParameter, match="TIER=COLUMN"):
         commands.parse_score_cols(["large"])
+    # the spelling --score-col-map is accepted as well as --score-col
+    mapped = runner.invoke(app(), ["train", "--score-col-map", "large", "--registry", str(tmp_path)])
+    assert mapped.exit_code == 2 and "TIER=COLUMN" in mapped.output
+    wrong_split = runner.invoke(app(), ["eval-router", "--split", "train", "--registry", str(tmp_path)])
+    assert wrong_split.exit_code == 2 and "validation" in wrong_split.output

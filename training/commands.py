@@ -30,7 +30,10 @@ ConfigOption = Annotated[
 RegistryOption = Annotated[Path, typer.Option(help="model registry directory")]
 FormatOption = Annotated[str, typer.Option("--format", help="data layout: routerbench or wide")]
 ScoreColOption = Annotated[
-    list[str] | None, typer.Option("--score-col", help="TIER=COLUMN: the score column of a tier (repeatable)")
+    list[str] | None,
+    typer.Option(
+        "--score-col", "--score-col-map", help="TIER=COLUMN: the score column of a tier (repeatable)"
+    ),
 ]
 CacheOption = Annotated[
     Path | None, typer.Option(help="embedding cache directory (default ~/.cache/tierwise)")
