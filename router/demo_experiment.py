@@ -66,7 +66,7 @@ def offline_points(data_dir: Path, config_path: Path, registry: Path, console: C
     arm's mean recorded score and cost per prompt at the server's quality target and rule."""
     from classifier import DEFAULT_EMBEDDER_KEY, ModelRegistry, load_model
     from router.config import load_config
-    from training.evaluate import evaluate
+    from training.evaluate import by_target_curve, evaluate
     from training.train import load_data
 
     config = load_config(config_path)
@@ -86,7 +86,7 @@ def offline_points(data_dir: Path, config_path: Path, registry: Path, console: C
     )
     report = evaluate(model, data, config)
     target, rule = config.routing.default_quality_target, config.routing.classifier.rule
-    points = report["tier_set"]["routers"][f"classifier-{rule}"]["points"]
+    points = report["tier_set"]["routers"][by_target_curve(rule)]["points"]
     at_target = min(points, key=lambda p: abs(p["parameter"] - target))
     cheapest = report["tiers"][config.tier_names[0]]
     return {

@@ -20,6 +20,7 @@ from router.analytics.estimate_sample import SampleProfile, exact_repeats
 from router.analytics.estimate_volume import VolumeSpec, conversation_tokens, parse_volume
 from router.cli import app
 from tests.test_training_end_to_end import TIERS, embedder, slice_config, slices  # noqa: F401 - fixtures
+from training.evaluate import by_target_curve
 from training.fit import Candidate
 from training.train import train
 
@@ -251,7 +252,8 @@ def test_sample_agrees_with_eval_router_on_the_same_rows(
     assert (sample["split"], sample["rows"], sample["rule"]) == ("test", report["prompts"], rule)
     assert sample["model_version"] == report["model_version"]
     rows = by_policy(estimate)
-    curve = {p["parameter"]: p for p in report["tier_set"]["routers"][f"classifier-{rule}"]["points"]}
+    served = report["tier_set"]["routers"][by_target_curve("utility" if rule == "utility" else "threshold")]
+    curve = {p["parameter"]: p for p in served["points"]}
     for target in (0.8, 0.9):
         mine, theirs = rows[f"classifier@{target}"], curve[target]
         assert mine["expected_quality"] == pytest.approx(theirs["quality"], abs=1e-12)

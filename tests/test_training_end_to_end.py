@@ -117,6 +117,7 @@ def test_train_register_evaluate_in_both_layouts(
     expected = {
         "classifier-threshold",
         "classifier-utility",
+        "classifier-utility-by-target",
         "knn-threshold",
         "knn-utility",
         "task-prior-threshold",

@@ -153,6 +153,12 @@ def classifier_sweeps(
     return sweeps
 
 
+def by_target_curve(rule: Rule) -> str:
+    """The report's curve whose points are keyed by quality target, as the server reaches them:
+    the threshold rule's own; for the utility rule, its lambdas looked up in the calibration table."""
+    return "classifier-threshold" if rule == "threshold" else "classifier-utility-by-target"
+
+
 def probability_sweeps(
     name: str, probabilities: FloatMatrix, contexts: Sequence[RoutingContext], candidates: Sequence[int]
 ) -> list[Sweep]:
@@ -329,6 +335,8 @@ def evaluate_view(
     contexts = routing_contexts(held_out, config, candidates)
     tier_names = config.tier_names
     sweeps = classifier_sweeps(model, contexts, tier_names)
+    (by_target,) = classifier_sweeps(model, contexts, tier_names, rules=("utility",), via_calibration=True)
+    sweeps.append(replace(by_target, name=by_target_curve("utility")))
     columns = list(candidates)
     sweeps += probability_sweeps(
         "knn", baselines.knn.predict(held_out.embeddings)[:, columns], contexts, candidates
