@@ -134,7 +134,7 @@ def cross_validate(
 def summary_lines(result: dict[str, Any]) -> str:
     lines = [
         f"{result['folds']}-fold cross-validation over {result['prompts']} prompts (train+validation only)",
-        f"{'router':22s} {'APGR':>15s} {'AIQ':>15s} {'cost@95%':>15s}",
+        f"{'router':28s} {'APGR':>15s} {'AIQ':>15s} {'cost@95%':>15s}",
     ]
 
     def cell(entry: dict[str, Any], metric: str) -> str:
@@ -143,6 +143,6 @@ def summary_lines(result: dict[str, Any]) -> str:
         return f"{entry[metric]['mean']:8.4f} ±{entry[metric]['sd']:.3f}"
 
     for name, entry in result["summary"].items():
-        lines.append(f"{name:22s} {cell(entry, 'apgr')} {cell(entry, 'aiq')} {cell(entry, 'cost_to_95pct')}")
+        lines.append(f"{name:28s} {cell(entry, 'apgr')} {cell(entry, 'aiq')} {cell(entry, 'cost_to_95pct')}")
     lines.append("cost@95%: share of the strongest tier's cost; a fold that never reached 95% counts as 1.0")
     return "\n".join(lines)

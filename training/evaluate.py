@@ -446,7 +446,7 @@ def summary_table(report: Mapping[str, Any]) -> str:
     lines = [
         f"model {report['model_version']}, {report['split']} split, {report['prompts']} prompts; "
         f"strongest tier {tier_set['strongest']} (mean score {tier_set['strongest_quality']:.3f})",
-        f"{'router':22s} {'AIQ':>7s} {'cost@90%':>9s} {'cost@95%':>9s}"
+        f"{'router':28s} {'AIQ':>7s} {'cost@90%':>9s} {'cost@95%':>9s}"
         + (f" {'APGR':>7s} {'CPT50':>7s} {'CPT80':>7s}" if "pair" in report else ""),
     ]
     pair_routers = report["pair"]["routers"] if "pair" in report else {}
@@ -456,7 +456,7 @@ def summary_table(report: Mapping[str, Any]) -> str:
             reached = entry[key]
             return "   n/a" if reached is None else f"{reached['share_of_strongest_cost']:.3f}"
 
-        line = f"{name:22s} {entry['aiq']:7.4f} {share('cost_to_90pct'):>9s} {share('cost_to_95pct'):>9s}"
+        line = f"{name:28s} {entry['aiq']:7.4f} {share('cost_to_90pct'):>9s} {share('cost_to_95pct'):>9s}"
         if name in pair_routers:
             pair = pair_routers[name]
             line += f" {pair['apgr']:7.4f} {pair['cpt50']:7.3f} {pair['cpt80']:7.3f}"
