@@ -108,10 +108,13 @@ _DAYS = _words("monday tuesday wednesday thursday friday saturday sunday")
 WEEKDAYS = {name: name[:3] for name in _DAYS} | {f"{name}s": name[:3] for name in _DAYS}
 RELATIVE_DAYS = frozenset(_words("today tonight tomorrow yesterday weekend weekday weekdays midnight noon"))
 
+# Exceptions ("except at the start", "unless it is empty", "excluding weekends") carve out part of
+# what the sentence claims, as a negation does: a question with one and one without differ.
 NEGATIONS = frozenset(
     _words(
         "not no never none nobody nothing nowhere neither nor without cannot unable dont doesnt didnt cant "
-        "wont isnt arent wasnt werent shouldnt wouldnt couldnt havent hasnt hadnt mustnt neednt aint"
+        "wont isnt arent wasnt werent shouldnt wouldnt couldnt havent hasnt hadnt mustnt neednt aint "
+        "except unless excluding"
     )
 )
 

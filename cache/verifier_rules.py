@@ -12,7 +12,7 @@ Rules (``RULES``):
   ("5k", "2 million"), and the unit/currency attached to the same value ("5 km" vs "5 mi").
 * ``date``     dates and times differ: months, weekdays, years in ISO/slash dates, clock times
   (5pm ≠ 5am, 17:00 = 5pm), and relative days (today / tomorrow / next week).
-* ``negation`` one text is negated and the other is not (not, no, never, without, don't, can't, ...).
+* ``negation`` one text is negated and the other is not (not, no, never, without, don't, can't, except, unless, ...).
 * ``entity``   a named thing of one text is missing from the other: capitalised words away from the
   sentence start, acronyms, mixed-case names (iPhone), quoted strings.
 * ``scope``    the same noun is owned or quantified differently ("my account" vs "all accounts",

@@ -44,6 +44,15 @@ CASES = [
         ("Should X be banned?", "Should X not be banned?"),
         ("Should X be banned?", "Should X be banned or not?"),
     ),
+    (
+        # A near-miss the soak found among RouterBench's MBPP prompts: an exception carves out a case.
+        "negation",
+        (
+            "Write a function that checks if a string contains 'z', except at the start and end of the word.",
+            "Write a function that matches a word containing 'z'.",
+        ),
+        ("List the files unless the folder is empty.", "Unless the folder is empty, list the files."),
+    ),
     ("entity", ("Capital of France?", "Capital of Germany?"), ("Learn Python fast", "learn python fast")),
     (
         "entity",
