@@ -103,6 +103,8 @@ def bench_config(store: Path) -> Config:
             ],
             "store": {"path": str(store)},
             "cache": {"enabled": False},
+            # The service's own ledger stays off: the Recorder below adds the bench's, on and off by round.
+            "ledger": {"enabled": False},
             "logging": {"level": "WARNING"},
         }
     )
