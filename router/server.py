@@ -254,9 +254,13 @@ class TierwiseServer:
     def __init__(self, service: Service) -> None:
         self.service = service
         config = service.config.server
-        limit = config.max_message_bytes
+        # The limit guards what callers send. An answer is paid for before it is sent, so a long
+        # one is delivered rather than failed after the spend; a caller bounds it with max_tokens.
         self._server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", -1),
+            ]
         )
         authenticator = Authenticator(service.config.auth)
         self._server.add_generic_rpc_handlers(
