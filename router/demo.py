@@ -95,6 +95,26 @@ def _learning(judge_data: Path | None) -> dict[str, object]:
     return learning
 
 
+def replay_tiers(
+    upstream_url: str, tiers: Sequence[tuple[str, str, Price]] = DEMO_TIERS
+) -> list[dict[str, object]]:
+    """Config entries for tiers answered by the replay upstream at ``upstream_url``."""
+    return [
+        {
+            "name": name,
+            "provider": "openai",
+            "base_url": upstream_url,
+            "model": model,
+            "price": {
+                "input_per_mtok": str(price.input_per_mtok),
+                "output_per_mtok": str(price.output_per_mtok),
+            },
+            "max_output_tokens": 1024,
+        }
+        for name, model, price in tiers
+    ]
+
+
 def demo_config(
     workdir: Path,
     upstream_url: str,
@@ -112,20 +132,7 @@ def demo_config(
             "grace_period_s": 5,
         },
         "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": t} for t, key in keys.items()]},
-        "tiers": [
-            {
-                "name": name,
-                "provider": "openai",
-                "base_url": upstream_url,
-                "model": model,
-                "price": {
-                    "input_per_mtok": str(price.input_per_mtok),
-                    "output_per_mtok": str(price.output_per_mtok),
-                },
-                "max_output_tokens": 1024,
-            }
-            for name, model, price in DEMO_TIERS
-        ],
+        "tiers": replay_tiers(upstream_url),
         "routing": {
             "policy": policy,
             "length_thresholds": {"small": 300, "medium": 600, "standard": 1200},

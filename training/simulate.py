@@ -39,7 +39,7 @@ from protos.tierwise.v1 import tierwise_pb2 as pb
 from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 from router.auth import sha256_hex
 from router.config import Config, parse_config
-from router.demo import DEMO_TIERS
+from router.demo import DEMO_TIERS, replay_tiers
 from router.replay import ReplayUpstream
 from router.server import TierwiseServer
 from router.service import build_service
@@ -60,19 +60,7 @@ def simulation_config(
         {
             "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "grace_period_s": 5},
             "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": TENANT}]},
-            "tiers": [
-                {
-                    "name": name,
-                    "provider": "openai",
-                    "base_url": upstream_url,
-                    "model": model,
-                    "price": {
-                        "input_per_mtok": str(p.input_per_mtok),
-                        "output_per_mtok": str(p.output_per_mtok),
-                    },
-                }
-                for name, model, p in tiers
-            ],
+            "tiers": replay_tiers(upstream_url, tiers),
             "routing": {
                 "policy": "classifier",
                 "classifier": {"registry": str(workdir / "models"), "watch_interval_s": 0.2},
