@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 if TYPE_CHECKING:
+    from classifier.model import ClassifierModel
     from router.config import Config
     from training.dataset import RoutingData
 
@@ -87,6 +88,24 @@ def load_dataset(
     )
 
 
+def load_evaluation_inputs(
+    data: list[Path],
+    config: Path,
+    registry: Path,
+    version: str | None,
+    layout: str,
+    score_col: list[str] | None,
+    cache_dir: Path | None,
+) -> tuple[Config, ClassifierModel, RoutingData]:
+    """The tiers config, a registered model (the serving one by default) and the rows it is judged on."""
+    from classifier.model import load_model
+    from router.config import load_config
+
+    settings = load_config(config)
+    model = load_model(model_dir(registry, version), settings.tier_names, device="cpu")
+    return settings, model, load_dataset(data, settings, layout, score_col, cache_dir)
+
+
 def _fail(message: str) -> typer.Exit:
     from rich.console import Console
 
@@ -156,16 +175,16 @@ def calibrate(
     """Choose the default quality target on the validation split (for routing.default_quality_target)."""
     from dataclasses import asdict
 
-    from classifier.model import ModelRefused, load_model
-    from router.config import ConfigError, load_config
+    from classifier.model import ModelRefused
+    from router.config import ConfigError
     from training.calibrate import choose_quality_target
 
     if rule not in ("threshold", "utility"):
         raise typer.BadParameter("must be 'threshold' or 'utility'", param_hint="--rule")
     try:
-        settings = load_config(config)
-        model = load_model(model_dir(registry, version), settings.tier_names, device="cpu")
-        dataset = load_dataset(data, settings, layout, score_col, cache_dir)
+        settings, model, dataset = load_evaluation_inputs(
+            data, config, registry, version, layout, score_col, cache_dir
+        )
         choice = choose_quality_target(
             model,
             dataset,
@@ -198,17 +217,17 @@ def eval_router(
     ] = "test",
 ) -> None:
     """Cost-quality report of the router and the baselines on the held-out (test) split."""
-    from classifier.model import ModelRefused, load_model
-    from router.config import ConfigError, load_config
+    from classifier.model import ModelRefused
+    from router.config import ConfigError
     from training.evaluate import evaluate, summary_table
     from training.plots import plot_report
 
     if split not in ("test", "validation"):
         raise typer.BadParameter("must be 'test' or 'validation'", param_hint="--split")
     try:
-        settings = load_config(config)
-        model = load_model(model_dir(registry, version), settings.tier_names, device="cpu")
-        dataset = load_dataset(data, settings, layout, score_col, cache_dir)
+        settings, model, dataset = load_evaluation_inputs(
+            data, config, registry, version, layout, score_col, cache_dir
+        )
         report = evaluate(
             model,
             dataset,
