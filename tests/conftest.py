@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+
+from tests.upstream import ScriptedUpstream
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +22,10 @@ def shared_data() -> Path:
             f"shared data not found at {path}; set TIERWISE_SHARED_DATA to the folder holding routerbench/"
         )
     return path
+
+
+@pytest_asyncio.fixture
+async def upstream() -> AsyncIterator[ScriptedUpstream]:
+    """A scripted upstream speaking the OpenAI and Anthropic protocols; a test module may override it."""
+    async with ScriptedUpstream() as scripted:
+        yield scripted

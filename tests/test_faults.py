@@ -4,13 +4,11 @@ healthy tier, within its deadline, or refused with a status that says why."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from protos.tierwise.v1 import tierwise_pb2 as pb
 from tests.harness import AUTH, OTHER_AUTH, build_config, config_dict, running_server
@@ -19,12 +17,6 @@ from tests.upstream import ScriptedUpstream
 
 def user(text: str) -> list[pb.ChatMessage]:
     return [pb.ChatMessage(role="user", content=text)]
-
-
-@pytest_asyncio.fixture
-async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    async with ScriptedUpstream() as scripted:
-        yield scripted
 
 
 def fault_config(tmp_path: Path, upstream: ScriptedUpstream, **sections: Any) -> dict[str, Any]:

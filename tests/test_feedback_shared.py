@@ -50,12 +50,6 @@ def rows(dsn: str) -> list[tuple[str, int]]:
 
 
 @pytest_asyncio.fixture
-async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    async with ScriptedUpstream() as scripted:
-        yield scripted
-
-
-@pytest_asyncio.fixture
 async def replicas(
     database: Database, redis_server_factory: Callable[[], RedisServer]
 ) -> AsyncIterator[Replicas]:

@@ -26,12 +26,6 @@ PROMPT = [pb.ChatMessage(role="user", content="Tell me a story.")]
 
 
 @pytest_asyncio.fixture
-async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    async with ScriptedUpstream() as scripted:
-        yield scripted
-
-
-@pytest_asyncio.fixture
 async def svc(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Running]:
     data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
     data["budgets"] = [{"tenant": "acme", "window": "day", "usd": "10"}]
