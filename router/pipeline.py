@@ -71,11 +71,15 @@ class StreamProgress:
     def add(self, text: str) -> None:
         self._parts.append(text)
 
+    def text(self) -> str:
+        """What the current tier has streamed so far."""
+        return "".join(self._parts)
+
     def billed(self) -> PartialAnswer | None:
         if self._tier is None or self._prompt is None or not self._parts:
             return None
         tier, prompt = self._tier, self._prompt
-        usage = TokenUsage(prompt.of(tier), prompt.text(tier, "".join(self._parts)))
+        usage = TokenUsage(prompt.of(tier), prompt.text(tier, self.text()))
         return PartialAnswer(tier.name, usage, cost_usd(tier.price, usage))
 
 
@@ -460,7 +464,6 @@ class Pipeline:
             call = self._call(tier, spec, deadline)
             t0 = self._clock()
             first_token_at: float | None = None
-            parts: list[str] = []
             finish: StreamFinish | None = None
             progress.start(tier, plan.prompt)
             try:
@@ -468,7 +471,6 @@ class Pipeline:
                     if isinstance(event, TextDelta):
                         if first_token_at is None:
                             first_token_at = self._clock()
-                        parts.append(event.text)
                         progress.add(event.text)
                         yield StreamDelta(event.text)
                     else:
@@ -482,7 +484,7 @@ class Pipeline:
                     # Text already reached the caller: say so rather than truncate silently.
                     raise StreamBroken(
                         f"tier {tier.name!r} ({tier.model}) failed mid-stream after "
-                        f"{sum(map(len, parts))} characters: {exc.message}",
+                        f"{len(progress.text())} characters: {exc.message}",
                         attempts,
                     ) from None
                 if not exc.retryable:
@@ -497,7 +499,7 @@ class Pipeline:
             self._health.observe(tier.name, elapsed, None, ttft_s=ttft_s)
             assert finish is not None  # providers end every stream with a StreamFinish or raise
             attempts.append(Attempt(tier.name, tier.model, True, elapsed * 1000))
-            result = ChatResult("".join(parts), finish.finish_reason, finish.usage, finish.model)
+            result = ChatResult(progress.text(), finish.finish_reason, finish.usage, finish.model)
             yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))
             return
         raise _exhausted(attempts)
