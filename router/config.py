@@ -515,7 +515,17 @@ class RetrainConfig(_Strict):
 
     data: Path | None = Field(None, description="base data (RouterBench CSVs); default: no base rows")
     metric: Literal["apgr", "aiq"] = "apgr"
-    tolerance: float = Field(0.0, ge=0, description="promote when candidate >= serving - tolerance")
+    tolerance: float = Field(0.0, ge=0, description="a candidate trailing by at most this is not worse")
+    gate: Literal["bootstrap", "point"] = Field(
+        "bootstrap",
+        description=(
+            "bootstrap: keep the serving model when, over paired resamples of the held-out rows, the "
+            "candidate trails by more than the tolerance with probability >= confidence; point: promote "
+            "when candidate >= serving - tolerance on the rows as they are"
+        ),
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="bootstrap gate: how sure 'worse' must be")
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="bootstrap gate: paired resamples")
     judgment_weight: float = Field(1.0, gt=0, description="training weight of a judged row (base rows: 1)")
     quality_bar: float = Field(0.5, ge=0, le=1, description="a score at or above it is adequate")
     window_days: float | None = Field(

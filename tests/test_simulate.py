@@ -4,6 +4,7 @@ it learns from carry the recorded score of each tier's own answer, for the serve
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from router.routerbench import csv_files, load_rows, split_of
 from tests.trained_registry import routerbench_slice
 from training.judged import judged_rows, read_judgments
 from training.simulate import STRONG, WEAK, SimulationSettings, run_simulation, simulation_config
+from training.simulate_summary import print_and_plot_summary, summarize
 
 ROWS_PER_FILE = 30  # 90 prompts: 52 train, 21 validation, 17 test
 
@@ -27,7 +29,7 @@ def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
     report = run_simulation(
         data,
         workdir,
-        SimulationSettings(rounds=2, slice_rows=20, rate=1.0, concurrency=2, tolerance=0.02),
+        SimulationSettings(rounds=2, slice_rows=20, rate=1.0, concurrency=2, seed=3),
         console=Console(file=(tmp_path / "log.txt").open("w")),
         cache_dir=tmp_path / "embeddings",
     )
@@ -43,13 +45,28 @@ def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
         for key in ("held_out_apgr", "validation_apgr"):
             assert 0.0 <= entry[key] <= 1.0
     for r in report["rounds"]:
-        assert r["candidate"] and set(r["gate"]) >= {"candidate", "serving", "tolerance"}
+        assert r["candidate"] and set(r["gate"]) >= {"candidate", "serving", "tolerance", "verdict"}
+        assert r["gate"]["verdict"]["rule"] == "bootstrap"
         assert float(r["shadow_spend_usd"]) > 0  # gpt-4's or mixtral's recorded answer, at list prices
         assert float(r["judge_spend_usd"]) == 0  # the replay judge calls no model
     # rate 1: both tiers' answers of every served request judged
     assert report["rounds"][-1]["judgments_total"] == 2 * (len(train_prompts) - 20)
     assert report["judge"] == "replay judge (recorded scores)"
     assert report["held_out"]["test_rows"] == sum(split_of(r.sample_id) == "test" for r in rows)
+    assert report["seed"] == 3
+
+    # Repeats are summarised per round: here the same run and a copy 0.1 higher on the test split.
+    higher = copy.deepcopy(report)
+    for entry in (*higher["rounds"], higher["final"]):
+        entry["held_out_apgr"] += 0.1
+    summary = summarize([report, higher])
+    assert [e["round"] for e in summary["per_round"]] == [1, 2, "final"]
+    first = summary["per_round"][0]
+    assert first["test"]["mean"] == round(report["rounds"][0]["held_out_apgr"] + 0.05, 4)
+    assert first["test"]["sd"] == round(0.1 / 2**0.5, 4)
+    assert first["validation"]["sd"] == 0.0
+    assert summary["gap_to_reference"]["test"]["mean"] == round(report["final"]["gap_to_reference"] - 0.05, 4)
+    assert print_and_plot_summary(summary, [report, higher], tmp_path, Console(file=None)).stat().st_size > 1000
 
     # The labels: each judged request's tier columns are the recorded scores of that tier's model.
     config = simulation_config(workdir, "http://127.0.0.1:1", "unused", data, 1.0)

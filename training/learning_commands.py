@@ -77,10 +77,17 @@ def simulate(
         float,
         typer.Option(
             min=0.0,
-            help="promote a candidate whose held-out APGR is at least the serving one's minus this "
-            "(APGR over a few hundred prompts moves by ~0.03 between models trained on as many labels)",
+            help="the gate keeps the serving model when the candidate's held-out APGR trails it by more "
+            "than this in at least 95% of paired resamples",
         ),
-    ] = 0.02,
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(help="draws the weak start's slice and the traffic's order")] = 0,
+    repeats: Annotated[
+        int,
+        typer.Option(
+            min=1, help="run with seeds seed, seed+1, ... and report the per-round mean (each run in seed-K/)"
+        ),
+    ] = 1,
 ) -> None:
     """Replay RouterBench traffic through a running tierwise, judge samples (recorded scores), retrain, promote; per round."""
     from router.demo import find_data
@@ -89,4 +96,10 @@ def simulate(
     data_dir = find_data(data)
     if data_dir is None:
         raise _fail("no RouterBench data found: pass --data, or set TIERWISE_DATA")
-    run_simulation(data_dir, workdir, SimulationSettings(rounds, slice_rows, rate, concurrency, tolerance))
+    settings = SimulationSettings(rounds, slice_rows, rate, concurrency, tolerance, seed)
+    if repeats == 1:
+        run_simulation(data_dir, workdir, settings)
+    else:
+        from training.simulate_summary import run_repeated
+
+        run_repeated(data_dir, workdir, settings, repeats)

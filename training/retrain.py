@@ -6,7 +6,10 @@ train split (by request-id hash), weighted by ``judgment_weight``; selection and
 calibration use the validation splits of both. The gate scores the candidate
 and the serving model on the same held-out rows: the base data's test split
 plus the held-out judged requests, with the configured metric (APGR of the
-strong/weak pair, or AIQ over every tier) under the configured decision rule.
+strong/weak pair, or AIQ over every tier) under the configured decision rule,
+and keeps the serving model only when paired resamples of those rows show the
+candidate worse beyond the tolerance with the configured confidence
+(``training.gate``; ``gate: point`` compares the two values as they are).
 Judged rows are scored from the features the server stored, never recomputed.
 
 Every run that trains writes ``retrain-report.json`` and ``retrain-report.png``
@@ -31,8 +34,8 @@ from classifier.registry import ModelRegistry
 from router.config import Config, RetrainConfig
 from training.dataset import RoutingData
 from training.evaluate import DEFAULT_PAIR_MODELS, Scorer, probability_sweeps, routing_contexts, tier_index
+from training.gate import Decisions, HeldOut, judge
 from training.judged import JUDGED_TASK, concat, judged_rows, read_judgments
-from training.metrics import aiq, apgr
 from training.train import train
 
 STATE_FILE = "retrain-state.json"
@@ -55,17 +58,30 @@ def pair_of(config: Config, settings: RetrainConfig) -> tuple[int, int]:
     return tier_index(config, weak), tier_index(config, strong)
 
 
-def _curve(
-    probabilities: np.ndarray[Any, Any], rows: RoutingData, config: Config, candidates: list[int], rule: str
-) -> tuple[list[tuple[float, float]], Scorer]:
-    scorer = Scorer(rows.scores, rows.realized_costs(), candidates[-1])
+def _compared(config: Config, settings: RetrainConfig) -> list[int]:
+    return list(pair_of(config, settings)) if settings.metric == "apgr" else list(range(len(config.tiers)))
+
+
+def held_out_decisions(
+    model: ClassifierModel, rows: RoutingData, config: Config, settings: RetrainConfig
+) -> tuple[HeldOut, Decisions, list[tuple[float, float]]]:
+    """``model``'s decisions on ``rows`` (those scored for the compared tiers) under the serving rule,
+    with the rows they are scored on and the curve the metric is the area of."""
+    candidates = _compared(config, settings)
+    rows = rows.subset(np.asarray(~np.isnan(rows.scores[:, candidates]).any(axis=1), dtype=bool))
+    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
+    if len(rows) == 0:
+        return held_out, Decisions([]), []
+    probabilities = model.predict_matrix(rows.features).astype(np.float64)
+    rule = config.routing.classifier.rule
     contexts = routing_contexts(rows, config, candidates)
     sweeps = probability_sweeps("p", probabilities[:, candidates], contexts, candidates)
     (sweep,) = [s for s in sweeps if s.name == f"p-{rule}"]
-    points = scorer.curve(sweep)
-    return [
-        (p.strong_share, p.quality) if len(candidates) == 2 else (p.cost, p.quality) for p in points
-    ], scorer
+    points = Scorer(rows.scores, rows.realized_costs(), candidates[-1]).curve(sweep)
+    curve = [
+        (p.strong_share, p.quality) if settings.metric == "apgr" else (p.cost, p.quality) for p in points
+    ]
+    return held_out, Decisions([choices for _, choices in sweep.runs]), curve
 
 
 def metric_value(
@@ -73,20 +89,10 @@ def metric_value(
 ) -> tuple[float, int, list[tuple[float, float]]]:
     """The configured metric of ``model`` on ``rows`` (those scored for the tiers it compares),
     with how many rows counted and the curve it is the area of."""
-    rule = config.routing.classifier.rule
-    candidates = (
-        list(pair_of(config, settings)) if settings.metric == "apgr" else list(range(len(config.tiers)))
-    )
-    rows = rows.subset(np.asarray(~np.isnan(rows.scores[:, candidates]).any(axis=1), dtype=bool))
-    if len(rows) == 0:
+    held_out, decisions, curve = held_out_decisions(model, rows, config, settings)
+    if len(held_out.scores) == 0:
         return float("nan"), 0, []
-    probabilities = model.predict_matrix(rows.features).astype(np.float64)
-    curve, scorer = _curve(probabilities, rows, config, candidates, rule)
-    singles = [scorer.point(0.0, np.full(len(rows), j, dtype=np.int64)) for j in candidates]
-    if settings.metric == "apgr":
-        return apgr(curve, singles[0].quality, singles[-1].quality), len(rows), curve
-    costs = [p.cost for p in singles]
-    return aiq([(singles[0].cost, singles[0].quality), *curve], min(costs), max(costs)), len(rows), curve
+    return held_out.value(decisions), len(held_out.scores), curve
 
 
 def _read_state(registry: ModelRegistry) -> dict[str, Any]:
@@ -194,37 +200,38 @@ def retrain(
         models["serving"] = load_model(registry.version_dir(serving_version), config.tier_names, device="cpu")
     held_base = np.array([t != JUDGED_TASK for t in held_out.tasks], dtype=bool)
     scored: dict[str, Any] = {}
+    decisions: dict[str, Decisions] = {}
+    rows: HeldOut | None = None
     for name, model in models.items():
-        value, rows, curve = metric_value(model, held_out, config, settings)
-        base_value = metric_value(model, held_out.subset(held_base), config, settings)[0]
+        rows, decisions[name], curve = held_out_decisions(model, held_out, config, settings)
         scored[name] = {
             "version": model.version,
-            "value": value,
-            "rows": rows,
-            "base_test_value": base_value,
+            "value": rows.value(decisions[name]) if len(rows.scores) else float("nan"),
+            "rows": len(rows.scores),
+            "base_test_value": metric_value(model, held_out.subset(held_base), config, settings)[0],
             "curve": curve,
         }
-    candidate_value = scored["candidate"]["value"]
-    serving_value = scored["serving"]["value"] if "serving" in scored else None
-    if serving_value is None:
+    gate: dict[str, Any] = {"rule": settings.gate, "confidence": settings.confidence}
+    if "serving" not in scored:
         promoted, reason = True, "no model was serving"
-    elif not np.isfinite(candidate_value):
+    elif rows is None or len(rows.scores) == 0:
         promoted, reason = False, "no held-out row is scored for the compared tiers"
-    elif candidate_value >= serving_value - settings.tolerance:
-        promoted, reason = (
-            True,
-            (
-                f"candidate {settings.metric} {candidate_value:.4f} >= serving {serving_value:.4f} - tolerance {settings.tolerance}"
-            ),
-        )
     else:
-        promoted, reason = (
-            False,
-            (
-                f"candidate {settings.metric} {candidate_value:.4f} < serving {serving_value:.4f} - tolerance "
-                f"{settings.tolerance}: keeping {serving_version}"
-            ),
+        verdict = judge(
+            rows,
+            decisions["candidate"],
+            decisions["serving"],
+            rule=settings.gate,
+            tolerance=settings.tolerance,
+            confidence=settings.confidence,
+            samples=settings.bootstrap_samples,
+            seed=settings.seed,
         )
+        gate |= verdict.summary()
+        promoted = verdict.promote
+        reason = f"{settings.metric}: {verdict.explanation}"
+        if not promoted:
+            reason += f": keeping {serving_version}"
     if promoted:
         # The comparison above is the gate (same rows, same metric); the registry's own gate compares
         # test-split AIQ only on identical data, which judged traffic never is.
@@ -238,6 +245,7 @@ def retrain(
         "metric": settings.metric,
         "rule": config.routing.classifier.rule,
         "tolerance": settings.tolerance,
+        "gate": gate,
         "held_out": {"base_test": len(held_out) - judged_held_out, "judged": judged_held_out},
         "judgments": {"read": len(judgments.records), "new": new, "since": since, "until": now},
         "training_rows": {

@@ -143,7 +143,11 @@ def _gate(report: dict[str, Any]) -> dict[str, Any]:
     return {
         name: {"gate_value": round(m["value"], 4), "base_test_value": round(m["base_test_value"], 4)}
         for name, m in models.items()
-    } | {"held_out_rows": report.get("held_out", {}), "tolerance": report.get("tolerance")}
+    } | {
+        "held_out_rows": report.get("held_out", {}),
+        "tolerance": report.get("tolerance"),
+        "verdict": report.get("gate", {}),
+    }
 
 
 @dataclass(frozen=True)
@@ -152,7 +156,8 @@ class SimulationSettings:
     slice_rows: int = 60  # train-split prompts the weak start learns from
     rate: float = 0.5  # share of served requests judged
     concurrency: int = 4  # requests in flight
-    tolerance: float = 0.02  # the gate: promote when candidate >= serving - tolerance
+    tolerance: float = 0.0  # the gate: a candidate trailing by at most this is not worse
+    seed: int = 0  # which train-split prompts form the weak start's slice, and the traffic's order
 
 
 async def _simulate(
@@ -167,7 +172,7 @@ async def _simulate(
         )
         reference = train([], config, workdir / "reference", prepared=base, console=console).version
         reference_apgr = _apgr(workdir / "reference", reference, base, config)
-        order = np.random.default_rng(0).permutation(np.flatnonzero(base.splits == "train"))
+        order = np.random.default_rng(settings.seed).permutation(np.flatnonzero(base.splits == "train"))
         start_rows, traffic_rows = order[: settings.slice_rows], order[settings.slice_rows :]
         keep = np.isin(np.arange(len(base)), start_rows) | (base.splits != "train")
         start = base.subset(keep)  # the weak model's slice, with the validation and test splits
@@ -235,6 +240,7 @@ async def _simulate(
         "sample_rate": settings.rate,
         "start_slice_rows": settings.slice_rows,
         "tolerance": settings.tolerance,
+        "seed": settings.seed,
         "held_out": {
             "test_rows": int((base.splits == "test").sum()),
             "split": "RouterBench test (sample id)",
