@@ -155,18 +155,57 @@ def build_hnsw(base: Matrix, params: IndexParams, batch: int) -> tuple[Partition
     return index, time.perf_counter() - start
 
 
+def build_ivf(base: Matrix, params: IndexParams) -> tuple[PartitionedIndex, float]:
+    """IVF as the cache builds it: the partition's vectors copied out of flat search, lists trained, filled."""
+    index = PartitionedIndex(DIM, dataclasses.replace(params, hnsw_after=1, approximate="ivf"))
+    labels = np.arange(len(base), dtype=np.int64)
+    start = time.perf_counter()
+    index.add("p", labels, base)
+    index.rebuild("p")
+    return index, time.perf_counter() - start
+
+
+def sweep(
+    index: PartitionedIndex,
+    knob: str,
+    values: list[int],
+    queries: Matrix,
+    truth: np.ndarray,
+    flat_latency: Timings,
+) -> None:
+    """Recall@1 and latency of one build at each value of its search-width ``knob``."""
+    size = len(index)
+    for value in values:
+        index.params = dataclasses.replace(index.params, **{knob: value})
+        timed_searches(index, queries[:50])  # warm the index's pages after a build or another setting
+        latency, answers = timed_searches(index, queries)
+        recall = float(np.mean(np.asarray(answers) == truth))
+        ratio = statistics.median(flat_latency.wall) / statistics.median(latency.wall)
+        name = {"hnsw_ef_search": "HNSW efSearch", "ivf_nprobe": "IVF nprobe"}[knob]
+        print(
+            f"  N={size:>9,}  {name}={value:<4} {latency.report()}  recall@1 {recall:.4f}  "
+            f"speed-up x{ratio:.1f} (p50)",
+            flush=True,
+        )
+
+
 def bench_index(
     sizes: list[int],
     queries_per_size: int,
     params: IndexParams,
-    ef_searches: list[int],
     options: argparse.Namespace,
 ) -> None:
     print(
         f"\n== index: one partition, {DIM}-d {options.vectors} vectors, top-4, {queries_per_size} queries "
         "(cosine ~0.9 to a stored row)"
     )
-    print(f"   HNSW M={params.hnsw_m} efConstruction={params.hnsw_ef_construction} efSearch={ef_searches}")
+    if "hnsw" in options.index:
+        print(
+            f"   HNSW M={params.hnsw_m} efConstruction={params.hnsw_ef_construction} "
+            f"efSearch={options.ef_search}"
+        )
+    if "ivf" in options.index:
+        print(f"   IVF lists ~4·sqrt(N), nprobe={options.nprobe}")
     print(
         f"   FAISS OpenMP threads: {options.faiss_threads} per search, {options.faiss_build_threads} per build"
     )
@@ -176,6 +215,7 @@ def bench_index(
         queries, sources = near_queries(rng, base, queries_per_size)
         set_faiss_threads(options.faiss_build_threads)
         truth = exact_top1(base, queries)
+        print(f"  N={size:>9,}  exact top-1 = the query's source row: {float(np.mean(truth == sources)):.4f}")
 
         set_faiss_threads(options.faiss_threads)
         timed = queries[: options.flat_queries]
@@ -187,24 +227,20 @@ def bench_index(
             raise RuntimeError("the cache's flat index disagrees with the batched exact search")
         print(f"  N={size:>9,}  flat {flat_latency.report()}  ({len(timed)} queries)")
 
-        set_faiss_threads(options.faiss_build_threads)
-        hnsw, build_s = build_hnsw(base, params, options.build_batch)
+        for kind in options.index:
+            set_faiss_threads(options.faiss_build_threads)
+            if kind == "hnsw":
+                index, build_s = build_hnsw(base, params, options.build_batch)
+            else:
+                index, build_s = build_ivf(base, params)
+            print(f"  N={size:>9,}  {kind.upper()} build {build_s:.1f} s")
+            set_faiss_threads(options.faiss_threads)
+            if kind == "hnsw":
+                sweep(index, "hnsw_ef_search", options.ef_search, queries, truth, flat_latency)
+            else:
+                sweep(index, "ivf_nprobe", options.nprobe, queries, truth, flat_latency)
+            del index
         del base
-        source_hit = float(np.mean(truth == sources))
-        print(f"  N={size:>9,}  HNSW build {build_s:.1f} s  (exact top-1 = source row: {source_hit:.4f})")
-        set_faiss_threads(options.faiss_threads)
-        for ef in ef_searches:
-            hnsw.params = dataclasses.replace(hnsw.params, hnsw_ef_search=ef)
-            timed_searches(hnsw, queries[:50])  # warm the graph's pages after a build or another ef
-            latency, answers = timed_searches(hnsw, queries)
-            recall = float(np.mean(np.asarray(answers) == truth))
-            ratio = statistics.median(flat_latency.wall) / statistics.median(latency.wall)
-            print(
-                f"  N={size:>9,}  HNSW efSearch={ef:<4} {latency.report()}  recall@1 {recall:.4f}  "
-                f"speed-up x{ratio:.1f} (p50)",
-                flush=True,
-            )
-        del hnsw
 
 
 async def bench_facade(entries: int, lookups: int) -> None:
@@ -312,6 +348,20 @@ def main() -> None:
         default=[CacheSettings().hnsw_ef_search],
         help="one build, each tried",
     )
+    parser.add_argument(
+        "--index",
+        nargs="+",
+        choices=["hnsw", "ivf"],
+        default=["hnsw", "ivf"],
+        help="approximate indexes built",
+    )
+    parser.add_argument(
+        "--nprobe",
+        type=int,
+        nargs="+",
+        default=[CacheSettings().ivf_nprobe],
+        help="IVF: one build, each tried",
+    )
     parser.add_argument("--build-batch", type=int, default=50_000, help="vectors per add() while building")
     parser.add_argument("--faiss-threads", type=int, default=1, help="per search, as the cache sets it")
     parser.add_argument("--faiss-build-threads", type=int, default=os.cpu_count() or 1)
@@ -324,7 +374,7 @@ def main() -> None:
     args = parser.parse_args()
     if "index" not in args.skip:
         params = IndexParams(1, args.hnsw_m, args.ef_construction, args.ef_search[0])
-        bench_index(args.sizes, args.queries, params, args.ef_search, args)
+        bench_index(args.sizes, args.queries, params, args)
     if "facade" not in args.skip:
         asyncio.run(bench_facade(args.facade_entries, min(args.queries, 500)))
     if "embedding" not in args.skip:

@@ -2,8 +2,18 @@
 
 A query is only ever compared with vectors of its own partition: each partition
 holds its own ``IndexIDMap`` (labels are entry ids), exact (``IndexFlatIP``)
-while small and HNSW once it holds more than ``hnsw_after`` vectors. Vectors
-are L2-normalised, so inner product is cosine similarity.
+while small and approximate once it holds more than ``hnsw_after`` vectors:
+HNSW, then IVF past ``ivf_after`` (``approximate="auto"``, the default; "hnsw"
+or "ivf" pin one). IVF keeps k-means lists of about 4·√n vectors and searches
+``ivf_nprobe`` of them. Why both: a graph takes new vectors one by one without
+losing quality and is very accurate up to a few hundred thousand vectors, but
+at a million clustered vectors its recall falls unless it is built with many
+links and a wide search, a build of tens of minutes on a small host; IVF
+trains and fills in a few minutes there and scans only the lists near the
+query (bench/bench_cache.py measures both). An IVF partition is retrained once
+it grows ``ivf_regrow`` times past the size it was trained at, so its lists
+stay short. Vectors are
+L2-normalised, so inner product is cosine similarity.
 
 Thread safety: FAISS does not allow an add or remove concurrent with a search on
 the same index, so each partition has a lock held by every operation on it. A
@@ -12,8 +22,9 @@ or compacting HNSW tombstones) runs without the partition's lock: it builds from
 a copy, then swaps under the lock and replays the adds and removes that came
 meanwhile, so searches and inserts are never held up by a build.
 
-HNSW cannot delete, so removed HNSW vectors become tombstones that searches
-exclude with an ``IDSelector``; a partition whose tombstones pass
+``IndexIDMap`` can only delete from an index that renumbers (flat), so vectors
+removed from an approximate partition become tombstones that searches exclude
+with an ``IDSelector``; a partition whose tombstones pass
 ``max_tombstone_ratio`` is rebuilt without them.
 """
 
@@ -26,18 +37,19 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import faiss
 import numpy as np
 import numpy.typing as npt
-from faiss.swigfaiss import SearchParametersHNSW
+from faiss.swigfaiss import SearchParametersHNSW, SearchParametersIVF
 
 from cache.embedder import Matrix, Vector
 
 logger = logging.getLogger(__name__)
 
 Labels = npt.NDArray[np.int64]
+Kind = Literal["flat", "hnsw", "ivf"]
 SNAPSHOT_FORMAT = 1
 
 
@@ -48,12 +60,26 @@ class IndexParams:
     hnsw_ef_construction: int = 80
     hnsw_ef_search: int = 64
     max_tombstone_ratio: float = 0.2
+    approximate: Literal["auto", "hnsw", "ivf"] = "auto"
+    ivf_after: int = 250_000
+    ivf_nprobe: int = 16
+    ivf_regrow: float = 4.0
+
+    def approximate_kind(self, size: int, current: Kind) -> Kind:
+        """The approximate index for ``size`` vectors (auto: IVF past ``ivf_after``, back to HNSW only
+        under half of it, so a partition near the line is not rebuilt back and forth)."""
+        if self.approximate != "auto":
+            return self.approximate
+        if size > self.ivf_after or (current == "ivf" and size >= self.ivf_after // 2):
+            return "ivf"
+        return "hnsw"
 
 
 @dataclass(eq=False)
 class _Partition:
-    index: Any  # faiss.IndexIDMap over IndexFlatIP or IndexHNSWFlat
-    hnsw: bool
+    index: Any  # faiss.IndexIDMap over IndexFlatIP, IndexHNSWFlat or IndexIVFFlat
+    kind: Kind
+    trained_size: int = 0  # IVF: how many vectors its lists were trained on
     live: set[int] = field(default_factory=set)
     tombstones: set[int] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -61,7 +87,7 @@ class _Partition:
     rebuilding: bool = False
     pending_adds: dict[int, Vector] = field(default_factory=dict)
     pending_removes: set[int] = field(default_factory=set)
-    # Cached HNSW search parameters; they hold the tombstone selector, rebuilt when tombstones change.
+    # Cached approximate-search parameters; they hold the tombstone selector, rebuilt when tombstones change.
     search_params: Any = None
     selector_refs: tuple[Any, ...] = ()
 
@@ -70,6 +96,12 @@ def set_faiss_threads(threads: int) -> None:
     """OpenMP threads for FAISS calls made from the calling thread (0 leaves the default)."""
     if threads > 0:
         faiss.omp_set_num_threads(threads)
+
+
+def ivf_lists(size: int) -> int:
+    """IVF lists for ``size`` vectors: about 4·√n (FAISS's guideline), at least one, at most n / 39
+    (k-means wants 39 training points per centroid)."""
+    return max(1, min(int(4 * np.sqrt(size)), size // 39))
 
 
 def _flat_index(dim: int) -> Any:
@@ -94,7 +126,9 @@ class PartitionedIndex:
 
     # -- building blocks ----------------------------------------------------------------------------
 
-    def _hnsw_index(self, labels: Labels, vectors: Matrix) -> Any:
+    def _approximate_index(self, kind: Kind, labels: Labels, vectors: Matrix) -> Any:
+        if kind == "ivf":
+            return self._ivf_index(labels, vectors)
         hnsw = faiss.IndexHNSWFlat(self.dim, self.params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = self.params.hnsw_ef_construction
         hnsw.hnsw.efSearch = self.params.hnsw_ef_search
@@ -103,15 +137,35 @@ class PartitionedIndex:
             index.add_with_ids(vectors, labels)
         return index
 
-    def _should_be_hnsw(self, partition: _Partition, size: int) -> bool:
-        # Hysteresis: an HNSW partition goes back to flat only below half the switch-over size.
-        return size > self.params.hnsw_after or (partition.hnsw and size >= self.params.hnsw_after // 2)
+    def _ivf_index(self, labels: Labels, vectors: Matrix) -> Any:
+        lists = ivf_lists(len(labels))
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, lists, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = 10
+        # k-means on at most 64 vectors per list (FAISS's own advice); a fixed seed keeps rebuilds reproducible.
+        sample = vectors
+        if len(vectors) > 64 * lists:
+            sample = vectors[np.random.default_rng(0).choice(len(vectors), 64 * lists, replace=False)]
+        ivf.train(np.ascontiguousarray(sample))
+        ivf.nprobe = self.params.ivf_nprobe
+        index = faiss.IndexIDMap(ivf)
+        index.add_with_ids(vectors, labels)
+        return index
+
+    def _kind_for(self, partition: _Partition, size: int) -> Kind:
+        # Hysteresis: an approximate partition goes back to flat only below half the switch-over size.
+        after = self.params.hnsw_after
+        if size > after or (partition.kind != "flat" and size >= after // 2):
+            return self.params.approximate_kind(size, partition.kind)
+        return "flat"
 
     def _wants_rebuild(self, partition: _Partition) -> bool:
         if partition.rebuilding:
             return False
-        if self._should_be_hnsw(partition, len(partition.live)) != partition.hnsw:
+        size = len(partition.live)
+        if self._kind_for(partition, size) != partition.kind:
             return True
+        if partition.kind == "ivf" and size > self.params.ivf_regrow * max(partition.trained_size, 1):
+            return True  # the lists were trained for far fewer vectors: retrain them
         total = partition.index.ntotal
         return (
             bool(partition.tombstones) and len(partition.tombstones) > self.params.max_tombstone_ratio * total
@@ -121,7 +175,7 @@ class PartitionedIndex:
         with self._registry:
             partition = self._partitions.get(key)
             if partition is None:
-                partition = _Partition(_flat_index(self.dim), hnsw=False)
+                partition = _Partition(_flat_index(self.dim), kind="flat")
                 self._partitions[key] = partition
             return partition
 
@@ -144,15 +198,16 @@ class PartitionedIndex:
 
     @staticmethod
     def _remove_from(partition: _Partition, labels: list[int]) -> None:
-        if partition.hnsw:
+        if partition.kind != "flat":
             partition.tombstones.update(labels)
             partition.search_params = None
         else:
             partition.index.remove_ids(np.asarray(labels, dtype=np.int64))
 
-    def _hnsw_search_params(self, partition: _Partition, k: int) -> Any:
+    def _search_params(self, partition: _Partition, k: int) -> Any:
+        ivf = partition.kind == "ivf"
         if partition.search_params is None:
-            params = SearchParametersHNSW()  # type: ignore[no-untyped-call]
+            params = SearchParametersIVF() if ivf else SearchParametersHNSW()  # type: ignore[no-untyped-call]
             refs: tuple[Any, ...] = ()
             if partition.tombstones:
                 removed = faiss.IDSelectorBatch(np.fromiter(partition.tombstones, dtype=np.int64))
@@ -160,7 +215,10 @@ class PartitionedIndex:
                 params.sel = keep
                 refs = (removed, keep)
             partition.search_params, partition.selector_refs = params, refs
-        partition.search_params.efSearch = max(self.params.hnsw_ef_search, k)
+        if ivf:
+            partition.search_params.nprobe = self.params.ivf_nprobe
+        else:
+            partition.search_params.efSearch = max(self.params.hnsw_ef_search, k)
         return partition.search_params
 
     # -- public API ---------------------------------------------------------------------------------
@@ -232,7 +290,7 @@ class PartitionedIndex:
             if size == 0:
                 return []
             k = min(k, size)
-            params = self._hnsw_search_params(partition, k) if partition.hnsw else None
+            params = self._search_params(partition, k) if partition.kind != "flat" else None
             scores, labels = partition.index.search(query, k, params=params)
         return [
             (int(label), float(score))
@@ -241,7 +299,8 @@ class PartitionedIndex:
         ]
 
     def rebuild(self, partition_key: str) -> bool:
-        """Rebuild a partition that wants it (switch type, drop tombstones); False when there was nothing to do.
+        """Rebuild a partition that wants it (switch type, drop tombstones, retrain outgrown IVF lists);
+        False when there was nothing to do.
 
         Slow for large partitions, so callers run it off the request path.
         """
@@ -253,11 +312,13 @@ class PartitionedIndex:
             if not self._wants_rebuild(partition):
                 return False
             labels, vectors = self._contents(partition)
-            to_hnsw = self._should_be_hnsw(partition, len(labels))
+            kind = self._kind_for(partition, len(labels))
             partition.rebuilding = True
         try:
-            index = self._hnsw_index(labels, vectors) if to_hnsw else _flat_index(self.dim)
-            if not to_hnsw and len(labels):
+            index = (
+                _flat_index(self.dim) if kind == "flat" else self._approximate_index(kind, labels, vectors)
+            )
+            if kind == "flat" and len(labels):
                 index.add_with_ids(vectors, labels)
         except BaseException:
             with partition.lock:
@@ -270,7 +331,8 @@ class PartitionedIndex:
             if partition.pending_adds:
                 added = np.fromiter(partition.pending_adds, dtype=np.int64)
                 index.add_with_ids(np.stack(list(partition.pending_adds.values())), added)
-            partition.index, partition.hnsw = index, to_hnsw
+            partition.index, partition.kind = index, kind
+            partition.trained_size = len(labels) if kind == "ivf" else 0
             partition.tombstones = set()
             partition.search_params, partition.selector_refs = None, ()
             if partition.pending_removes:
@@ -284,7 +346,7 @@ class PartitionedIndex:
         logger.info(
             "rebuilt cache partition %s as %s (%d vectors)",
             partition_key[:12],
-            "HNSW" if to_hnsw else "flat",
+            kind,
             len(labels),
         )
         return True
@@ -309,10 +371,15 @@ class PartitionedIndex:
         with partition.lock:
             return len(partition.live)
 
-    def is_hnsw(self, partition_key: str) -> bool:
+    def is_approximate(self, partition_key: str) -> bool:
         with self._registry:
             partition = self._partitions.get(partition_key)
-        return partition is not None and partition.hnsw
+        return partition is not None and partition.kind != "flat"
+
+    def partition_kind(self, partition_key: str) -> Kind | None:
+        with self._registry:
+            partition = self._partitions.get(partition_key)
+        return None if partition is None else partition.kind
 
     def __len__(self) -> int:
         with self._registry:
@@ -364,9 +431,20 @@ class PartitionedIndex:
                         f"snapshot {path} partition {number} is not an id-mapped index of dim {dim}"
                     )
                 tombstones = {int(label) for label in data[f"tombstones_{number}"]}
-                hnsw = isinstance(faiss.downcast_index(faiss_index.index), faiss.IndexHNSW)
+                inner = faiss.downcast_index(faiss_index.index)
+                kind: Kind = (
+                    "hnsw"
+                    if isinstance(inner, faiss.IndexHNSW)
+                    else "ivf"
+                    if isinstance(inner, faiss.IndexIVF)
+                    else "flat"
+                )
                 labels = {int(label) for label in faiss.vector_to_array(faiss_index.id_map)}
                 index._partitions[key] = _Partition(
-                    faiss_index, hnsw, live=labels - tombstones, tombstones=tombstones
+                    faiss_index,
+                    kind,
+                    trained_size=len(labels) if kind == "ivf" else 0,
+                    live=labels - tombstones,
+                    tombstones=tombstones,
                 )
         return index, dict(header["manifest"])

@@ -118,7 +118,7 @@ class CacheStats:
     entries: int = 0
     indexed_vectors: int = 0
     partitions: int = 0
-    hnsw_partitions: int = 0
+    approximate_partitions: int = 0
     index_from_snapshot: bool = False
     lookups: int = 0
     exact_hits: int = 0
@@ -677,7 +677,7 @@ class SemanticCache:
         stats.indexed_vectors = len(self._index)
         keys = self._index.partition_keys()
         stats.partitions = len(keys)
-        stats.hnsw_partitions = sum(self._index.is_hnsw(key) for key in keys)
+        stats.approximate_partitions = sum(self._index.is_approximate(key) for key in keys)
         stats.background_errors = self._background.errors
         if self._follower is not None:
             follower = self._follower.stats

@@ -544,7 +544,7 @@ async def test_concurrent_inserts_and_lookups_with_hnsw_switch(tmp_path: Path) -
     ids = dict(result for result in results if result is not None)
     await cache.wait_idle()
     stats = cache.stats()
-    assert stats.hnsw_partitions == 2 and stats.indexed_vectors == 160
+    assert stats.approximate_partitions == 2 and stats.indexed_vectors == 160
     for i in range(160):
         hit = await cache.lookup(paraphrase(i))
         assert hit is not None and hit.entry_id == ids[i] and hit.kind is HitKind.SEMANTIC
