@@ -11,22 +11,27 @@ Not part of the test suite. Every number is printed beside its baseline measured
 * embedding: texts/s of ``BatchingEmbedder`` under 64 concurrent callers as a ratio of plain
   batched ``encode()`` over the same texts (goal: at least 0.8).
 
-    .venv/bin/python bench/bench_cache.py                       # 10k and 100k vectors
-    .venv/bin/python bench/bench_cache.py --sizes 10000 100000 1000000 --skip facade embedding
-        # the 1M point: 1.5 GB of vectors, an HNSW build of several minutes on two cores
+    .venv/bin/python bench/bench_cache.py                       # 10k and 100k, HNSW and IVF
+    .venv/bin/python bench/bench_cache.py --sizes 10000 100000 1000000 --index ivf --skip facade embedding
+        # the 1M point: 1.5 GB of vectors; IVF builds in about 1.5 minutes on two cores, HNSW in 10+
 
-Measured on the shared 2-core host (load ~8; wall p99 there is preemption, thread-CPU p99 is the
-search itself), clustered vectors, 1,000 queries:
+The cache's default (``approximate_index: auto``) uses HNSW past ``hnsw_after`` and IVF past
+``ivf_after`` (250k). Measured on the 2-core host, 1,000 queries, FAISS 1 thread per search:
 
-* 10k, M=32 efConstruction=80, build 1.5 s: efSearch 32 and 64 recall@1 1.000, wall p99 0.11 / 0.15 ms
-  (flat: p99 0.65 ms).
-* 100k, M=32 efConstruction=80 (the cache's defaults), build 154 s: efSearch 32 recall@1 0.999,
-  CPU p99 0.30 ms; efSearch 64 recall 1.000, CPU p99 0.56 ms (wall p99 8-12 ms).
-* 100k, M=16 efConstruction=40, build 73 s: efSearch 64 recall 0.980, 128 recall 0.996.
-* 1M, M=16 efConstruction=40 (the build the host could afford: 592 s), flat CPU p50 63 ms:
-  efSearch 64 recall 0.539, 128 recall 0.705, 256 recall 0.821 at CPU p99 1.96 ms (wall p99 8.6 ms).
-  The goal (p99 <= 2 ms, recall >= 0.95 at 1M) was not met; M=32/efConstruction=80 at 1M was
-  not run (an estimated 30+ minute build here).
+* IVF, clustered vectors, nprobe 16 (the default), quiet host (2026-12-02):
+  10k build 0.2 s, p50/p99 0.072/0.156 ms, recall@1 1.000 (flat p50 0.37 ms);
+  100k build 5.7 s, p50/p99 0.143/0.232 ms, recall@1 1.000 (flat p50 7.7 ms);
+  1M build 92 s, p50/p99 0.556/0.946 ms (thread CPU p99 0.78 ms), recall@1 0.995 (flat p50 66 ms):
+  the goal (p99 <= 2 ms and recall >= 0.95 at 1M) is met. nprobe 4 / 8 / 32 at 1M: recall 0.974 /
+  0.985 / 0.999 at p99 0.49 / 0.60 / 2.0 ms.
+* IVF, uniform vectors (the worst case: no structure for the lists to follow), 1M: nprobe 16 recall
+  0.918 at p99 0.84 ms; nprobe 32 recall 0.965 at p99 1.9 ms.
+* HNSW, clustered (loaded host, load ~8; wall p99 there is preemption, thread-CPU p99 the search):
+  10k, M=32 efConstruction=80, build 1.5 s: efSearch 32 and 64 recall@1 1.000, wall p99 0.11 / 0.15 ms;
+  100k, M=32 efConstruction=80 (the defaults), build 154 s: efSearch 32 recall@1 0.999, CPU p99
+  0.30 ms; efSearch 64 recall 1.000, CPU p99 0.56 ms; 100k, M=16 efConstruction=40, build 73 s:
+  efSearch 64 recall 0.980, 128 recall 0.996; 1M, M=16 efConstruction=40 (592 s build): efSearch
+  256 recall 0.821 at CPU p99 1.96 ms. That 1M graph is why ``auto`` switches to IVF.
 """
 
 from __future__ import annotations
