@@ -527,6 +527,19 @@ class RetrainConfig(_Strict):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="bootstrap gate: how sure 'worse' must be")
     bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="bootstrap gate: paired resamples")
     judgment_weight: float = Field(1.0, gt=0, description="training weight of a judged row (base rows: 1)")
+    judged_validation: float = Field(
+        0.15,
+        ge=0,
+        lt=1,
+        description="share of judged prompts kept for selection and calibration (0: the base data's "
+        "validation split alone, which then must exist)",
+    )
+    judged_held_out: float = Field(
+        0.15,
+        gt=0,
+        lt=1,
+        description="share of judged prompts held out for the gate, with the base test split",
+    )
     quality_bar: float = Field(0.5, ge=0, le=1, description="a score at or above it is adequate")
     window_days: float | None = Field(
         None, gt=0, description="judgments of the last N days train (null: every retained one)"
@@ -538,6 +551,22 @@ class RetrainConfig(_Strict):
     interval_s: float = Field(3600.0, gt=0, description="--watch: time between runs")
     min_new_judgments: int = Field(1, ge=0, description="fewer judgments since the last run: no retraining")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _judged_shares(self) -> RetrainConfig:
+        if self.judged_validation + self.judged_held_out >= 1:
+            raise ValueError(
+                "judged_validation + judged_held_out must leave a share of judged prompts to train on"
+            )
+        return self
+
+    def judged_fractions(self) -> tuple[float, float, float]:
+        """(train, validation, held out) shares of judged prompts."""
+        return (
+            1.0 - self.judged_validation - self.judged_held_out,
+            self.judged_validation,
+            self.judged_held_out,
+        )
 
 
 class LearningConfig(_Strict):

@@ -221,3 +221,15 @@ def test_judged_repeats_of_one_prompt_stay_on_one_side_of_the_split(tmp_path: Pa
     split = dict(zip(rows.sample_ids, rows.splits, strict=True))
     assert {split[rid] for i, rid in enumerate(ids) if i % 2} == {split_of("same-prompt")}
     assert all(split[rid] == split_of(f"prompt-{i}") for i, rid in enumerate(ids) if not i % 2)
+
+    # The shares are configurable: with no judged validation share, every prompt trains or is held out.
+    shares = learning_config(
+        tmp_path / "var", tmp_path / "registry", judged_validation=0.0, judged_held_out=0.1
+    )
+    rows = judged_rows(shares, read_judgments(shares, 0, 1e12).records, 1.0)
+    assert rows is not None and "validation" not in set(rows.splits)
+    expected = {f"prompt-{i}": split_of(f"prompt-{i}", fractions=(0.9, 0.0, 0.1)) for i in range(0, 40, 2)}
+    split = dict(zip(rows.sample_ids, rows.splits, strict=True))
+    assert all(split[rid] == expected[f"prompt-{i}"] for i, rid in enumerate(ids) if not i % 2)
+    with pytest.raises(ValueError, match="leave a share"):
+        learning_config(tmp_path / "var", tmp_path / "registry", judged_validation=0.5, judged_held_out=0.5)

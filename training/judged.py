@@ -7,7 +7,9 @@ it. Feedback from apps and humans names no tier: it scores the served one.
 Requests are split by a hash of their prompt key (a keyed hash of the prompt
 text; the request id for samples without one), as the base data is by sample
 id: every request of one prompt is on the same side, so a held-out judged
-prompt was never trained on under another request id.
+prompt was never trained on under another request id. The shares are
+``learning.retrain.judged_validation`` and ``judged_held_out`` (15 % each by
+default, as the base data's splits).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def judged_rows(config: Config, records: Sequence[FeedbackRecord], weight: float
     """Training rows for the judged requests that have a traffic sample with features; None if none."""
     tiers = config.tier_names
     index = {name: j for j, name in enumerate(tiers)}
+    fractions = config.learning.retrain.judged_fractions()
     traffic = SqliteTrafficStore(config.store.path / "traffic.sqlite3")
     try:
         samples = traffic.get_many(sorted({r.request_id for r in records}))
@@ -93,7 +96,7 @@ def judged_rows(config: Config, records: Sequence[FeedbackRecord], weight: float
         sample_ids=tuple(ids),
         texts=tuple(samples[rid].prompt or "" for rid in ids),
         tasks=(JUDGED_TASK,) * len(ids),
-        splits=np.array([split_of(samples[rid].prompt_key or rid) for rid in ids]),
+        splits=np.array([split_of(samples[rid].prompt_key or rid, fractions=fractions) for rid in ids]),
         scores=matrix,
         costs=np.full(matrix.shape, np.nan),
         expected_costs=np.array([_expected_costs(config, int(t)) for t in tokens], dtype=np.float64),

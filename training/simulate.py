@@ -89,6 +89,10 @@ def simulation_config(
                     "strong": STRONG,
                     "min_new_judgments": 1,
                     "tolerance": tolerance,
+                    # The base data's validation split selects and calibrates, as it does for the offline
+                    # reference; judged prompts train, but a tenth held out for the gate.
+                    "judged_validation": 0.0,
+                    "judged_held_out": 0.1,
                 },
             },
         }
