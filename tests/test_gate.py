@@ -24,7 +24,7 @@ def ranked(order: np.ndarray) -> Decisions:
     runs = []
     for share in np.linspace(0, 1, 11):
         choices = np.zeros(ROWS, dtype=np.int64)
-        choices[order[: int(round(share * ROWS))]] = 1
+        choices[order[: round(share * ROWS)]] = 1
         runs.append(choices)
     return Decisions(runs)
 
@@ -43,7 +43,10 @@ def test_value_is_the_metric_of_the_curve() -> None:
     weak, strong = rows.scores.mean(axis=0)
     assert rows.value(decisions) == pytest.approx(apgr(points, weak, strong))
     as_aiq = held_out("aiq")
-    costs = [(float(as_aiq.costs[np.arange(ROWS), c].mean()), q) for c, (_, q) in zip(decisions.runs, points)]
+    costs = [
+        (float(as_aiq.costs[np.arange(ROWS), c].mean()), q)
+        for c, (_, q) in zip(decisions.runs, points, strict=True)
+    ]
     expected = aiq([(0.001, weak), *costs], 0.001, 0.01)
     assert as_aiq.value(decisions) == pytest.approx(expected)
 

@@ -66,7 +66,9 @@ def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
     assert first["test"]["sd"] == round(0.1 / 2**0.5, 4)
     assert first["validation"]["sd"] == 0.0
     assert summary["gap_to_reference"]["test"]["mean"] == round(report["final"]["gap_to_reference"] - 0.05, 4)
-    assert print_and_plot_summary(summary, [report, higher], tmp_path, Console(file=None)).stat().st_size > 1000
+    assert (
+        print_and_plot_summary(summary, [report, higher], tmp_path, Console(file=None)).stat().st_size > 1000
+    )
 
     # The labels: each judged request's tier columns are the recorded scores of that tier's model.
     config = simulation_config(workdir, "http://127.0.0.1:1", "unused", data, 1.0)
