@@ -13,7 +13,10 @@ request, and the judge + shadow spend; against a model trained offline on every
 label of the train split. The validation split's APGR is reported next to the
 test split's: training picks among its candidates by validation, the gate reads
 the test split, so neither is untouched, and 334 test prompts are a noisy ruler
-(models trained on as many labels differ by ~0.03).
+(models trained on as many labels differ by ~0.03; ``--repeats`` averages
+replays with other draws). Judged prompts train, but a tenth held out for the
+gate; selection and calibration use the base validation split, as they do for
+the offline reference, so the loop ends with about as many labels as it.
 """
 
 from __future__ import annotations
