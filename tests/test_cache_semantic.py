@@ -512,9 +512,16 @@ def random_unit(rng: np.random.Generator, dim: int) -> np.ndarray:
 
 
 @pytest.mark.asyncio
-async def test_concurrent_inserts_and_lookups_with_hnsw_switch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+async def test_concurrent_inserts_and_lookups_with_approximate_switch(tmp_path: Path, kind: str) -> None:
     info = EmbedderInfo("synthetic", 32)
-    settings = CacheSettings(hnsw_after=40, hnsw_m=8, hnsw_ef_construction=40, similarity_threshold=0.99)
+    settings = CacheSettings(
+        hnsw_after=40,
+        hnsw_m=8,
+        hnsw_ef_construction=40,
+        similarity_threshold=0.99,
+        approximate_index=kind,  # type: ignore[arg-type]
+    )
     store = await SqliteEntryStore.open(tmp_path / "cache.db")
     cache = await SemanticCache.open(store, info, settings)
     rng = np.random.default_rng(11)
@@ -545,6 +552,7 @@ async def test_concurrent_inserts_and_lookups_with_hnsw_switch(tmp_path: Path) -
     await cache.wait_idle()
     stats = cache.stats()
     assert stats.approximate_partitions == 2 and stats.indexed_vectors == 160
+    assert {cache._index.partition_kind(key) for key in cache._index.partition_keys()} == {kind}
     for i in range(160):
         hit = await cache.lookup(paraphrase(i))
         assert hit is not None and hit.entry_id == ids[i] and hit.kind is HitKind.SEMANTIC
