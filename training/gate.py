@@ -47,8 +47,11 @@ class HeldOut:
     candidates: Sequence[int]  # compared tiers, cheapest first; the last is the strong one
     metric: Literal["apgr", "aiq"]
 
-    def value(self, decisions: Decisions, rows: npt.NDArray[np.intp] | None = None) -> float:
-        """The metric of ``decisions`` on ``rows`` (indices, repeats allowed; None: every row)."""
+    def points(
+        self, decisions: Decisions, rows: npt.NDArray[np.intp] | None = None
+    ) -> tuple[list[tuple[float, float, float]], list[tuple[float, float, float]]]:
+        """(cost, quality, strong share) of every compared tier alone and of each operating point of
+        ``decisions``, on ``rows`` (indices, repeats allowed; None: every row)."""
         picked = np.arange(len(self.scores)) if rows is None else rows
         scores, costs = self.scores[picked], self.costs[picked]
         index = np.arange(len(picked))
@@ -62,7 +65,18 @@ class HeldOut:
             )
 
         singles = [point(np.full(len(self.scores), j, dtype=np.int64)) for j in self.candidates]
-        points = [point(choices) for choices in decisions.runs]
+        return singles, [point(choices) for choices in decisions.runs]
+
+    def curve(self, decisions: Decisions) -> list[tuple[float, float]]:
+        """The curve the metric is the area of: (strong share, quality) for APGR, (cost, quality) for AIQ."""
+        _, points = self.points(decisions)
+        if self.metric == "apgr":
+            return [(share, quality) for _, quality, share in points]
+        return [(cost, quality) for cost, quality, _ in points]
+
+    def value(self, decisions: Decisions, rows: npt.NDArray[np.intp] | None = None) -> float:
+        """The metric of ``decisions`` on ``rows`` (indices, repeats allowed; None: every row)."""
+        singles, points = self.points(decisions, rows)
         if self.metric == "apgr":
             return apgr([(share, quality) for _, quality, share in points], singles[0][1], singles[-1][1])
         cost_range = [cost for cost, _, _ in singles]
@@ -117,7 +131,6 @@ def judge(
     alpha = (1.0 - confidence) / 2
     low, high = (float(q) for q in np.quantile(differences, [alpha, 1 - alpha]))
     p_worse = float(np.mean(np.asarray(differences) < -tolerance))
-    samples = len(differences)
     observed = f"candidate {candidate_value:.4f} vs serving {serving_value:.4f}"
     if rule == "point":
         promote = candidate_value >= serving_value - tolerance
@@ -126,14 +139,8 @@ def judge(
     else:
         promote = p_worse < confidence
         interval = f"difference {candidate_value - serving_value:+.4f}, {confidence:.0%} interval [{low:+.4f}, {high:+.4f}]"
-        if promote:
-            explanation = (
-                f"{observed} ({interval}): worse by more than {tolerance} in {p_worse:.0%} of "
-                f"{samples} paired resamples, under {confidence:.0%}"
-            )
-        else:
-            explanation = (
-                f"{observed} ({interval}): worse by more than {tolerance} in {p_worse:.0%} of "
-                f"{samples} paired resamples"
-            )
+        explanation = (
+            f"{observed} ({interval}): worse by more than {tolerance} in {p_worse:.0%} of "
+            f"{len(differences)} paired resamples" + (f", under {confidence:.0%}" if promote else "")
+        )
     return GateVerdict(promote, candidate_value, serving_value, low, high, p_worse, explanation)

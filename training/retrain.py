@@ -33,7 +33,7 @@ from classifier.model import ClassifierModel, load_model
 from classifier.registry import ModelRegistry
 from router.config import Config, RetrainConfig
 from training.dataset import RoutingData
-from training.evaluate import DEFAULT_PAIR_MODELS, Scorer, probability_sweeps, routing_contexts, tier_index
+from training.evaluate import DEFAULT_PAIR_MODELS, probability_sweeps, routing_contexts, tier_index
 from training.gate import Decisions, HeldOut, judge
 from training.judged import JUDGED_TASK, concat, judged_rows, read_judgments
 from training.train import train
@@ -62,26 +62,28 @@ def _compared(config: Config, settings: RetrainConfig) -> list[int]:
     return list(pair_of(config, settings)) if settings.metric == "apgr" else list(range(len(config.tiers)))
 
 
+def scored_rows(rows: RoutingData, config: Config, settings: RetrainConfig) -> RoutingData:
+    """The rows the configured metric can score: those with a score for every compared tier."""
+    candidates = _compared(config, settings)
+    return rows.subset(np.asarray(~np.isnan(rows.scores[:, candidates]).any(axis=1), dtype=bool))
+
+
 def held_out_decisions(
     model: ClassifierModel, rows: RoutingData, config: Config, settings: RetrainConfig
-) -> tuple[HeldOut, Decisions, list[tuple[float, float]]]:
+) -> tuple[HeldOut, Decisions]:
     """``model``'s decisions on ``rows`` (those scored for the compared tiers) under the serving rule,
-    with the rows they are scored on and the curve the metric is the area of."""
+    with the rows they are scored on."""
     candidates = _compared(config, settings)
-    rows = rows.subset(np.asarray(~np.isnan(rows.scores[:, candidates]).any(axis=1), dtype=bool))
+    rows = scored_rows(rows, config, settings)
     held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
     if len(rows) == 0:
-        return held_out, Decisions([]), []
+        return held_out, Decisions([])
     probabilities = model.predict_matrix(rows.features).astype(np.float64)
     rule = config.routing.classifier.rule
     contexts = routing_contexts(rows, config, candidates)
     sweeps = probability_sweeps("p", probabilities[:, candidates], contexts, candidates)
     (sweep,) = [s for s in sweeps if s.name == f"p-{rule}"]
-    points = Scorer(rows.scores, rows.realized_costs(), candidates[-1]).curve(sweep)
-    curve = [
-        (p.strong_share, p.quality) if settings.metric == "apgr" else (p.cost, p.quality) for p in points
-    ]
-    return held_out, Decisions([choices for _, choices in sweep.runs]), curve
+    return held_out, Decisions([choices for _, choices in sweep.runs])
 
 
 def metric_value(
@@ -89,10 +91,10 @@ def metric_value(
 ) -> tuple[float, int, list[tuple[float, float]]]:
     """The configured metric of ``model`` on ``rows`` (those scored for the tiers it compares),
     with how many rows counted and the curve it is the area of."""
-    held_out, decisions, curve = held_out_decisions(model, rows, config, settings)
+    held_out, decisions = held_out_decisions(model, rows, config, settings)
     if len(held_out.scores) == 0:
         return float("nan"), 0, []
-    return held_out.value(decisions), len(held_out.scores), curve
+    return held_out.value(decisions), len(held_out.scores), held_out.curve(decisions)
 
 
 def _read_state(registry: ModelRegistry) -> dict[str, Any]:
@@ -199,17 +201,23 @@ def retrain(
     if serving_version is not None:
         models["serving"] = load_model(registry.version_dir(serving_version), config.tier_names, device="cpu")
     held_base = np.array([t != JUDGED_TASK for t in held_out.tasks], dtype=bool)
+    scored_held_out = scored_rows(held_out, config, settings)
+    # The base test split's rows among them: its value comes from the same decisions (each is per row).
+    base_positions = np.flatnonzero([t != JUDGED_TASK for t in scored_held_out.tasks])
     scored: dict[str, Any] = {}
     decisions: dict[str, Decisions] = {}
     rows: HeldOut | None = None
     for name, model in models.items():
-        rows, decisions[name], curve = held_out_decisions(model, held_out, config, settings)
+        rows, decisions[name] = held_out_decisions(model, scored_held_out, config, settings)
+        empty = len(rows.scores) == 0
         scored[name] = {
             "version": model.version,
-            "value": rows.value(decisions[name]) if len(rows.scores) else float("nan"),
+            "value": float("nan") if empty else rows.value(decisions[name]),
             "rows": len(rows.scores),
-            "base_test_value": metric_value(model, held_out.subset(held_base), config, settings)[0],
-            "curve": curve,
+            "base_test_value": (
+                float("nan") if len(base_positions) == 0 else rows.value(decisions[name], base_positions)
+            ),
+            "curve": [] if empty else rows.curve(decisions[name]),
         }
     gate: dict[str, Any] = {"rule": settings.gate, "confidence": settings.confidence}
     if "serving" not in scored:
