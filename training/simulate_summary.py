@@ -13,6 +13,7 @@ import json
 import shutil
 import statistics
 from dataclasses import replace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +41,17 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     rounds = len(reports[0]["rounds"])
     per_round = []
     for number in range(rounds + 1):
-        entry: dict[str, Any] = {"round": number + 1 if number < rounds else "final"}
+        final = number == rounds
+        entries = [r["final"] if final else r["rounds"][number] for r in reports]
+        entry: dict[str, Any] = {"round": "final" if final else number + 1}
         for key, split in SPLITS:
-            values = [(r["rounds"][number][key] if number < rounds else r["final"][key]) for r in reports]
-            entry[split] = _spread(values)
-        entry["promoted"] = (
-            sum(bool(r["rounds"][number]["promoted"]) for r in reports) if number < rounds else None
-        )
+            entry[split] = _spread([e[key] for e in entries])
+        entry["promoted"] = None if final else sum(bool(e["promoted"]) for e in entries)
         per_round.append(entry)
     reference = {split: _spread([r["reference"][key] for r in reports]) for key, split in SPLITS}
     gaps = {split: _spread([r["reference"][key] - r["final"][key] for r in reports]) for key, split in SPLITS}
     spend = {
-        kind: str(sum(float(r["sampling_totals"][f"{kind}_spent_usd"]) for r in reports))
+        kind: str(sum((Decimal(r["sampling_totals"][f"{kind}_spent_usd"]) for r in reports), Decimal(0)))
         for kind in ("shadow", "judge")
     }
     return {
