@@ -32,6 +32,18 @@ from cache.store import CacheStoreError, EntryRef, VectorRow
 logger = logging.getLogger(__name__)
 
 
+async def stop_worker(task: asyncio.Task[None]) -> None:
+    """Cancel a Redis worker loop and wait until it has ended.
+
+    redis-py can swallow a cancellation that lands in a blocking read (the read then returns nothing
+    or raises a timeout the loop retries): the caller's stop flag ends the loop at its next turn, and
+    the cancellation is repeated meanwhile.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+
+
 class ChangeOp(enum.Enum):
     ADD = "add"
     REMOVE = "del"
@@ -166,11 +178,7 @@ class IndexFollower:
         if task is None:
             return
         self._stopping = True
-        # redis-py can swallow a cancellation that lands in a blocking read (the read then returns
-        # nothing): the flag ends the loop at its next turn, and the cancellation is repeated meanwhile.
-        while not task.done():
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.1)
+        await stop_worker(task)
 
     async def _run(self) -> None:
         failing = False

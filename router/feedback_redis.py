@@ -29,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from cache.replication import stop_worker
 from router.config import FeedbackConfig
 from router.feedback import FeedbackRecord, FeedbackTable
 
@@ -85,6 +86,7 @@ class RedisFeedbackStore:
         self._claim_cursor = "0-0"
         self._group_ready = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.fallbacks = 0
         self.landed = 0
 
@@ -169,7 +171,7 @@ class RedisFeedbackStore:
 
     async def _work(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 await self.consume_once(self._block_ms)
                 backoff = 0.1
@@ -197,8 +199,8 @@ class RedisFeedbackStore:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)  # wait until the worker has stopped
+            self._stopping = True
+            await stop_worker(task)
         for client in (self._writer, self._reader):
             with contextlib.suppress(RedisError, OSError):
                 await client.aclose()
