@@ -181,8 +181,8 @@ class SpendRecordBuilder:
         partial: PartialAnswer | None = None,
         ts: float | None = None,
     ) -> SpendRecord:
-        """A request that ended in an error status. Failed upstream attempts are not billed; text a
-        tier streamed before the stream broke or the caller left (``partial``) is."""
+        """A request that ended in an error status. Failed upstream attempts are not billed; what a
+        tier was given and streamed before the stream broke or the caller left (``partial``) is."""
         attempts = error.attempts if isinstance(error, ServiceError) else ()
         status = error.code.name if isinstance(error, ServiceError) else "INTERNAL"
         tier_name = attempts[-1].tier if attempts else (decision.tier if decision else "")

@@ -18,6 +18,7 @@ from cache.batching import BatchingEmbedder, embedding_text
 from cache.embedder import Vector
 from router.budgets import BudgetManager, BudgetReservation, Degrade
 from router.caching import CacheUse, ResponseCache
+from router.call_progress import CallProgress, PromptTokens
 from router.config import Config, TierConfig
 from router.errors import ServiceError, StreamBroken, UpstreamDeadline, UpstreamUnavailable
 from router.experiment_arms import ArmRoute, ExperimentRouter
@@ -33,63 +34,13 @@ from router.upstream_errors import attempt_from_error, circuit_open_attempt, rej
 StreamItem = Decision | StreamDelta | Completion
 
 
-class _PromptTokens:
-    """The prompt's token count per encoding, counted once per request (long prompts are costly to count)."""
-
-    def __init__(self, counter: TokenCounter, spec: RequestSpec) -> None:
-        self._counter = counter
-        self._messages = spec.messages
-        self._counts: dict[str, int] = {}
-
-    def encoding(self, tier: TierConfig) -> str:
-        return tier.encoding or self._counter.encoding_for_model(tier.model)
-
-    def of(self, tier: TierConfig) -> int:
-        encoding = self.encoding(tier)
-        if encoding not in self._counts:
-            self._counts[encoding] = self._counter.count_messages(
-                self._messages, tier.model, encoding=encoding
-            )
-        return self._counts[encoding]
-
-    def text(self, tier: TierConfig, text: str) -> int:
-        return self._counter.count_text(text, encoding=self.encoding(tier))
-
-
-class StreamProgress:
-    """The text a stream has sent so far, kept as it goes: when the stream ends without a
-    Completion (the tier broke mid-stream, or the caller left), the provider still bills it."""
-
-    def __init__(self) -> None:
-        self._tier: TierConfig | None = None
-        self._prompt: _PromptTokens | None = None
-        self._parts: list[str] = []
-
-    def start(self, tier: TierConfig, prompt: _PromptTokens) -> None:
-        self._tier, self._prompt, self._parts = tier, prompt, []
-
-    def add(self, text: str) -> None:
-        self._parts.append(text)
-
-    def text(self) -> str:
-        """What the current tier has streamed so far."""
-        return "".join(self._parts)
-
-    def billed(self) -> PartialAnswer | None:
-        if self._tier is None or self._prompt is None or not self._parts:
-            return None
-        tier, prompt = self._tier, self._prompt
-        usage = TokenUsage(prompt.of(tier), prompt.text(tier, self.text()))
-        return PartialAnswer(tier.name, usage, cost_usd(tier.price, usage))
-
-
 @dataclass(frozen=True, slots=True)
 class _Plan:
     decision: Decision
     chain: tuple[TierConfig, ...]  # the chosen tier first, then its fallbacks
     reservation: BudgetReservation
     cache_use: CacheUse | None  # how this request may read and fill the cache
-    prompt: _PromptTokens
+    prompt: PromptTokens
     embedding: Vector | None  # the request's one embedding; the completion carries it to the learning loop
 
 
@@ -145,7 +96,7 @@ class Pipeline:
         policy = arm.policy if arm is not None and arm.policy is not None else self._policy
         cache = self._cache if arm is None or arm.cache else None
         # 5 tokens (before 3: the budget reserves the estimated cost)
-        prompt = _PromptTokens(self._tokens, spec)
+        prompt = PromptTokens(self._tokens, spec)
         input_tokens = prompt.of(self._config.tiers[0])
         options = self._options(spec, prompt)
         # 3 budget
@@ -188,7 +139,7 @@ class Pipeline:
             return None
         return await self._embedder.embed(embedding_text(spec.last_user_text))
 
-    def _served_from_cache(self, decision: Decision, prompt: _PromptTokens, hit: CacheHitInfo) -> Decision:
+    def _served_from_cache(self, decision: Decision, prompt: PromptTokens, hit: CacheHitInfo) -> Decision:
         """A hit costs nothing upstream and saves what the chosen tier would have cost."""
         tier = self._config.tier(decision.tier)
         usage = TokenUsage(prompt.of(tier), hit.usage.output_tokens)
@@ -201,7 +152,7 @@ class Pipeline:
         self,
         spec: RequestSpec,
         request_id: str,
-        prompt: _PromptTokens,
+        prompt: PromptTokens,
         input_tokens: int,
         candidates: list[TierOption],
         degrade: Degrade | None,
@@ -243,7 +194,7 @@ class Pipeline:
             arm=arm.assignment.arm if arm is not None else "",
         )
 
-    def _options(self, spec: RequestSpec, prompt: _PromptTokens) -> list[TierOption]:
+    def _options(self, spec: RequestSpec, prompt: PromptTokens) -> list[TierOption]:
         """Tiers that can serve the request at all, cheapest first."""
         options = [
             TierOption(t.name, t.model, self._expected_cost(t, spec, prompt), t.max_output_tokens)
@@ -257,11 +208,11 @@ class Pipeline:
     def _expected_output(self, tier: TierConfig, spec: RequestSpec) -> int:
         return min(spec.max_tokens or tier.max_output_tokens, self._config.routing.expected_output_tokens)
 
-    def _expected_cost(self, tier: TierConfig, spec: RequestSpec, prompt: _PromptTokens) -> Decimal:
+    def _expected_cost(self, tier: TierConfig, spec: RequestSpec, prompt: PromptTokens) -> Decimal:
         return expected_cost_usd(tier.price, prompt.of(tier), self._expected_output(tier, spec))
 
     async def _reserve(
-        self, spec: RequestSpec, options: list[TierOption], prompt: _PromptTokens
+        self, spec: RequestSpec, options: list[TierOption], prompt: PromptTokens
     ) -> BudgetReservation:
         """Reserve the most this request can cost: any tier of its chain may end up answering."""
         if spec.tier is not None:
@@ -298,7 +249,7 @@ class Pipeline:
         )
 
     @staticmethod
-    def _usage(tier: TierConfig, prompt: _PromptTokens, reported: TokenUsage | None, text: str) -> TokenUsage:
+    def _usage(tier: TierConfig, prompt: PromptTokens, reported: TokenUsage | None, text: str) -> TokenUsage:
         """The upstream's reported usage, else tiktoken's count of what was sent and received."""
         if reported is not None:
             return reported
@@ -345,16 +296,25 @@ class Pipeline:
         )
 
     async def complete(
-        self, spec: RequestSpec, request_id: str, *, started: float, deadline: float | None
+        self,
+        spec: RequestSpec,
+        request_id: str,
+        *,
+        started: float,
+        deadline: float | None,
+        progress: CallProgress | None = None,
     ) -> Completion:
         plan = await self._plan(spec, request_id)
         if plan.decision.cache_hit is not None:
             await self._budgets.release(plan.reservation)
             return self._cached(plan, plan.decision.cache_hit, started)
+        progress = progress or CallProgress()
         try:
-            completion = await self._call_chain(plan, spec, started, deadline)
+            completion = await self._call_chain(plan, spec, started, deadline, progress)
         except BaseException:
-            await self._budgets.release(plan.reservation)
+            await self._settle_partial(
+                plan, progress.billed()
+            )  # a call the caller abandoned costs its prompt
             raise
         await self._settle(plan, completion)
         self._store(plan, completion)
@@ -380,12 +340,13 @@ class Pipeline:
             self._cache.store(plan.cache_use, completion)
 
     async def _call_chain(
-        self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None
+        self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None, progress: CallProgress
     ) -> Completion:
         attempts: list[Attempt] = []
         upstream_s = 0.0
         for tier in plan.chain:
             provider = self._providers[tier.name]
+            progress.start(tier, plan.prompt)
             try:
                 outcome = await self._health.call(
                     tier.name,
@@ -394,7 +355,9 @@ class Pipeline:
                     clock=self._clock,
                 )
             except UpstreamDeadline as exc:
+                progress.ended()
                 raise UpstreamDeadline(exc.message, attempts) from None
+            progress.ended()  # answered or failed: no longer in flight
             for attempt in outcome.tries:
                 upstream_s += attempt.duration_s
                 if attempt.error is None:
@@ -416,7 +379,7 @@ class Pipeline:
         *,
         started: float,
         deadline: float | None,
-        progress: StreamProgress | None = None,
+        progress: CallProgress | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
         plan = await self._plan(spec, request_id)
         hit = plan.decision.cache_hit
@@ -426,7 +389,7 @@ class Pipeline:
             yield StreamDelta(hit.content)
             yield self._cached(plan, hit, started)
             return
-        progress = progress or StreamProgress()
+        progress = progress or CallProgress()
         settled = False
         try:
             yield plan.decision
@@ -451,7 +414,7 @@ class Pipeline:
         )
 
     async def _stream_chain(
-        self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None, progress: StreamProgress
+        self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None, progress: CallProgress
     ) -> AsyncIterator[StreamDelta | Completion]:
         """Fall back to the next tier only while no text has reached the caller; no retries in a stream."""
         attempts: list[Attempt] = []
@@ -476,6 +439,7 @@ class Pipeline:
                     else:
                         finish = event
             except ProviderError as exc:
+                progress.ended()
                 elapsed = self._clock() - t0
                 upstream_s += elapsed
                 self._health.observe(tier.name, elapsed, exc)

@@ -24,12 +24,12 @@ from router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
 from router.analytics.dashboard_http import Dashboard
 from router.anomaly import AnomalyChecker
 from router.auth import Authenticator, Unauthenticated
+from router.call_progress import CallProgress
 from router.config import ConfigError, TlsConfig
 from router.errors import RequestCancelled, ServiceError
 from router.feedback import SOURCES, FeedbackRecord
 from router.logs import prompt_field
 from router.outcome import Completion, Decision, StreamDelta
-from router.pipeline import StreamProgress
 from router.rpc import abort as _abort
 from router.rpc import reject_undecodable, safe_deserializer, unary
 from router.service import Service
@@ -130,14 +130,19 @@ class RouterServicer:
         spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
         accounting = self._service.accounting
+        progress = CallProgress()
         with accounting.request_span("Complete", context.invocation_metadata()) as span:
             try:
                 completion = await self._service.pipeline.complete(
-                    spec, request_id, started=started, deadline=self._deadline(context, started)
+                    spec,
+                    request_id,
+                    started=started,
+                    deadline=self._deadline(context, started),
+                    progress=progress,
                 )
             except asyncio.CancelledError:
-                # The caller left: the upstream call was abandoned and nothing was settled.
-                accounting.failed(spec, request_id, _cancelled(), started, span)
+                # The caller left: the upstream call in flight still costs its prompt.
+                accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
                 raise
             except Exception as exc:
                 accounting.failed(spec, request_id, exc, started, span)
@@ -153,7 +158,7 @@ class RouterServicer:
         spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
         accounting = self._service.accounting
-        progress = StreamProgress()
+        progress = CallProgress()
         stream = self._service.pipeline.stream(
             spec, request_id, started=started, deadline=self._deadline(context, started), progress=progress
         )

@@ -1,6 +1,7 @@
 """A stream that ends without its final chunk still costs what the tier streamed: the tier broke
 mid-stream, or the caller left. The spend record, the metrics and the budget all carry that cost
-(settled, not released); a unary call the caller abandoned is recorded as CANCELLED at no cost."""
+(settled, not released). A call the caller abandons before any text (unary, or a stream before its
+first token) costs its prompt: the upstream was given it. A tier that failed is not billed."""
 
 from __future__ import annotations
 
@@ -96,8 +97,21 @@ async def test_a_stream_the_caller_leaves_bills_what_was_streamed(
     assert await budget_used(svc) == (record.cost_usd, Decimal(0))
 
 
+async def status_totals(svc: Running) -> list[tuple[str, int, Decimal]]:
+    ledger = svc.server.service.accounting.ledger
+    assert ledger is not None
+    now = time.time()
+    for _ in range(200):
+        assert await ledger.flush(10)
+        rows = await ledger.totals(now - 60, now + 60, ["status"])
+        if rows:
+            return [(r.group["status"], r.requests, r.cost_usd) for r in rows]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no spend record")
+
+
 @pytest.mark.asyncio
-async def test_an_abandoned_unary_call_is_recorded_as_cancelled_and_holds_nothing(
+async def test_an_abandoned_unary_call_is_recorded_as_cancelled_and_bills_its_prompt(
     svc: Running, upstream: ScriptedUpstream
 ) -> None:
     upstream.script("small-model", latency_s=5.0)
@@ -107,14 +121,39 @@ async def test_an_abandoned_unary_call_is_recorded_as_cancelled_and_holds_nothin
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
-    ledger = svc.server.service.accounting.ledger
-    assert ledger is not None
-    now = time.time()
-    for _ in range(200):
-        assert await ledger.flush(10)
-        rows = await ledger.totals(now - 60, now + 60, ["status"])
-        if rows:
-            break
-        await asyncio.sleep(0.05)
-    assert [(r.group["status"], r.requests, r.cost_usd) for r in rows] == [("CANCELLED", 1, Decimal(0))]
+    _, prompt_cost = small_cost(svc, "")
+    assert await status_totals(svc) == [("CANCELLED", 1, prompt_cost)]
+    assert prompt_cost > 0
+    assert await budget_used(svc) == (prompt_cost, Decimal(0))  # settled at the prompt's cost
+
+
+@pytest.mark.asyncio
+async def test_a_stream_the_caller_leaves_before_its_first_token_bills_its_prompt(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script("small-model", latency_s=5.0)
+    call = svc.stub.CompleteStream(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
+    first = await call.read()  # the decision
+    while not upstream.requests_for("small-model"):
+        await asyncio.sleep(0.01)
+    call.cancel()
+    record = await record_of(svc, first.request_id)
+    _, prompt_cost = small_cost(svc, "")
+    assert (record.status, record.tier, record.output_tokens, record.cost_usd) == (
+        "CANCELLED",
+        "small",
+        0,
+        prompt_cost,
+    )
+    assert await budget_used(svc) == (prompt_cost, Decimal(0))
+
+
+@pytest.mark.asyncio
+async def test_a_tier_that_fails_before_answering_is_not_billed(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script("small-model", status=400)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await svc.stub.Complete(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
+    assert [row[2] for row in await status_totals(svc)] == [Decimal(0)]
     assert await budget_used(svc) == (Decimal(0), Decimal(0))

@@ -1,0 +1,79 @@
+"""What a call to a tier has cost so far, for calls that end without a Completion.
+
+A provider bills what it processed, not what reached our caller: once the
+request is on its way, the prompt is billed, and so is any text the tier
+streamed before the stream broke or the caller left. A unary call the caller
+abandons costs at least its prompt (the upstream usually finishes it anyway; we
+cannot see how far, so the input tokens are the honest lower bound). A call
+that failed with an upstream error is not billed: its tier is cleared.
+"""
+
+from __future__ import annotations
+
+from router.config import TierConfig
+from router.outcome import PartialAnswer
+from router.pricing import cost_usd
+from router.tokens import TokenCounter
+from router.types import RequestSpec, TokenUsage
+
+
+class PromptTokens:
+    """The prompt's token count per encoding, counted once per request (long prompts are costly to count)."""
+
+    def __init__(self, counter: TokenCounter, spec: RequestSpec) -> None:
+        self._counter = counter
+        self._messages = spec.messages
+        self._counts: dict[str, int] = {}
+
+    def encoding(self, tier: TierConfig) -> str:
+        return tier.encoding or self._counter.encoding_for_model(tier.model)
+
+    def of(self, tier: TierConfig) -> int:
+        encoding = self.encoding(tier)
+        if encoding not in self._counts:
+            self._counts[encoding] = self._counter.count_messages(
+                self._messages, tier.model, encoding=encoding
+            )
+        return self._counts[encoding]
+
+    def text(self, tier: TierConfig, text: str) -> int:
+        return self._counter.count_text(text, encoding=self.encoding(tier))
+
+
+class CallProgress:
+    """The tier in flight and the text it has streamed, kept as the call goes."""
+
+    def __init__(self) -> None:
+        self._tier: TierConfig | None = None
+        self._prompt: PromptTokens | None = None
+        self._parts: list[str] = []
+        self._billed: PartialAnswer | None = None  # counted once: the budget and the spend record both ask
+
+    def start(self, tier: TierConfig, prompt: PromptTokens) -> None:
+        """The request to ``tier`` is about to be sent."""
+        self._tier, self._prompt, self._parts, self._billed = tier, prompt, [], None
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
+        self._billed = None
+
+    def ended(self) -> None:
+        """The tier answered or failed: no call is in flight. Text it already streamed stays billed
+        (a stream that broke mid-way); a failed call that sent nothing is not."""
+        if not self._parts:
+            self._tier = self._prompt = None
+            self._billed = None
+
+    def text(self) -> str:
+        """What the current tier has streamed so far."""
+        return "".join(self._parts)
+
+    def billed(self) -> PartialAnswer | None:
+        """The prompt and the text of the tier in flight; None when no call is under way."""
+        if self._tier is None or self._prompt is None:
+            return None
+        if self._billed is None:
+            tier, prompt = self._tier, self._prompt
+            usage = TokenUsage(prompt.of(tier), prompt.text(tier, self.text()) if self._parts else 0)
+            self._billed = PartialAnswer(tier.name, usage, cost_usd(tier.price, usage))
+        return self._billed
