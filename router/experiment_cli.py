@@ -20,6 +20,7 @@ from router.anomaly_cli import open_sink, parse_since
 from router.config import Config, ExperimentConfig, load_config
 from router.experiment_store import recorded_since
 from router.feedback_open import open_feedback_table
+from router.figures import pyplot, save_figure
 
 if TYPE_CHECKING:  # numpy and scipy load only when a report is made, not for every CLI command
     from router.experiment_report import ExperimentReport
@@ -106,10 +107,7 @@ def render(report: ExperimentReport, console: Console) -> None:
 
 
 def plot(report: ExperimentReport, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     names = [c.arm for c in report.comparisons]
@@ -134,10 +132,7 @@ def plot(report: ExperimentReport, out: Path) -> None:
         ax.set_xlim(-0.5, max(len(names), 1) - 0.5)
         ax.set_title(title)
     figure.suptitle(f"experiment {report.experiment}: arms vs {report.control} (95 % CI)")
-    figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
+    save_figure(figure, out, dpi=120)
 
 
 def report(

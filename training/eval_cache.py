@@ -35,6 +35,7 @@ from cache.settings import CacheSettings
 from cache.sqlite_store import SqliteEntryStore
 from cache.store import CachedResponse
 from cache.verification import CandidateVerifier
+from router.figures import pyplot, save_figure
 from training.cache_metrics import ServeMetrics, serve_metrics
 
 Mode = Literal["pairs", "corpus"]
@@ -218,10 +219,7 @@ async def evaluate_cache(
 
 def plot_curves(report: dict[str, Any], out: Path) -> None:
     """Precision–recall per verifier (one point per threshold) and wrong-serve rate per threshold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = report["thresholds"]
     names = [key for key in rows[0] if key != "threshold"]
@@ -245,9 +243,7 @@ def plot_curves(report: dict[str, Any], out: Path) -> None:
     for axis in (left, right):
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.tight_layout()
-    figure.savefig(out, dpi=120)
-    plt.close(figure)
+    save_figure(figure, out, dpi=120)
 
 
 def select_pairs(pairs: list[EvalPair], split: str = "all", sample: int | None = None) -> list[EvalPair]:

@@ -6,15 +6,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from router.figures import pyplot, save_figure
+
 SINGLE_POINT_ROUTERS = ("cheapest", "strongest", "oracle")
 
 
 def plot_report(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write a PNG: cost-quality curves over the tier set, and PGR against strong-call share for the pair."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     views = ["tier_set"] + (["pair"] if "pair" in report else [])
     figure, axes = plt.subplots(1, len(views), figsize=(7.5 * len(views), 6), squeeze=False)
@@ -56,8 +55,4 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> Path:
         axis.set_title(f"{pair['weak']} vs {pair['strong']}")
         axis.legend(fontsize=7, loc="lower right")
         axis.grid(alpha=0.3)
-    figure.tight_layout()
-    target = Path(path)
-    figure.savefig(target, dpi=120)
-    plt.close(figure)
-    return target
+    return save_figure(figure, path, dpi=120)

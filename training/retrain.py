@@ -32,6 +32,7 @@ from classifier.manifest import write_json_atomic
 from classifier.model import ClassifierModel, load_model
 from classifier.registry import ModelRegistry
 from router.config import Config, RetrainConfig
+from router.figures import pyplot, save_figure
 from training.dataset import RoutingData
 from training.evaluate import DEFAULT_PAIR_MODELS, probability_sweeps, routing_contexts, tier_index
 from training.gate import Decisions, HeldOut, judge
@@ -106,10 +107,7 @@ def _read_state(registry: ModelRegistry) -> dict[str, Any]:
 
 
 def plot_retrain(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axis = plt.subplots(figsize=(7, 5))
     for name in ("candidate", "serving"):
@@ -127,9 +125,7 @@ def plot_retrain(report: dict[str, Any], path: Path) -> None:
     verdict = "promoted" if report["promoted"] else "kept serving model"
     axis.set_title(f"retrain: {verdict} — held-out {report['held_out']}")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def retrain(

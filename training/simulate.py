@@ -43,6 +43,7 @@ from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 from router.auth import sha256_hex
 from router.config import Config, parse_config
 from router.demo import DEMO_TIERS, replay_tiers
+from router.figures import pyplot, save_figure
 from router.replay import ReplayUpstream
 from router.server import TierwiseServer
 from router.service import build_service
@@ -302,10 +303,7 @@ def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> P
         f"{report['pair']['strong']} vs {report['pair']['weak']}); sampling spend: shadow "
         f"${totals['shadow_spent_usd']}, judge ${totals['judge_spent_usd']}"
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = [r["round"] for r in report["rounds"]] + [len(report["rounds"]) + 1]
@@ -323,11 +321,7 @@ def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> P
     right.set_xlabel("round")
     right.set_ylabel("cost per request (USD)")
     figure.suptitle(f"tierwise simulate — {report['judge']}")
-    figure.tight_layout()
-    path = workdir / "simulation.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, workdir / "simulation.png")
 
 
 def run_simulation(

@@ -21,6 +21,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from router.figures import pyplot, save_figure
 from training.simulate import SimulationSettings, run_simulation
 
 SPLITS = (("held_out_apgr", "test"), ("validation_apgr", "validation"))
@@ -92,10 +93,7 @@ def print_and_plot_summary(
         f"sampling spend over all runs: shadow ${summary['sampling_spend_usd']['shadow']}, "
         f"judge ${summary['sampling_spend_usd']['judge']}"
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     xs = list(range(1, len(summary["per_round"]) + 1))
@@ -111,11 +109,7 @@ def print_and_plot_summary(
         axis.legend()
     axes[0].set_ylabel("held-out APGR")
     figure.suptitle(f"tierwise simulate — {summary['judge']}")
-    figure.tight_layout()
-    path = workdir / "simulation-summary.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, workdir / "simulation-summary.png")
 
 
 def run_repeated(

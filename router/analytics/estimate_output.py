@@ -16,6 +16,7 @@ from rich.table import Table
 
 from router.analytics.estimate import NEEDS_SAMPLE, CacheRate, PolicyEstimate, Scenario, Workload
 from router.analytics.estimate_volume import FORMULA, monthly_tokens
+from router.figures import pyplot, save_figure
 from router.pricing import usd_str
 
 
@@ -142,10 +143,7 @@ def print_document(document: Mapping[str, Any], console: Console) -> None:
 
 def plot_document(document: Mapping[str, Any], path: Path) -> Path:
     """Monthly cost against expected quality, one point per policy that has both."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     points = [
         (p["policy"], float(Decimal(p["monthly_usd"])), p["expected_quality"])
@@ -171,8 +169,4 @@ def plot_document(document: Mapping[str, Any], path: Path) -> Path:
     axis.set_ylabel("expected quality (mean recorded score)")
     axis.set_title("cost vs expected quality per policy")
     axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)
