@@ -24,6 +24,13 @@ The cache's default (``approximate_index: auto``) uses HNSW past ``hnsw_after`` 
   1M build 92 s, p50/p99 0.556/0.946 ms (thread CPU p99 0.78 ms), recall@1 0.995 (flat p50 66 ms):
   the goal (p99 <= 2 ms and recall >= 0.95 at 1M) is met. nprobe 4 / 8 / 32 at 1M: recall 0.974 /
   0.985 / 0.999 at p99 0.49 / 0.60 / 2.0 ms.
+* Real vectors (``--vectors qqp``: all-MiniLM-L6-v2 embeddings of Quora questions, queried with
+  their real paraphrases; 2026-12-03, quiet host): 10k IVF nprobe 16 p50/p99 0.088/0.169 ms recall@1
+  0.997, HNSW efSearch 32 0.082/0.152 ms recall 0.999 (flat p50 0.65 ms); 100k IVF build 16 s,
+  nprobe 4 / 8 / 16 / 32 recall 0.979 / 0.990 / 0.994 / 0.998, nprobe 16 p50/p99 0.232/0.377 ms;
+  HNSW build 27 s, efSearch 32 / 64 recall 0.997 / 0.999 at p99 0.21 / 0.31 ms (flat p50 9.4 ms).
+  Recall counts a tie with the exact top-1 as found. The file holds ~100k distinct questions, so
+  the 1M point stays synthetic.
 * IVF, uniform vectors (the worst case: no structure for the lists to follow), 1M: nprobe 16 recall
   0.918 at p99 0.84 ms; nprobe 32 recall 0.965 at p99 1.9 ms.
 * HNSW, clustered (loaded host, load ~8; wall p99 there is preemption, thread-CPU p99 the search):
@@ -155,6 +162,18 @@ def exact_top1(base: Matrix, queries: Matrix) -> np.ndarray:
     return np.asarray(labels[:, 0], dtype=np.int64)
 
 
+def top1_found(answers: list[int], truth: np.ndarray, base: Matrix, queries: Matrix) -> np.ndarray:
+    """Per query: the answer is the exact top-1, or a row exactly as similar (real embeddings have ties
+    and near-ties that batched and single-query float sums order differently)."""
+    found = np.asarray(answers) == truth[: len(answers)]
+    for i in np.flatnonzero(~found):
+        answer = answers[i]
+        if answer >= 0:
+            gap = float(base[truth[i]] @ queries[i]) - float(base[answer] @ queries[i])
+            found[i] = gap <= 1e-5
+    return found
+
+
 def build_hnsw(base: Matrix, params: IndexParams, batch: int) -> tuple[PartitionedIndex, float]:
     """HNSW through the cache's own index, filled by ``add`` in batches as a growing partition is."""
     index = PartitionedIndex(
@@ -191,6 +210,7 @@ def sweep(
     queries: Matrix,
     truth: np.ndarray,
     flat_latency: Timings,
+    base: Matrix,
 ) -> None:
     """Recall@1 and latency of one build at each value of its search-width ``knob``."""
     size = len(index)
@@ -198,7 +218,7 @@ def sweep(
         index.params = dataclasses.replace(index.params, **{knob: value})
         timed_searches(index, queries[:50])  # warm the index's pages after a build or another setting
         latency, answers = timed_searches(index, queries)
-        recall = float(np.mean(np.asarray(answers) == truth))
+        recall = float(np.mean(top1_found(answers, truth, base, queries)))
         ratio = statistics.median(flat_latency.wall) / statistics.median(latency.wall)
         name = {"hnsw_ef_search": "HNSW efSearch", "ivf_nprobe": "IVF nprobe"}[knob]
         print(
@@ -248,7 +268,7 @@ def bench_index(
         flat.add("p", np.arange(size, dtype=np.int64), base)
         flat_latency, flat_answers = timed_searches(flat, timed)
         del flat
-        if flat_answers != truth[: len(timed)].tolist():
+        if not top1_found(flat_answers, truth, base, timed).all():
             raise RuntimeError("the cache's flat index disagrees with the batched exact search")
         print(f"  N={size:>9,}  flat {flat_latency.report()}  ({len(timed)} queries)")
 
@@ -261,9 +281,9 @@ def bench_index(
             print(f"  N={size:>9,}  {kind.upper()} build {build_s:.1f} s")
             set_faiss_threads(options.faiss_threads)
             if kind == "hnsw":
-                sweep(index, "hnsw_ef_search", options.ef_search, queries, truth, flat_latency)
+                sweep(index, "hnsw_ef_search", options.ef_search, queries, truth, flat_latency, base)
             else:
-                sweep(index, "ivf_nprobe", options.nprobe, queries, truth, flat_latency)
+                sweep(index, "ivf_nprobe", options.nprobe, queries, truth, flat_latency, base)
             del index
         del base
 
