@@ -346,18 +346,17 @@ class Pipeline:
         upstream_s = 0.0
         for tier in plan.chain:
             provider = self._providers[tier.name]
-            progress.start(tier, plan.prompt)
+            call = self._call(tier, spec, deadline)
             try:
                 outcome = await self._health.call(
                     tier.name,
-                    lambda: provider.complete(self._call(tier, spec, deadline)),  # noqa: B023 - awaited here
+                    lambda: _attempt(provider, call, tier, plan.prompt, progress),  # noqa: B023 - awaited here
                     deadline=deadline,
                     clock=self._clock,
                 )
             except UpstreamDeadline as exc:
-                progress.ended()
+                progress.ended()  # the try the deadline cut short is not billed
                 raise UpstreamDeadline(exc.message, attempts) from None
-            progress.ended()  # answered or failed: no longer in flight
             for attempt in outcome.tries:
                 upstream_s += attempt.duration_s
                 if attempt.error is None:
@@ -467,6 +466,21 @@ class Pipeline:
             yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))
             return
         raise _exhausted(attempts)
+
+
+async def _attempt(
+    provider: Provider, call: ChatCall, tier: TierConfig, prompt: PromptTokens, progress: CallProgress
+) -> ChatResult:
+    """One try of a unary call: billable if the caller leaves while it is in flight, not once it
+    failed (a caller who leaves during the back-off before the next try owes nothing)."""
+    progress.start(tier, prompt)
+    try:
+        result = await provider.complete(call)
+    except ProviderError:
+        progress.ended()
+        raise
+    progress.ended()
+    return result
 
 
 def _exhausted(attempts: list[Attempt]) -> ServiceError:

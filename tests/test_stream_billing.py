@@ -157,3 +157,20 @@ async def test_a_tier_that_fails_before_answering_is_not_billed(
         await svc.stub.Complete(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
     assert [row[2] for row in await status_totals(svc)] == [Decimal(0)]
     assert await budget_used(svc) == (Decimal(0), Decimal(0))
+
+
+@pytest.mark.asyncio
+async def test_a_unary_call_abandoned_during_a_retry_back_off_bills_nothing(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script("small-model", status=429, retry_after="3")
+    call = svc.stub.Complete(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
+    while not upstream.requests_for("small-model"):  # the first try was sent and refused
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # now waiting out Retry-After before the second try
+    assert len(upstream.requests_for("small-model")) == 1
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await status_totals(svc) == [("CANCELLED", 1, Decimal(0))]
+    assert await budget_used(svc) == (Decimal(0), Decimal(0))
