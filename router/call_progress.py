@@ -3,9 +3,10 @@
 A provider bills what it processed, not what reached our caller: once the
 request is on its way, the prompt is billed, and so is any text the tier
 streamed before the stream broke or the caller left. A unary call the caller
-abandons costs at least its prompt (the upstream usually finishes it anyway; we
-cannot see how far, so the input tokens are the honest lower bound). A call
-that failed with an upstream error is not billed: its tier is cleared.
+abandons while a try is in flight costs at least its prompt (the upstream usually
+finishes it anyway; we cannot see how far, so the input tokens are the honest
+lower bound). A try that failed with an upstream error is not billed: its tier is
+cleared, so a caller who leaves during the back-off before the next try owes nothing.
 """
 
 from __future__ import annotations
