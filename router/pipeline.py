@@ -312,9 +312,8 @@ class Pipeline:
         try:
             completion = await self._call_chain(plan, spec, started, deadline, progress)
         except BaseException:
-            await self._settle_partial(
-                plan, progress.billed()
-            )  # a call the caller abandoned costs its prompt
+            # A call the caller abandoned mid-try costs its prompt; one that failed costs nothing.
+            await self._settle_partial(plan, progress.billed())
             raise
         await self._settle(plan, completion)
         self._store(plan, completion)
@@ -345,12 +344,10 @@ class Pipeline:
         attempts: list[Attempt] = []
         upstream_s = 0.0
         for tier in plan.chain:
-            provider = self._providers[tier.name]
-            call = self._call(tier, spec, deadline)
             try:
                 outcome = await self._health.call(
                     tier.name,
-                    lambda: _attempt(provider, call, tier, plan.prompt, progress),  # noqa: B023 - awaited here
+                    lambda: self._attempt(tier, spec, deadline, plan.prompt, progress),  # noqa: B023 - awaited here
                     deadline=deadline,
                     clock=self._clock,
                 )
@@ -370,6 +367,27 @@ class Pipeline:
             elif outcome.stop is StopReason.NOT_RETRYABLE and outcome.error is not None:
                 raise rejection_for(tier, outcome.error, attempts)
         raise _exhausted(attempts)
+
+    async def _attempt(
+        self,
+        tier: TierConfig,
+        spec: RequestSpec,
+        deadline: float | None,
+        prompt: PromptTokens,
+        progress: CallProgress,
+    ) -> ChatResult:
+        """One try of a unary call, its timeout cut to what is left of the deadline at that try.
+        It is billable if the caller leaves while it is in flight, not once it failed (a caller who
+        leaves during the back-off before the next try owes nothing)."""
+        call = self._call(tier, spec, deadline)
+        progress.start(tier, prompt)
+        try:
+            result = await self._providers[tier.name].complete(call)
+        except ProviderError:
+            progress.ended()
+            raise
+        progress.ended()
+        return result
 
     async def stream(
         self,
@@ -466,21 +484,6 @@ class Pipeline:
             yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))
             return
         raise _exhausted(attempts)
-
-
-async def _attempt(
-    provider: Provider, call: ChatCall, tier: TierConfig, prompt: PromptTokens, progress: CallProgress
-) -> ChatResult:
-    """One try of a unary call: billable if the caller leaves while it is in flight, not once it
-    failed (a caller who leaves during the back-off before the next try owes nothing)."""
-    progress.start(tier, prompt)
-    try:
-        result = await provider.complete(call)
-    except ProviderError:
-        progress.ended()
-        raise
-    progress.ended()
-    return result
 
 
 def _exhausted(attempts: list[Attempt]) -> ServiceError:
