@@ -7,21 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
 import pytest_asyncio
 
 from protos.tierwise.v1 import tierwise_pb2 as pb
+from router.ledger import SpendLedger
 from router.ledger_record import SpendRecord
+from router.ledger_sql import SpendTotals
 from router.pricing import cost_usd
 from router.tokens import TokenCounter
 from router.types import ChatMessage, TokenUsage
 from tests.harness import AUTH, Running, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+
+T = TypeVar("T")
 
 PROMPT = [pb.ChatMessage(role="user", content="Tell me a story.")]
 
@@ -34,15 +39,26 @@ async def svc(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Runni
         yield running
 
 
-async def record_of(svc: Running, request_id: str) -> SpendRecord:
+async def eventually(fetch: Callable[[], Awaitable[T | None]], what: str) -> T:
+    """``fetch()``'s first non-empty answer within 10 s: spend records land asynchronously."""
+    for _ in range(200):
+        found = await fetch()
+        if found:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {what}")
+
+
+def ledger_of(svc: Running) -> SpendLedger:
     ledger = svc.server.service.accounting.ledger
     assert ledger is not None
-    for _ in range(200):
-        record = await ledger.lookup(request_id, "acme")
-        if record is not None:
-            return record
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no spend record for {request_id}")
+    return ledger
+
+
+async def record_of(svc: Running, request_id: str) -> SpendRecord:
+    return await eventually(
+        lambda: ledger_of(svc).lookup(request_id, "acme"), f"spend record for {request_id}"
+    )
 
 
 async def budget_used(svc: Running) -> tuple[Decimal, Decimal]:
@@ -98,16 +114,14 @@ async def test_a_stream_the_caller_leaves_bills_what_was_streamed(
 
 
 async def status_totals(svc: Running) -> list[tuple[str, int, Decimal]]:
-    ledger = svc.server.service.accounting.ledger
-    assert ledger is not None
-    now = time.time()
-    for _ in range(200):
+    ledger, now = ledger_of(svc), time.time()
+
+    async def flushed_totals() -> list[SpendTotals]:
         assert await ledger.flush(10)
-        rows = await ledger.totals(now - 60, now + 60, ["status"])
-        if rows:
-            return [(r.group["status"], r.requests, r.cost_usd) for r in rows]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no spend record")
+        return await ledger.totals(now - 60, now + 60, ["status"])
+
+    rows = await eventually(flushed_totals, "spend record")
+    return [(r.group["status"], r.requests, r.cost_usd) for r in rows]
 
 
 @pytest.mark.asyncio
