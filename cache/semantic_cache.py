@@ -55,7 +55,7 @@ from cache.store import (
     label_entry_id,
     new_entry_id,
 )
-from cache.verification import CandidateVerifier, CosineOnlyVerifier
+from cache.verification import CandidateVerifier, CosineOnlyVerifier, VerifierVerdict
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +355,7 @@ class SemanticCache:
         if not candidates:
             return None
         entries = await self._store.get([entry_id for entry_id, _ in candidates])
+        eligible: list[tuple[CacheEntry, float]] = []
         for entry_id, cosine in candidates:
             entry = entries.get(entry_id)
             if (
@@ -367,27 +368,45 @@ class SemanticCache:
             required = threshold + entry.threshold_adjust
             if required >= _BLOCKED_THRESHOLD or cosine < required:
                 continue
+            eligible.append((entry, cosine))
+        if not eligible:
+            return None
+        # A verifier may run a transformer (milliseconds): off the event loop, one hop for all candidates.
+        verified, rejections, errors = await self._in_thread(self._first_verified, query, vector, eligible)
+        self._stats.verifier_rejections += rejections
+        self._stats.verifier_errors += errors
+        if verified is None:
+            return None
+        entry, cosine, verdict = verified
+        return CacheHit(
+            entry.entry_id,
+            HitKind.SEMANTIC,
+            cosine,
+            verdict.score,
+            verdict.reason,
+            now - entry.created_at,
+            entry.response,
+        )
+
+    def _first_verified(
+        self, query: CacheQuery, vector: Vector, eligible: list[tuple[CacheEntry, float]]
+    ) -> tuple[tuple[CacheEntry, float, VerifierVerdict] | None, int, int]:
+        """The first candidate the verifier accepts, with the counts of rejections and verifier errors."""
+        rejections = errors = 0
+        for entry, cosine in eligible:
             try:
                 verdict = self._verifier.verify(
                     query.query_text, entry.query_text, cosine, (vector, entry.embedding)
                 )
             except Exception:
                 # A broken verifier must never let an unverified answer through.
-                logger.exception("cache verifier failed; candidate %s rejected", entry_id)
-                self._stats.verifier_errors += 1
+                logger.exception("cache verifier failed; candidate %s rejected", entry.entry_id)
+                errors += 1
                 continue
             if verdict.accept:
-                return CacheHit(
-                    entry_id,
-                    HitKind.SEMANTIC,
-                    cosine,
-                    verdict.score,
-                    verdict.reason,
-                    now - entry.created_at,
-                    entry.response,
-                )
-            self._stats.verifier_rejections += 1
-        return None
+                return (entry, cosine, verdict), rejections, errors
+            rejections += 1
+        return None, rejections, errors
 
     # -- insert ---------------------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """The last check before a semantic neighbour is served: is it really the same question?
 
 The semantic cache finds candidates by cosine similarity; a verifier decides,
-pair by pair, whether the stored answer may serve the new query. Verifiers are
-called on the event loop for every candidate, so they must be fast (pure CPU,
-well under a millisecond) and must not raise for ordinary input: a verifier that
-raises is treated by the cache as a rejection.
+pair by pair, whether the stored answer may serve the new query. The cache calls
+verifiers on one of its worker threads (a cross-encoder takes milliseconds), so
+they must be thread-safe, and they should be fast: every lookup with a candidate
+waits for them. A verifier that raises is treated by the cache as a rejection.
 """
 
 from __future__ import annotations

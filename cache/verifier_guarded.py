@@ -1,7 +1,8 @@
 """The default cache verifier: a cosine floor, then the rules, then the learned classifier.
 
 Cheapest first: most bad candidates fall to the cosine floor or a rule in a few
-microseconds, and only survivors pay for feature extraction and one ONNX call.
+microseconds, only survivors pay for feature extraction and one ONNX call, and the
+cross-encoder (milliseconds) is asked only when its vote could still carry the pair.
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ from cache.verifier_rules import RULES_BY_NAME, PairRule, RuleVerifier
 
 
 class GuardedVerifier:
-    """CandidateVerifier: accept when cosine ≥ ``min_cosine``, no hard rule fires and P ≥ ``threshold``.
+    """CandidateVerifier: accept when cosine ≥ ``min_cosine``, no hard rule fires and P ≥ the bar.
+
+    P is the pair classifier's probability or, when the model ships a cross-encoder,
+    ``(1 − w) · P_classifier + w · P_cross`` with the weight ``w`` its manifest records.
+    The bar is ``threshold``, raised to ``soft_rule_threshold`` when a soft rule sees a
+    difference (a named entity or a number that differs may still be the same question).
 
     The model reads both embeddings: a call without ``vectors`` is rejected.
 
-    ``threshold``, ``min_cosine`` and the hard rules default to the values the model's
-    manifest records (chosen on the validation split when it was trained).
+    Every setting defaults to what the model's manifest records (chosen on the validation
+    split when it was trained); ``rules`` and ``soft_rules`` replace the hard and soft rule sets.
     """
 
     def __init__(
@@ -30,6 +36,7 @@ class GuardedVerifier:
         threshold: float | None = None,
         min_cosine: float | None = None,
         rules: Iterable[PairRule] | None = None,
+        soft_rules: Iterable[PairRule] | None = None,
     ) -> None:
         manifest = model.manifest
         self.model = model
@@ -37,12 +44,11 @@ class GuardedVerifier:
         self.min_cosine = manifest.min_cosine if min_cosine is None else min_cosine
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
-        if rules is None:
-            unknown = [name for name in manifest.hard_rules if name not in RULES_BY_NAME]
-            if unknown:
-                raise ValueError(f"manifest names unknown rules {unknown}; known: {sorted(RULES_BY_NAME)}")
-            rules = [RULES_BY_NAME[name] for name in manifest.hard_rules]
-        self.rules = RuleVerifier(rules)
+        self.soft_rule_threshold = max(self.threshold, manifest.soft_rule_threshold)
+        self.rules = RuleVerifier(_named_rules(manifest.hard_rules) if rules is None else rules)
+        self.soft_rules = RuleVerifier(
+            _named_rules(manifest.soft_rules) if soft_rules is None else soft_rules
+        )
 
     @classmethod
     def load(
@@ -62,9 +68,33 @@ class GuardedVerifier:
         if vectors is None:
             # The model reads the embeddings; without them it cannot judge, so nothing is served.
             return VerifierVerdict(False, 0.0, "no embeddings to compare")
+        bar, detail = self.threshold, ""
+        soft = self.soft_rules.first_difference(query_text, candidate_text)
+        if soft is not None:
+            bar, detail = self.soft_rule_threshold, f"; soft rule {soft}"
         probability = self.model.probability(query_text, candidate_text, cosine, vectors)
-        accept = probability >= self.threshold
+        cross = self.model.cross_encoder
+        if cross is not None:
+            weight = cross.spec.weight
+            if (1.0 - weight) * probability + weight < bar:
+                # Even a certain "same" from the cross-encoder could not lift the pair: spare its milliseconds.
+                detail = f" (classifier {probability:.3f}; cross-encoder not asked{detail})"
+                probability *= 1.0 - weight
+            else:
+                crossed = cross.probability(query_text, candidate_text)
+                detail = f" (classifier {probability:.3f}, cross-encoder {crossed:.3f}{detail})"
+                probability = (1.0 - weight) * probability + weight * crossed
+        elif detail:
+            detail = f" ({detail[2:]})"
+        accept = probability >= bar
         relation = ">=" if accept else "<"
         return VerifierVerdict(
-            accept, probability, f"P(same answer) {probability:.3f} {relation} {self.threshold:.3f}"
+            accept, probability, f"P(same answer) {probability:.3f} {relation} {bar:.3f}{detail}"
         )
+
+
+def _named_rules(names: Iterable[str]) -> list[PairRule]:
+    unknown = [name for name in names if name not in RULES_BY_NAME]
+    if unknown:
+        raise ValueError(f"manifest names unknown rules {unknown}; known: {sorted(RULES_BY_NAME)}")
+    return [RULES_BY_NAME[name] for name in names]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cache.verifier_cross import CrossEncoder, CrossEncoderError, CrossEncoderSpec, single_thread_session
 from cache.verifier_features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
@@ -53,11 +54,17 @@ class VerifierManifest:
     threshold: float
     min_cosine: float
     hard_rules: tuple[str, ...]
+    # Rules whose differences do not reject outright but raise the bar to ``soft_rule_threshold``
+    # (on QQP-like text most named-entity and number differences are rephrasings of one question).
+    soft_rules: tuple[str, ...] = ()
+    soft_rule_threshold: float = 1.0
+    cross_encoder: CrossEncoderSpec | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
-    def files(self) -> tuple[str, str, str]:
-        return (self.model_file, self.idf_file, self.projection_file)
+    def files(self) -> tuple[str, ...]:
+        base = (self.model_file, self.idf_file, self.projection_file)
+        return base if self.cross_encoder is None else (*base, self.cross_encoder.model_file)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +79,9 @@ class VerifierManifest:
             "threshold": self.threshold,
             "min_cosine": self.min_cosine,
             "hard_rules": list(self.hard_rules),
+            "soft_rules": list(self.soft_rules),
+            "soft_rule_threshold": self.soft_rule_threshold,
+            **({} if self.cross_encoder is None else {"cross_encoder": self.cross_encoder.to_json()}),
             **dict(self.extra),
         }
 
@@ -93,6 +103,9 @@ class VerifierManifest:
             "threshold",
             "min_cosine",
             "hard_rules",
+            "soft_rules",
+            "soft_rule_threshold",
+            "cross_encoder",
         }
         try:
             manifest = cls(
@@ -106,6 +119,11 @@ class VerifierManifest:
                 threshold=float(data["threshold"]),
                 min_cosine=float(data["min_cosine"]),
                 hard_rules=tuple(str(name) for name in data["hard_rules"]),
+                soft_rules=tuple(str(name) for name in data.get("soft_rules", ())),
+                soft_rule_threshold=float(data.get("soft_rule_threshold", 1.0)),
+                cross_encoder=(
+                    CrossEncoderSpec.from_json(data["cross_encoder"]) if data.get("cross_encoder") else None
+                ),
                 extra={key: value for key, value in data.items() if key not in known},
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -117,6 +135,10 @@ class VerifierManifest:
                 raise VerifierModelError(f"{source}: no SHA-256 pinned for {name!r}")
         if not (0.0 <= manifest.threshold <= 1.0 and math.isfinite(manifest.min_cosine)):
             raise VerifierModelError(f"{source}: threshold must lie in [0, 1] and min_cosine be finite")
+        if not manifest.threshold <= manifest.soft_rule_threshold <= 1.0:
+            raise VerifierModelError(f"{source}: soft_rule_threshold must lie in [threshold, 1]")
+        if set(manifest.soft_rules) & set(manifest.hard_rules):
+            raise VerifierModelError(f"{source}: a rule cannot be both hard and soft")
         return manifest
 
 
@@ -145,8 +167,6 @@ class VerifierModel:
     """An ONNX pair classifier whose file and features were checked against its manifest."""
 
     def __init__(self, directory: Path = DEFAULT_MODEL_DIR, expected_embedder_key: str | None = None) -> None:
-        import onnxruntime as ort
-
         self.directory = directory
         self.manifest = read_manifest(directory)
         payloads = {
@@ -169,13 +189,8 @@ class VerifierModel:
             self.projection = EmbeddingProjection.from_bytes(payloads[self.manifest.projection_file])
         except FeatureAssetError as exc:
             raise VerifierModelError(f"verifier model {directory}: {exc}") from exc
-        options = ort.SessionOptions()
-        # One pair at a time on the request path: extra threads would only add hand-off latency.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
         try:
-            self._session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+            self._session = single_thread_session(payload)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs
             raise VerifierModelError(f"onnxruntime cannot load verifier model {model_path}: {exc}") from exc
         inputs = self._session.get_inputs()
@@ -189,6 +204,13 @@ class VerifierModel:
         if "probabilities" not in names:
             raise VerifierModelError(f"verifier model {model_path} has no 'probabilities' output: {names}")
         self._output_name = "probabilities"
+        self.cross_encoder: CrossEncoder | None = None
+        spec = self.manifest.cross_encoder
+        if spec is not None:
+            try:
+                self.cross_encoder = CrossEncoder(payloads[spec.model_file], spec)
+            except CrossEncoderError as exc:
+                raise VerifierModelError(f"verifier model {directory}: {exc}") from exc
 
     def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """P(same answer) for each feature row."""
@@ -199,6 +221,7 @@ class VerifierModel:
     def probability(
         self, query_text: str, candidate_text: str, cosine: float, vectors: tuple[Vector, Vector]
     ) -> float:
+        """The pair classifier's P(same answer) (the cross-encoder, if any, is asked separately)."""
         row = pair_features(query_text, candidate_text, cosine, vectors, self.assets, self.projection)
         return float(self.predict(row)[0])
 

@@ -131,6 +131,8 @@ def _edit_manifest(directory: Path, **changes: object) -> None:
         ({"model_file": "../verifier.onnx"}, "bare file names"),
         ({"threshold": 1.5}, "threshold"),
         ({"sha256": {}}, "no SHA-256 pinned"),
+        ({"soft_rule_threshold": 0.1}, "soft_rule_threshold"),
+        ({"soft_rules": ["number"]}, "both hard and soft"),
     ],
 )
 def test_mismatching_manifest_is_refused(
@@ -175,6 +177,33 @@ def test_guarded_verifier_checks_floor_then_rules_then_model(trained: tuple[obje
     assert not blind.accept and blind.reason == "no embeddings to compare"
     strict = GuardedVerifier(model, min_cosine=0.5, threshold=1.0)
     assert not strict.verify(*PLAN, 0.99, _pair(*PLAN)).accept
+
+
+def test_soft_rule_raises_the_bar_instead_of_rejecting(trained: tuple[object, Path, PairBlock]) -> None:
+    _, out, _ = trained
+    model = VerifierModel(out)
+    paris = ("What is the capital of France?", "What is the capital of Germany?")
+    vectors = _vectors(np.random.default_rng(5), set(paris))
+    pair = (vectors[paris[0]], vectors[paris[1]])
+    probability = model.probability(*paris, 0.99, pair)
+    hard = GuardedVerifier(model, min_cosine=0.5, threshold=0.0)
+    assert hard.verify(*paris, 0.99, pair).reason.startswith("rule entity")
+    # Soft: the same difference now asks for P ≥ soft_rule_threshold instead of rejecting.
+    model.manifest = type(model.manifest)(
+        **{
+            **_fields(model.manifest),
+            "hard_rules": tuple(name for name in model.manifest.hard_rules if name != "entity"),
+            "soft_rules": ("entity",),
+            "soft_rule_threshold": min(1.0, probability + 0.01),
+        }
+    )
+    soft = GuardedVerifier(model, min_cosine=0.5, threshold=0.0)
+    above_bar = soft.verify(*paris, 0.99, pair)
+    assert not above_bar.accept and "soft rule entity" in above_bar.reason
+    model.manifest = type(model.manifest)(**{**_fields(model.manifest), "soft_rule_threshold": probability})
+    assert GuardedVerifier(model, min_cosine=0.5, threshold=0.0).verify(*paris, 0.99, pair).accept
+    # A pair no soft rule sees keeps the plain threshold.
+    assert GuardedVerifier(model, min_cosine=0.5, threshold=0.0).verify(*PLAN, 0.99, _pair(*PLAN)).accept
 
 
 def test_guarded_verifier_rejects_unknown_rules_and_thresholds(

@@ -308,7 +308,7 @@ def train_verifier_model(
         "test": {"guarded": test_metrics.to_json(), "cosine_only": _cosine_table(blocks["test"])},
         "onnx_parity_max_abs": parity,
     }
-    _write_manifest(out_dir, served_model.manifest, report)
+    write_manifest(out_dir, served_model.manifest, report)
     return report
 
 
@@ -348,11 +348,11 @@ def write_model_dir(
         min_cosine=min_cosine,
         hard_rules=tuple(rule.name for rule in RULES),
     )
-    _write_manifest(out_dir, manifest, {"target_opset": target_opset})
+    write_manifest(out_dir, manifest, {"target_opset": target_opset})
     return VerifierModel(out_dir, expected_embedder_key=embedder_key)
 
 
-def _write_manifest(out_dir: Path, manifest: VerifierManifest, report: dict[str, Any]) -> None:
+def write_manifest(out_dir: Path, manifest: VerifierManifest, report: dict[str, Any]) -> None:
     payload = {**manifest.to_json(), **report}
     (out_dir / MANIFEST_NAME).write_text(
         json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8"

@@ -15,6 +15,16 @@ DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp" 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "cache" / "models" / "verifier"
 
 
+# Options the training commands share.
+PairsOption = Annotated[Path, typer.Option(help="labelled pairs (.jsonl or .jsonl.gz of {a, b, label})")]
+CacheDirOption = Annotated[
+    Path | None, typer.Option(help="embedding cache directory (default ~/.cache/tierwise)")
+]
+PrecisionOption = Annotated[
+    float, typer.Option(help="validation precision the chosen point must hold with 95% confidence")
+]
+
+
 def _cache_dir(path: Path | None) -> Path:
     from training.verifier_data import default_cache_dir
 
@@ -22,16 +32,10 @@ def _cache_dir(path: Path | None) -> Path:
 
 
 def train_verifier(
-    pairs: Annotated[
-        Path, typer.Option(help="labelled pairs (.jsonl or .jsonl.gz of {a, b, label})")
-    ] = DEFAULT_PAIRS,
+    pairs: PairsOption = DEFAULT_PAIRS,
     out: Annotated[Path, typer.Option(help="model directory to write")] = SHIPPED_MODEL_DIR,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="embedding cache directory (default ~/.cache/tierwise)")
-    ] = None,
-    precision_target: Annotated[
-        float, typer.Option(help="validation precision the chosen point must hold with 95% confidence")
-    ] = 0.90,
+    cache_dir: CacheDirOption = None,
+    precision_target: PrecisionOption = 0.90,
     traps: Annotated[bool, typer.Option(help="add the training share of the hand-written traps")] = True,
     seed: Annotated[int, typer.Option(help="LightGBM seed")] = 0,
     device: Annotated[str, typer.Option(help="embedding device: auto, cpu, cuda")] = "auto",
@@ -61,6 +65,59 @@ def train_verifier(
     typer.echo(json.dumps(report, indent=2, sort_keys=True))
 
 
+def train_cross_encoder(
+    pairs: PairsOption = DEFAULT_PAIRS,
+    model_dir: Annotated[
+        Path, typer.Option(help="trained verifier directory to add the cross-encoder to")
+    ] = SHIPPED_MODEL_DIR,
+    cache_dir: CacheDirOption = None,
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the train split")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    learning_rate: Annotated[float, typer.Option(min=0.0)] = 4e-5,
+    max_pairs: Annotated[
+        int | None, typer.Option(min=1, help="fine-tune on at most this many train pairs")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="skip fine-tuning: fine-tuned weights saved by an earlier run")
+    ] = None,
+    precision_target: PrecisionOption = 0.90,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda (fine-tuning and embedding)")] = "auto",
+) -> None:
+    """Fine-tune a cross-encoder, add it to a verifier, re-choose the defaults on validation, test once."""
+    import json
+
+    from rich.console import Console
+
+    from cache.embedder import SentenceEmbedder
+    from cache.verifier_model import VerifierModelError
+    from training.cross_encoder import FineTuning, attach_cross_encoder
+
+    console = Console(stderr=True)
+    if not pairs.exists():
+        console.print(f"[red]error:[/red] pairs file {pairs} not found")
+        raise typer.Exit(2)
+    settings = FineTuning(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, max_pairs=max_pairs
+    )
+    try:
+        report = attach_cross_encoder(
+            model_dir,
+            pairs,
+            SentenceEmbedder(device=device),
+            _cache_dir(cache_dir),
+            settings=settings,
+            weights=weights,
+            device=device,
+            precision_target=precision_target,
+            log=console.print,
+        )
+    except VerifierModelError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(report, indent=2, sort_keys=True))
+
+
 def _parse_thresholds(text: str) -> list[float]:
     try:
         values = sorted({float(part) for part in text.split(",") if part.strip()})
@@ -86,9 +143,7 @@ def eval_cache(
     sample: Annotated[
         int | None, typer.Option(help="evaluate this many pairs, chosen by a hash of the text")
     ] = None,
-    cache_dir: Annotated[
-        Path | None, typer.Option(help="embedding cache directory (default ~/.cache/tierwise)")
-    ] = None,
+    cache_dir: CacheDirOption = None,
     device: Annotated[str, typer.Option(help="embedding device: auto, cpu, cuda")] = "auto",
 ) -> None:
     """Serve metrics of the semantic cache (cosine-only vs guarded verifier) through the real cache path."""
