@@ -198,3 +198,16 @@ def test_spec_round_trips() -> None:
     spec = CrossEncoderSpec(CROSS_ENCODER_FILE, "ab" * 32, 0.75, 96)
     assert CrossEncoderSpec.from_json(spec.to_json()) == spec
     assert dataclasses.replace(spec, weight=0.5).weight == 0.5
+
+
+def test_cross_encoder_answers_from_several_threads(model_dir: Path) -> None:
+    # The cache verifies on a pool of worker threads that share one model.
+    from concurrent.futures import ThreadPoolExecutor
+
+    cross = VerifierModel(model_dir).cross_encoder
+    assert cross is not None
+    expected = [cross.probability(query, candidate) for query, candidate in PAIRS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = list(pool.map(lambda _: [cross.probability(q, c) for q, c in PAIRS], range(16)))
+    for run in runs:
+        np.testing.assert_allclose(run, expected, atol=1e-6)
