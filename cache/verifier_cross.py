@@ -24,7 +24,7 @@ import numpy.typing as npt
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "probability"
 TOKENIZER_FILE = "tokenizer.json"
-# The embedder's window; QQP-like questions are far shorter, so truncation rarely bites.
+# The tokenizer file's own truncation length; two questions together are far shorter.
 DEFAULT_MAX_TOKENS = 128
 
 

@@ -77,7 +77,8 @@ class GuardedVerifier:
         if cross is not None:
             weight = cross.spec.weight
             if (1.0 - weight) * probability + weight < bar:
-                # Even a certain "same" from the cross-encoder could not lift the pair: spare its milliseconds.
+                # Even a certain "same" from the cross-encoder could not lift the pair: spare its
+                # milliseconds, and score the pair as if it had said "different".
                 detail = f" (classifier {probability:.3f}; cross-encoder not asked{detail})"
                 probability *= 1.0 - weight
             else:

@@ -20,6 +20,7 @@ from cache.verifier_model import (
     VerifierModelError,
     file_sha256,
 )
+from tests.test_cache_embedding import load_sentence_embedder
 from training.cross_encoder import (
     CROSS_ENCODER_FILE,
     WEIGHT_GRID,
@@ -211,3 +212,39 @@ def test_cross_encoder_answers_from_several_threads(model_dir: Path) -> None:
         runs = list(pool.map(lambda _: [cross.probability(q, c) for q, c in PAIRS], range(16)))
     for run in runs:
         np.testing.assert_allclose(run, expected, atol=1e-6)
+
+
+def test_train_cross_encoder_writes_a_verifier_that_loads(tmp_path: Path) -> None:
+    """The command's whole path on a small pairs file: fine-tune, export, choose, test, manifest."""
+    from cache.verifier_rules import RULES
+    from training.cross_encoder import attach_cross_encoder
+    from training.make_traps import generate
+
+    sentence_embedder = load_sentence_embedder()
+    pairs_file = tmp_path / "pairs.jsonl"
+    rows = [row for row in generate("train") + generate("eval") if isinstance(row["a"], str)]
+    pairs_file.write_text(
+        "".join(json.dumps({"a": r["a"], "b": r["b"], "label": r["label"]}) + "\n" for r in rows)
+    )
+    model_dir = tmp_path / "verifier"
+    shutil.copytree(DEFAULT_MODEL_DIR, model_dir)
+    report = attach_cross_encoder(
+        model_dir,
+        pairs_file,
+        sentence_embedder,
+        tmp_path / "embeddings",
+        settings=FineTuning(max_pairs=32),
+        device="cpu",
+        precision_target=0.5,
+        log=lambda _: None,
+    )
+    verifier = GuardedVerifier.load(model_dir, expected_embedder_key=sentence_embedder.info.key)
+    manifest = verifier.model.manifest
+    assert set(manifest.hard_rules) | set(manifest.soft_rules) == {rule.name for rule in RULES}
+    assert manifest.threshold <= manifest.soft_rule_threshold <= 1.0
+    assert (manifest.cross_encoder is None) == (not (model_dir / CROSS_ENCODER_FILE).exists())
+    if manifest.cross_encoder is not None:
+        assert manifest.cross_encoder.weight in WEIGHT_GRID
+    assert report["test"]["guarded"]["served"] >= 0
+    assert "guarded_classifier_only" in report["validation"]
+    assert report["cross_encoder_training"]["max_pairs"] == 32

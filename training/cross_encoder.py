@@ -325,7 +325,11 @@ def attach_cross_encoder(
     import torch
 
     base = VerifierModel(model_dir, expected_embedder_key=embedder.info.key)
-    manifest = dataclasses.replace(base.manifest, cross_encoder=None)
+    manifest = dataclasses.replace(
+        base.manifest,
+        cross_encoder=None,
+        sha256={name: digest for name, digest in base.manifest.sha256.items() if name != CROSS_ENCODER_FILE},
+    )
     splits = pairs_by_split(read_pairs(pairs_path))
     vectors = embed_pairs(embedder, splits["validation"] + splits["test"], cache_dir, log)
     rules = RuleVerifier(RULES)
