@@ -52,7 +52,7 @@ def model_dir(tuned: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped verifier with the tiny cross-encoder attached at weight 0.5."""
     directory = tmp_path_factory.mktemp("cross") / "verifier"
     shutil.copytree(DEFAULT_MODEL_DIR, directory)
-    export_cross_encoder(tuned, directory / CROSS_ENCODER_FILE, 128)
+    export_cross_encoder(tuned, directory / CROSS_ENCODER_FILE)
     data = json.loads((directory / MANIFEST_NAME).read_text())
     data["sha256"][CROSS_ENCODER_FILE] = file_sha256(directory / CROSS_ENCODER_FILE)
     data["cross_encoder"] = CrossEncoderSpec(CROSS_ENCODER_FILE, tokenizer_sha256(), 0.5).to_json()
