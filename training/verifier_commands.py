@@ -7,7 +7,7 @@ importing this module to build the CLI costs nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -31,6 +31,17 @@ def _cache_dir(path: Path | None) -> Path:
     return path if path is not None else default_cache_dir()
 
 
+def _console_for(pairs: Path) -> Any:
+    """The commands' stderr console, once the pairs file is known to exist (else exit 2)."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not pairs.exists():
+        console.print(f"[red]error:[/red] pairs file {pairs} not found")
+        raise typer.Exit(2)
+    return console
+
+
 def train_verifier(
     pairs: PairsOption = DEFAULT_PAIRS,
     out: Annotated[Path, typer.Option(help="model directory to write")] = SHIPPED_MODEL_DIR,
@@ -43,15 +54,10 @@ def train_verifier(
     """Train the cache verifier on the train split, choose its defaults on validation, score test once."""
     import json
 
-    from rich.console import Console
-
     from cache.embedder import SentenceEmbedder
     from training.verifier import train_verifier_model
 
-    console = Console(stderr=True)
-    if not pairs.exists():
-        console.print(f"[red]error:[/red] pairs file {pairs} not found")
-        raise typer.Exit(2)
+    console = _console_for(pairs)
     report = train_verifier_model(
         pairs,
         out,
@@ -87,16 +93,11 @@ def train_cross_encoder(
     """Fine-tune a cross-encoder, add it to a verifier, re-choose the defaults on validation, test once."""
     import json
 
-    from rich.console import Console
-
     from cache.embedder import SentenceEmbedder
     from cache.verifier_model import VerifierModelError
     from training.cross_encoder import FineTuning, attach_cross_encoder
 
-    console = Console(stderr=True)
-    if not pairs.exists():
-        console.print(f"[red]error:[/red] pairs file {pairs} not found")
-        raise typer.Exit(2)
+    console = _console_for(pairs)
     settings = FineTuning(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, max_pairs=max_pairs
     )
