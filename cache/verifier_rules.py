@@ -19,6 +19,10 @@ Rules (``RULES``):
   "my account" vs "his account").
 * ``antonym``  a word of one text is replaced by its opposite in the other (buy/sell, best/worst,
   install/uninstall).
+
+``number_replaced`` and ``entity_replaced`` (``REPLACEMENT_RULES``) are the strict cores of
+``number`` and ``entity``: they fire only when each text has a number (a name) the other lacks,
+or a unit conflicts, so a verifier can keep them hard while a mere omission only raises its bar.
 """
 
 from __future__ import annotations
@@ -362,26 +366,33 @@ def _units_by_value(quantities: frozenset[tuple[float, str]]) -> dict[float, fro
 class NumberRule:
     name = "number"
 
-    def differences(self, a: TextSignature, b: TextSignature) -> list[str]:
+    def sides(self, a: TextSignature, b: TextSignature) -> tuple[list[str], list[str], list[str]]:
+        """Numbers only in ``a``, only in ``b``, and same-value unit conflicts, each described."""
         values_a = {value for value, _ in a.numbers}
         values_b = {value for value, _ in b.numbers}
-        diffs = []
+        only_a: list[str] = []
+        only_b: list[str] = []
         for value in sorted(values_a ^ values_b):
             own, other = (a, b) if value in values_a else (b, a)
             units = {unit for amount, unit in own.numbers if amount == value}
             # "a day" / "per year" is a count of one only against another count in the same unit.
             if value == 1.0 and "" not in units and not units & _unit_values(other.numbers):
                 continue
-            diffs.append(f"{value:g} only in one text")
+            (only_a if value in values_a else only_b).append(f"{value:g}")
         # Same value, both with a unit, different units: "5 km" vs "5 miles".
         units_a = _units_by_value(a.numbers)
         units_b = _units_by_value(b.numbers)
-        for value in sorted(units_a.keys() & units_b.keys()):
-            if units_a[value] != units_b[value]:
-                diffs.append(
-                    f"{value:g} {_describe(units_a[value])} vs {value:g} {_describe(units_b[value])}"
-                )
-        return diffs
+        conflicts = [
+            f"{value:g} {_describe(units_a[value])} vs {value:g} {_describe(units_b[value])}"
+            for value in sorted(units_a.keys() & units_b.keys())
+            if units_a[value] != units_b[value]
+        ]
+        return only_a, only_b, conflicts
+
+    def differences(self, a: TextSignature, b: TextSignature) -> list[str]:
+        only_a, only_b, conflicts = self.sides(a, b)
+        one_sided = sorted(only_a + only_b, key=float)
+        return [f"{value} only in one text" for value in one_sided] + conflicts
 
 
 # "today" is what a question without a date means anyway; it differs only from another date.
@@ -425,14 +436,21 @@ def _mentioned(word: str, other: TextSignature) -> bool:
 class EntityRule:
     name = "entity"
 
-    def differences(self, a: TextSignature, b: TextSignature) -> list[str]:
-        diffs = [f"{name!r} missing from one text" for name in sorted(a.entities) if not _mentioned(name, b)]
-        diffs += [f"{name!r} missing from one text" for name in sorted(b.entities) if not _mentioned(name, a)]
+    def sides(self, a: TextSignature, b: TextSignature) -> tuple[list[str], list[str], list[str]]:
+        """Names only in ``a`` and only in ``b`` (quoted strings after the names); no conflicts."""
+        only_a = [f"{name!r}" for name in sorted(a.entities) if not _mentioned(name, b)]
+        only_b = [f"{name!r}" for name in sorted(b.entities) if not _mentioned(name, a)]
         for quote in sorted(a.quoted ^ b.quoted):
             other = b if quote in a.quoted else a
             if f" {' '.join(_words(quote))} " not in other.lower:
-                diffs.append(f"quoted {quote!r} missing from one text")
-        return diffs
+                (only_a if quote in a.quoted else only_b).append(f"quoted {quote!r}")
+        return only_a, only_b, []
+
+    def differences(self, a: TextSignature, b: TextSignature) -> list[str]:
+        only_a, only_b, _ = self.sides(a, b)
+        names = [item for item in only_a + only_b if not item.startswith("quoted ")]
+        quotes = [item for item in only_a + only_b if item.startswith("quoted ")]
+        return [f"{item} missing from one text" for item in names + sorted(quotes)]
 
 
 class ScopeRule:
@@ -490,7 +508,33 @@ RULES: tuple[PairRule, ...] = (
     ScopeRule(),
     AntonymRule(),
 )
-RULES_BY_NAME: dict[str, PairRule] = {rule.name: rule for rule in RULES}
+
+
+class SidedRule(PairRule, Protocol):
+    def sides(self, a: TextSignature, b: TextSignature) -> tuple[list[str], list[str], list[str]]: ...
+
+
+class ReplacedRule:
+    """Fires only when each text holds a value of the kind the other lacks, or the two conflict.
+
+    "A table for 4" vs "a table for 5" and "the capital of France" vs "of Germany" are
+    replacements; "Trump" vs "Donald Trump" or "the best laptops" vs "the top 10 laptops"
+    only leave a detail out, which its base rule also counts.
+    """
+
+    def __init__(self, base: SidedRule) -> None:
+        self.base = base
+        self.name = f"{base.name}_replaced"
+
+    def differences(self, a: TextSignature, b: TextSignature) -> list[str]:
+        only_a, only_b, conflicts = self.base.sides(a, b)
+        replaced = [f"{only_a[0]} vs {only_b[0]}"] if only_a and only_b else []
+        return conflicts + replaced
+
+
+# Not model features (the feature layout counts ``RULES``), only guards a verifier may name.
+REPLACEMENT_RULES: tuple[PairRule, ...] = (ReplacedRule(NumberRule()), ReplacedRule(EntityRule()))
+RULES_BY_NAME: dict[str, PairRule] = {rule.name: rule for rule in (*RULES, *REPLACEMENT_RULES)}
 
 
 def rule_differences(a_text: str, b_text: str, rules: Iterable[PairRule] = RULES) -> dict[str, list[str]]:

@@ -20,6 +20,7 @@ from cache.verifier_model import (
     VerifierModelError,
     file_sha256,
 )
+from cache.verifier_rules import RULES_BY_NAME
 from tests.test_cache_embedding import load_sentence_embedder
 from training.cross_encoder import (
     CROSS_ENCODER_FILE,
@@ -161,7 +162,7 @@ def test_malformed_cross_encoder_section_is_refused(
 
 def _checks(labels: np.ndarray, entity: np.ndarray | None = None) -> PairChecks:
     size = len(labels)
-    fires = {name: np.zeros(size, dtype=bool) for name in ("number", "date", "negation", "scope", "antonym")}
+    fires = {name: np.zeros(size, dtype=bool) for name in RULES_BY_NAME if name != "entity"}
     fires["entity"] = np.zeros(size, dtype=bool) if entity is None else entity
     return PairChecks(labels.astype(np.int64), np.full(size, 0.99, dtype=np.float32), fires)
 
@@ -216,7 +217,7 @@ def test_cross_encoder_answers_from_several_threads(model_dir: Path) -> None:
 
 def test_train_cross_encoder_writes_a_verifier_that_loads(tmp_path: Path) -> None:
     """The command's whole path on a small pairs file: fine-tune, export, choose, test, manifest."""
-    from cache.verifier_rules import RULES
+    from cache.verifier_rules import RULES_BY_NAME
     from training.cross_encoder import attach_cross_encoder
     from training.make_traps import generate
 
@@ -240,7 +241,8 @@ def test_train_cross_encoder_writes_a_verifier_that_loads(tmp_path: Path) -> Non
     )
     verifier = GuardedVerifier.load(model_dir, expected_embedder_key=sentence_embedder.info.key)
     manifest = verifier.model.manifest
-    assert set(manifest.hard_rules) | set(manifest.soft_rules) == {rule.name for rule in RULES}
+    assert set(manifest.hard_rules) | set(manifest.soft_rules) == set(RULES_BY_NAME)
+    assert {"number_replaced", "entity_replaced"} <= set(manifest.hard_rules)
     assert manifest.threshold <= manifest.soft_rule_threshold <= 1.0
     assert (manifest.cross_encoder is None) == (not (model_dir / CROSS_ENCODER_FILE).exists())
     if manifest.cross_encoder is not None:

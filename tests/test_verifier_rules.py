@@ -150,3 +150,23 @@ def test_rules_survive_odd_input() -> None:
     for text in ["", "   ", "?!", "12:99", "99/99/9999", "$", "''", '""', "💥 émoji", "a" * 5000]:
         for rule in RULES:
             rule.differences(signature(text), signature("What is this?"))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "replaced"),
+    [
+        ("Book a table for 4 people.", "Book a table for 5 people.", {"number_replaced"}),
+        ("What is the capital of France?", "What is the capital of Germany?", {"entity_replaced"}),
+        ("Run 5 km today", "Run 5 miles today", {"number_replaced"}),
+        # Omissions: one text leaves a detail out; the base rules see them, the replacement rules do not.
+        ("Why do people think Trump is racist?", "Do you think Donald Trump is a racist?", set()),
+        ("Which are the best movies?", "What are the top 10 movies?", set()),
+    ],
+)
+def test_replacement_rules_fire_only_on_replacements(a: str, b: str, replaced: set[str]) -> None:
+    from cache.verifier_rules import REPLACEMENT_RULES
+
+    found = rule_differences(a, b, REPLACEMENT_RULES)
+    assert {name for name, diffs in found.items() if diffs} == replaced
+    base = rule_differences(a, b)
+    assert base["number"] or base["entity"]  # the base rules see every one of these pairs

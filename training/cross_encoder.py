@@ -39,7 +39,7 @@ from cache.verifier_cross import (
     tokenizer_sha256,
 )
 from cache.verifier_model import VerifierModel, file_sha256
-from cache.verifier_rules import RULES, RuleVerifier, signature
+from cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier, signature
 from training.cache_metrics import ServeMetrics, wilson_lower_bound
 from training.verifier import (
     PRECISION_TARGET,
@@ -58,7 +58,9 @@ CROSS_ENCODER_FILE = "cross_encoder.onnx"
 # The cross-encoder's share of the combined probability, tried on validation (0: classifier alone).
 WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Rules that may become soft (raise the bar instead of rejecting). Negation, dates, scope and
-# antonyms stay hard: they are the near-misses a cache must never serve, whatever a model says.
+# antonyms stay hard, and so do number_replaced and entity_replaced (4 people vs 5, France vs
+# Germany): the near-misses a cache must never serve, whatever a model says. A soft entity or
+# number rule only weighs an omission: a name or number that one text has and the other leaves out.
 SOFT_RULE_CHOICES: tuple[tuple[str, ...], ...] = ((), ("entity",), ("entity", "number"))
 FLOOR_GRID = (0.70, 0.72, 0.74, 0.76, 0.78, 0.80)
 ONNX_OPSET = 17
@@ -225,6 +227,11 @@ def score_pairs(cross: CrossEncoder, pairs: Sequence[QuestionPair], batch: int =
     return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
 
 
+def hard_rules_beside(soft: Sequence[str]) -> tuple[str, ...]:
+    """Every known rule that is not soft; the replacement rules stay hard even when their base is soft."""
+    return tuple(name for name in RULES_BY_NAME if name not in soft)
+
+
 @dataclass(frozen=True, slots=True)
 class PairChecks:
     """Per validation pair: its label, its cosine, and which rules see a difference."""
@@ -241,7 +248,7 @@ class PairChecks:
             cosines=cosines,
             fires={
                 rule.name: np.array([bool(rule.differences(a, b)) for a, b in signatures], dtype=bool)
-                for rule in RULES
+                for rule in RULES_BY_NAME.values()
             },
         )
 
@@ -264,7 +271,7 @@ class VerifierSetting:
 
     @property
     def hard_rules(self) -> tuple[str, ...]:
-        return tuple(rule.name for rule in RULES if rule.name not in self.soft_rules)
+        return hard_rules_beside(self.soft_rules)
 
     def served(self, checks: PairChecks, classifier: Floats, cross: Floats) -> npt.NDArray[np.bool_]:
         """What ``GuardedVerifier`` serves at this setting."""
@@ -290,7 +297,7 @@ def choose_setting(
         probability = (1.0 - weight) * classifier + weight * cross
         for soft in SOFT_RULE_CHOICES:
             soft_fires = checks.any_fires(soft)
-            hard_pass = ~checks.any_fires(tuple(rule.name for rule in RULES if rule.name not in soft))
+            hard_pass = ~checks.any_fires(hard_rules_beside(soft))
             for floor in FLOOR_GRID:
                 eligible = hard_pass & (checks.cosines >= floor)
                 for threshold in PROBABILITY_GRID:
