@@ -68,10 +68,9 @@ class GuardedVerifier:
         if vectors is None:
             # The model reads the embeddings; without them it cannot judge, so nothing is served.
             return VerifierVerdict(False, 0.0, "no embeddings to compare")
-        bar, detail = self.threshold, ""
         soft = self.soft_rules.first_difference(query_text, candidate_text)
-        if soft is not None:
-            bar, detail = self.soft_rule_threshold, f"; soft rule {soft}"
+        bar = self.threshold if soft is None else self.soft_rule_threshold
+        notes = []
         probability = self.model.probability(query_text, candidate_text, cosine, vectors)
         cross = self.model.cross_encoder
         if cross is not None:
@@ -79,14 +78,15 @@ class GuardedVerifier:
             if (1.0 - weight) * probability + weight < bar:
                 # Even a certain "same" from the cross-encoder could not lift the pair: spare its
                 # milliseconds, and score the pair as if it had said "different".
-                detail = f" (classifier {probability:.3f}; cross-encoder not asked{detail})"
+                notes.append(f"classifier {probability:.3f}; cross-encoder not asked")
                 probability *= 1.0 - weight
             else:
                 crossed = cross.probability(query_text, candidate_text)
-                detail = f" (classifier {probability:.3f}, cross-encoder {crossed:.3f}{detail})"
+                notes.append(f"classifier {probability:.3f}, cross-encoder {crossed:.3f}")
                 probability = (1.0 - weight) * probability + weight * crossed
-        elif detail:
-            detail = f" ({detail[2:]})"
+        if soft is not None:
+            notes.append(f"soft rule {soft}")
+        detail = f" ({'; '.join(notes)})" if notes else ""
         accept = probability >= bar
         relation = ">=" if accept else "<"
         return VerifierVerdict(
