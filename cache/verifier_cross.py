@@ -90,10 +90,11 @@ def single_thread_session(payload: bytes) -> Any:
 class PairTokenizer:
     """``[CLS] a [SEP] b [SEP]`` with segment ids, longest-first truncation, padded per batch."""
 
-    def __init__(self, path: Path, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+    def __init__(self, definition: bytes, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+        """``definition``: the bytes of a ``tokenizer.json``."""
         from tokenizers import Tokenizer
 
-        self._tokenizer = Tokenizer.from_file(str(path))
+        self._tokenizer = Tokenizer.from_str(definition.decode("utf-8"))
         self._tokenizer.enable_truncation(max_tokens, strategy="longest_first")
         self._tokenizer.enable_padding()
 
@@ -112,16 +113,18 @@ class CrossEncoder:
     def __init__(self, payload: bytes, spec: CrossEncoderSpec, tokenizer_path: Path | None = None) -> None:
         path = tokenizer_path or embedder_tokenizer_path()
         try:
-            actual = tokenizer_sha256(path)
+            # Read once: the tokenizer loaded is the one whose hash was checked.
+            definition = path.read_bytes()
         except OSError as exc:
             raise CrossEncoderError(f"cannot read the cross-encoder's tokenizer {path}: {exc}") from exc
+        actual = hashlib.sha256(definition).hexdigest()
         if actual != spec.tokenizer_sha256:
             raise CrossEncoderError(
                 f"tokenizer {path} has SHA-256 {actual}, but the cross-encoder was trained with"
                 f" {spec.tokenizer_sha256}: token ids would not mean what the model learned"
             )
         self.spec = spec
-        self.tokenizer = PairTokenizer(path, spec.max_tokens)
+        self.tokenizer = PairTokenizer(definition, spec.max_tokens)
         try:
             self._session = single_thread_session(payload)
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad graphs

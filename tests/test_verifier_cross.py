@@ -73,7 +73,7 @@ def test_pair_tokenizer_matches_transformers() -> None:
     from transformers import AutoTokenizer
 
     reference = AutoTokenizer.from_pretrained(embedder_tokenizer_path().parent)
-    ours = PairTokenizer(embedder_tokenizer_path(), 128)
+    ours = PairTokenizer(embedder_tokenizer_path().read_bytes(), 128)
     for query, candidate in PAIRS:
         expected = reference(query, candidate, truncation=True, max_length=128)
         got = ours.encode([(query, candidate)])
