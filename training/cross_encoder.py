@@ -259,6 +259,11 @@ class PairChecks:
         return fired
 
 
+def mixed(weight: float, classifier: Floats, cross: Floats) -> Floats:
+    """The guarded verifier's P: the classifier's and the cross-encoder's votes, weighted."""
+    return (1.0 - weight) * classifier + weight * cross
+
+
 @dataclass(frozen=True, slots=True)
 class VerifierSetting:
     """Everything the guarded verifier decides with, as the manifest records it."""
@@ -275,7 +280,7 @@ class VerifierSetting:
 
     def served(self, checks: PairChecks, classifier: Floats, cross: Floats) -> npt.NDArray[np.bool_]:
         """What ``GuardedVerifier`` serves at this setting."""
-        probability = (1.0 - self.weight) * classifier + self.weight * cross
+        probability = mixed(self.weight, classifier, cross)
         bar = np.where(checks.any_fires(self.soft_rules), self.soft_rule_threshold, self.threshold)
         served: npt.NDArray[np.bool_] = (
             (checks.cosines >= self.min_cosine) & ~checks.any_fires(self.hard_rules) & (probability >= bar)
@@ -292,9 +297,9 @@ def choose_setting(
     lower floor and thresholds.
     """
     labels = checks.labels.astype(bool)
-    best: tuple[VerifierSetting, int, int] | None = None
+    best: tuple[VerifierSetting, int] | None = None  # and the right serves it gives
     for weight in WEIGHT_GRID:
-        probability = (1.0 - weight) * classifier + weight * cross
+        probability = mixed(weight, classifier, cross)
         for soft in SOFT_RULE_CHOICES:
             soft_fires = checks.any_fires(soft)
             hard_pass = ~checks.any_fires(hard_rules_beside(soft))
@@ -308,8 +313,8 @@ def choose_setting(
                         count, right = int(served.sum()), int((served & labels).sum())
                         if count == 0 or wilson_lower_bound(right, count) < precision_target:
                             continue
-                        if best is None or right > best[2]:
-                            best = (VerifierSetting(weight, soft, floor, threshold, soft_bar), count, right)
+                        if best is None or right > best[1]:
+                            best = (VerifierSetting(weight, soft, floor, threshold, soft_bar), right)
     if best is None:
         raise ValueError(f"no setting reaches precision {precision_target} on validation")
     setting = best[0]
