@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.features import FeatureSpec
+from classifier.neighbours import NeighbourSpec
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -82,6 +83,7 @@ class Manifest:
     metrics: Mapping[str, Any] = field(default_factory=dict)
     calibration: UtilityCalibration | None = None
     training: Mapping[str, Any] = field(default_factory=dict)
+    neighbours: NeighbourSpec | None = None  # None: the trees alone
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,6 +99,7 @@ class Manifest:
             "metrics": dict(self.metrics),
             "calibration": None if self.calibration is None else self.calibration.to_json(),
             "training": dict(self.training),
+            "neighbours": None if self.neighbours is None else self.neighbours.to_json(),
         }
 
     @classmethod
@@ -110,6 +113,9 @@ class Manifest:
             if not isinstance(files, dict) or not files:
                 raise ManifestError(f"{where}: 'files' must map file names to SHA-256 digests")
             calibration = data.get("calibration")
+            neighbours = data.get("neighbours")
+            if neighbours is not None and not isinstance(neighbours, dict):
+                raise ManifestError(f"{where}: 'neighbours' must be an object or null")
             return cls(
                 version=str(data["version"]),
                 tiers=tuple(str(t) for t in data["tiers"]),
@@ -122,6 +128,7 @@ class Manifest:
                 metrics=dict(data.get("metrics") or {}),
                 calibration=None if calibration is None else UtilityCalibration.from_json(calibration),
                 training=dict(data.get("training") or {}),
+                neighbours=None if neighbours is None else NeighbourSpec.from_json(neighbours),
             )
         except ManifestError:
             raise

@@ -26,6 +26,7 @@ from classifier.manifest import (
     sha256_bytes,
     sha256_file,
 )
+from classifier.neighbours import NEIGHBOURS_FILE, NeighbourVote, blend
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -107,13 +108,27 @@ def pick_providers(device: str = "auto") -> list[str]:
 
 
 class ClassifierModel:
-    """One loaded, verified model version; ``predict`` is safe to call from many threads."""
+    """One loaded, verified model version; ``predict`` is safe to call from many threads.
 
-    def __init__(self, directory: Path, manifest: Manifest, session: onnxruntime.InferenceSession) -> None:
+    P(adequate) is the ONNX graph's (the trees'), or, when the version carries a
+    neighbour memory, its weighted mean with the memory's vote.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        session: onnxruntime.InferenceSession,
+        neighbours: NeighbourVote | None = None,
+    ) -> None:
+        if (neighbours is None) != (manifest.neighbours is None):
+            raise ValueError("a neighbour memory comes with, and only with, a manifest 'neighbours' section")
         self.directory = directory
         self.manifest = manifest
         self._session = session
+        self._neighbours = neighbours
         self._width = manifest.feature_spec.size
+        self._embedding_dim = manifest.feature_spec.embedding_dim
         self.providers: tuple[str, ...] = tuple(session.get_providers())
 
     @property
@@ -128,15 +143,27 @@ class ClassifierModel:
     def calibration(self) -> UtilityCalibration | None:
         return self.manifest.calibration
 
-    def predict_matrix(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """P(adequate) as an (rows, tiers) array, columns in ``self.tiers`` order."""
+    def _batch(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
         batch = np.ascontiguousarray(features, dtype=np.float32)
         if batch.ndim == 1:
             batch = batch.reshape(1, -1)
         if batch.ndim != 2 or batch.shape[1] != self._width:
             raise ValueError(f"features must have {self._width} columns, got shape {batch.shape}")
-        (output,) = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})
+        return batch
+
+    def tree_matrix(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """The ONNX graph's P(adequate) alone, (rows, tiers) (what must match LightGBM)."""
+        (output,) = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: self._batch(features)})
         return np.asarray(output, dtype=np.float32)
+
+    def predict_matrix(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """P(adequate) as an (rows, tiers) array, columns in ``self.tiers`` order."""
+        batch = self._batch(features)
+        trees = self.tree_matrix(batch)
+        if self._neighbours is None or self.manifest.neighbours is None:
+            return trees
+        vote = self._neighbours.predict(batch[:, : self._embedding_dim])
+        return blend(trees, vote, self.manifest.neighbours.weight)
 
     def predict(self, features: npt.ArrayLike) -> dict[str, float]:
         """P(adequate) per tier for one feature vector."""
@@ -183,7 +210,35 @@ def load_model(
     except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
         raise ModelRefused(f"model version {manifest.version!r}: onnxruntime cannot load it: {exc}") from None
     _check_graph(manifest, session)
-    return ClassifierModel(directory, manifest, session)
+    return ClassifierModel(directory, manifest, session, _load_neighbours(directory, manifest))
+
+
+def _load_neighbours(directory: Path, manifest: Manifest) -> NeighbourVote | None:
+    spec = manifest.neighbours
+    if spec is None:
+        return None
+    where = f"model version {manifest.version!r}"
+    if NEIGHBOURS_FILE not in manifest.files:
+        raise ModelRefused(
+            f"{where}: the manifest has a neighbours section but does not list {NEIGHBOURS_FILE}"
+        )
+    try:
+        payload = (directory / NEIGHBOURS_FILE).read_bytes()
+    except OSError as exc:
+        raise ModelRefused(f"{where}: cannot read {NEIGHBOURS_FILE}: {exc}") from None
+    if sha256_bytes(payload) != manifest.files[NEIGHBOURS_FILE]:
+        raise ModelRefused(f"{where}: {NEIGHBOURS_FILE} changed while loading")
+    try:
+        vote = NeighbourVote.from_bytes(payload)
+    except ValueError as exc:
+        raise ModelRefused(f"{where}: {NEIGHBOURS_FILE}: {exc}") from None
+    found = (vote.dimension, vote.tiers, vote.k, vote.size)
+    expected = (manifest.feature_spec.embedding_dim, len(manifest.tiers), spec.k, spec.size)
+    if found != expected:
+        raise ModelRefused(
+            f"{where}: {NEIGHBOURS_FILE} holds (dimension, tiers, k, size) {found}, the manifest says {expected}"
+        )
+    return vote
 
 
 def _check_graph(manifest: Manifest, session: onnxruntime.InferenceSession) -> None:

@@ -90,6 +90,9 @@ def test_train_register_evaluate_in_both_layouts(
     assert {c.candidate["layout"] for c in result.candidates} == {"per_tier", "joint"}
     assert manifest.metrics["onnx_lightgbm_max_gap"] <= 1e-5
     assert 0.0 < manifest.metrics["gate"]["value"] <= 1.0
+    # the kNN memory holds the training split, no validation or test prompt
+    assert manifest.neighbours is not None and manifest.neighbours.weight == 0.5
+    assert manifest.neighbours.size == manifest.training["rows"]["train"]
 
     registry = ModelRegistry(tmp_path / "registry")
     assert registry.versions() == [result.version]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.baselines import NearestNeighbours, TaskPrior, pick_k
+from classifier.neighbours import NeighbourVote
+from training.baselines import TaskPrior, pick_k
 from training.evaluate import Scorer, oracle_choices, oracle_pair_points, random_points
 from training.metrics import CurvePoint, aiq, apgr, cost_to_reach, cpt, nondecreasing_hull, pgr_curve
 
@@ -83,8 +84,8 @@ def test_task_prior_and_nearest_neighbours() -> None:
     prior = TaskPrior(["a", "a", "b", "b"], labels)
     np.testing.assert_allclose(prior.predict(["a", "b", "unseen"]), [[0.5, 1.0], [1.0, 0.5], [0.75, 2 / 3]])
     embeddings = np.eye(4, dtype=np.float32)
-    knn = NearestNeighbours(embeddings, labels, k=1)
+    knn = NeighbourVote(embeddings, labels, k=1)
     np.testing.assert_allclose(knn.predict(embeddings[[1, 2]]), [[0.0, 2 / 3], [1.0, 0.0]])
     assert pick_k(embeddings, labels, embeddings, labels, choices=(1, 3)) == 1
     with pytest.raises(ValueError, match="at least 1"):
-        NearestNeighbours(embeddings, labels, k=0)
+        NeighbourVote(embeddings, labels, k=0)

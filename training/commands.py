@@ -113,6 +113,12 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+NeighbourWeightOption = Annotated[
+    float,
+    typer.Option(help="the kNN vote's share of the served P(adequate), in [0, 1] (0: the trees alone)"),
+]
+
+
 def train(
     data: DataOption = [DEFAULT_DATA],  # noqa: B006 - typer reads the default, nothing mutates it
     config: ConfigOption = DEFAULT_TIERS,
@@ -123,6 +129,7 @@ def train(
     cache_dir: CacheOption = None,
     seed: Annotated[int, typer.Option(help="LightGBM seed")] = 0,
     promote: Annotated[bool, typer.Option(help="promote the new version (behind the gate)")] = False,
+    neighbour_weight: NeighbourWeightOption = 0.5,
 ) -> None:
     """Train a model version on the train split, select and calibrate on validation, register it."""
     from router.config import ConfigError, load_config
@@ -131,7 +138,15 @@ def train(
     try:
         settings = load_config(config)
         dataset = load_dataset(data, settings, layout, score_col, cache_dir)
-        result = train_version(data, settings, registry, quality_bar=quality_bar, seed=seed, prepared=dataset)
+        result = train_version(
+            data,
+            settings,
+            registry,
+            quality_bar=quality_bar,
+            seed=seed,
+            prepared=dataset,
+            neighbour_weight=neighbour_weight,
+        )
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
     summary = {"version": result.version, "directory": str(result.directory), **result.manifest.metrics}
@@ -260,6 +275,7 @@ def cv_router(
     score_col: ScoreColOption = None,
     cache_dir: CacheOption = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full result here")] = None,
+    neighbour_weight: NeighbourWeightOption = 0.5,
 ) -> None:
     """Cross-validate training + evaluation on the train and validation splits (the test split is unused)."""
     from router.config import ConfigError, load_config
@@ -277,6 +293,7 @@ def cv_router(
             strong=strong,
             weak=weak,
             lightgbm_seed=seed,
+            neighbour_weight=neighbour_weight,
         )
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None

@@ -28,7 +28,7 @@ from router.config import Config
 from training.dataset import RoutingData
 from training.evaluate import evaluate
 from training.fit import DEFAULT_GRID, Candidate
-from training.train import train
+from training.train import DEFAULT_NEIGHBOUR_WEIGHT, train
 
 DEFAULT_FOLDS = 5
 DEFAULT_FOLD_SEED = "tierwise-cv-1"
@@ -90,6 +90,7 @@ def cross_validate(
     lightgbm_seed: int = 0,
     threads: int = 1,
     console: Console | None = None,
+    neighbour_weight: float = DEFAULT_NEIGHBOUR_WEIGHT,
 ) -> dict[str, Any]:
     """Train and evaluate once per fold on the training and validation splits; the test split is left out."""
     if folds < 3:
@@ -111,6 +112,7 @@ def cross_validate(
                 threads=threads,
                 console=console,
                 prepared=relabelled,
+                neighbour_weight=neighbour_weight,
             )
             model = load_model(result.directory, config.tier_names, device="cpu")
             report = evaluate(model, relabelled, config, strong=strong, weak=weak, split="test")
@@ -124,6 +126,7 @@ def cross_validate(
     return {
         "folds": folds,
         "seed": seed,
+        "neighbour_weight": neighbour_weight,
         "prompts": len(pool),
         "note": "train and validation splits only, dealt into folds by sample id; the test split is unused",
         "summary": _summary(per_fold),

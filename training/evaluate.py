@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from classifier.model import ClassifierModel
+from classifier.neighbours import NeighbourVote
 from router.config import Config
 from router.policies.base import RoutingContext, TierOption
 from router.policies.baselines import LengthPolicy
@@ -36,7 +37,7 @@ from router.policies.classifier import (
     max_utility,
 )
 from router.types import ChatMessage, RequestSpec
-from training.baselines import NearestNeighbours, TaskPrior, pick_k
+from training.baselines import TaskPrior, pick_k
 from training.dataset import RoutingData
 from training.metrics import CurvePoint, aiq, apgr, cost_to_reach, cpt
 
@@ -308,16 +309,14 @@ def pair_report(
 @dataclass(frozen=True)
 class Baselines:
     task_prior: TaskPrior
-    knn: NearestNeighbours
+    knn: NeighbourVote
 
 
 def fit_baselines(data: RoutingData, quality_bar: float) -> Baselines:
     train, validation = data.split("train"), data.split("validation")
     train_labels = train.adequate(quality_bar)
     k = pick_k(train.embeddings, train_labels, validation.embeddings, validation.adequate(quality_bar))
-    return Baselines(
-        TaskPrior(train.tasks, train_labels), NearestNeighbours(train.embeddings, train_labels, k)
-    )
+    return Baselines(TaskPrior(train.tasks, train_labels), NeighbourVote(train.embeddings, train_labels, k))
 
 
 def evaluate_view(

@@ -26,10 +26,12 @@ from cache.embedder import TextEmbedder
 from classifier.features import FEATURE_SPEC
 from classifier.manifest import ONNX_FILE, Manifest, sha256_file, write_manifest
 from classifier.model import DEFAULT_EMBEDDER_KEY, ClassifierModel, load_model
+from classifier.neighbours import NEIGHBOURS_FILE, NeighbourSpec, NeighbourVote, blend
 from classifier.registry import ModelRegistry
 from router.config import Config, load_config
 from router.policies.classifier import Rule
 from router.routerbench import Layout
+from training.baselines import pick_k
 from training.calibrate import utility_calibration
 from training.dataset import RoutingData, load_routing_data
 from training.evaluate import Scorer, classifier_sweeps, routing_contexts, tier_set_aiq
@@ -37,11 +39,30 @@ from training.fit import DEFAULT_GRID, Candidate, CandidateReport, FittedModel, 
 from training.metrics import aiq
 
 PARITY_TOLERANCE = 1e-5
+# The served P is this mix of the trees' and the kNN vote's (classifier.neighbours): chosen by three
+# 5-fold cross-validations on the training and validation splits (fold seeds tierwise-cv-1..3).
+DEFAULT_NEIGHBOUR_WEIGHT = 0.5
 GATE_METRIC = "aiq_classifier_threshold"
 
 
 class TrainingError(RuntimeError):
     """Training could not produce a sound model version."""
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    vote: NeighbourVote
+    spec: NeighbourSpec
+
+
+def fit_neighbours(
+    train_rows: RoutingData, validation: RoutingData, quality_bar: float, weight: float
+) -> Neighbours:
+    """The kNN vote over the training prompts, k picked on validation log-loss."""
+    labels = train_rows.adequate(quality_bar)
+    k = pick_k(train_rows.embeddings, labels, validation.embeddings, validation.adequate(quality_bar))
+    vote = NeighbourVote(train_rows.embeddings, labels, k)
+    return Neighbours(vote, NeighbourSpec(vote.k, weight, vote.size))
 
 
 @dataclass(frozen=True)
@@ -123,8 +144,10 @@ def write_version(
     data_hash: str,
     quality_bar: float,
     training: Mapping[str, Any] | None = None,
+    neighbours: Neighbours | None = None,
 ) -> Manifest:
-    """Write the ONNX graph, the boosters and the projection into ``directory``, and their manifest."""
+    """Write the ONNX graph, the boosters, the projection and the neighbour memory into ``directory``,
+    and their manifest."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ONNX_FILE).write_bytes(fitted.onnx(FEATURE_SPEC).SerializeToString())
     names = [ONNX_FILE]
@@ -139,6 +162,9 @@ def write_version(
             directory / "projection.npz", mean=fitted.projection.mean, components=fitted.projection.components
         )
         names.append("projection.npz")
+    if neighbours is not None:
+        (directory / NEIGHBOURS_FILE).write_bytes(neighbours.vote.to_bytes())
+        names.append(NEIGHBOURS_FILE)
     manifest = Manifest(
         version=version,
         tiers=fitted.tiers,
@@ -149,6 +175,7 @@ def write_version(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         quality_bar=quality_bar,
         training=dict(training or {}),
+        neighbours=None if neighbours is None else neighbours.spec,
     )
     write_manifest(directory, manifest)
     return manifest
@@ -156,7 +183,7 @@ def write_version(
 
 def _check_parity(fitted: FittedModel, model: ClassifierModel, features: np.ndarray[Any, Any]) -> float:
     reference = fitted.predict_projected(project(FEATURE_SPEC, fitted.projection, features))
-    served = model.predict_matrix(features)
+    served = model.tree_matrix(features)
     gap = float(np.abs(served - reference).max()) if len(features) else 0.0
     if gap > PARITY_TOLERANCE:
         raise TrainingError(f"the ONNX graph differs from LightGBM by {gap:.2e} (> {PARITY_TOLERANCE})")
@@ -222,13 +249,17 @@ def train(
     threads: int = 1,
     console: Console | None = None,
     prepared: RoutingData | None = None,
+    neighbour_weight: float = DEFAULT_NEIGHBOUR_WEIGHT,
 ) -> TrainResult:
     """Fit, select on validation, export, verify, calibrate and register a new model version.
 
-    ``prepared`` skips loading when the caller already holds the data.
+    ``prepared`` skips loading when the caller already holds the data; ``neighbour_weight`` is the
+    kNN vote's share of the served P (0: the trees alone).
     """
     if not 0.0 <= quality_bar <= 1.0:
         raise ValueError(f"quality_bar must lie in [0, 1], got {quality_bar}")
+    if not 0.0 <= neighbour_weight <= 1.0:
+        raise ValueError(f"neighbour_weight must lie in [0, 1], got {neighbour_weight}")
     console = console or Console(stderr=True)
     settings = _as_config(config)
     registry = ModelRegistry(registry_dir)
@@ -245,11 +276,21 @@ def train(
     scored = validation.subset(validation.complete())
     if len(scored) == 0:
         raise TrainingError("no validation prompt has a score for every tier")
+    neighbours = (
+        fit_neighbours(train_rows, validation, quality_bar, neighbour_weight)
+        if neighbour_weight > 0
+        else None
+    )
+    validation_vote = None if neighbours is None else neighbours.vote.predict(validation.embeddings)
 
     def routing_quality(probabilities: npt.NDArray[np.float64]) -> float:
-        return float(
-            np.mean(list(tier_set_aiq(probabilities[validation.complete()], scored, settings).values()))
-        )
+        """Candidates are rated on the P they would serve: blended with the vote when there is one."""
+        served = probabilities
+        if validation_vote is not None:
+            served = blend(probabilities.astype(np.float32), validation_vote, neighbour_weight).astype(
+                np.float64
+            )
+        return float(np.mean(list(tier_set_aiq(served[validation.complete()], scored, settings).values())))
 
     fitted, reports = select(
         candidates,
@@ -286,6 +327,7 @@ def train(
                 "seed": seed,
                 "rows": {"train": len(train_rows), "validation": len(validation)},
             },
+            neighbours=neighbours,
         )
         model = load_model(staging, settings.tier_names, embedder_key, device="cpu")
         parity = _check_parity(fitted, model, validation.features)
