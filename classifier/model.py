@@ -127,6 +127,7 @@ class ClassifierModel:
         self.manifest = manifest
         self._session = session
         self._neighbours = neighbours
+        self._vote_weight = 0.0 if manifest.neighbours is None else manifest.neighbours.weight
         self._width = manifest.feature_spec.size
         self._embedding_dim = manifest.feature_spec.embedding_dim
         self.providers: tuple[str, ...] = tuple(session.get_providers())
@@ -160,10 +161,9 @@ class ClassifierModel:
         """P(adequate) as an (rows, tiers) array, columns in ``self.tiers`` order."""
         batch = self._batch(features)
         trees = self.tree_matrix(batch)
-        if self._neighbours is None or self.manifest.neighbours is None:
+        if self._neighbours is None:
             return trees
-        vote = self._neighbours.predict(batch[:, : self._embedding_dim])
-        return blend(trees, vote, self.manifest.neighbours.weight)
+        return blend(trees, self._neighbours.predict(batch[:, : self._embedding_dim]), self._vote_weight)
 
     def predict(self, features: npt.ArrayLike) -> dict[str, float]:
         """P(adequate) per tier for one feature vector."""
