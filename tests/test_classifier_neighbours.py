@@ -15,8 +15,9 @@ from classifier import FEATURE_SPEC, ModelRefused, load_model
 from classifier.manifest import MANIFEST_NAME, read_manifest, sha256_file, write_manifest
 from classifier.neighbours import NEIGHBOURS_FILE, NeighbourSpec, NeighbourVote
 from tests.test_classifier_model import EMBEDDER_KEY, TIERS, fit_small, synthetic_data
+from training.dataset import RoutingData
 from training.fit import project
-from training.train import Neighbours, write_version
+from training.train import Neighbours, fit_neighbours, memory_rows, write_version
 
 DIM = FEATURE_SPEC.embedding_dim
 
@@ -169,3 +170,34 @@ def test_a_version_without_a_memory_serves_its_trees(tmp_path: Path) -> None:
     model = load_model(tmp_path, TIERS, EMBEDDER_KEY, device="cpu")
     features, _ = synthetic_data(8, seed=9)
     np.testing.assert_array_equal(model.predict_matrix(features), model.tree_matrix(features))
+
+
+def routing_rows(count: int, seed: int = 0) -> RoutingData:
+    features, labels = synthetic_data(count, seed)
+    return RoutingData(
+        tiers=TIERS,
+        sample_ids=tuple(f"prompt-{seed}-{i}" for i in range(count)),
+        texts=tuple(f"text {i}" for i in range(count)),
+        tasks=("task",) * count,
+        splits=np.full(count, "train"),
+        scores=labels,
+        costs=np.ones_like(labels),
+        expected_costs=np.ones_like(labels),
+        input_tokens=np.full(count, 10, dtype=np.int64),
+        embeddings=features[:, :DIM],
+        features=features,
+        data_hash="synthetic",
+    )
+
+
+def test_the_memory_keeps_a_fixed_subset_past_its_limit() -> None:
+    rows = routing_rows(60)
+    assert memory_rows(rows, limit=60) is rows
+    kept = memory_rows(rows, limit=25)
+    assert len(kept) == 25 and set(kept.sample_ids) <= set(rows.sample_ids)
+    reversed_rows = rows.subset(np.ones(60, dtype=bool))
+    reversed_rows = replace(reversed_rows, sample_ids=reversed_rows.sample_ids[::-1])
+    assert set(memory_rows(reversed_rows, limit=25).sample_ids) == set(kept.sample_ids)  # not row order
+    neighbours = fit_neighbours(rows, routing_rows(20, seed=1), 0.5, 0.5, limit=25)
+    assert (neighbours.spec.size, neighbours.vote.size) == (25, 25)
+    assert neighbours.spec.k in (5, 10, 20)  # pick_k's choices that fit 25 rows

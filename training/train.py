@@ -42,6 +42,9 @@ PARITY_TOLERANCE = 1e-5
 # The served P is this mix of the trees' and the kNN vote's (classifier.neighbours): chosen by three
 # 5-fold cross-validations on the training and validation splits (fold seeds tierwise-cv-1..3).
 DEFAULT_NEIGHBOUR_WEIGHT = 0.5
+# The vote compares each request with every memory row (a 384-wide dot product per row): past this many
+# training rows (retraining adds judged traffic), the memory keeps a fixed, sample-id-hashed subset.
+NEIGHBOUR_MEMORY_LIMIT = 10_000
 GATE_METRIC = "aiq_classifier_threshold"
 
 
@@ -55,10 +58,26 @@ class Neighbours:
     spec: NeighbourSpec
 
 
+def memory_rows(rows: RoutingData, limit: int = NEIGHBOUR_MEMORY_LIMIT) -> RoutingData:
+    """``rows`` when they fit the limit, else the ``limit`` rows whose sample ids hash lowest (the same
+    subset whatever the row order)."""
+    if len(rows) <= limit:
+        return rows
+    keys = np.array([hashlib.sha256(s.encode()).digest()[:8] for s in rows.sample_ids])
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[np.argsort(keys, kind="stable")[:limit]] = True
+    return rows.subset(keep)
+
+
 def fit_neighbours(
-    train_rows: RoutingData, validation: RoutingData, quality_bar: float, weight: float
+    train_rows: RoutingData,
+    validation: RoutingData,
+    quality_bar: float,
+    weight: float,
+    limit: int = NEIGHBOUR_MEMORY_LIMIT,
 ) -> Neighbours:
-    """The kNN vote over the training prompts, k picked on validation log-loss."""
+    """The kNN vote over the training prompts (at most ``limit`` of them), k picked on validation log-loss."""
+    train_rows = memory_rows(train_rows, limit)
     labels = train_rows.adequate(quality_bar)
     k = pick_k(train_rows.embeddings, labels, validation.embeddings, validation.adequate(quality_bar))
     vote = NeighbourVote(train_rows.embeddings, labels, k)
