@@ -157,6 +157,12 @@ SCOPE_CLASSES = _table(
 )
 OWNERS = frozenset({"self", "we", "you", "other"})
 
+# Words that make the order of two names matter when they stand between them: "Chicago before Berlin",
+# "from Paris to Rome", "Messi better than Ronaldo". "X or Y", "X and Y", "X vs Y" are symmetric: not here.
+ORDER_WORDS = frozenset(
+    _words("before after than from to into beat beats defeat defeated ahead behind above below until till")
+)
+
 _ANTONYM_PAIRS = (
     "best worst, better worse, good bad, cheap expensive, cheapest priciest, increase decrease, "
     "increasing decreasing, more less, more fewer, most least, before after, buy sell, buying selling, "

@@ -23,10 +23,13 @@ Rules (``RULES``):
 ``number_replaced`` and ``entity_replaced`` (``REPLACEMENT_RULES``) are the strict cores of
 ``number`` and ``entity``: they fire only when each text has a number (a name) the other lacks,
 or a unit conflicts, so a verifier can keep them hard while a mere omission only raises its bar.
+``entity_order``, listed with them, sees two names swapped around an order word ("Chicago
+before Berlin" vs "Berlin before Chicago").
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ from cache.verifier_lexicon import (
     NEGATIONS,
     NOT_ENTITIES,
     NUMBER_WORDS,
+    ORDER_WORDS,
     ORDINALS,
     OWNERS,
     RELATIVE_DAYS,
@@ -81,6 +85,7 @@ class TextSignature:
     entities: frozenset[str]
     quoted: frozenset[str]
     scopes: frozenset[tuple[str, str]]
+    ordered_entities: frozenset[tuple[str, str, str]]  # (first name, order word between, second name)
 
 
 def _words(text: str) -> list[str]:
@@ -242,13 +247,14 @@ def _entity_token(word: str) -> str:
     return word[:-2] if word.endswith("'s") else word
 
 
-def _entities(raw_tokens: list[str], tokens: list[str], starts: set[int]) -> frozenset[str]:
+def _entities(raw_tokens: list[str], tokens: list[str], starts: set[int]) -> list[tuple[int, str]]:
+    """(token index, name) of every token that reads as a name, in text order."""
     # Title Case text ("What Is The Best Phone") tells nothing by capitals: there, keep only
     # acronyms and odd case. It shows in function words capitalised mid-sentence.
     function_words = [i for i, word in enumerate(tokens) if word in FUNCTION_WORDS and i not in starts]
     capital_function = sum(1 for i in function_words if raw_tokens[i][0].isupper())
     title_case = capital_function >= 2 and 2 * capital_function >= len(function_words)
-    found: set[str] = set()
+    found: list[tuple[int, str]] = []
     for index, raw in enumerate(raw_tokens):
         first = raw[0]
         if not first.isalpha():
@@ -265,7 +271,26 @@ def _entities(raw_tokens: list[str], tokens: list[str], starts: set[int]) -> fro
         mixed = not acronym and bare[1:] != word[1:]
         plain_capital = first.isupper() and index not in starts and not title_case
         if acronym or mixed or plain_capital:
-            found.add(word)
+            found.append((index, word))
+    return found
+
+
+_ORDER_REACH = 8  # tokens between two names that an order word may link
+
+
+def _ordered_entities(
+    named: list[tuple[int, str]], tokens: list[str], starts: set[int]
+) -> frozenset[tuple[str, str, str]]:
+    """(a, word, b) for two names of one sentence with an order word between them ("chicago", "before",
+    "berlin"): swapping a and b changes the question."""
+    found: set[tuple[str, str, str]] = set()
+    for (i, first), (j, second) in itertools.pairwise(named):
+        between = range(i + 1, j)
+        if first == second or j - i > _ORDER_REACH or any(k in starts for k in range(i + 1, j + 1)):
+            continue
+        word = next((tokens[k] for k in between if tokens[k] in ORDER_WORDS), None)
+        if word is not None:
+            found.add((first, word, second))
     return frozenset(found)
 
 
@@ -325,15 +350,17 @@ def signature(text: str) -> TextSignature:
     raw_tokens, starts = _tokens_and_starts(text)
     tokens = [token.lower() for token in raw_tokens]
     dates |= _calendar_words(raw_tokens, starts)
+    named = _entities(raw_tokens, tokens, starts)
     return TextSignature(
         lower=" " + " ".join(tokens) + " ",
         words=frozenset(_entity_token(token) for token in tokens),
         numbers=_numbers(without_dates),
         dates=frozenset(dates),
         negations=_negation_count(tokens),
-        entities=_entities(raw_tokens, tokens, starts),
+        entities=frozenset(name for _, name in named),
         quoted=_quoted(text),
         scopes=_scopes(tokens),
+        ordered_entities=_ordered_entities(named, tokens, starts),
     )
 
 
@@ -532,8 +559,30 @@ class ReplacedRule:
         return conflicts + replaced
 
 
+class EntityOrderRule:
+    """The same two names in swapped order around an order word: "Chicago before Berlin" vs "Berlin
+    before Chicago", "from Paris to Rome" vs "from Rome to Paris" (every name is in both texts, so the
+    entity rules see nothing)."""
+
+    name = "entity_order"
+
+    def differences(self, a: TextSignature, b: TextSignature) -> list[str]:
+        swapped = [
+            (first, word, second)
+            for first, word, second in sorted(a.ordered_entities)
+            if (second, word, first) in b.ordered_entities and (first, word, second) not in b.ordered_entities
+        ]
+        return [
+            f"{first!r} {word} {second!r} vs {second!r} {word} {first!r}" for first, word, second in swapped
+        ]
+
+
 # Not model features (the feature layout counts ``RULES``), only guards a verifier may name.
-REPLACEMENT_RULES: tuple[PairRule, ...] = (ReplacedRule(NumberRule()), ReplacedRule(EntityRule()))
+REPLACEMENT_RULES: tuple[PairRule, ...] = (
+    ReplacedRule(NumberRule()),
+    ReplacedRule(EntityRule()),
+    EntityOrderRule(),
+)
 RULES_BY_NAME: dict[str, PairRule] = {rule.name: rule for rule in (*RULES, *REPLACEMENT_RULES)}
 
 

@@ -83,6 +83,21 @@ CASES = [
     ),
     ("antonym", ("Install Python", "Uninstall Python"), ("Install Python", "Set up Python")),
     ("antonym", ("Best phone?", "Worst phone?"), ("Best phone?", "Best phones?")),
+    (
+        "entity_order",
+        ("Does the Berlin train stop before Chicago?", "Does the Chicago train stop before Berlin?"),
+        ("Which is better, Java or Python?", "Which is better, Python or Java?"),
+    ),
+    (
+        "entity_order",
+        ("How do I fly from Paris to Rome?", "How do I fly from Rome to Paris?"),
+        ("How do I fly from Paris to Rome?", "What is the cheapest way to fly from Paris to Rome?"),
+    ),
+    (
+        "entity_order",
+        ("Is Messi better than Ronaldo?", "Is Ronaldo better than Messi?"),
+        ("Java vs Python: which should I learn?", "Python vs Java: which should I learn?"),
+    ),
 ]
 
 
