@@ -186,13 +186,17 @@ def test_soft_rule_raises_the_bar_instead_of_rejecting(trained: tuple[object, Pa
     vectors = _vectors(np.random.default_rng(5), set(paris))
     pair = (vectors[paris[0]], vectors[paris[1]])
     probability = model.probability(*paris, 0.99, pair)
+    assert "entity_order" in model.manifest.hard_rules  # train-verifier keeps every guard hard
     hard = GuardedVerifier(model, min_cosine=0.5, threshold=0.0)
     assert hard.verify(*paris, 0.99, pair).reason.startswith("rule entity")
     # Soft: the same difference now asks for P ≥ soft_rule_threshold instead of rejecting.
     model.manifest = type(model.manifest)(
         **{
             **_fields(model.manifest),
-            "hard_rules": tuple(name for name in model.manifest.hard_rules if name != "entity"),
+            # entity_replaced would still reject France / Germany: it leaves the hard rules too.
+            "hard_rules": tuple(
+                name for name in model.manifest.hard_rules if name not in ("entity", "entity_replaced")
+            ),
             "soft_rules": ("entity",),
             "soft_rule_threshold": min(1.0, probability + 0.01),
         }

@@ -33,7 +33,7 @@ from cache.verifier_features import (
     pair_features,
 )
 from cache.verifier_model import MANIFEST_NAME, VerifierManifest, VerifierModel, file_sha256
-from cache.verifier_rules import RULES, RuleVerifier
+from cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier
 from training.cache_metrics import ServeMetrics, serve_metrics
 from training.make_traps import generate as generate_traps
 from training.verifier_data import (
@@ -346,7 +346,8 @@ def write_model_dir(
         embedder_key=embedder_key,
         threshold=threshold,
         min_cosine=min_cosine,
-        hard_rules=tuple(rule.name for rule in RULES),
+        # Every rule hard: the guards past RULES add only what RULES cannot see (two names swapped).
+        hard_rules=tuple(RULES_BY_NAME),
     )
     write_manifest(out_dir, manifest, {"target_opset": target_opset})
     return VerifierModel(out_dir, expected_embedder_key=embedder_key)
