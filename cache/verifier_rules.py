@@ -20,11 +20,11 @@ Rules (``RULES``):
 * ``antonym``  a word of one text is replaced by its opposite in the other (buy/sell, best/worst,
   install/uninstall).
 
-``number_replaced`` and ``entity_replaced`` (``REPLACEMENT_RULES``) are the strict cores of
-``number`` and ``entity``: they fire only when each text has a number (a name) the other lacks,
-or a unit conflicts, so a verifier can keep them hard while a mere omission only raises its bar.
-``entity_order``, listed with them, sees two names swapped around an order word ("Chicago
-before Berlin" vs "Berlin before Chicago").
+Guards (``GUARD_RULES``, not model features): ``number_replaced`` and ``entity_replaced`` are
+the strict cores of ``number`` and ``entity``: they fire only when each text has a number (a
+name) the other lacks, or a unit conflicts, so a verifier can keep them hard while a mere
+omission only raises its bar. ``entity_order`` sees two names swapped around an order word
+("Chicago before Berlin" vs "Berlin before Chicago").
 """
 
 from __future__ import annotations
@@ -578,12 +578,12 @@ class EntityOrderRule:
 
 
 # Not model features (the feature layout counts ``RULES``), only guards a verifier may name.
-REPLACEMENT_RULES: tuple[PairRule, ...] = (
+GUARD_RULES: tuple[PairRule, ...] = (
     ReplacedRule(NumberRule()),
     ReplacedRule(EntityRule()),
     EntityOrderRule(),
 )
-RULES_BY_NAME: dict[str, PairRule] = {rule.name: rule for rule in (*RULES, *REPLACEMENT_RULES)}
+RULES_BY_NAME: dict[str, PairRule] = {rule.name: rule for rule in (*RULES, *GUARD_RULES)}
 
 
 def rule_differences(a_text: str, b_text: str, rules: Iterable[PairRule] = RULES) -> dict[str, list[str]]:

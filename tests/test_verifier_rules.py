@@ -179,9 +179,9 @@ def test_rules_survive_odd_input() -> None:
     ],
 )
 def test_replacement_rules_fire_only_on_replacements(a: str, b: str, replaced: set[str]) -> None:
-    from cache.verifier_rules import REPLACEMENT_RULES
+    from cache.verifier_rules import GUARD_RULES
 
-    found = rule_differences(a, b, REPLACEMENT_RULES)
+    found = rule_differences(a, b, GUARD_RULES)
     assert {name for name, diffs in found.items() if diffs} == replaced
     base = rule_differences(a, b)
     assert base["number"] or base["entity"]  # the base rules see every one of these pairs
