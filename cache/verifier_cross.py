@@ -16,7 +16,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,15 @@ OUTPUT_NAME = "probability"
 TOKENIZER_FILE = "tokenizer.json"
 # The tokenizer file's own truncation length; two questions together are far shorter.
 DEFAULT_MAX_TOKENS = 128
+
+
+Probability = TypeVar("Probability", float, npt.NDArray[np.float32])
+
+
+def mixed_probability(weight: float, classifier: Probability, cross: Probability) -> Probability:
+    """The guarded verifier's P: the pair classifier's and the cross-encoder's votes, the cross-encoder's
+    weighing ``weight`` (one pair at serving, whole splits when training chooses the weight)."""
+    return (1.0 - weight) * classifier + weight * cross
 
 
 class CrossEncoderError(RuntimeError):

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cache.verification import PairVectors, VerifierVerdict
+from cache.verifier_cross import mixed_probability
 from cache.verifier_model import DEFAULT_MODEL_DIR, VerifierModel
 from cache.verifier_rules import RULES_BY_NAME, PairRule, RuleVerifier
 
@@ -75,15 +76,15 @@ class GuardedVerifier:
         cross = self.model.cross_encoder
         if cross is not None:
             weight = cross.spec.weight
-            if (1.0 - weight) * probability + weight < bar:
+            if mixed_probability(weight, probability, 1.0) < bar:
                 # Even a certain "same" from the cross-encoder could not lift the pair: spare its
                 # milliseconds, and score the pair as if it had said "different".
                 notes.append(f"classifier {probability:.3f}; cross-encoder not asked")
-                probability *= 1.0 - weight
+                probability = mixed_probability(weight, probability, 0.0)
             else:
                 crossed = cross.probability(query_text, candidate_text)
                 notes.append(f"classifier {probability:.3f}, cross-encoder {crossed:.3f}")
-                probability = (1.0 - weight) * probability + weight * crossed
+                probability = mixed_probability(weight, probability, crossed)
         if soft is not None:
             notes.append(f"soft rule {soft}")
         detail = f" ({'; '.join(notes)})" if notes else ""

@@ -36,6 +36,7 @@ from cache.verifier_cross import (
     CrossEncoder,
     CrossEncoderSpec,
     embedder_tokenizer_path,
+    mixed_probability,
     tokenizer_sha256,
 )
 from cache.verifier_model import VerifierModel, file_sha256
@@ -259,11 +260,6 @@ class PairChecks:
         return fired
 
 
-def mixed(weight: float, classifier: Floats, cross: Floats) -> Floats:
-    """The guarded verifier's P: the classifier's and the cross-encoder's votes, weighted."""
-    return (1.0 - weight) * classifier + weight * cross
-
-
 @dataclass(frozen=True, slots=True)
 class VerifierSetting:
     """Everything the guarded verifier decides with, as the manifest records it."""
@@ -280,7 +276,7 @@ class VerifierSetting:
 
     def served(self, checks: PairChecks, classifier: Floats, cross: Floats) -> npt.NDArray[np.bool_]:
         """What ``GuardedVerifier`` serves at this setting."""
-        probability = mixed(self.weight, classifier, cross)
+        probability = mixed_probability(self.weight, classifier, cross)
         bar = np.where(checks.any_fires(self.soft_rules), self.soft_rule_threshold, self.threshold)
         served: npt.NDArray[np.bool_] = (
             (checks.cosines >= self.min_cosine) & ~checks.any_fires(self.hard_rules) & (probability >= bar)
@@ -299,7 +295,7 @@ def choose_setting(
     labels = checks.labels.astype(bool)
     best: tuple[VerifierSetting, int] | None = None  # and the right serves it gives
     for weight in WEIGHT_GRID:
-        probability = mixed(weight, classifier, cross)
+        probability = mixed_probability(weight, classifier, cross)
         for soft in SOFT_RULE_CHOICES:
             soft_fires = checks.any_fires(soft)
             hard_pass = ~checks.any_fires(hard_rules_beside(soft))
