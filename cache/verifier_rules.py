@@ -463,21 +463,27 @@ def _mentioned(word: str, other: TextSignature) -> bool:
 class EntityRule:
     name = "entity"
 
-    def sides(self, a: TextSignature, b: TextSignature) -> tuple[list[str], list[str], list[str]]:
-        """Names only in ``a`` and only in ``b`` (quoted strings after the names); no conflicts."""
-        only_a = [f"{name!r}" for name in sorted(a.entities) if not _mentioned(name, b)]
-        only_b = [f"{name!r}" for name in sorted(b.entities) if not _mentioned(name, a)]
+    @staticmethod
+    def _one_sided(a: TextSignature, b: TextSignature) -> tuple[list[str], list[str], list[str], list[str]]:
+        """Described names only in ``a``, only in ``b``, then quoted strings only in ``a``, only in ``b``."""
+        names_a = [f"{name!r}" for name in sorted(a.entities) if not _mentioned(name, b)]
+        names_b = [f"{name!r}" for name in sorted(b.entities) if not _mentioned(name, a)]
+        quotes_a: list[str] = []
+        quotes_b: list[str] = []
         for quote in sorted(a.quoted ^ b.quoted):
             other = b if quote in a.quoted else a
             if f" {' '.join(_words(quote))} " not in other.lower:
-                (only_a if quote in a.quoted else only_b).append(f"quoted {quote!r}")
-        return only_a, only_b, []
+                (quotes_a if quote in a.quoted else quotes_b).append(f"quoted {quote!r}")
+        return names_a, names_b, quotes_a, quotes_b
+
+    def sides(self, a: TextSignature, b: TextSignature) -> tuple[list[str], list[str], list[str]]:
+        """Names only in ``a`` and only in ``b`` (quoted strings after the names); no conflicts."""
+        names_a, names_b, quotes_a, quotes_b = self._one_sided(a, b)
+        return names_a + quotes_a, names_b + quotes_b, []
 
     def differences(self, a: TextSignature, b: TextSignature) -> list[str]:
-        only_a, only_b, _ = self.sides(a, b)
-        names = [item for item in only_a + only_b if not item.startswith("quoted ")]
-        quotes = [item for item in only_a + only_b if item.startswith("quoted ")]
-        return [f"{item} missing from one text" for item in names + sorted(quotes)]
+        names_a, names_b, quotes_a, quotes_b = self._one_sided(a, b)
+        return [f"{item} missing from one text" for item in names_a + names_b + sorted(quotes_a + quotes_b)]
 
 
 class ScopeRule:
