@@ -69,6 +69,7 @@ from cache.store import CachedResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qqp_vectors import qqp_workload
+from timing import percentiles
 
 DIM = 384
 
@@ -123,13 +124,6 @@ def workload(
     base = VECTOR_MODELS[vectors](rng, size)
     queries, sources = near_queries(rng, base, query_count)
     return base, queries, sources
-
-
-def percentiles(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p50 = ordered[len(ordered) // 2]
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return f"p50 {p50 * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms"
 
 
 @dataclasses.dataclass

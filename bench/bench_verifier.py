@@ -33,6 +33,9 @@ from cache.verifier_guarded import GuardedVerifier
 from cache.verifier_model import DEFAULT_MODEL_DIR, VerifierModel
 from training.verifier_data import pairs_by_split, read_pairs
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import p50_p99, percentiles
+
 ROOT = Path(__file__).resolve().parents[1]
 QQP = ROOT.parent / "shared" / "data" / "qqp" / "pairs.jsonl.gz"
 TRAPS = ROOT / "tests" / "data" / "cache_traps.jsonl"
@@ -46,19 +49,16 @@ def sample_pairs(count: int) -> list[tuple[str, str]]:
     return [(row["a"], row["b"]) for row in rows if isinstance(row["a"], str)][:count]
 
 
-def timed(call: Callable[[], object], repeats: int = 1) -> float:
+def timed(call: Callable[[], object]) -> float:
     started = time.perf_counter()
-    for _ in range(repeats):
-        call()
-    return (time.perf_counter() - started) / repeats
+    call()
+    return time.perf_counter() - started
 
 
 def summary(name: str, samples: list[float], baseline: float | None) -> str:
-    ordered = sorted(samples)
-    p50 = ordered[len(ordered) // 2]
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p50, _ = p50_p99(samples)
     ratio = "" if baseline is None else f"  p50 / embedding p50 = {p50 / baseline:.3f}"
-    return f"{name:36s} p50 {p50 * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms{ratio}"
+    return f"{name:36s} {percentiles(samples)}{ratio}"
 
 
 def main() -> None:
