@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from classifier.neighbours import NeighbourVote, adequacy_rates
+from training.dataset import RoutingData
 
 FloatMatrix = npt.NDArray[np.float64]
 
@@ -53,3 +54,10 @@ def pick_k(
     if not losses:
         return max(1, len(train_labels))
     return min(losses, key=lambda k: (losses[k], k))
+
+
+def fit_vote(train: RoutingData, validation: RoutingData, quality_bar: float) -> NeighbourVote:
+    """The kNN vote over ``train``'s prompts, k picked on ``validation``'s log-loss."""
+    labels = train.adequate(quality_bar)
+    k = pick_k(train.embeddings, labels, validation.embeddings, validation.adequate(quality_bar))
+    return NeighbourVote(train.embeddings, labels, k)

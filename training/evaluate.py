@@ -37,7 +37,7 @@ from router.policies.classifier import (
     max_utility,
 )
 from router.types import ChatMessage, RequestSpec
-from training.baselines import TaskPrior, pick_k
+from training.baselines import TaskPrior, fit_vote
 from training.dataset import RoutingData
 from training.metrics import CurvePoint, aiq, apgr, cost_to_reach, cpt
 
@@ -314,9 +314,9 @@ class Baselines:
 
 def fit_baselines(data: RoutingData, quality_bar: float) -> Baselines:
     train, validation = data.split("train"), data.split("validation")
-    train_labels = train.adequate(quality_bar)
-    k = pick_k(train.embeddings, train_labels, validation.embeddings, validation.adequate(quality_bar))
-    return Baselines(TaskPrior(train.tasks, train_labels), NeighbourVote(train.embeddings, train_labels, k))
+    return Baselines(
+        TaskPrior(train.tasks, train.adequate(quality_bar)), fit_vote(train, validation, quality_bar)
+    )
 
 
 def evaluate_view(

@@ -31,7 +31,7 @@ from classifier.registry import ModelRegistry
 from router.config import Config, load_config
 from router.policies.classifier import Rule
 from router.routerbench import Layout
-from training.baselines import pick_k
+from training.baselines import fit_vote
 from training.calibrate import utility_calibration
 from training.dataset import RoutingData, load_routing_data
 from training.evaluate import Scorer, classifier_sweeps, routing_contexts, tier_set_aiq
@@ -77,10 +77,7 @@ def fit_neighbours(
     limit: int = NEIGHBOUR_MEMORY_LIMIT,
 ) -> Neighbours:
     """The kNN vote over the training prompts (at most ``limit`` of them), k picked on validation log-loss."""
-    train_rows = memory_rows(train_rows, limit)
-    labels = train_rows.adequate(quality_bar)
-    k = pick_k(train_rows.embeddings, labels, validation.embeddings, validation.adequate(quality_bar))
-    vote = NeighbourVote(train_rows.embeddings, labels, k)
+    vote = fit_vote(memory_rows(train_rows, limit), validation, quality_bar)
     return Neighbours(vote, NeighbourSpec(vote.k, weight, vote.size))
 
 
