@@ -152,15 +152,18 @@ class ClassifierModel:
             raise ValueError(f"features must have {self._width} columns, got shape {batch.shape}")
         return batch
 
+    def _trees(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        (output,) = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: batch})
+        return np.asarray(output, dtype=np.float32)
+
     def tree_matrix(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """The ONNX graph's P(adequate) alone, (rows, tiers) (what must match LightGBM)."""
-        (output,) = self._session.run([ONNX_OUTPUT], {ONNX_INPUT: self._batch(features)})
-        return np.asarray(output, dtype=np.float32)
+        return self._trees(self._batch(features))
 
     def predict_matrix(self, features: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """P(adequate) as an (rows, tiers) array, columns in ``self.tiers`` order."""
         batch = self._batch(features)
-        trees = self.tree_matrix(batch)
+        trees = self._trees(batch)
         if self._neighbours is None:
             return trees
         return blend(trees, self._neighbours.predict(batch[:, : self._embedding_dim]), self._vote_weight)
