@@ -26,8 +26,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(SRC)
 	$(VENV)/bin/ruff format --check $(SRC)
 
+# mypy cannot follow the editable install's import hook, so it reads the tierwise
+# package through a tree of links that mirrors the wheel's layout.
+TYPECHECK_ROOT := .typecheck
+
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy router cache classifier training
+	rm -rf $(TYPECHECK_ROOT) && mkdir -p $(TYPECHECK_ROOT)/tierwise
+	ln -s ../../protos/tierwise/__init__.py ../../protos/tierwise/py.typed ../../protos/tierwise/v1 \
+		../../router ../../cache ../../classifier ../../training $(TYPECHECK_ROOT)/tierwise/
+	MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy -p tierwise
 
 unit: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -39,7 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_classifier.py
 
 protos: $(STAMP)
-	$(PY) -m protos.generate
+	$(PY) protos/generate.py
 
 clean:
-	rm -rf $(VENV) .demo var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .demo var .mypy_cache .ruff_cache .pytest_cache $(TYPECHECK_ROOT)

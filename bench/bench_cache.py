@@ -59,13 +59,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.batching import BatchingEmbedder
-from cache.embedder import EmbedderInfo, Matrix, SentenceEmbedder
-from cache.index import IndexParams, PartitionedIndex, set_faiss_threads
-from cache.semantic_cache import CacheQuery, SemanticCache
-from cache.settings import CacheSettings
-from cache.sqlite_store import SqliteEntryStore
-from cache.store import CachedResponse
+from tierwise.cache.batching import BatchingEmbedder
+from tierwise.cache.embedder import EmbedderInfo, Matrix, SentenceEmbedder
+from tierwise.cache.index import IndexParams, PartitionedIndex, set_faiss_threads
+from tierwise.cache.semantic_cache import CacheQuery, SemanticCache
+from tierwise.cache.settings import CacheSettings
+from tierwise.cache.sqlite_store import SqliteEntryStore
+from tierwise.cache.store import CachedResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qqp_vectors import qqp_workload

@@ -27,11 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.embedder import SentenceEmbedder
-from classifier import FEATURE_SPEC, ClassifierModel, embedding_input, load_model, prompt_features
-from classifier.neighbours import NeighbourSpec, NeighbourVote
-from training.fit import DEFAULT_GRID, fit_candidate
-from training.train import DEFAULT_NEIGHBOUR_WEIGHT, Neighbours, write_version
+from tierwise.cache.embedder import SentenceEmbedder
+from tierwise.classifier import FEATURE_SPEC, ClassifierModel, embedding_input, load_model, prompt_features
+from tierwise.classifier.neighbours import NeighbourSpec, NeighbourVote
+from tierwise.training.fit import DEFAULT_GRID, fit_candidate
+from tierwise.training.train import DEFAULT_NEIGHBOUR_WEIGHT, Neighbours, write_version
 
 ROUTERBENCH_TIERS = [
     "mistral-7b",

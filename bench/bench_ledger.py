@@ -44,17 +44,17 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
-from router.config import Config, parse_config
-from router.ledger import SpendLedger
-from router.ledger_builder import SpendRecordBuilder
-from router.ledger_sqlite import SqliteSpendSink
-from router.outcome import Completion
-from router.providers.base import ChatCall, ChatResult, StreamEvent, StreamFinish
-from router.server import TierwiseServer
-from router.service import Service, build_service
-from router.types import ChatMessage, RequestSpec, TokenUsage
+from tierwise.router.config import Config, parse_config
+from tierwise.router.ledger.builder import SpendRecordBuilder
+from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.router.outcome import Completion
+from tierwise.router.providers.base import ChatCall, ChatResult, StreamEvent, StreamFinish
+from tierwise.router.server import TierwiseServer
+from tierwise.router.service import Service, build_service
+from tierwise.router.types import ChatMessage, RequestSpec, TokenUsage
+from tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 ANSWER = "The capital of France is Paris."
 SYSTEM = "You are a concise assistant for a travel booking site."

@@ -28,10 +28,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.embedder import SentenceEmbedder
-from cache.verifier_guarded import GuardedVerifier
-from cache.verifier_model import DEFAULT_MODEL_DIR, VerifierModel
-from training.verifier_data import pairs_by_split, read_pairs
+from tierwise.cache.embedder import SentenceEmbedder
+from tierwise.cache.verifier_guarded import GuardedVerifier
+from tierwise.cache.verifier_model import DEFAULT_MODEL_DIR, VerifierModel
+from tierwise.training.verifier_data import pairs_by_split, read_pairs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import p50_p99, percentiles

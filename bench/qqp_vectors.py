@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cache.embedder import Matrix, SentenceEmbedder
-from training.verifier_data import EmbeddingDiskCache, default_cache_dir, embed_cached, read_pairs
+from tierwise.cache.embedder import Matrix, SentenceEmbedder
+from tierwise.training.verifier_data import EmbeddingDiskCache, default_cache_dir, embed_cached, read_pairs
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp" / "pairs.jsonl.gz"
 

@@ -36,12 +36,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
-from router.demo import demo_config, find_data
-from router.process import stop_process, wait_serving
-from router.replay import RecordedAnswers, ReplayLookupError, ReplayUpstream
-from router.routerbench import load_rows
+from tierwise.training.demo.run import demo_config, find_data
+from tierwise.training.process import stop_process, wait_serving
+from tierwise.training.replay import RecordedAnswers, ReplayLookupError, ReplayUpstream
+from tierwise.training.routerbench import load_rows
+from tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 RSS_SAMPLE_S = 2.0
 CALL_TIMEOUT_S = 60.0
@@ -255,7 +255,9 @@ def main() -> None:
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         target = f"127.0.0.1:{config['server']['port']}"  # type: ignore[index]
-        server = subprocess.Popen([sys.executable, "-m", "router.cli", "serve", "--config", str(config_path)])
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tierwise.training.cli", "serve", "--config", str(config_path)]
+        )
         try:
             wait_serving(target, server)
             print(f"data: {data} ({len(prompts)} prompts), server pid {server.pid} on {target}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cache.embedder import EmbedderInfo, Matrix, TextEmbedder, Vector
+from tierwise.cache.embedder import EmbedderInfo, Matrix, TextEmbedder, Vector
 
 MODEL_WINDOW_PIECES = 256
 """Word pieces all-MiniLM-L6-v2 reads (``SentenceEmbedder.max_seq_length``), [CLS] and [SEP] included."""

@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 from faiss.swigfaiss import SearchParametersHNSW, SearchParametersIVF
 
-from cache.embedder import Matrix, Vector
+from tierwise.cache.embedder import Matrix, Vector
 
 logger = logging.getLogger(__name__)
 

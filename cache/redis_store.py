@@ -48,9 +48,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cache.replication import Backoff, Change, ChangeOp, FeedPosition
-from cache.settings import CacheSettings
-from cache.store import (
+from tierwise.cache.replication import Backoff, Change, ChangeOp, FeedPosition
+from tierwise.cache.settings import CacheSettings
+from tierwise.cache.store import (
     CachedResponse,
     CacheEntry,
     CacheStoreError,
@@ -402,7 +402,7 @@ class _Outage:
 
 
 class RedisEntryStore:
-    """:class:`cache.store.EntryStore` and :class:`cache.replication.ChangeFeed` over Redis.
+    """:class:`tierwise.cache.store.EntryStore` and :class:`tierwise.cache.replication.ChangeFeed` over Redis.
 
     ``client`` serves the request path (short timeouts); ``reader`` serves the blocking reads of the
     change stream, so its socket timeout must exceed ``block_s``. Create it with :meth:`from_url`.

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from cache.store import CacheStoreError, EntryRef, VectorRow
+from tierwise.cache.store import CacheStoreError, EntryRef, VectorRow
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ matches the generation it records. Hit and savings counters are written in
 batches off the request path.
 
 A store that is also a change feed (Redis) is shared by several replicas: an
-:class:`~cache.replication.IndexFollower` applies every replica's inserts and
+:class:`~tierwise.cache.replication.IndexFollower` applies every replica's inserts and
 deletions to this cache's index, and a snapshot records the feed position it
 matches instead of the generation. A failing store never fails a lookup or an
 insert: they miss or store nothing, and the failure is logged and counted.
@@ -35,13 +35,20 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from cache.batching import embedding_text
-from cache.embedder import EmbedderInfo, Vector
-from cache.index import PartitionedIndex, set_faiss_threads
-from cache.partition import GenerationParams, Message, Partition, build_partition, exact_key, last_user_turn
-from cache.replication import Backoff, ChangeFeed, FeedPosition, IndexFollower
-from cache.settings import CacheSettings
-from cache.store import (
+from tierwise.cache.batching import embedding_text
+from tierwise.cache.embedder import EmbedderInfo, Vector
+from tierwise.cache.index import PartitionedIndex, set_faiss_threads
+from tierwise.cache.partition import (
+    GenerationParams,
+    Message,
+    Partition,
+    build_partition,
+    exact_key,
+    last_user_turn,
+)
+from tierwise.cache.replication import Backoff, ChangeFeed, FeedPosition, IndexFollower
+from tierwise.cache.settings import CacheSettings
+from tierwise.cache.store import (
     CachedResponse,
     CacheEntry,
     CacheStoreError,
@@ -55,7 +62,7 @@ from cache.store import (
     label_entry_id,
     new_entry_id,
 )
-from cache.verification import CandidateVerifier, CosineOnlyVerifier, VerifierVerdict
+from tierwise.cache.verification import CandidateVerifier, CosineOnlyVerifier, VerifierVerdict
 
 logger = logging.getLogger(__name__)
 
@@ -614,7 +621,7 @@ class SemanticCache:
             for entry_id, usage in pending.items():  # kept for the next flush
                 self._usage.setdefault(entry_id, _Usage()).add(usage)
 
-    # -- replication (cache.replication.ReplicaIndex) and store health --------------------------------
+    # -- replication (tierwise.cache.replication.ReplicaIndex) and store health --------------------------------
 
     @property
     def embedder_key(self) -> str:

@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cache.index import IndexParams
-from cache.store import EvictionOrder
+from tierwise.cache.index import IndexParams
+from tierwise.cache.store import EvictionOrder
 
 
 class CacheSettings(BaseModel):

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from cache.store import (
+from tierwise.cache.store import (
     CachedResponse,
     CacheEntry,
     CacheStoreError,
@@ -142,7 +142,7 @@ def _bump_generation(conn: sqlite3.Connection) -> None:
 
 
 class SqliteEntryStore:
-    """:class:`cache.store.EntryStore` over one SQLite file; create it with :meth:`open`."""
+    """:class:`tierwise.cache.store.EntryStore` over one SQLite file; create it with :meth:`open`."""
 
     def __init__(self, path: Path, readers: int = 2) -> None:
         self.path = path

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from cache.embedder import Vector
+from tierwise.cache.embedder import Vector
 
 
 class CacheStoreError(RuntimeError):

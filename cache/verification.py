@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from cache.embedder import Vector
+from tierwise.cache.embedder import Vector
 
 # The query's and the candidate's embeddings (normalised, of one embedder), when the caller has them.
 PairVectors = tuple[Vector, Vector]

@@ -2,7 +2,7 @@
 
 Every feature is symmetric in the two texts (min/max instead of first/second), so the
 verdict does not depend on which text was cached first. Rule difference counts come
-from ``cache.verifier_rules``, so the model sees the parse the rules act on. Two learned
+from ``tierwise.cache.verifier_rules``, so the model sees the parse the rules act on. Two learned
 assets travel with a model: word document frequencies (``FeatureAssets``), because rare
 words that differ matter more than common ones, and the embedding projection below.
 
@@ -27,8 +27,8 @@ from difflib import SequenceMatcher
 import numpy as np
 import numpy.typing as npt
 
-from cache.verifier_lexicon import QUESTION_WORDS, STOPWORDS
-from cache.verifier_rules import RULES, signature
+from tierwise.cache.verifier_lexicon import QUESTION_WORDS, STOPWORDS
+from tierwise.cache.verifier_rules import RULES, signature
 
 FEATURE_VERSION = 3
 # Principal directions kept of each embedding interaction (|u−v| and u⊙v).

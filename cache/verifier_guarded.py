@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from cache.verification import PairVectors, VerifierVerdict
-from cache.verifier_cross import mixed_probability
-from cache.verifier_model import DEFAULT_MODEL_DIR, VerifierModel
-from cache.verifier_rules import RULES_BY_NAME, PairRule, RuleVerifier
+from tierwise.cache.verification import PairVectors, VerifierVerdict
+from tierwise.cache.verifier_cross import mixed_probability
+from tierwise.cache.verifier_model import DEFAULT_MODEL_DIR, VerifierModel
+from tierwise.cache.verifier_rules import RULES_BY_NAME, PairRule, RuleVerifier
 
 
 class GuardedVerifier:

@@ -1,4 +1,4 @@
-"""Word tables of the near-miss rules (``cache.verifier_rules``): units, number words, dates, cues."""
+"""Word tables of the near-miss rules (``tierwise.cache.verifier_rules``): units, number words, dates, cues."""
 
 from __future__ import annotations
 

@@ -20,8 +20,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cache.verifier_cross import CrossEncoder, CrossEncoderError, CrossEncoderSpec, single_thread_session
-from cache.verifier_features import (
+from tierwise.cache.verifier_cross import (
+    CrossEncoder,
+    CrossEncoderError,
+    CrossEncoderSpec,
+    single_thread_session,
+)
+from tierwise.cache.verifier_features import (
     FEATURE_NAMES,
     FEATURE_VERSION,
     EmbeddingProjection,

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
-from cache.verification import PairVectors, VerifierVerdict
-from cache.verifier_lexicon import (
+from tierwise.cache.verification import PairVectors, VerifierVerdict
+from tierwise.cache.verifier_lexicon import (
     AMBIGUOUS_MONTHS,
     ANTONYMS,
     FUNCTION_WORDS,

@@ -3,10 +3,16 @@
 The router uses only what is exported here.
 """
 
-from classifier.features import FEATURE_SPEC, FeatureSpec, embedding_input, prompt_features
-from classifier.manifest import Manifest, ManifestError, UtilityCalibration
-from classifier.model import DEFAULT_EMBEDDER_KEY, ClassifierModel, ModelRefused, load_model
-from classifier.registry import ModelRegistry, NoModelServing, RegistryError, ReloadResult, ServingModel
+from tierwise.classifier.features import FEATURE_SPEC, FeatureSpec, embedding_input, prompt_features
+from tierwise.classifier.manifest import Manifest, ManifestError, UtilityCalibration
+from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY, ClassifierModel, ModelRefused, load_model
+from tierwise.classifier.registry import (
+    ModelRegistry,
+    NoModelServing,
+    RegistryError,
+    ReloadResult,
+    ServingModel,
+)
 
 __all__ = [
     "DEFAULT_EMBEDDER_KEY",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from cache.batching import embedding_text
+from tierwise.cache.batching import embedding_text
 
 FloatVector = npt.NDArray[np.float32]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from classifier.features import FeatureSpec
-from classifier.neighbours import NeighbourSpec
+from tierwise.classifier.features import FeatureSpec
+from tierwise.classifier.neighbours import NeighbourSpec
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

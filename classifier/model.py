@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from classifier.features import FEATURE_SPEC, FeatureSpec
-from classifier.manifest import (
+from tierwise.classifier.features import FEATURE_SPEC, FeatureSpec
+from tierwise.classifier.manifest import (
     ONNX_FILE,
     ONNX_INPUT,
     ONNX_OUTPUT,
@@ -26,7 +26,7 @@ from classifier.manifest import (
     sha256_bytes,
     sha256_file,
 )
-from classifier.neighbours import NEIGHBOURS_FILE, NeighbourVote, blend
+from tierwise.classifier.neighbours import NEIGHBOURS_FILE, NeighbourVote, blend
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from classifier.manifest import Manifest, ManifestError, read_manifest, write_json_atomic
-from classifier.model import DEFAULT_EMBEDDER_KEY, ClassifierModel, ModelRefused, load_model
+from tierwise.classifier.manifest import Manifest, ManifestError, read_manifest, write_json_atomic
+from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY, ClassifierModel, ModelRefused, load_model
 
 log = logging.getLogger(__name__)
 

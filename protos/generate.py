@@ -1,14 +1,13 @@
-"""Regenerate the Python stubs from the .proto files: ``python -m protos.generate``.
+"""Regenerate the Python stubs from the .proto files: ``python protos/generate.py`` (``make protos``).
 
 The stubs are committed so installing tierwise needs no protoc; a test checks
-they match the .proto. grpc_tools writes absolute imports rooted at the proto
-path (``from tierwise.v1 import ...``); they are rewritten to live under the
-``protos`` package.
+they match the .proto. protoc writes imports rooted at the proto path
+(``from tierwise.v1 import ...``), which is the installed import name as it is:
+``protos/tierwise`` is the ``tierwise`` package, so the output needs no rewriting.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -35,14 +34,7 @@ def generate(out_dir: Path = HERE) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed")
-    written = []
-    for path in sorted(out_dir.rglob("*_pb2*.py*")):
-        text = path.read_text()
-        fixed = re.sub(r"^from tierwise\.v1 import", "from protos.tierwise.v1 import", text, flags=re.M)
-        fixed = re.sub(r"^import tierwise\.v1\.", "import protos.tierwise.v1.", fixed, flags=re.M)
-        path.write_text(fixed)
-        written.append(path)
-    return written
+    return sorted(out_dir.rglob("*_pb2*.py*"))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ from typing import Any
 
 import grpc
 
-from cache.store import CacheStoreError
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.auth import Authenticator, Caller, Unauthenticated
-from router.pricing import usd_str
-from router.rpc import Context, reject_undecodable, unary
-from router.rpc import abort as _abort
-from router.service import Service
+from tierwise.cache.store import CacheStoreError
+from tierwise.router.auth import Authenticator, Caller, Unauthenticated
+from tierwise.router.pricing import usd_str
+from tierwise.router.rpc import Context, reject_undecodable, unary
+from tierwise.router.rpc import abort as _abort
+from tierwise.router.service import Service
+from tierwise.v1 import tierwise_pb2 as pb
 
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 

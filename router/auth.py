@@ -11,7 +11,7 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from router.config import AuthConfig
+from tierwise.router.config import AuthConfig
 
 
 class Unauthenticated(Exception):

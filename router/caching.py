@@ -11,13 +11,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from cache.embedder import Vector
-from cache.partition import GenerationParams
-from cache.semantic_cache import CacheHit, CacheQuery, SemanticCache
-from cache.store import CachedResponse
-from router.config import CacheConfig
-from router.outcome import CacheHitInfo, Completion
-from router.types import CacheMode, RequestSpec, TokenUsage
+from tierwise.cache.embedder import Vector
+from tierwise.cache.partition import GenerationParams
+from tierwise.cache.semantic_cache import CacheHit, CacheQuery, SemanticCache
+from tierwise.cache.store import CachedResponse
+from tierwise.router.config import CacheConfig
+from tierwise.router.outcome import CacheHitInfo, Completion
+from tierwise.router.types import CacheMode, RequestSpec, TokenUsage
 
 log = logging.getLogger("tierwise.cache")
 

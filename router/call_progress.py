@@ -11,11 +11,11 @@ cleared, so a caller who leaves during the back-off before the next try owes not
 
 from __future__ import annotations
 
-from router.config import TierConfig
-from router.outcome import PartialAnswer
-from router.pricing import cost_usd
-from router.tokens import TokenCounter
-from router.types import RequestSpec, TokenUsage
+from tierwise.router.config import TierConfig
+from tierwise.router.outcome import PartialAnswer
+from tierwise.router.pricing import cost_usd
+from tierwise.router.tokens import TokenCounter
+from tierwise.router.types import RequestSpec, TokenUsage
 
 
 class PromptTokens:

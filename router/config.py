@@ -25,7 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from cache.settings import CacheSettings
+from tierwise.cache.settings import CacheSettings
 
 TIER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -495,9 +495,13 @@ class SamplingConfig(_Strict):
 
 
 class JudgeConfig(_Strict):
-    """Who scores sampled answers: an LLM through a configured tier, or recorded RouterBench scores."""
+    """Who scores sampled answers: an LLM through a configured tier, or a judge a package registers.
 
-    kind: Literal["llm", "replay"] = "llm"
+    ``kind`` is ``llm`` or the name of a ``tierwise.judges`` entry point; tierwise's own
+    training package registers ``replay`` (recorded RouterBench scores, for simulations).
+    """
+
+    kind: str = Field("llm", min_length=1)
     tier: str | None = Field(None, description="llm: the tier that judges; default the strongest")
     prompt_version: str = Field("v1", description="llm: the versioned judging prompt")
     replay_data: Path | None = Field(None, description="replay: RouterBench CSV folder with recorded scores")

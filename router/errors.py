@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from router.outcome import Attempt
+from tierwise.router.outcome import Attempt
 
 
 class ServiceError(Exception):

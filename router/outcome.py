@@ -9,7 +9,7 @@ from decimal import Decimal
 import numpy as np
 import numpy.typing as npt
 
-from router.types import TokenUsage
+from tierwise.router.types import TokenUsage
 
 
 @dataclass(frozen=True, slots=True)

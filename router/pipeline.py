@@ -14,22 +14,37 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from cache.batching import BatchingEmbedder, embedding_text
-from cache.embedder import Vector
-from router.budgets import BudgetManager, BudgetReservation, Degrade
-from router.caching import CacheUse, ResponseCache
-from router.call_progress import CallProgress, PromptTokens
-from router.config import Config, TierConfig
-from router.errors import ServiceError, StreamBroken, UpstreamDeadline, UpstreamUnavailable
-from router.experiment_arms import ArmRoute, ExperimentRouter
-from router.outcome import Attempt, CacheHitInfo, Completion, Decision, Latency, PartialAnswer, StreamDelta
-from router.policies.base import RoutingContext, RoutingPolicy, TierOption
-from router.pricing import cost_usd, expected_cost_usd
-from router.providers.base import ChatCall, ChatResult, Provider, ProviderError, StreamFinish, TextDelta
-from router.resilience import StopReason, TierHealth
-from router.tokens import TokenCounter
-from router.types import RequestSpec, TokenUsage
-from router.upstream_errors import attempt_from_error, circuit_open_attempt, rejection_for
+from tierwise.cache.batching import BatchingEmbedder, embedding_text
+from tierwise.cache.embedder import Vector
+from tierwise.router.budgets.manager import BudgetManager, BudgetReservation, Degrade
+from tierwise.router.caching import CacheUse, ResponseCache
+from tierwise.router.call_progress import CallProgress, PromptTokens
+from tierwise.router.config import Config, TierConfig
+from tierwise.router.errors import ServiceError, StreamBroken, UpstreamDeadline, UpstreamUnavailable
+from tierwise.router.experiments.arms import ArmRoute, ExperimentRouter
+from tierwise.router.outcome import (
+    Attempt,
+    CacheHitInfo,
+    Completion,
+    Decision,
+    Latency,
+    PartialAnswer,
+    StreamDelta,
+)
+from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierOption
+from tierwise.router.pricing import cost_usd, expected_cost_usd
+from tierwise.router.providers.base import (
+    ChatCall,
+    ChatResult,
+    Provider,
+    ProviderError,
+    StreamFinish,
+    TextDelta,
+)
+from tierwise.router.resilience import StopReason, TierHealth
+from tierwise.router.tokens import TokenCounter
+from tierwise.router.types import RequestSpec, TokenUsage
+from tierwise.router.upstream_errors import attempt_from_error, circuit_open_attempt, rejection_for
 
 StreamItem = Decision | StreamDelta | Completion
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Context, Decimal, Inexact
 
-from router.config import Price
-from router.types import TokenUsage
+from tierwise.router.config import Price
+from tierwise.router.types import TokenUsage
 
 TOKENS_PER_PRICE_UNIT = Decimal(1_000_000)  # prices are USD per million tokens
 

@@ -18,24 +18,24 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.admin_http import AdminServer
-from router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
-from router.analytics.dashboard_http import Dashboard
-from router.anomaly import AnomalyChecker
-from router.auth import Authenticator, Unauthenticated
-from router.call_progress import CallProgress
-from router.config import ConfigError, TlsConfig
-from router.errors import RequestCancelled, ServiceError
-from router.feedback import SOURCES, FeedbackRecord
-from router.logs import prompt_field
-from router.outcome import Completion, Decision, StreamDelta
-from router.rpc import abort as _abort
-from router.rpc import reject_undecodable, safe_deserializer, unary
-from router.service import Service
-from router.types import RequestSpec
-from router.validation import InvalidRequest, WireRequest, validate_request
-from router.wire import decision_pb, response_pb, stream_end_pb
+from tierwise.router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
+from tierwise.router.analytics.dashboard_http import Dashboard
+from tierwise.router.auth import Authenticator, Unauthenticated
+from tierwise.router.call_progress import CallProgress
+from tierwise.router.config import ConfigError, TlsConfig
+from tierwise.router.errors import RequestCancelled, ServiceError
+from tierwise.router.feedback.store import SOURCES, FeedbackRecord
+from tierwise.router.observability.admin_http import AdminServer
+from tierwise.router.observability.anomaly import AnomalyChecker
+from tierwise.router.observability.logs import prompt_field
+from tierwise.router.outcome import Completion, Decision, StreamDelta
+from tierwise.router.rpc import abort as _abort
+from tierwise.router.rpc import reject_undecodable, safe_deserializer, unary
+from tierwise.router.service import Service
+from tierwise.router.types import RequestSpec
+from tierwise.router.validation import InvalidRequest, WireRequest, validate_request
+from tierwise.router.wire import decision_pb, response_pb, stream_end_pb
+from tierwise.v1 import tierwise_pb2 as pb
 
 log = logging.getLogger("tierwise.server")
 

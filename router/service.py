@@ -6,36 +6,36 @@ import asyncio
 import functools
 from dataclasses import dataclass
 
-from cache.batching import BatchingEmbedder
-from cache.embedder import SentenceEmbedder
-from cache.redis_store import RedisEntryStore
-from cache.semantic_cache import SemanticCache
-from cache.sqlite_store import SqliteEntryStore
-from cache.store import EntryStore
-from cache.verification import CandidateVerifier, CosineOnlyVerifier
-from cache.verifier_guarded import GuardedVerifier
-from cache.verifier_model import VerifierModelError
-from classifier.registry import ServingModel
-from router.accounting import Accounting
-from router.budgets import BudgetManager, build_budget_manager
-from router.caching import ResponseCache
-from router.config import CacheConfig, Config, ConfigError
-from router.experiment_arms import build_experiment_router, needs_serving_model
-from router.experiment_store import check_and_record
-from router.feedback import FeedbackStore
-from router.feedback_open import open_feedback_store
-from router.feedback_redis import RedisFeedbackStore
-from router.learning import build_learning
-from router.ledger import build_ledger
-from router.ledger_builder import SpendRecordBuilder
-from router.metrics import Metrics
-from router.pipeline import Pipeline
-from router.policies.factory import build_policy, load_serving_model
-from router.providers.base import Provider
-from router.providers.factory import build_provider
-from router.resilience import TierHealth
-from router.tokens import TokenCounter
-from router.tracing import Tracing
+from tierwise.cache.batching import BatchingEmbedder
+from tierwise.cache.embedder import SentenceEmbedder
+from tierwise.cache.redis_store import RedisEntryStore
+from tierwise.cache.semantic_cache import SemanticCache
+from tierwise.cache.sqlite_store import SqliteEntryStore
+from tierwise.cache.store import EntryStore
+from tierwise.cache.verification import CandidateVerifier, CosineOnlyVerifier
+from tierwise.cache.verifier_guarded import GuardedVerifier
+from tierwise.cache.verifier_model import VerifierModelError
+from tierwise.classifier.registry import ServingModel
+from tierwise.router.budgets.manager import BudgetManager, build_budget_manager
+from tierwise.router.caching import ResponseCache
+from tierwise.router.config import CacheConfig, Config, ConfigError
+from tierwise.router.experiments.arms import build_experiment_router, needs_serving_model
+from tierwise.router.experiments.store import check_and_record
+from tierwise.router.feedback.factory import open_feedback_store
+from tierwise.router.feedback.redis_store import RedisFeedbackStore
+from tierwise.router.feedback.store import FeedbackStore
+from tierwise.router.learning.loop import build_learning
+from tierwise.router.ledger.accounting import Accounting
+from tierwise.router.ledger.builder import SpendRecordBuilder
+from tierwise.router.ledger.spend_ledger import build_ledger
+from tierwise.router.observability.metrics import Metrics
+from tierwise.router.observability.tracing import Tracing
+from tierwise.router.pipeline import Pipeline
+from tierwise.router.policies.factory import build_policy, load_serving_model
+from tierwise.router.providers.base import Provider
+from tierwise.router.providers.factory import build_provider
+from tierwise.router.resilience import TierHealth
+from tierwise.router.tokens import TokenCounter
 
 
 @functools.cache

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import tiktoken
 
-from router.types import ChatMessage
+from tierwise.router.types import ChatMessage
 
 
 @dataclass(frozen=True, slots=True)

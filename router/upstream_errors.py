@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import grpc
 
-from router.config import TierConfig
-from router.errors import UpstreamRejected
-from router.outcome import Attempt
-from router.providers.base import ProviderError
+from tierwise.router.config import TierConfig
+from tierwise.router.errors import UpstreamRejected
+from tierwise.router.outcome import Attempt
+from tierwise.router.providers.base import ProviderError
 
 # An upstream's client error means the request (or our credentials) is wrong
 # for that tier; the caller needs to know which.

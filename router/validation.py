@@ -10,9 +10,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from router.config import Config
-from router.experiments import ARM_OVERRIDE_KEY, Assigner, BadArmOverride
-from router.types import ROLES, CacheMode, ChatMessage, RequestSpec
+from tierwise.router.config import Config
+from tierwise.router.experiments.assignment import ARM_OVERRIDE_KEY, Assigner, BadArmOverride
+from tierwise.router.types import ROLES, CacheMode, ChatMessage, RequestSpec
 
 _CACHE_MODES = {0: CacheMode.USE, 1: CacheMode.USE, 2: CacheMode.BYPASS, 3: CacheMode.REFRESH}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.outcome import Attempt, Completion, Decision, Latency
-from router.pricing import usd_str, usd_to_float
-from router.types import TokenUsage
+from tierwise.router.outcome import Attempt, Completion, Decision, Latency
+from tierwise.router.pricing import usd_str, usd_to_float
+from tierwise.router.types import TokenUsage
+from tierwise.v1 import tierwise_pb2 as pb
 
 
 def usage_pb(usage: TokenUsage) -> pb.Usage:

@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from router.budget_alerts import BudgetAlert
-from router.budget_redis import RedisBudgetStore
-from router.budget_sqlite import SqliteBudgetStore
-from router.budget_store import BudgetStore
-from router.budgets import BudgetManager
-from router.config import BudgetConfig, BudgetStoreConfig
 from tests.redis_server import RedisServer, redis_server_factory
+from tierwise.router.budgets.alerts import BudgetAlert
+from tierwise.router.budgets.manager import BudgetManager
+from tierwise.router.budgets.redis_store import RedisBudgetStore
+from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
+from tierwise.router.budgets.store import BudgetStore
+from tierwise.router.config import BudgetConfig, BudgetStoreConfig
 
 __all__ = ["Clock", "StoreFactory", "make_manager", "redis_server_factory", "store_factory"]
 

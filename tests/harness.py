@@ -10,11 +10,11 @@ from typing import Any
 
 import grpc
 
-from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
-from router.auth import sha256_hex
-from router.config import Config, parse_config
-from router.server import TierwiseServer
-from router.service import build_service
+from tierwise.router.auth import sha256_hex
+from tierwise.router.config import Config, parse_config
+from tierwise.router.server import TierwiseServer
+from tierwise.router.service import build_service
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 API_KEY = "test-key-acme"
 OTHER_KEY = "test-key-globex"

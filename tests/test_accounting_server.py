@@ -12,10 +12,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.process import free_port
 from tests.harness import AUTH, OTHER_AUTH, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.training.process import free_port
+from tierwise.v1 import tierwise_pb2 as pb
 
 
 def metric_sums(text: str, name: str, label: str) -> dict[str, Decimal]:

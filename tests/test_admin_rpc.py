@@ -9,11 +9,11 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
-from router.auth import sha256_hex
 from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.router.auth import sha256_hex
+from tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 ADMIN_AUTH = (("authorization", "Bearer admin-key"),)
 

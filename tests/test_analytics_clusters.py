@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 import yaml
 
-from classifier.features import EMBEDDING_DIM, STATISTIC_NAMES
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.analytics.clusters import SpentRequest, describe_clusters, shared_head, spend_set_size
-from router.auth import sha256_hex
-from router.process import free_port
-from router.traffic import TrafficSample
 from tests.harness import AUTH, OTHER_AUTH, build_config, config_dict, running_server
 from tests.test_analytics_dashboard import ADMIN_KEY, CHROMIUM, _chromium, _report
 from tests.upstream import ScriptedUpstream
+from tierwise.classifier.features import EMBEDDING_DIM, STATISTIC_NAMES
+from tierwise.router.analytics.clusters import SpentRequest, describe_clusters, shared_head, spend_set_size
+from tierwise.router.auth import sha256_hex
+from tierwise.router.learning.traffic import TrafficSample
+from tierwise.training.process import free_port
+from tierwise.v1 import tierwise_pb2 as pb
 
 # Known groups: (name, requests, cost of each, tier, cache result of each).
 GROUPS = (

@@ -23,13 +23,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.auth import sha256_hex
-from router.cli import app
-from router.process import free_port
 from tests.harness import AUTH, OTHER_AUTH, build_config, config_dict, running_server
 from tests.test_accounting_server import metric_sums
 from tests.upstream import ScriptedUpstream
+from tierwise.router.auth import sha256_hex
+from tierwise.training.cli.app import app
+from tierwise.training.process import free_port
+from tierwise.v1 import tierwise_pb2 as pb
 
 ADMIN_KEY = "test-key-ops-admin"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.analytics.forecast import daily_spend, month_end, project_budget
-from router.analytics.holt import fit_holt
-from router.analytics.quality import cost_per_quality
-from router.anomaly import SinkReports
-from router.config import BudgetConfig
-from router.feedback import FeedbackRecord, SqliteFeedbackStore
-from router.ledger_sqlite import SqliteSpendSink
 from tests.test_ledger import spend
+from tierwise.router.analytics.forecast import daily_spend, month_end, project_budget
+from tierwise.router.analytics.holt import fit_holt
+from tierwise.router.analytics.quality import cost_per_quality
+from tierwise.router.config import BudgetConfig
+from tierwise.router.feedback.store import FeedbackRecord, SqliteFeedbackStore
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.router.observability.anomaly import SinkReports
 
 DAY = 86400
 # 2024-03-15 12:00 UTC: 14 completed days this month, half of today left, 16 whole days after it.

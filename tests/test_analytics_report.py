@@ -16,13 +16,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from router.analytics.report import build_report
-from router.anomaly import SinkReports
-from router.cli import app
-from router.ledger_record import SpendRecord
-from router.ledger_sqlite import SqliteSpendSink
 from tests.harness import config_dict
 from tests.test_ledger import spend
+from tierwise.router.analytics.report import build_report
+from tierwise.router.ledger.record import SpendRecord
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.router.observability.anomaly import SinkReports
+from tierwise.training.cli.app import app
 
 T0 = 1709283600.0  # 2024-03-01T09:00:00Z
 TENANTS = ("acme", "globex", "initech")

@@ -18,7 +18,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer import Typer
 from typer.testing import CliRunner
 
-from router.anomaly import (
+from tierwise.router.analytics.source import parse_since
+from tierwise.router.config import AnomalyConfig, ConfigError, parse_config
+from tierwise.router.ledger.record import SpendRecord
+from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.ledger.sql import SpendTotals
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.router.observability.anomaly import (
     HOUR_S,
     WEEK_H,
     Anomaly,
@@ -31,13 +37,8 @@ from router.anomaly import (
     hourly_series,
     score_hours,
 )
-from router.anomaly_cli import anomalies, parse_since
-from router.config import AnomalyConfig, ConfigError, parse_config
-from router.ledger import SpendLedger
-from router.ledger_record import SpendRecord
-from router.ledger_sql import SpendTotals
-from router.ledger_sqlite import SqliteSpendSink
-from router.metrics import Metrics
+from tierwise.router.observability.metrics import Metrics
+from tierwise.training.cli.anomalies import anomalies
 
 SETTINGS = AnomalyConfig()
 MONDAY = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday, 00:00 UTC

@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 import pytest
 
-from router.budget_alerts import BudgetAlert
-from router.budgets import DEGRADE_REASON, BudgetManager
-from router.errors import BudgetExhausted
 from tests.budget_support import Clock, StoreFactory, make_manager, redis_server_factory, store_factory
+from tierwise.router.budgets.alerts import BudgetAlert
+from tierwise.router.budgets.manager import DEGRADE_REASON, BudgetManager
+from tierwise.router.errors import BudgetExhausted
 
 __all__ = ["redis_server_factory", "store_factory"]
 

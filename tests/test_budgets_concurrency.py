@@ -12,9 +12,9 @@ from decimal import Decimal
 
 import pytest
 
-from router.budgets import BudgetManager, BudgetReservation
-from router.errors import BudgetExhausted
 from tests.budget_support import Clock, StoreFactory, make_manager, redis_server_factory, store_factory
+from tierwise.router.budgets.manager import BudgetManager, BudgetReservation
+from tierwise.router.errors import BudgetExhausted
 
 __all__ = ["redis_server_factory", "store_factory"]
 

@@ -14,15 +14,15 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from router.budget_alerts import BudgetAlert
-from router.budget_redis import RedisBudgetStore
-from router.budget_sqlite import SqliteBudgetStore
-from router.budget_store import BudgetStoreUnavailable
-from router.budgets import BudgetManager, build_budget_manager
-from router.config import parse_config
-from router.errors import BudgetExhausted
 from tests.budget_support import Clock, make_manager
 from tests.redis_server import RedisServer, redis_server_factory, require_redis_server
+from tierwise.router.budgets.alerts import BudgetAlert
+from tierwise.router.budgets.manager import BudgetManager, build_budget_manager
+from tierwise.router.budgets.redis_store import RedisBudgetStore
+from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
+from tierwise.router.budgets.store import BudgetStoreUnavailable
+from tierwise.router.config import parse_config
+from tierwise.router.errors import BudgetExhausted
 
 __all__ = ["redis_server_factory"]
 

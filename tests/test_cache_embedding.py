@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cache.batching import (
+from tierwise.cache.batching import (
     CLIP_SEPARATOR,
     BatchingEmbedder,
     EmbedderClosed,
     embedding_text,
     estimate_word_pieces,
 )
-from cache.embedder import EmbedderInfo, Matrix, SentenceEmbedder
+from tierwise.cache.embedder import EmbedderInfo, Matrix, SentenceEmbedder
 
 
 @functools.cache

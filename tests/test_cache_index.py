@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 import pytest
 
-from cache.embedder import Matrix, Vector
-from cache.index import IndexParams, Kind, PartitionedIndex, ivf_lists
+from tierwise.cache.embedder import Matrix, Vector
+from tierwise.cache.index import IndexParams, Kind, PartitionedIndex, ivf_lists
 
 Approximate = Literal["hnsw", "ivf"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cache.partition import (
+from tierwise.cache.partition import (
     GenerationParams,
     build_partition,
     context_digest,

@@ -13,14 +13,14 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from cache.embedder import EmbedderInfo
-from cache.redis_store import RedisEntryStore
-from cache.replication import Backoff, Change, ChangeFeed, ChangeOp, FeedPosition, net_changes
-from cache.semantic_cache import CacheQuery, HitKind, SemanticCache
-from cache.settings import CacheSettings
-from cache.store import CachedResponse, CacheStoreError, EntryRef, VectorRow
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_cache_redis_store import until
+from tierwise.cache.embedder import EmbedderInfo
+from tierwise.cache.redis_store import RedisEntryStore
+from tierwise.cache.replication import Backoff, Change, ChangeFeed, ChangeOp, FeedPosition, net_changes
+from tierwise.cache.semantic_cache import CacheQuery, HitKind, SemanticCache
+from tierwise.cache.settings import CacheSettings
+from tierwise.cache.store import CachedResponse, CacheStoreError, EntryRef, VectorRow
 
 __all__ = ["redis_server_factory"]
 

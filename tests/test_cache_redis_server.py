@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
 from tests.harness import AUTH, Running, build_config, config_dict, running_server
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_cache_redis_store import until
 from tests.upstream import ScriptedUpstream
+from tierwise.v1 import tierwise_pb2 as pb
 
 __all__ = ["redis_server_factory"]
 

@@ -19,11 +19,18 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from cache.redis_store import RedisEntryStore
-from cache.replication import ChangeOp
-from cache.store import CacheEntry, CacheStoreError, EntryFilter, EntryUsage, EvictionOrder, EvictionPlan
 from tests.redis_server import RedisServer, redis_server_factory, require_redis_server
 from tests.test_cache_store import make_entry
+from tierwise.cache.redis_store import RedisEntryStore
+from tierwise.cache.replication import ChangeOp
+from tierwise.cache.store import (
+    CacheEntry,
+    CacheStoreError,
+    EntryFilter,
+    EntryUsage,
+    EvictionOrder,
+    EvictionPlan,
+)
 
 __all__ = ["redis_server_factory"]
 

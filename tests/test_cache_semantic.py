@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from cache.batching import BatchingEmbedder, embedding_text
-from cache.embedder import EmbedderInfo, SentenceEmbedder, Vector
-from cache.partition import GenerationParams, Message
-from cache.semantic_cache import CacheClosed, CacheQuery, HitKind, SemanticCache
-from cache.settings import CacheSettings
-from cache.sqlite_store import SqliteEntryStore
-from cache.store import CachedResponse, EvictionOrder
-from cache.verification import CosineOnlyVerifier, PairVectors, VerifierVerdict
 from tests.test_cache_embedding import load_sentence_embedder
+from tierwise.cache.batching import BatchingEmbedder, embedding_text
+from tierwise.cache.embedder import EmbedderInfo, SentenceEmbedder, Vector
+from tierwise.cache.partition import GenerationParams, Message
+from tierwise.cache.semantic_cache import CacheClosed, CacheQuery, HitKind, SemanticCache
+from tierwise.cache.settings import CacheSettings
+from tierwise.cache.sqlite_store import SqliteEntryStore
+from tierwise.cache.store import CachedResponse, EvictionOrder
+from tierwise.cache.verification import CosineOnlyVerifier, PairVectors, VerifierVerdict
 
 SYSTEM = "You are the support assistant of an online shop."
 ANSWER = CachedResponse("Go to Settings, then Security, then Reset password.", "stop", "small-model", 20, 11)

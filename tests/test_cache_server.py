@@ -12,9 +12,9 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
 from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.v1 import tierwise_pb2 as pb
 
 
 def msgs(*turns: tuple[str, str]) -> list[pb.ChatMessage]:

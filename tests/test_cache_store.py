@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.sqlite_store import SqliteEntryStore
-from cache.store import (
+from tierwise.cache.sqlite_store import SqliteEntryStore
+from tierwise.cache.store import (
     CachedResponse,
     CacheEntry,
     CacheStoreError,
@@ -186,7 +186,7 @@ async def test_acknowledged_insert_survives_kill_9(tmp_path: Path) -> None:
         f"""
         import asyncio, sys, time
         from tests.test_cache_store import make_entry
-        from cache.sqlite_store import SqliteEntryStore
+        from tierwise.cache.sqlite_store import SqliteEntryStore
 
         async def main():
             store = await SqliteEntryStore.open({str(path)!r})

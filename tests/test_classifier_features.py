@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.batching import embedding_text
-from cache.embedder import EmbedderInfo, Matrix
-from classifier import FEATURE_SPEC, FeatureSpec, embedding_input, prompt_features
-from classifier.features import STATISTIC_NAMES, final_block, prompt_statistics
-from router.config import parse_config
-from router.policies.base import RoutingContext, TierOption
-from router.policies.classifier import context_features
-from router.tokens import TokenCounter
-from router.types import ChatMessage, RequestSpec
-from training.dataset import load_routing_data
+from tierwise.cache.batching import embedding_text
+from tierwise.cache.embedder import EmbedderInfo, Matrix
+from tierwise.classifier import FEATURE_SPEC, FeatureSpec, embedding_input, prompt_features
+from tierwise.classifier.features import STATISTIC_NAMES, final_block, prompt_statistics
+from tierwise.router.config import parse_config
+from tierwise.router.policies.base import RoutingContext, TierOption
+from tierwise.router.policies.classifier import context_features
+from tierwise.router.tokens import TokenCounter
+from tierwise.router.types import ChatMessage, RequestSpec
+from tierwise.training.dataset import load_routing_data
 
 FEW_SHOT = (
     "\n\n".join(f"Which planet is number {i} from the sun?\nA) Mars\nB) Venus\nAnswer:\nA" for i in range(60))

@@ -9,10 +9,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from classifier import FEATURE_SPEC, ModelRefused, UtilityCalibration, load_model
-from classifier.manifest import MANIFEST_NAME, ONNX_FILE, read_manifest, write_manifest
-from training.fit import Candidate, FittedModel, fit_candidate, project
-from training.train import write_version
+from tierwise.classifier import FEATURE_SPEC, ModelRefused, UtilityCalibration, load_model
+from tierwise.classifier.manifest import MANIFEST_NAME, ONNX_FILE, read_manifest, write_manifest
+from tierwise.training.fit import Candidate, FittedModel, fit_candidate, project
+from tierwise.training.train import write_version
 
 TIERS = ("small", "medium", "large")
 EMBEDDER_KEY = "sentence-transformers/all-MiniLM-L6-v2@384"

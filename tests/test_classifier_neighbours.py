@@ -11,13 +11,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from classifier import FEATURE_SPEC, ModelRefused, load_model
-from classifier.manifest import MANIFEST_NAME, read_manifest, sha256_file, write_manifest
-from classifier.neighbours import NEIGHBOURS_FILE, NeighbourSpec, NeighbourVote
 from tests.test_classifier_model import EMBEDDER_KEY, TIERS, fit_small, synthetic_data
-from training.dataset import RoutingData
-from training.fit import project
-from training.train import Neighbours, fit_neighbours, memory_rows, write_version
+from tierwise.classifier import FEATURE_SPEC, ModelRefused, load_model
+from tierwise.classifier.manifest import MANIFEST_NAME, read_manifest, sha256_file, write_manifest
+from tierwise.classifier.neighbours import NEIGHBOURS_FILE, NeighbourSpec, NeighbourVote
+from tierwise.training.dataset import RoutingData
+from tierwise.training.fit import project
+from tierwise.training.train import Neighbours, fit_neighbours, memory_rows, write_version
 
 DIM = FEATURE_SPEC.embedding_dim
 

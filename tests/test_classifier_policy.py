@@ -10,12 +10,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from classifier import FEATURE_SPEC, ClassifierModel, UtilityCalibration, load_model
-from router.policies.base import RoutingContext, TierOption
-from router.policies.baselines import CheapestPolicy
-from router.policies.classifier import RULES, ClassifierPolicy, cheapest_adequate, max_utility
-from router.types import ChatMessage, RequestSpec
 from tests.test_classifier_model import EMBEDDER_KEY, TIERS, build_version
+from tierwise.classifier import FEATURE_SPEC, ClassifierModel, UtilityCalibration, load_model
+from tierwise.router.policies.base import RoutingContext, TierOption
+from tierwise.router.policies.baselines import CheapestPolicy
+from tierwise.router.policies.classifier import RULES, ClassifierPolicy, cheapest_adequate, max_utility
+from tierwise.router.types import ChatMessage, RequestSpec
 
 OPTIONS = (
     TierOption("small", "s", Decimal("0.0001"), 256),

@@ -10,9 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier import ModelRefused, ModelRegistry, NoModelServing, RegistryError, ReloadResult, ServingModel
-from classifier.manifest import ONNX_FILE
 from tests.test_classifier_model import EMBEDDER_KEY, TIERS, build_version, synthetic_data
+from tierwise.classifier import (
+    ModelRefused,
+    ModelRegistry,
+    NoModelServing,
+    RegistryError,
+    ReloadResult,
+    ServingModel,
+)
+from tierwise.classifier.manifest import ONNX_FILE
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from classifier.registry import ModelRegistry
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.config import ConfigError
-from router.service import build_service
 from tests.harness import AUTH, build_config, config_dict, running_server
 from tests.trained_registry import train_small_registry
 from tests.upstream import ScriptedUpstream
+from tierwise.classifier.registry import ModelRegistry
+from tierwise.router.config import ConfigError
+from tierwise.router.service import build_service
+from tierwise.v1 import tierwise_pb2 as pb
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from tests.test_config import ISSUE_EXAMPLE
 
 def tierwise(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "router.cli", *args],
+        [sys.executable, "-m", "tierwise.training.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,

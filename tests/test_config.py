@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import ConfigError, load_config
+from tierwise.router.config import ConfigError, load_config
 
 ISSUE_EXAMPLE = """
 server: {port: 50051, metrics_port: 9464}
@@ -94,8 +94,8 @@ def test_missing_and_malformed_files_are_clear(tmp_path: Path) -> None:
 
 
 def test_cache_threshold_defaults_follow_the_verifier() -> None:
-    from cache.verifier_model import read_manifest
-    from router.config import COSINE_ONLY_THRESHOLD, CacheConfig
+    from tierwise.cache.verifier_model import read_manifest
+    from tierwise.router.config import COSINE_ONLY_THRESHOLD, CacheConfig
 
     # The guarded default is the shipped verifier's evaluated cosine floor, so the cache shows it every
     # candidate the evaluation did; cosine alone gets its own stricter default; explicit values stay.

@@ -31,13 +31,13 @@ import grpc
 import pytest
 import yaml
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
-from router.feedback import SqliteFeedbackStore
-from router.ledger_sqlite import SqliteSpendSink
-from router.process import free_port, stop_process, wait_serving
 from tests.harness import AUTH, OTHER_AUTH, config_dict
 from tests.upstream import ScriptedUpstream, serve_in_thread
+from tierwise.router.feedback.store import SqliteFeedbackStore
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.training.process import free_port, stop_process, wait_serving
+from tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 6
@@ -82,7 +82,7 @@ class Server:
         self.config_path.write_text(yaml.safe_dump(data))
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "router.cli", "serve", "--config", str(self.config_path)],
+                [sys.executable, "-m", "tierwise.training.cli", "serve", "--config", str(self.config_path)],
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -18,11 +18,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.config import parse_config
-from router.ledger import SpendLedger
-from router.ledger_record import SpendRecord
-from router.ledger_sqlite import SqliteSpendSink
-from router.metrics import OVERHEAD_BUCKETS, Metrics
+from tierwise.router.config import parse_config
+from tierwise.router.ledger.record import SpendRecord
+from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.router.observability.metrics import OVERHEAD_BUCKETS, Metrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
@@ -169,7 +169,9 @@ def check_selector(
     labels = PROMETHEUS_SERIES.get(selector.metric)
     if labels is None:
         if selector.metric not in exported:
-            return [f"{where}: {selector.metric} is not exported by router.metrics.Metrics"]
+            return [
+                f"{where}: {selector.metric} is not exported by tierwise.router.observability.metrics.Metrics"
+            ]
         labels = set(exported[selector.metric]) | TARGET_LABELS
     problems = []
     for label, operator, value in selector.matchers:
@@ -220,7 +222,7 @@ def test_a_misspelt_metric_or_label_or_bucket_is_caught(exported: dict[str, dict
 
     assert problems('sum(rate(tierwise_cost_usd_total{tenant="a"}[5m]))') == []
     assert problems("sum(rate(tierwise_cost_usd[5m]))") == [
-        "q: tierwise_cost_usd is not exported by router.metrics.Metrics"
+        "q: tierwise_cost_usd is not exported by tierwise.router.observability.metrics.Metrics"
     ]
     assert problems('tierwise_requests_total{state="OK"}') == [
         "q: tierwise_requests_total has no label 'state'"

@@ -13,16 +13,22 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cache.embedder import SentenceEmbedder
-from classifier import ModelRegistry
-from router.analytics.estimate import PolicySpec, Workload, divide_usd, estimate_policy, parse_policies
-from router.analytics.estimate_sample import SampleProfile, exact_repeats
-from router.analytics.estimate_volume import VolumeSpec, conversation_tokens, parse_volume
-from router.cli import app
 from tests.test_training_end_to_end import TIERS, embedder, slice_config, slices  # noqa: F401 - fixtures
-from training.evaluate import by_target_curve
-from training.fit import Candidate
-from training.train import train
+from tierwise.cache.embedder import SentenceEmbedder
+from tierwise.classifier import ModelRegistry
+from tierwise.training.cli.app import app
+from tierwise.training.estimate.projection import (
+    PolicySpec,
+    Workload,
+    divide_usd,
+    estimate_policy,
+    parse_policies,
+)
+from tierwise.training.estimate.sample import SampleProfile, exact_repeats
+from tierwise.training.estimate.volume import VolumeSpec, conversation_tokens, parse_volume
+from tierwise.training.evaluate import by_target_curve
+from tierwise.training.fit import Candidate
+from tierwise.training.train import train
 
 SPEC = "conversations_per_day=15,messages=6,tokens_per_message=50,output_tokens=150,system_prompt_tokens=20"
 

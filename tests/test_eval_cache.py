@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from cache.embedder import SentenceEmbedder
-from cache.verification import CosineOnlyVerifier
-from cache.verifier_guarded import GuardedVerifier
-from cache.verifier_model import VerifierModel
-from training.cache_metrics import ServeMetrics, serve_metrics, wilson_lower_bound
-from training.eval_cache import (
+from tierwise.cache.embedder import SentenceEmbedder
+from tierwise.cache.verification import CosineOnlyVerifier
+from tierwise.cache.verifier_guarded import GuardedVerifier
+from tierwise.cache.verifier_model import VerifierModel
+from tierwise.training.cache_metrics import ServeMetrics, serve_metrics, wilson_lower_bound
+from tierwise.training.eval_cache import (
     EvalPair,
     Outcome,
     VerifierFactory,
@@ -22,7 +22,7 @@ from training.eval_cache import (
     read_eval_pairs,
     select_pairs,
 )
-from training.make_traps import DEFAULT_OUTPUT as TRAPS
+from tierwise.training.make_traps import DEFAULT_OUTPUT as TRAPS
 
 
 def test_metric_arithmetic_on_a_hand_made_example() -> None:

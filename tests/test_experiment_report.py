@@ -17,12 +17,12 @@ import yaml
 from scipy import stats
 from typer.testing import CliRunner
 
-from router.cli import app
-from router.experiment_stats import bootstrap_mean_difference, proportion_difference, welch_interval
-from router.feedback import FeedbackRecord, SqliteFeedbackStore
-from router.ledger_record import SpendRecord
-from router.ledger_sqlite import SqliteSpendSink
 from tests.harness import config_dict
+from tierwise.router.experiments.stats import bootstrap_mean_difference, proportion_difference, welch_interval
+from tierwise.router.feedback.store import FeedbackRecord, SqliteFeedbackStore
+from tierwise.router.ledger.record import SpendRecord
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.training.cli.app import app
 
 runner = CliRunner()
 

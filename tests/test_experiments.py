@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from scipy import stats
 
-from router.config import ConfigError, ExperimentConfig, parse_config
-from router.experiment_store import FILE_NAME, check_and_record, recorded_since
-from router.experiments import Assigner, BadArmOverride, bucket, bucket_bounds
-from router.types import ChatMessage, RequestSpec
 from tests.harness import config_dict
+from tierwise.router.config import ConfigError, ExperimentConfig, parse_config
+from tierwise.router.experiments.assignment import Assigner, BadArmOverride, bucket, bucket_bounds
+from tierwise.router.experiments.store import FILE_NAME, check_and_record, recorded_since
+from tierwise.router.types import ChatMessage, RequestSpec
 
 UNITS = 20_000
 

@@ -16,15 +16,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.config import Config, ConfigError
-from router.experiment_cli import load_report
-from router.experiments import Assigner
-from router.process import free_port
-from router.service import build_service
-from router.types import ChatMessage, RequestSpec
 from tests.harness import AUTH, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.router.config import Config, ConfigError
+from tierwise.router.experiments.assignment import Assigner
+from tierwise.router.service import build_service
+from tierwise.router.types import ChatMessage, RequestSpec
+from tierwise.training.cli.experiment import load_report
+from tierwise.training.process import free_port
+from tierwise.v1 import tierwise_pb2 as pb
 
 ARMS = {"cheap": "small", "strong": "large"}  # arm -> the tier its policy picks
 USERS = [f"user-{i}" for i in range(24)]

@@ -10,9 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
 from tests.harness import AUTH, OTHER_AUTH, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.v1 import tierwise_pb2 as pb
 
 
 def user(text: str) -> list[pb.ChatMessage]:

@@ -13,17 +13,17 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.config import FeedbackConfig
-from router.feedback import FeedbackRecord, FeedbackTable, SqliteFeedbackStore
-from router.feedback_open import open_feedback_store
-from router.feedback_postgres import PostgresFeedbackStore
-from router.feedback_redis import RedisFeedbackStore
 from tests.harness import AUTH, build_config, config_dict, running_server
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_cache_redis_store import until
 from tests.test_ledger_postgres import Database, database
 from tests.upstream import ScriptedUpstream
+from tierwise.router.config import FeedbackConfig
+from tierwise.router.feedback.factory import open_feedback_store
+from tierwise.router.feedback.postgres_store import PostgresFeedbackStore
+from tierwise.router.feedback.redis_store import RedisFeedbackStore
+from tierwise.router.feedback.store import FeedbackRecord, FeedbackTable, SqliteFeedbackStore
+from tierwise.v1 import tierwise_pb2 as pb
 
 __all__ = ["database", "redis_server_factory"]
 

@@ -36,13 +36,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.auth import sha256_hex
-from router.server import TierwiseServer
-from router.service import build_service
 from tests.harness import API_KEY, AUTH, OTHER_AUTH, build_config, config_dict
 from tests.hypothesis_profiles import fuzz_settings
 from tests.upstream import ScriptedUpstream
+from tierwise.router.auth import sha256_hex
+from tierwise.router.server import TierwiseServer
+from tierwise.router.service import build_service
+from tierwise.v1 import tierwise_pb2 as pb
 
 T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]

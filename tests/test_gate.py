@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.gate import Decisions, HeldOut, judge
-from training.metrics import aiq, apgr
+from tierwise.training.gate import Decisions, HeldOut, judge
+from tierwise.training.metrics import aiq, apgr
 
 ROWS = 300
 

@@ -23,10 +23,11 @@ import grpc
 import pytest
 import yaml
 
-# The demo's process helpers; they would be better public in a small module of their own.
-from router.process import NotServing, free_port, stop_process, wait_serving
 from tests.harness import API_KEY, SMALL_PRICE, config_dict
 from tests.upstream import ScriptedUpstream, serve_in_thread
+
+# The demo's process helpers; they would be better public in a small module of their own.
+from tierwise.training.process import NotServing, free_port, stop_process, wait_serving
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_DIR = REPO / "tests" / "interop" / "node"
@@ -92,7 +93,7 @@ def server(upstream: ScriptedUpstream, tmp_path: Path) -> Iterator[str]:
     target = f"127.0.0.1:{config['server']['port']}"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "router.cli", "serve", "--config", str(config_path)],
+            [sys.executable, "-m", "tierwise.training.cli", "serve", "--config", str(config_path)],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,

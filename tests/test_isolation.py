@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.auth import sha256_hex
 from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.router.auth import sha256_hex
+from tierwise.v1 import tierwise_pb2 as pb
 
 Metadata = tuple[tuple[str, str], ...]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.features import EMBEDDING_DIM, embedding_input
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.service import shared_embedder
 from tests.harness import AUTH, build_config, config_dict, running_server
 from tests.trained_registry import routerbench_slice
 from tests.upstream import ScriptedUpstream
-from training.dataset import load_routing_data
+from tierwise.classifier.features import EMBEDDING_DIM, embedding_input
+from tierwise.router.service import shared_embedder
+from tierwise.training.dataset import load_routing_data
+from tierwise.v1 import tierwise_pb2 as pb
 
 SCORE_COLUMNS = {"small": "mistralai/mistral-7b-chat", "large": "gpt-4-1106-preview"}
 

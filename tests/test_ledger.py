@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from router.ledger import SpendLedger
-from router.ledger_journal import Journal, JournalError
-from router.ledger_record import SpendRecord, decode_line, encode_line
-from router.ledger_sqlite import SqliteSpendSink
+from tierwise.router.ledger.journal import Journal, JournalError
+from tierwise.router.ledger.record import SpendRecord, decode_line, encode_line
+from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -138,8 +138,8 @@ _CRASHING_WRITER = """
 import asyncio, os, signal, sys
 from pathlib import Path
 from tests.test_ledger import spend
-from router.ledger import SpendLedger
-from router.ledger_sqlite import SqliteSpendSink
+from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
 
 async def main() -> None:
     ledger = SpendLedger(Path(sys.argv[1]), SqliteSpendSink(Path(sys.argv[2])), batch_size=10_000, flush_interval_s=3600)
@@ -364,8 +364,8 @@ def test_an_unstorable_record_is_refused_at_once(bad: dict[str, object]) -> None
 
 @pytest.mark.asyncio
 async def test_the_config_builds_an_embedded_ledger_or_none(tmp_path: Path) -> None:
-    from router.ledger import build_ledger
     from tests.test_ledger_builder import config
+    from tierwise.router.ledger.spend_ledger import build_ledger
 
     assert build_ledger(config(enabled=False)) is None
     settings = config(batch_size=2, retention_days=None).model_copy(

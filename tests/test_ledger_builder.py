@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from router.config import Config, parse_config
-from router.errors import UpstreamUnavailable
-from router.ledger_builder import SpendRecordBuilder, load_user_salt
-from router.outcome import Attempt, CacheHitInfo, Completion, Decision, Latency
-from router.types import CacheMode, ChatMessage, RequestSpec, TokenUsage
+from tierwise.router.config import Config, parse_config
+from tierwise.router.errors import UpstreamUnavailable
+from tierwise.router.ledger.builder import SpendRecordBuilder, load_user_salt
+from tierwise.router.outcome import Attempt, CacheHitInfo, Completion, Decision, Latency
+from tierwise.router.types import CacheMode, ChatMessage, RequestSpec, TokenUsage
 
 SALT = b"test-salt"
 

@@ -17,10 +17,10 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from router.ledger import SpendLedger
-from router.ledger_postgres import PostgresSpendSink
 from tests.test_ledger import spend, until
 from tests.test_ledger_reports import check_store
+from tierwise.router.ledger.postgres_sink import PostgresSpendSink
+from tierwise.router.ledger.spend_ledger import SpendLedger
 
 ADMIN_DSN = os.environ.get("TIERWISE_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 
@@ -97,8 +97,8 @@ async def test_the_ledger_keeps_records_until_postgres_is_there(database: Databa
 async def test_a_postgres_dsn_in_the_config_selects_the_postgres_store(
     database: Database, tmp_path: Path
 ) -> None:
-    from router.ledger import build_ledger
     from tests.test_ledger_builder import config
+    from tierwise.router.ledger.spend_ledger import build_ledger
 
     database.create()
     settings = config(postgres_dsn=database.dsn, retention_days=None)  # spend() dates from 2023

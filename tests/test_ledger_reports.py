@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from router.ledger import SpendSink
-from router.ledger_sqlite import SqliteSpendSink
 from tests.test_ledger import spend
+from tierwise.router.ledger.spend_ledger import SpendSink
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
 
 DAY1_10H = 1709288100.0  # 2024-03-01T10:15:00Z
 DAY1_11H = 1709291100.0  # 2024-03-01T11:05:00Z

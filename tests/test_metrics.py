@@ -12,15 +12,15 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.admin_http import AdminServer
-from router.ledger import SpendLedger
-from router.ledger_builder import SpendRecordBuilder
-from router.ledger_sqlite import SqliteSpendSink
-from router.metrics import DURATION_BUCKETS, TOKEN_BUCKETS, Metrics
-from router.outcome import Attempt, Completion, Latency
-from router.types import ChatMessage, TokenUsage
 from tests.test_ledger import spend
 from tests.test_ledger_builder import SALT, config, decision, request
+from tierwise.router.ledger.builder import SpendRecordBuilder
+from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.router.observability.admin_http import AdminServer
+from tierwise.router.observability.metrics import DURATION_BUCKETS, TOKEN_BUCKETS, Metrics
+from tierwise.router.outcome import Attempt, Completion, Latency
+from tierwise.router.types import ChatMessage, TokenUsage
 
 PROMPT = "PROMPT-zebra-quartz-7731 please summarise my medical record"
 USER = "user-4711@example.com"

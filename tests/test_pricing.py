@@ -5,9 +5,9 @@ from decimal import Decimal, localcontext
 
 import pytest
 
-from router.config import Price
-from router.pricing import cost_usd, expected_cost_usd, total_usd, usd_str, usd_to_float
-from router.types import TokenUsage
+from tierwise.router.config import Price
+from tierwise.router.pricing import cost_usd, expected_cost_usd, total_usd, usd_str, usd_to_float
+from tierwise.router.types import TokenUsage
 
 MINI = Price(
     input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"), cached_input_per_mtok=Decimal("0.075")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
 
-from protos import generate
-from protos.tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2 as pb
 
-HERE = Path(generate.__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1] / "protos"
+_spec = importlib.util.spec_from_file_location("protos_generate", HERE / "generate.py")
+assert _spec is not None and _spec.loader is not None
+generate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(generate)
 
 
 def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:

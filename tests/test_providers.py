@@ -13,14 +13,21 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from router.config import ConfigError, TierConfig
-from router.providers.anthropic import AnthropicProvider
-from router.providers.base import ChatCall, ErrorType, Provider, ProviderError, StreamFinish, TextDelta
-from router.providers.factory import build_provider
-from router.providers.http import iter_sse, parse_retry_after
-from router.providers.openai import OpenAIProvider
-from router.types import ChatMessage, TokenUsage
 from tests.upstream import ScriptedUpstream, serve_in_thread
+from tierwise.router.config import ConfigError, TierConfig
+from tierwise.router.providers.anthropic import AnthropicProvider
+from tierwise.router.providers.base import (
+    ChatCall,
+    ErrorType,
+    Provider,
+    ProviderError,
+    StreamFinish,
+    TextDelta,
+)
+from tierwise.router.providers.factory import build_provider
+from tierwise.router.providers.http import iter_sse, parse_retry_after
+from tierwise.router.providers.openai import OpenAIProvider
+from tierwise.router.types import ChatMessage, TokenUsage
 
 KEY = "sk-test-key"
 KINDS = ["openai", "anthropic"]

@@ -13,11 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
-from router.replay import RecordedAnswers, ReplayLookupError, ReplayUpstream, replay_upstream_command
-from router.routerbench import RouterBenchRow, load_rows
-from router.tokens import TokenCounter
-from router.types import ChatMessage
 from tests.test_routerbench import HAIKU_ANSWER, SMALL, STRONG, write_routerbench_csv
+from tierwise.router.tokens import TokenCounter
+from tierwise.router.types import ChatMessage
+from tierwise.training.replay import (
+    RecordedAnswers,
+    ReplayLookupError,
+    ReplayUpstream,
+    replay_upstream_command,
+)
+from tierwise.training.routerbench import RouterBenchRow, load_rows
 
 REPO = Path(__file__).resolve().parents[1]
 HAIKU_PROMPT = "Write a haiku about autumn."
@@ -262,7 +267,7 @@ def _free_port() -> int:
 
 def test_cli_command_serves_until_stopped(data_dir: Path) -> None:
     port = _free_port()
-    code = f"from pathlib import Path; from router.replay import replay_upstream_command as c; c(Path({str(data_dir)!r}), {port})"
+    code = f"from pathlib import Path; from tierwise.training.replay import replay_upstream_command as c; c(Path({str(data_dir)!r}), {port})"
     process = subprocess.Popen(
         [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ)
     )

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from router.config import BreakerConfig
-from router.resilience import BreakerState, CircuitBreaker, StateChange
+from tierwise.router.config import BreakerConfig
+from tierwise.router.resilience import BreakerState, CircuitBreaker, StateChange
 
 
 class Clock:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.config import LatencyWindowConfig
-from router.resilience import LatencyTracker
+from tierwise.router.config import LatencyWindowConfig
+from tierwise.router.resilience import LatencyTracker
 
 
 class Clock:

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from router.config import Backoff, RetryConfig, parse_config
-from router.providers.base import ErrorType, ProviderError
-from router.resilience import BreakerState, RetryPolicy, StopReason, TierHealth
+from tierwise.router.config import Backoff, RetryConfig, parse_config
+from tierwise.router.providers.base import ErrorType, ProviderError
+from tierwise.router.resilience import BreakerState, RetryPolicy, StopReason, TierHealth
 
 
 class FakeTime:

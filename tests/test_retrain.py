@@ -14,22 +14,22 @@ import grpc
 import numpy as np
 import pytest
 
-from classifier.features import EMBEDDING_DIM, STATISTIC_NAMES
-from classifier.registry import ModelRegistry
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.config import Config
-from router.feedback import FeedbackRecord, SqliteFeedbackStore
-from router.routerbench import split_of
-from router.service import shared_embedder
-from router.traffic import TrafficSample
-from router.traffic_sqlite import SqliteTrafficStore
 from tests.harness import AUTH, build_config, config_dict, running_server
 from tests.trained_registry import routerbench_slice
 from tests.upstream import ScriptedUpstream
-from training.dataset import RoutingData, load_routing_data
-from training.judged import judged_rows, read_judgments
-from training.retrain import retrain
-from training.train import train
+from tierwise.classifier.features import EMBEDDING_DIM, STATISTIC_NAMES
+from tierwise.classifier.registry import ModelRegistry
+from tierwise.router.config import Config
+from tierwise.router.feedback.store import FeedbackRecord, SqliteFeedbackStore
+from tierwise.router.learning.traffic import TrafficSample
+from tierwise.router.learning.traffic_sqlite import SqliteTrafficStore
+from tierwise.router.service import shared_embedder
+from tierwise.training.dataset import RoutingData, load_routing_data
+from tierwise.training.judged import judged_rows, read_judgments
+from tierwise.training.retrain import retrain
+from tierwise.training.routerbench import split_of
+from tierwise.training.train import train
+from tierwise.v1 import tierwise_pb2 as pb
 
 ROWS_PER_FILE = 120
 SCORE_COLUMNS = {"small": "mistralai/mistral-7b-chat", "large": "gpt-4-1106-preview"}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from router.routerbench import (
+from tierwise.training.routerbench import (
     SPLITS,
     RouterBenchFormatError,
     load_rows,

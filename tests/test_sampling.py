@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.judge import REPLAY_LABEL, JudgeItem, ReplayJudge, parse_score
-from router.replay import RecordedAnswers
-from router.routerbench import RouterBenchRow
-from router.sampling import Sampler
-from router.types import ChatMessage
 from tests.harness import AUTH, Running, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.router.learning.judge import JudgeItem, parse_score
+from tierwise.router.learning.sampling import Sampler
+from tierwise.router.types import ChatMessage
+from tierwise.training.replay import RecordedAnswers
+from tierwise.training.replay_judge import REPLAY_LABEL, ReplayJudge
+from tierwise.training.routerbench import RouterBenchRow
+from tierwise.v1 import tierwise_pb2 as pb
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.feedback import SqliteFeedbackStore
 from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.router.feedback.store import SqliteFeedbackStore
+from tierwise.v1 import tierwise_pb2 as pb
 
 
 def user(text: str) -> list[pb.ChatMessage]:

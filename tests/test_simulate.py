@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from router.routerbench import csv_files, load_rows, split_of
 from tests.trained_registry import routerbench_slice
-from training.judged import judged_rows, read_judgments
-from training.simulate import STRONG, WEAK, SimulationSettings, run_simulation, simulation_config
-from training.simulate_summary import print_and_plot_summary, summarize
+from tierwise.training.judged import judged_rows, read_judgments
+from tierwise.training.routerbench import csv_files, load_rows, split_of
+from tierwise.training.simulate import STRONG, WEAK, SimulationSettings, run_simulation, simulation_config
+from tierwise.training.simulate_summary import print_and_plot_summary, summarize
 
 ROWS_PER_FILE = 30  # 90 prompts: 52 train, 21 validation, 17 test
 

@@ -16,15 +16,15 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.ledger import SpendLedger
-from router.ledger_record import SpendRecord
-from router.ledger_sql import SpendTotals
-from router.pricing import cost_usd
-from router.tokens import TokenCounter
-from router.types import ChatMessage, TokenUsage
 from tests.harness import AUTH, Running, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.router.ledger.record import SpendRecord
+from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.ledger.sql import SpendTotals
+from tierwise.router.pricing import cost_usd
+from tierwise.router.tokens import TokenCounter
+from tierwise.router.types import ChatMessage, TokenUsage
+from tierwise.v1 import tierwise_pb2 as pb
 
 T = TypeVar("T")
 

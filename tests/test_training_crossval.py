@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.crossval import fold_of, fold_splits
+from tierwise.training.crossval import fold_of, fold_splits
 
 
 def test_folds_depend_on_the_sample_id_and_seed_only() -> None:
@@ -31,7 +31,7 @@ def test_each_fold_is_test_once_and_validation_once() -> None:
 
 
 def test_too_few_folds_are_refused() -> None:
-    from training.crossval import cross_validate
+    from tierwise.training.crossval import cross_validate
 
     with pytest.raises(ValueError, match="at least 3 folds"):
         cross_validate(None, None, folds=2)  # type: ignore[arg-type]

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.embedder import SentenceEmbedder
-from classifier import ModelRegistry, load_model
-from router.config import Config, parse_config
-from router.routerbench import Layout, load_rows
 from tests.trained_registry import routerbench_slice
-from training.commands import parse_score_cols
-from training.crossval import cross_validate, summary_lines
-from training.dataset import load_routing_data
-from training.evaluate import evaluate, summary_table
-from training.fit import Candidate
-from training.plots import plot_report
-from training.train import train
+from tierwise.cache.embedder import SentenceEmbedder
+from tierwise.classifier import ModelRegistry, load_model
+from tierwise.router.config import Config, parse_config
+from tierwise.training.commands import parse_score_cols
+from tierwise.training.crossval import cross_validate, summary_lines
+from tierwise.training.dataset import load_routing_data
+from tierwise.training.evaluate import evaluate, summary_table
+from tierwise.training.fit import Candidate
+from tierwise.training.plots import plot_report
+from tierwise.training.routerbench import Layout, load_rows
+from tierwise.training.train import train
 
 ROWS_PER_FILE = 40
 TIERS = [  # name, RouterBench model, price in/out per million tokens, wide-layout column

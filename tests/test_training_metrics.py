@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from classifier.neighbours import NeighbourVote
-from training.baselines import TaskPrior, pick_k
-from training.evaluate import Scorer, oracle_choices, oracle_pair_points, random_points
-from training.metrics import CurvePoint, aiq, apgr, cost_to_reach, cpt, nondecreasing_hull, pgr_curve
+from tierwise.classifier.neighbours import NeighbourVote
+from tierwise.training.baselines import TaskPrior, pick_k
+from tierwise.training.evaluate import Scorer, oracle_choices, oracle_pair_points, random_points
+from tierwise.training.metrics import CurvePoint, aiq, apgr, cost_to_reach, cpt, nondecreasing_hull, pgr_curve
 
 
 def test_apgr_of_known_curves() -> None:

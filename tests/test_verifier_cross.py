@@ -11,18 +11,23 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cache.verifier_cross import CrossEncoderSpec, PairTokenizer, embedder_tokenizer_path, tokenizer_sha256
-from cache.verifier_guarded import GuardedVerifier
-from cache.verifier_model import (
+from tests.test_cache_embedding import load_sentence_embedder
+from tierwise.cache.verifier_cross import (
+    CrossEncoderSpec,
+    PairTokenizer,
+    embedder_tokenizer_path,
+    tokenizer_sha256,
+)
+from tierwise.cache.verifier_guarded import GuardedVerifier
+from tierwise.cache.verifier_model import (
     DEFAULT_MODEL_DIR,
     MANIFEST_NAME,
     VerifierModel,
     VerifierModelError,
     file_sha256,
 )
-from cache.verifier_rules import RULES_BY_NAME
-from tests.test_cache_embedding import load_sentence_embedder
-from training.cross_encoder import (
+from tierwise.cache.verifier_rules import RULES_BY_NAME
+from tierwise.training.cross_encoder import (
     CROSS_ENCODER_FILE,
     WEIGHT_GRID,
     FineTuning,
@@ -31,7 +36,7 @@ from training.cross_encoder import (
     export_cross_encoder,
     fine_tune,
 )
-from training.verifier import trap_pairs
+from tierwise.training.verifier import trap_pairs
 
 PAIRS = [
     ("How do I cancel my plan?", "How can I cancel my plan?"),
@@ -217,9 +222,9 @@ def test_cross_encoder_answers_from_several_threads(model_dir: Path) -> None:
 
 def test_train_cross_encoder_writes_a_verifier_that_loads(tmp_path: Path) -> None:
     """The command's whole path on a small pairs file: fine-tune, export, choose, test, manifest."""
-    from cache.verifier_rules import RULES_BY_NAME
-    from training.cross_encoder import attach_cross_encoder
-    from training.make_traps import generate
+    from tierwise.cache.verifier_rules import RULES_BY_NAME
+    from tierwise.training.cross_encoder import attach_cross_encoder
+    from tierwise.training.make_traps import generate
 
     sentence_embedder = load_sentence_embedder()
     pairs_file = tmp_path / "pairs.jsonl"

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.embedder import EmbedderInfo, Matrix
-from training.verifier_data import SPLITS as SPLIT_NAMES
-from training.verifier_data import (
+from tierwise.cache.embedder import EmbedderInfo, Matrix
+from tierwise.training.verifier_data import SPLITS as SPLIT_NAMES
+from tierwise.training.verifier_data import (
     DiskCachedEmbedder,
     EmbeddingDiskCache,
     QuestionPair,

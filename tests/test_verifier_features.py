@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cache.embedder import EmbedderInfo, Matrix
-from cache.verifier_features import (
+from tierwise.cache.embedder import EmbedderInfo, Matrix
+from tierwise.cache.verifier_features import (
     EMBEDDING_COMPONENTS,
     FEATURE_NAMES,
     EmbeddingProjection,
@@ -14,9 +14,9 @@ from cache.verifier_features import (
     FeatureAssets,
     pair_features,
 )
-from cache.verifier_rules import RuleVerifier
-from training.verifier import fit_embedding_projection, fit_feature_assets, pair_block
-from training.verifier_data import QuestionPair
+from tierwise.cache.verifier_rules import RuleVerifier
+from tierwise.training.verifier import fit_embedding_projection, fit_feature_assets, pair_block
+from tierwise.training.verifier_data import QuestionPair
 
 PAIRS = [
     QuestionPair("How do I cancel my Netflix subscription?", "How can I cancel my Netflix subscription?", 1),

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.verifier_features import FEATURE_NAMES
-from cache.verifier_guarded import GuardedVerifier
-from cache.verifier_model import DEFAULT_MODEL_DIR, MANIFEST_NAME, VerifierModel, VerifierModelError
-from cache.verifier_rules import RuleVerifier
 from tests.test_cache_embedding import load_sentence_embedder
-from training.make_traps import generate
-from training.verifier import (
+from tierwise.cache.verifier_features import FEATURE_NAMES
+from tierwise.cache.verifier_guarded import GuardedVerifier
+from tierwise.cache.verifier_model import DEFAULT_MODEL_DIR, MANIFEST_NAME, VerifierModel, VerifierModelError
+from tierwise.cache.verifier_rules import RuleVerifier
+from tierwise.training.make_traps import generate
+from tierwise.training.verifier import (
     IDF_FILE,
     MODEL_FILE,
     PROJECTION_FILE,
@@ -26,7 +26,7 @@ from training.verifier import (
     pair_block,
     write_model_dir,
 )
-from training.verifier_data import QuestionPair
+from tierwise.training.verifier_data import QuestionPair
 
 EMBEDDER_KEY = "test/embedder@48"
 DIM = 48

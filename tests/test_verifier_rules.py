@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier, rule_differences, signature
+from tierwise.cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier, rule_differences, signature
 
 # (rule, near-miss pair that must fire, harmless pair that must not fire)
 CASES = [
@@ -179,7 +179,7 @@ def test_rules_survive_odd_input() -> None:
     ],
 )
 def test_replacement_rules_fire_only_on_replacements(a: str, b: str, replaced: set[str]) -> None:
-    from cache.verifier_rules import GUARD_RULES
+    from tierwise.cache.verifier_rules import GUARD_RULES
 
     found = rule_differences(a, b, GUARD_RULES)
     assert {name for name, diffs in found.items() if diffs} == replaced

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from training.make_traps import DEFAULT_OUTPUT, FAMILIES, _template_split, generate
+from tierwise.training.make_traps import DEFAULT_OUTPUT, FAMILIES, _template_split, generate
 
 
 def test_committed_file_is_the_generated_eval_split() -> None:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from classifier.registry import ModelRegistry
-from router.service import shared_embedder
 from tests.harness import build_config, config_dict
-from training.train import train
+from tierwise.classifier.registry import ModelRegistry
+from tierwise.router.service import shared_embedder
+from tierwise.training.train import train
 
 ROWS_PER_FILE = 30
 SCORE_COLUMNS = {"small": "mistralai/mistral-7b-chat", "large": "gpt-4-1106-preview"}

@@ -1,6 +1,6 @@
 """Baseline estimates of P(adequate) that the trained classifier is compared against.
 
-The task prior here; the kNN vote (``classifier.neighbours.NeighbourVote``,
+The task prior here; the kNN vote (``tierwise.classifier.neighbours.NeighbourVote``,
 which a model version may also blend into its own estimate). Both fit on the
 training split only and are decided by the same rules as the classifier, so a
 comparison measures the estimates, not the rules.
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from classifier.neighbours import NeighbourVote, adequacy_rates
-from training.dataset import RoutingData
+from tierwise.classifier.neighbours import NeighbourVote, adequacy_rates
+from tierwise.training.dataset import RoutingData
 
 FloatMatrix = npt.NDArray[np.float64]
 

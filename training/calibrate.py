@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from classifier.manifest import UtilityCalibration
-from classifier.model import ClassifierModel
-from router.config import Config
-from router.policies.base import RoutingContext
-from router.policies.classifier import Rule, max_utility
-from training.dataset import RoutingData
-from training.evaluate import COST_WEIGHTS, Scorer, classifier_sweeps, routing_contexts
+from tierwise.classifier.manifest import UtilityCalibration
+from tierwise.classifier.model import ClassifierModel
+from tierwise.router.config import Config
+from tierwise.router.policies.base import RoutingContext
+from tierwise.router.policies.classifier import Rule, max_utility
+from tierwise.training.dataset import RoutingData
+from tierwise.training.evaluate import COST_WEIGHTS, Scorer, classifier_sweeps, routing_contexts
 
 FloatMatrix = npt.NDArray[np.float64]
 CALIBRATION_TARGETS: tuple[float, ...] = tuple(float(x) for x in np.round(np.linspace(0.0, 1.0, 101), 4))

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 
 if TYPE_CHECKING:
-    from classifier.model import ClassifierModel
-    from router.config import Config
-    from training.dataset import RoutingData
+    from tierwise.classifier.model import ClassifierModel
+    from tierwise.router.config import Config
+    from tierwise.training.dataset import RoutingData
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routerbench"
 DEFAULT_TIERS = Path(__file__).resolve().parent / "routerbench_tiers.yaml"
@@ -62,7 +62,7 @@ def _layout(value: str) -> Literal["routerbench", "wide"]:
 
 
 def _cache(path: Path | None) -> Path:
-    from training.verifier_data import default_cache_dir
+    from tierwise.training.verifier_data import default_cache_dir
 
     return path if path is not None else default_cache_dir()
 
@@ -73,8 +73,8 @@ def load_dataset(
     """The rows of ``data`` with features, as every command here reads them (embeddings cached on disk)."""
     from rich.console import Console
 
-    from classifier.model import DEFAULT_EMBEDDER_KEY
-    from training.train import load_data
+    from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY
+    from tierwise.training.train import load_data
 
     return load_data(
         data,
@@ -98,8 +98,8 @@ def load_evaluation_inputs(
     cache_dir: Path | None,
 ) -> tuple[Config, ClassifierModel, RoutingData]:
     """The tiers config, a registered model (the serving one by default) and the rows it is judged on."""
-    from classifier.model import load_model
-    from router.config import load_config
+    from tierwise.classifier.model import load_model
+    from tierwise.router.config import load_config
 
     settings = load_config(config)
     model = load_model(model_dir(registry, version), settings.tier_names, device="cpu")
@@ -132,8 +132,8 @@ def train(
     neighbour_weight: NeighbourWeightOption = 0.5,
 ) -> None:
     """Train a model version on the train split, select and calibrate on validation, register it."""
-    from router.config import ConfigError, load_config
-    from training.train import train as train_version
+    from tierwise.router.config import ConfigError, load_config
+    from tierwise.training.train import train as train_version
 
     try:
         settings = load_config(config)
@@ -151,7 +151,7 @@ def train(
         raise _fail(str(exc)) from None
     summary = {"version": result.version, "directory": str(result.directory), **result.manifest.metrics}
     if promote:
-        from classifier.registry import ModelRegistry, RegistryError
+        from tierwise.classifier.registry import ModelRegistry, RegistryError
 
         try:
             ModelRegistry(registry).promote(result.version, expected_tiers=settings.tier_names)
@@ -163,7 +163,7 @@ def train(
 
 def model_dir(registry: Path, version: str | None) -> Path:
     """The directory of ``version``, or of the serving version when None (exit 2 when none serves)."""
-    from classifier.registry import ModelRegistry
+    from tierwise.classifier.registry import ModelRegistry
 
     store = ModelRegistry(registry)
     chosen = version or store.serving_version()
@@ -190,9 +190,9 @@ def calibrate(
     """Choose the default quality target on the validation split (for routing.default_quality_target)."""
     from dataclasses import asdict
 
-    from classifier.model import ModelRefused
-    from router.config import ConfigError
-    from training.calibrate import choose_quality_target
+    from tierwise.classifier.model import ModelRefused
+    from tierwise.router.config import ConfigError
+    from tierwise.training.calibrate import choose_quality_target
 
     if rule not in ("threshold", "utility"):
         raise typer.BadParameter("must be 'threshold' or 'utility'", param_hint="--rule")
@@ -232,10 +232,10 @@ def eval_router(
     ] = "test",
 ) -> None:
     """Cost-quality report of the router and the baselines on the held-out (test) split."""
-    from classifier.model import ModelRefused
-    from router.config import ConfigError
-    from training.evaluate import evaluate, summary_table
-    from training.plots import plot_report
+    from tierwise.classifier.model import ModelRefused
+    from tierwise.router.config import ConfigError
+    from tierwise.training.evaluate import evaluate, summary_table
+    from tierwise.training.plots import plot_report
 
     if split not in ("test", "validation"):
         raise typer.BadParameter("must be 'test' or 'validation'", param_hint="--split")
@@ -278,8 +278,8 @@ def cv_router(
     neighbour_weight: NeighbourWeightOption = 0.5,
 ) -> None:
     """Cross-validate training + evaluation on the train and validation splits (the test split is unused)."""
-    from router.config import ConfigError, load_config
-    from training.crossval import cross_validate, summary_lines
+    from tierwise.router.config import ConfigError, load_config
+    from tierwise.training.crossval import cross_validate, summary_lines
 
     try:
         settings = load_config(config)
@@ -304,7 +304,7 @@ def cv_router(
 
 def models_list(registry: RegistryOption = DEFAULT_REGISTRY) -> None:
     """The registry's versions, the serving one marked."""
-    from classifier.registry import ModelRegistry
+    from tierwise.classifier.registry import ModelRegistry
 
     for info in ModelRegistry(registry).list():
         mark = "*" if info.serving else " "
@@ -320,9 +320,9 @@ def models_promote(
     force: Annotated[bool, typer.Option(help="promote even if the held-out gate says no")] = False,
 ) -> None:
     """Serve a version (replicas watching the registry swap to it)."""
-    from classifier.model import ModelRefused
-    from classifier.registry import ModelRegistry, RegistryError
-    from router.config import ConfigError, load_config
+    from tierwise.classifier.model import ModelRefused
+    from tierwise.classifier.registry import ModelRegistry, RegistryError
+    from tierwise.router.config import ConfigError, load_config
 
     try:
         tiers = load_config(config).tier_names if config is not None else None
@@ -337,9 +337,9 @@ def models_rollback(
     config: Annotated[Path | None, typer.Option(help="check the version's tiers against this config")] = None,
 ) -> None:
     """Serve the previously served version again."""
-    from classifier.model import ModelRefused
-    from classifier.registry import ModelRegistry, RegistryError
-    from router.config import ConfigError, load_config
+    from tierwise.classifier.model import ModelRefused
+    from tierwise.classifier.registry import ModelRegistry, RegistryError
+    from tierwise.router.config import ConfigError, load_config
 
     try:
         tiers = load_config(config).tier_names if config is not None else None

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cache.embedder import TextEmbedder, pick_device
-from cache.verifier_cross import (
+from tierwise.cache.embedder import TextEmbedder, pick_device
+from tierwise.cache.verifier_cross import (
     INPUT_NAMES,
     OUTPUT_NAME,
     CrossEncoder,
@@ -39,10 +39,10 @@ from cache.verifier_cross import (
     mixed_probability,
     tokenizer_sha256,
 )
-from cache.verifier_model import VerifierModel, file_sha256
-from cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier, signature
-from training.cache_metrics import ServeMetrics, wilson_lower_bound
-from training.verifier import (
+from tierwise.cache.verifier_model import VerifierModel, file_sha256
+from tierwise.cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier, signature
+from tierwise.training.cache_metrics import ServeMetrics, wilson_lower_bound
+from tierwise.training.verifier import (
     PRECISION_TARGET,
     PROBABILITY_GRID,
     choose_operating_point,
@@ -53,7 +53,7 @@ from training.verifier import (
     trap_pairs,
     write_manifest,
 )
-from training.verifier_data import QuestionPair, pairs_by_split, read_pairs
+from tierwise.training.verifier_data import QuestionPair, pairs_by_split, read_pairs
 
 CROSS_ENCODER_FILE = "cross_encoder.onnx"
 # The cross-encoder's share of the combined probability, tried on validation (0: classifier alone).

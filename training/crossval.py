@@ -23,12 +23,12 @@ import numpy as np
 import numpy.typing as npt
 from rich.console import Console
 
-from classifier.model import load_model
-from router.config import Config
-from training.dataset import RoutingData
-from training.evaluate import evaluate
-from training.fit import DEFAULT_GRID, Candidate
-from training.train import DEFAULT_NEIGHBOUR_WEIGHT, train
+from tierwise.classifier.model import load_model
+from tierwise.router.config import Config
+from tierwise.training.dataset import RoutingData
+from tierwise.training.evaluate import evaluate
+from tierwise.training.fit import DEFAULT_GRID, Candidate
+from tierwise.training.train import DEFAULT_NEIGHBOUR_WEIGHT, train
 
 DEFAULT_FOLDS = 5
 DEFAULT_FOLD_SEED = "tierwise-cv-1"

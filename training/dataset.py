@@ -1,6 +1,6 @@
 """Recorded answers turned into training arrays: features, adequacy labels, costs, splits.
 
-Rows come from ``router.routerbench.load_rows`` (RouterBench or wide layout);
+Rows come from ``tierwise.training.routerbench.load_rows`` (RouterBench or wide layout);
 each configured tier reads the score column ``score_col_map`` names for it (by
 default the tier's model name). Texts are embedded through the same clip the
 server uses, with vectors cached on disk.
@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from cache.embedder import EmbedderInfo, Matrix, TextEmbedder
-from classifier.features import EMBEDDING_DIM, embedding_input, prompt_features
-from router.config import Config
-from router.pricing import expected_cost_usd
-from router.routerbench import Layout, csv_files, load_rows, split_of
-from router.tokens import TokenCounter
-from router.types import ChatMessage
-from training.verifier_data import EmbeddingDiskCache, embed_cached
+from tierwise.cache.embedder import EmbedderInfo, Matrix, TextEmbedder
+from tierwise.classifier.features import EMBEDDING_DIM, embedding_input, prompt_features
+from tierwise.router.config import Config
+from tierwise.router.pricing import expected_cost_usd
+from tierwise.router.tokens import TokenCounter
+from tierwise.router.types import ChatMessage
+from tierwise.training.routerbench import Layout, csv_files, load_rows, split_of
+from tierwise.training.verifier_data import EmbeddingDiskCache, embed_cached
 
 FloatMatrix = npt.NDArray[np.float64]
 IntMatrix = npt.NDArray[np.int64]

@@ -1,6 +1,6 @@
 """``eval-cache``: precision, recall and wrong-serve rate of the semantic cache, through its real code path.
 
-Every number comes from ``cache.semantic_cache.SemanticCache`` over a temporary SQLite
+Every number comes from ``tierwise.cache.semantic_cache.SemanticCache`` over a temporary SQLite
 store: texts are embedded by the real embedder (``embedding_text`` of the last user
 turn, as the pipeline does), entries are inserted with ``insert`` and queries answered
 by ``lookup`` (exact tier, partition, FAISS search, cosine threshold, verifier). For
@@ -27,16 +27,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cache.batching import embedding_text
-from cache.embedder import Matrix, TextEmbedder
-from cache.partition import Message, last_user_turn
-from cache.semantic_cache import CacheQuery, SemanticCache
-from cache.settings import CacheSettings
-from cache.sqlite_store import SqliteEntryStore
-from cache.store import CachedResponse
-from cache.verification import CandidateVerifier
-from router.figures import pyplot, save_figure
-from training.cache_metrics import ServeMetrics, serve_metrics
+from tierwise.cache.batching import embedding_text
+from tierwise.cache.embedder import Matrix, TextEmbedder
+from tierwise.cache.partition import Message, last_user_turn
+from tierwise.cache.semantic_cache import CacheQuery, SemanticCache
+from tierwise.cache.settings import CacheSettings
+from tierwise.cache.sqlite_store import SqliteEntryStore
+from tierwise.cache.store import CachedResponse
+from tierwise.cache.verification import CandidateVerifier
+from tierwise.training.cache_metrics import ServeMetrics, serve_metrics
+from tierwise.training.figures import pyplot, save_figure
 
 Mode = Literal["pairs", "corpus"]
 VerifierFactory = Callable[[float], CandidateVerifier]
@@ -250,7 +250,7 @@ def select_pairs(pairs: list[EvalPair], split: str = "all", sample: int | None =
     """The pairs of one verifier split (plain-text pairs only), then a hash-chosen sample of them."""
     import hashlib
 
-    from training.verifier_data import QuestionPair, assign_splits
+    from tierwise.training.verifier_data import QuestionPair, assign_splits
 
     if split != "all":
         if split not in ("train", "validation", "test"):

@@ -23,12 +23,12 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from classifier.model import ClassifierModel
-from classifier.neighbours import NeighbourVote
-from router.config import Config
-from router.policies.base import RoutingContext, TierOption
-from router.policies.baselines import LengthPolicy
-from router.policies.classifier import (
+from tierwise.classifier.model import ClassifierModel
+from tierwise.classifier.neighbours import NeighbourVote
+from tierwise.router.config import Config
+from tierwise.router.policies.base import RoutingContext, TierOption
+from tierwise.router.policies.baselines import LengthPolicy
+from tierwise.router.policies.classifier import (
     RULES,
     AdequacyModel,
     ClassifierPolicy,
@@ -36,10 +36,10 @@ from router.policies.classifier import (
     cheapest_adequate,
     max_utility,
 )
-from router.types import ChatMessage, RequestSpec
-from training.baselines import TaskPrior, fit_vote
-from training.dataset import RoutingData
-from training.metrics import CurvePoint, aiq, apgr, cost_to_reach, cpt
+from tierwise.router.types import ChatMessage, RequestSpec
+from tierwise.training.baselines import TaskPrior, fit_vote
+from tierwise.training.dataset import RoutingData
+from tierwise.training.metrics import CurvePoint, aiq, apgr, cost_to_reach, cpt
 
 FloatMatrix = npt.NDArray[np.float64]
 Choices = npt.NDArray[np.int64]  # per prompt, the index of the chosen tier (in the data's tier order)

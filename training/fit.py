@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 
-from classifier.features import FeatureSpec
-from training.onnx_export import (
+from tierwise.classifier.features import FeatureSpec
+from tierwise.training.onnx_export import (
     Projection,
     fit_projection,
     joint_model,

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from training.metrics import aiq, apgr
+from tierwise.training.metrics import aiq, apgr
 
 GateRule = Literal["bootstrap", "point"]
 Choices = npt.NDArray[np.int64]

@@ -22,14 +22,14 @@ from decimal import Decimal
 
 import numpy as np
 
-from classifier.features import EMBEDDING_DIM
-from router.config import Config
-from router.feedback import FeedbackRecord
-from router.feedback_open import open_feedback_table
-from router.pricing import expected_cost_usd
-from router.routerbench import split_of
-from router.traffic_sqlite import SqliteTrafficStore
-from training.dataset import RoutingData
+from tierwise.classifier.features import EMBEDDING_DIM
+from tierwise.router.config import Config
+from tierwise.router.feedback.factory import open_feedback_table
+from tierwise.router.feedback.store import FeedbackRecord
+from tierwise.router.learning.traffic_sqlite import SqliteTrafficStore
+from tierwise.router.pricing import expected_cost_usd
+from tierwise.training.dataset import RoutingData
+from tierwise.training.routerbench import split_of
 
 JUDGED_TASK = "judged-traffic"
 

@@ -25,11 +25,11 @@ def retrain(
     force: Annotated[bool, typer.Option(help="train even with too few new judgments")] = False,
 ) -> None:
     """Train on base data + judged traffic; promote only if the candidate matches the serving model on held-out data."""
-    from classifier.model import ModelRefused
-    from classifier.registry import RegistryError
-    from router.config import ConfigError, load_config
-    from training.retrain import retrain as run_retrain
-    from training.train import TrainingError
+    from tierwise.classifier.model import ModelRefused
+    from tierwise.classifier.registry import RegistryError
+    from tierwise.router.config import ConfigError, load_config
+    from tierwise.training.retrain import retrain as run_retrain
+    from tierwise.training.train import TrainingError
 
     try:
         settings = load_config(config)
@@ -90,8 +90,8 @@ def simulate(
     ] = 1,
 ) -> None:
     """Replay RouterBench traffic through a running tierwise, judge samples (recorded scores), retrain, promote; per round."""
-    from router.demo import find_data
-    from training.simulate import SimulationSettings, run_simulation
+    from tierwise.training.demo.run import find_data
+    from tierwise.training.simulate import SimulationSettings, run_simulation
 
     data_dir = find_data(data)
     if data_dir is None:
@@ -100,6 +100,6 @@ def simulate(
     if repeats == 1:
         run_simulation(data_dir, workdir, settings)
     else:
-        from training.simulate_summary import run_repeated
+        from tierwise.training.simulate_summary import run_repeated
 
         run_repeated(data_dir, workdir, settings, repeats)

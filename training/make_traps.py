@@ -6,7 +6,7 @@ to ``tests/data/cache_traps.jsonl`` (the committed evaluation file) and the "tra
 is what ``train-verifier`` may learn from, so the trap evaluation never sees a template
 the verifier was trained on.
 
-Run ``python -m training.make_traps`` to rewrite the committed file.
+Run ``python -m tierwise.training.make_traps`` to rewrite the committed file.
 """
 
 from __future__ import annotations

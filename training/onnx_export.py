@@ -23,8 +23,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from classifier.features import FeatureSpec
-from classifier.manifest import ONNX_INPUT, ONNX_OUTPUT
+from tierwise.classifier.features import FeatureSpec
+from tierwise.classifier.manifest import ONNX_INPUT, ONNX_OUTPUT
 
 TARGET_OPSET = 15  # the highest default-domain opset onnxmltools' LightGBM converter supports
 ML_OPSET = 1

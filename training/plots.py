@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from router.figures import pyplot, save_figure
+from tierwise.training.figures import pyplot, save_figure
 
 SINGLE_POINT_ROUTERS = ("cheapest", "strongest", "oracle")
 

@@ -9,7 +9,7 @@ plus the held-out judged requests, with the configured metric (APGR of the
 strong/weak pair, or AIQ over every tier) under the configured decision rule,
 and keeps the serving model only when paired resamples of those rows show the
 candidate worse beyond the tolerance with the configured confidence
-(``training.gate``; ``gate: point`` compares the two values as they are).
+(``tierwise.training.gate``; ``gate: point`` compares the two values as they are).
 Judged rows are scored from the features the server stored, never recomputed.
 
 Every run that trains writes ``retrain-report.json`` and ``retrain-report.png``
@@ -28,16 +28,16 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from classifier.manifest import write_json_atomic
-from classifier.model import ClassifierModel, load_model
-from classifier.registry import ModelRegistry
-from router.config import Config, RetrainConfig
-from router.figures import pyplot, save_figure
-from training.dataset import RoutingData
-from training.evaluate import DEFAULT_PAIR_MODELS, probability_sweeps, routing_contexts, tier_index
-from training.gate import Decisions, HeldOut, judge
-from training.judged import JUDGED_TASK, concat, judged_rows, read_judgments
-from training.train import train
+from tierwise.classifier.manifest import write_json_atomic
+from tierwise.classifier.model import ClassifierModel, load_model
+from tierwise.classifier.registry import ModelRegistry
+from tierwise.router.config import Config, RetrainConfig
+from tierwise.training.dataset import RoutingData
+from tierwise.training.evaluate import DEFAULT_PAIR_MODELS, probability_sweeps, routing_contexts, tier_index
+from tierwise.training.figures import pyplot, save_figure
+from tierwise.training.gate import Decisions, HeldOut, judge
+from tierwise.training.judged import JUDGED_TASK, concat, judged_rows, read_judgments
+from tierwise.training.train import train
 
 STATE_FILE = "retrain-state.json"
 REPORT_NAME = "retrain-report"
@@ -155,9 +155,9 @@ def retrain(
         )
         return RetrainOutcome(False, reason, None, serving_version, {})
     if base is None and settings.data is not None:
-        from classifier.model import DEFAULT_EMBEDDER_KEY
-        from training.train import load_data
-        from training.verifier_data import default_cache_dir
+        from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY
+        from tierwise.training.train import load_data
+        from tierwise.training.verifier_data import default_cache_dir
 
         base = load_data(
             settings.data,

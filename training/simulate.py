@@ -36,21 +36,21 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from classifier.model import DEFAULT_EMBEDDER_KEY, load_model
-from classifier.registry import ModelRegistry
-from protos.tierwise.v1 import tierwise_pb2 as pb
-from protos.tierwise.v1 import tierwise_pb2_grpc as pb_grpc
-from router.auth import sha256_hex
-from router.config import Config, parse_config
-from router.demo import DEMO_TIERS, replay_tiers
-from router.figures import pyplot, save_figure
-from router.replay import ReplayUpstream
-from router.server import TierwiseServer
-from router.service import build_service
-from training.dataset import RoutingData
-from training.retrain import metric_value, retrain
-from training.train import load_data, train
-from training.verifier_data import default_cache_dir
+from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY, load_model
+from tierwise.classifier.registry import ModelRegistry
+from tierwise.router.auth import sha256_hex
+from tierwise.router.config import Config, parse_config
+from tierwise.router.server import TierwiseServer
+from tierwise.router.service import build_service
+from tierwise.training.dataset import RoutingData
+from tierwise.training.demo.run import DEMO_TIERS, replay_tiers
+from tierwise.training.figures import pyplot, save_figure
+from tierwise.training.replay import ReplayUpstream
+from tierwise.training.retrain import metric_value, retrain
+from tierwise.training.train import load_data, train
+from tierwise.training.verifier_data import default_cache_dir
+from tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 TENANT = "simulation"
 WEAK, STRONG = "medium", "large"  # mixtral-8x7b and gpt-4: the pair APGR is reported for

@@ -21,8 +21,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from router.figures import pyplot, save_figure
-from training.simulate import SimulationSettings, run_simulation
+from tierwise.training.figures import pyplot, save_figure
+from tierwise.training.simulate import SimulationSettings, run_simulation
 
 SPLITS = (("held_out_apgr", "test"), ("validation_apgr", "validation"))
 

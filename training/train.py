@@ -22,24 +22,32 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from cache.embedder import TextEmbedder
-from classifier.features import FEATURE_SPEC
-from classifier.manifest import ONNX_FILE, Manifest, sha256_file, write_manifest
-from classifier.model import DEFAULT_EMBEDDER_KEY, ClassifierModel, load_model
-from classifier.neighbours import NEIGHBOURS_FILE, NeighbourSpec, NeighbourVote, blend
-from classifier.registry import ModelRegistry
-from router.config import Config, load_config
-from router.policies.classifier import Rule
-from router.routerbench import Layout
-from training.baselines import fit_vote
-from training.calibrate import utility_calibration
-from training.dataset import RoutingData, load_routing_data
-from training.evaluate import Scorer, classifier_sweeps, routing_contexts, tier_set_aiq
-from training.fit import DEFAULT_GRID, Candidate, CandidateReport, FittedModel, mean_log_loss, project, select
-from training.metrics import aiq
+from tierwise.cache.embedder import TextEmbedder
+from tierwise.classifier.features import FEATURE_SPEC
+from tierwise.classifier.manifest import ONNX_FILE, Manifest, sha256_file, write_manifest
+from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY, ClassifierModel, load_model
+from tierwise.classifier.neighbours import NEIGHBOURS_FILE, NeighbourSpec, NeighbourVote, blend
+from tierwise.classifier.registry import ModelRegistry
+from tierwise.router.config import Config, load_config
+from tierwise.router.policies.classifier import Rule
+from tierwise.training.baselines import fit_vote
+from tierwise.training.calibrate import utility_calibration
+from tierwise.training.dataset import RoutingData, load_routing_data
+from tierwise.training.evaluate import Scorer, classifier_sweeps, routing_contexts, tier_set_aiq
+from tierwise.training.fit import (
+    DEFAULT_GRID,
+    Candidate,
+    CandidateReport,
+    FittedModel,
+    mean_log_loss,
+    project,
+    select,
+)
+from tierwise.training.metrics import aiq
+from tierwise.training.routerbench import Layout
 
 PARITY_TOLERANCE = 1e-5
-# The served P is this mix of the trees' and the kNN vote's (classifier.neighbours): chosen by three
+# The served P is this mix of the trees' and the kNN vote's (tierwise.classifier.neighbours): chosen by three
 # 5-fold cross-validations on the training and validation splits (fold seeds tierwise-cv-1..3).
 DEFAULT_NEIGHBOUR_WEIGHT = 0.5
 # The vote compares each request with every memory row (a 384-wide dot product per row): past this many
@@ -91,7 +99,7 @@ class TrainResult:
 
 def default_embedder(expected_key: str) -> Callable[[], TextEmbedder]:
     def load() -> TextEmbedder:
-        from cache.embedder import SentenceEmbedder
+        from tierwise.cache.embedder import SentenceEmbedder
 
         embedder = SentenceEmbedder()
         if embedder.info.key != expected_key:

@@ -2,7 +2,7 @@
 
 Steps: split QQP pairs by question group (``verifier_data``), embed every text once
 (disk-cached), fit the feature assets on the train split (word frequencies, the principal
-directions of the embedding interactions), compute ``cache.verifier_features`` rows, fit LightGBM on the train
+directions of the embedding interactions), compute ``tierwise.cache.verifier_features`` rows, fit LightGBM on the train
 split plus the training share of the hand-written traps, export to ONNX, check the
 ONNX probabilities against LightGBM's, pick the cosine floor and the probability
 threshold that give the most recall while validation precision holds the target
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cache.embedder import TextEmbedder
-from cache.verifier_features import (
+from tierwise.cache.embedder import TextEmbedder
+from tierwise.cache.verifier_features import (
     EMBEDDING_COMPONENTS,
     FEATURE_NAMES,
     FEATURE_VERSION,
@@ -32,11 +32,11 @@ from cache.verifier_features import (
     FeatureAssets,
     pair_features,
 )
-from cache.verifier_model import MANIFEST_NAME, VerifierManifest, VerifierModel, file_sha256
-from cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier
-from training.cache_metrics import ServeMetrics, serve_metrics
-from training.make_traps import generate as generate_traps
-from training.verifier_data import (
+from tierwise.cache.verifier_model import MANIFEST_NAME, VerifierManifest, VerifierModel, file_sha256
+from tierwise.cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier
+from tierwise.training.cache_metrics import ServeMetrics, serve_metrics
+from tierwise.training.make_traps import generate as generate_traps
+from tierwise.training.verifier_data import (
     EmbeddingDiskCache,
     QuestionPair,
     Split,

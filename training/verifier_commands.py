@@ -26,7 +26,7 @@ PrecisionOption = Annotated[
 
 
 def _cache_dir(path: Path | None) -> Path:
-    from training.verifier_data import default_cache_dir
+    from tierwise.training.verifier_data import default_cache_dir
 
     return path if path is not None else default_cache_dir()
 
@@ -54,8 +54,8 @@ def train_verifier(
     """Train the cache verifier on the train split, choose its defaults on validation, score test once."""
     import json
 
-    from cache.embedder import SentenceEmbedder
-    from training.verifier import train_verifier_model
+    from tierwise.cache.embedder import SentenceEmbedder
+    from tierwise.training.verifier import train_verifier_model
 
     console = _console_for(pairs)
     report = train_verifier_model(
@@ -93,9 +93,9 @@ def train_cross_encoder(
     """Fine-tune a cross-encoder, add it to a verifier, re-choose the defaults on validation, test once."""
     import json
 
-    from cache.embedder import SentenceEmbedder
-    from cache.verifier_model import VerifierModelError
-    from training.cross_encoder import FineTuning, attach_cross_encoder
+    from tierwise.cache.embedder import SentenceEmbedder
+    from tierwise.cache.verifier_model import VerifierModelError
+    from tierwise.training.cross_encoder import FineTuning, attach_cross_encoder
 
     console = _console_for(pairs)
     settings = FineTuning(
@@ -153,12 +153,12 @@ def eval_cache(
 
     from rich.console import Console
 
-    from cache.embedder import SentenceEmbedder
-    from cache.verification import CosineOnlyVerifier
-    from cache.verifier_guarded import GuardedVerifier
-    from cache.verifier_model import VerifierModel, VerifierModelError
-    from training.eval_cache import Mode, evaluate_cache, plot_curves, read_eval_pairs, select_pairs
-    from training.verifier_data import DiskCachedEmbedder, EmbeddingDiskCache
+    from tierwise.cache.embedder import SentenceEmbedder
+    from tierwise.cache.verification import CosineOnlyVerifier
+    from tierwise.cache.verifier_guarded import GuardedVerifier
+    from tierwise.cache.verifier_model import VerifierModel, VerifierModelError
+    from tierwise.training.eval_cache import Mode, evaluate_cache, plot_curves, read_eval_pairs, select_pairs
+    from tierwise.training.verifier_data import DiskCachedEmbedder, EmbeddingDiskCache
 
     console = Console(stderr=True)
     if mode not in ("pairs", "corpus"):

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from cache.embedder import EmbedderInfo, Matrix, TextEmbedder
+from tierwise.cache.embedder import EmbedderInfo, Matrix, TextEmbedder
 
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")

@@ -29,12 +29,12 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from classifier.features import EMBEDDING_DIM
-from router.analytics.quality import JudgedScores, usd_per_quality
-from router.analytics.report import CACHE_HITS
-from router.analytics.source import SpendSource
-from router.pricing import total_usd
-from router.traffic import TrafficSample
+from tierwise.classifier.features import EMBEDDING_DIM
+from tierwise.router.analytics.quality import JudgedScores, usd_per_quality
+from tierwise.router.analytics.report import CACHE_HITS
+from tierwise.router.analytics.source import SpendSource
+from tierwise.router.learning.traffic import TrafficSample
+from tierwise.router.pricing import total_usd
 
 SPEND_TARGET = Decimal("0.8")
 MAX_CLUSTERS = 100

@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.console import Group, RenderableType
 from rich.table import Table
 
-from router.analytics.clusters import Cluster, ClusterView, TierSlice
-from router.analytics.render import cell, jsonable
-from router.pricing import total_usd
+from tierwise.router.analytics.clusters import Cluster, ClusterView, TierSlice
+from tierwise.router.analytics.render import cell, jsonable
+from tierwise.router.pricing import total_usd
 
 
 def _round(value: float | None, places: int = 4) -> float | None:

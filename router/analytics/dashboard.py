@@ -11,15 +11,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from router.analytics.clusters import TrafficLookup
-from router.analytics.quality import JudgedScores
-from router.analytics.render import jsonable, row_values
-from router.analytics.report import build_report
-from router.analytics.sections import clusters_section, forecast_sections, quality_section
-from router.analytics.source import SpendSource
-from router.analytics.timeseries import spend_series
-from router.anomaly import find_anomalies
-from router.config import Config
+from tierwise.router.analytics.clusters import TrafficLookup
+from tierwise.router.analytics.quality import JudgedScores
+from tierwise.router.analytics.render import jsonable, row_values
+from tierwise.router.analytics.report import build_report
+from tierwise.router.analytics.sections import clusters_section, forecast_sections, quality_section
+from tierwise.router.analytics.source import SpendSource
+from tierwise.router.analytics.timeseries import spend_series
+from tierwise.router.config import Config
+from tierwise.router.observability.anomaly import find_anomalies
 
 SPEND_DIMENSIONS = ("tenant", "feature", "model")
 MAX_ANOMALIES = 50

@@ -18,13 +18,12 @@ from importlib import resources
 
 from aiohttp import web
 
-from router.analytics.clusters import MAX_CLUSTERS, TrafficLookup
-from router.analytics.dashboard import DEFAULT_CLUSTERS, PanelContext, dashboard_data
-from router.analytics.quality import JudgedScores
-from router.analytics.source import SpendSource
-from router.anomaly_cli import parse_since
-from router.auth import Authenticator, Caller, Unauthenticated
-from router.config import Config
+from tierwise.router.analytics.clusters import MAX_CLUSTERS, TrafficLookup
+from tierwise.router.analytics.dashboard import DEFAULT_CLUSTERS, PanelContext, dashboard_data
+from tierwise.router.analytics.quality import JudgedScores
+from tierwise.router.analytics.source import SpendSource, parse_since
+from tierwise.router.auth import Authenticator, Caller, Unauthenticated
+from tierwise.router.config import Config
 
 _STATIC = {"chart.umd.min.js": "text/javascript", "dashboard.js": "text/javascript"}
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="tierwise dashboard", charset="UTF-8"'}
@@ -36,7 +35,7 @@ _SECURITY = {
 
 
 def _static(name: str) -> bytes:
-    return resources.files("router.analytics").joinpath("static", name).read_bytes()
+    return resources.files("tierwise.router.analytics").joinpath("static", name).read_bytes()
 
 
 def _embed(data: object) -> str:

@@ -2,7 +2,7 @@
 
 The model sees each key's spend per completed UTC day over the trailing
 ``history_days`` (from the key's first day with spend; quiet days count as 0),
-fitted by Holt's linear smoothing (``router.analytics.holt``). The rest of today
+fitted by Holt's linear smoothing (``tierwise.router.analytics.holt``). The rest of today
 is the first forecast day times the share of today still to come; the days after
 it follow the forecast path (never below zero). Money already spent is exact
 (the ledger's Decimal sums); projections are rounded to the cent.
@@ -19,10 +19,10 @@ from decimal import Decimal
 
 import numpy as np
 
-from router.analytics.holt import HoltFit, fit_holt
-from router.anomaly import SpendReports
-from router.config import BudgetConfig
-from router.pricing import total_usd
+from tierwise.router.analytics.holt import HoltFit, fit_holt
+from tierwise.router.config import BudgetConfig
+from tierwise.router.observability.anomaly import SpendReports
+from tierwise.router.pricing import total_usd
 
 DAY_S = 86400
 _CENT = Decimal("0.01")

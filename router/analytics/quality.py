@@ -16,9 +16,9 @@ from typing import Protocol
 
 from rich.table import Table
 
-from router.analytics.render import cell
-from router.analytics.source import SpendSource
-from router.pricing import total_usd
+from tierwise.router.analytics.render import cell
+from tierwise.router.analytics.source import SpendSource
+from tierwise.router.pricing import total_usd
 
 QUALITY_DIMENSIONS = ("tier", "arm")
 _PER_QUALITY_PLACES = Decimal("1e-9")

@@ -19,8 +19,8 @@ from typing import Any
 from rich.console import RenderableType
 from rich.table import Table
 
-from router.analytics.report import GroupReport, Percentiles, Report
-from router.pricing import usd_str
+from tierwise.router.analytics.report import GroupReport, Percentiles, Report
+from tierwise.router.pricing import usd_str
 
 Value = int | float | Decimal | None
 

@@ -16,9 +16,9 @@ from decimal import Decimal
 
 import numpy as np
 
-from router.analytics.source import SpendSource
-from router.ledger_sql import SpendTotals
-from router.pricing import total_usd
+from tierwise.router.analytics.source import SpendSource
+from tierwise.router.ledger.sql import SpendTotals
+from tierwise.router.pricing import total_usd
 
 CACHE_HITS = ("exact", "semantic")
 _LATENCY_COLUMNS = ("total_ms", "ttft_ms", "status")

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from rich.table import Table
 
-from router.analytics.clusters import TrafficLookup, cluster_view
-from router.analytics.clusters_table import clusters_table, view_dict
-from router.analytics.forecast import (
+from tierwise.router.analytics.clusters import TrafficLookup, cluster_view
+from tierwise.router.analytics.clusters_table import clusters_table, view_dict
+from tierwise.router.analytics.forecast import (
     BudgetProjection,
     MonthEndForecast,
     daily_spend,
@@ -22,10 +22,10 @@ from router.analytics.forecast import (
     project_budget,
     tenants_of,
 )
-from router.analytics.quality import JudgedScores, cost_per_quality, quality_table
-from router.analytics.render import Section
-from router.analytics.source import SpendSource
-from router.config import BudgetConfig, Config
+from tierwise.router.analytics.quality import JudgedScores, cost_per_quality, quality_table
+from tierwise.router.analytics.render import Section
+from tierwise.router.analytics.source import SpendSource
+from tierwise.router.config import BudgetConfig, Config
 
 
 async def quality_section(

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from router.anomaly import SpendReports
-from router.pricing import total_usd
+from tierwise.router.observability.anomaly import SpendReports
+from tierwise.router.pricing import total_usd
 
 _FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00Z"}  # the ledger's bucket labels (UTC)
 _STEP_S = {"day": 86400, "hour": 3600}

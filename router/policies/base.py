@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from router.types import RequestSpec
+from tierwise.router.types import RequestSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 
-from router.policies.base import RoutingContext, TierChoice
+from tierwise.router.policies.base import RoutingContext, TierChoice
 
 
 class CheapestPolicy:

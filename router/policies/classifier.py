@@ -21,9 +21,9 @@ from typing import Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from classifier import UtilityCalibration, prompt_features
-from router.policies.base import RoutingContext, RoutingPolicy, TierChoice, TierOption
-from router.policies.baselines import StrongestPolicy
+from tierwise.classifier import UtilityCalibration, prompt_features
+from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierChoice, TierOption
+from tierwise.router.policies.baselines import StrongestPolicy
 
 log = logging.getLogger(__name__)
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from router.config import RoutingConfig
-from router.policies.base import RoutingPolicy
-from router.policies.baselines import CheapestPolicy, LengthPolicy, RandomPolicy, StrongestPolicy
+from tierwise.router.config import RoutingConfig
+from tierwise.router.policies.base import RoutingPolicy
+from tierwise.router.policies.baselines import CheapestPolicy, LengthPolicy, RandomPolicy, StrongestPolicy
 
 if TYPE_CHECKING:
-    from classifier import ClassifierModel
-    from classifier.registry import ServingModel
-    from router.policies.classifier import ModelSource
+    from tierwise.classifier import ClassifierModel
+    from tierwise.classifier.registry import ServingModel
+    from tierwise.router.policies.classifier import ModelSource
 
 
 def build_baseline(routing: RoutingConfig) -> RoutingPolicy:
@@ -29,8 +29,8 @@ def build_baseline(routing: RoutingConfig) -> RoutingPolicy:
 
 def load_serving_model(routing: RoutingConfig, tiers: Sequence[str], device: str = "auto") -> ServingModel:
     """Load the registry's serving version now: a missing, tampered or mismatched model refuses the start."""
-    from classifier.registry import ModelRegistry, ServingModel
-    from router.config import ConfigError
+    from tierwise.classifier.registry import ModelRegistry, ServingModel
+    from tierwise.router.config import ConfigError
 
     serving = ServingModel(ModelRegistry(routing.classifier.registry), tiers, device=device)
     loaded = serving.reload()
@@ -50,8 +50,8 @@ def load_model_version(
     routing: RoutingConfig, tiers: Sequence[str], version: str, device: str = "auto"
 ) -> PinnedModel:
     """Load ``version`` from the registry now: a missing, tampered or mismatched one refuses the start."""
-    from classifier import ModelRefused, ModelRegistry, RegistryError, load_model
-    from router.config import ConfigError
+    from tierwise.classifier import ModelRefused, ModelRegistry, RegistryError, load_model
+    from tierwise.router.config import ConfigError
 
     registry = ModelRegistry(routing.classifier.registry)
     try:
@@ -66,8 +66,8 @@ def build_policy(
     """The configured policy; ``classifier`` needs the ``serving`` model holder."""
     if routing.policy != "classifier":
         return build_baseline(routing)
-    from router.config import ConfigError
-    from router.policies.classifier import ClassifierPolicy
+    from tierwise.router.config import ConfigError
+    from tierwise.router.policies.classifier import ClassifierPolicy
 
     if serving is None:
         raise ValueError("the classifier policy needs a serving model (load_serving_model)")

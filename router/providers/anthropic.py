@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 from typing import Any
 
-from router.providers.base import (
+from tierwise.router.providers.base import (
     ChatCall,
     ChatResult,
     ErrorType,
@@ -15,8 +15,8 @@ from router.providers.base import (
     StreamFinish,
     TextDelta,
 )
-from router.providers.http import UpstreamHttp, error_message, parse_json_object
-from router.types import TokenUsage
+from tierwise.router.providers.http import UpstreamHttp, error_message, parse_json_object
+from tierwise.router.types import TokenUsage
 
 ANTHROPIC_VERSION = "2023-06-01"
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.types import ChatMessage, TokenUsage
+from tierwise.router.types import ChatMessage, TokenUsage
 
 
 class ErrorType(enum.Enum):

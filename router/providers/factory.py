@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from typing import assert_never
 
-from router.config import ConfigError, TierConfig
-from router.providers.anthropic import AnthropicProvider
-from router.providers.base import Provider
-from router.providers.openai import OpenAIProvider
+from tierwise.router.config import ConfigError, TierConfig
+from tierwise.router.providers.anthropic import AnthropicProvider
+from tierwise.router.providers.base import Provider
+from tierwise.router.providers.openai import OpenAIProvider
 
 
 def build_provider(tier: TierConfig, default_max_tokens: int | None = None) -> Provider:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from router.providers.base import ErrorType, ProviderError
+from tierwise.router.providers.base import ErrorType, ProviderError
 
 T = TypeVar("T")
 

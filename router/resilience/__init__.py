@@ -1,9 +1,9 @@
 """Resilience for upstream calls: retries with backoff, per-tier circuit breakers, latency estimates."""
 
-from router.resilience.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, StateChange
-from router.resilience.latency import LatencyEstimate, LatencyTracker, Quantiles
-from router.resilience.retry import RetryOutcome, RetryPolicy, StopReason, TryRecord
-from router.resilience.tiers import TierHealth, TierSnapshot
+from tierwise.router.resilience.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, StateChange
+from tierwise.router.resilience.latency import LatencyEstimate, LatencyTracker, Quantiles
+from tierwise.router.resilience.retry import RetryOutcome, RetryPolicy, StopReason, TryRecord
+from tierwise.router.resilience.tiers import TierHealth, TierSnapshot
 
 __all__ = [
     "BreakerSnapshot",

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.config import BreakerConfig
+from tierwise.router.config import BreakerConfig
 
 
 class BreakerState(enum.Enum):

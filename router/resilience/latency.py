@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from router.config import LatencyWindowConfig
+from tierwise.router.config import LatencyWindowConfig
 
 Metric = Literal["total", "ttft"]
 

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from router.config import Backoff, RetryConfig
-from router.providers.base import ErrorType, ProviderError
+from tierwise.router.config import Backoff, RetryConfig
+from tierwise.router.providers.base import ErrorType, ProviderError
 
 T = TypeVar("T")
 

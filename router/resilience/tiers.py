@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from router.config import Config
-from router.providers.base import ErrorType, ProviderError
-from router.resilience.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, Listener
-from router.resilience.latency import LatencyEstimate, LatencyTracker, Metric
-from router.resilience.retry import Clock, RetryOutcome, RetryPolicy, Sleep
+from tierwise.router.config import Config
+from tierwise.router.providers.base import ErrorType, ProviderError
+from tierwise.router.resilience.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, Listener
+from tierwise.router.resilience.latency import LatencyEstimate, LatencyTracker, Metric
+from tierwise.router.resilience.retry import Clock, RetryOutcome, RetryPolicy, Sleep
 
 T = TypeVar("T")
 

@@ -3,9 +3,9 @@
 import grpc
 import warnings
 
-from protos.tierwise.v1 import tierwise_pb2 as tierwise_dot_v1_dot_tierwise__pb2
+from tierwise.v1 import tierwise_pb2 as tierwise_dot_v1_dot_tierwise__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

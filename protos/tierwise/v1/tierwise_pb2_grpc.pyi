@@ -10,7 +10,7 @@ names the offending field or dependency.
 
 from collections import abc as _abc
 from grpc import aio as _aio
-from protos.tierwise.v1 import tierwise_pb2 as _tierwise_pb2
+from tierwise.v1 import tierwise_pb2 as _tierwise_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys

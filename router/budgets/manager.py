@@ -1,0 +1,453 @@
+"""Budgets: reserve a request's estimated cost before the call, settle the actual cost after it.
+
+A reservation checks every budget that matches the tenant (and feature) in
+one atomic store operation: used + in flight + this estimate must stay within
+each hard limit, so concurrent requests, on any replica, can overspend a limit
+by no more than what the requests already in flight spend beyond their
+estimates. Over a soft limit the reservation carries a ``Degrade`` (a lower
+quality target or a cap on the tier). Alerts fire once per budget period.
+
+When the store cannot be reached, ``budget_store.fail_mode`` decides: ``open``
+(the default: a budget outage should not take the service down) admits the
+request unmetered, logs, and tells the store-error listeners (a metric);
+``closed`` refuses it with UNAVAILABLE naming the store. Either way the store
+is not tried again before a backoff (doubling up to ``reconnect_max_s``), so an
+outage costs requests no timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+from tierwise.router.budgets.alerts import AlertDispatcher, AlertKind, BudgetAlert, Unit
+from tierwise.router.budgets.redis_store import RedisBudgetStore
+from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
+from tierwise.router.budgets.store import (
+    WINDOW_RETENTION,
+    Amount,
+    BudgetLine,
+    BudgetStore,
+    BudgetStoreUnavailable,
+    Limit,
+    LineState,
+    Period,
+    nanos_to_usd,
+    usd_to_nanos,
+)
+from tierwise.router.config import BudgetConfig, BudgetStoreConfig, Config
+from tierwise.router.errors import BudgetExhausted
+from tierwise.router.pricing import usd_str
+
+log = logging.getLogger("tierwise.budgets")
+
+T = TypeVar("T")
+DEGRADE_REASON = "budget-degrade"
+StoreErrorListener = Callable[[str, BudgetStoreUnavailable], None]  # (operation, error)
+
+
+@dataclass(frozen=True, slots=True)
+class Degrade:
+    """How to route a request over a soft limit: the strictest of the budgets that ask for it."""
+
+    quality_target: float | None
+    max_tier: str | None
+    budgets: tuple[str, ...]
+    reason: str = DEGRADE_REASON
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetReservation:
+    id: str
+    tenant: str
+    feature: str
+    lines: tuple[BudgetLine, ...]
+    amount: Amount
+    degrade: Degrade | None = None
+    enforced: bool = True  # False: the store was unreachable and fail_mode open admitted the request
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUsage:
+    budget: str
+    period: str
+    used_usd: Decimal
+    used_tokens: int
+    in_flight_usd: Decimal
+    in_flight_tokens: int
+    limit_usd: Decimal | None
+    limit_tokens: int | None
+    resets_at: datetime
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Backoff:
+    """After a store failure, skip the store until a doubling delay has passed."""
+
+    def __init__(self, settings: BudgetStoreConfig, clock: Callable[[], float]) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._delay = settings.reconnect_min_s
+        self.down_until: float | None = None
+
+    def ready(self) -> bool:
+        return self.down_until is None or self._clock() >= self.down_until
+
+    def failed(self) -> float:
+        wait = self._delay if self.down_until is not None else self._settings.reconnect_min_s
+        self.down_until = self._clock() + wait
+        self._delay = min(wait * 2, self._settings.reconnect_max_s)
+        return wait
+
+    def succeeded(self) -> bool:
+        was_down = self.down_until is not None
+        self.down_until = None
+        self._delay = self._settings.reconnect_min_s
+        return was_down
+
+
+class BudgetManager:
+    def __init__(
+        self,
+        budgets: Sequence[BudgetConfig],
+        store: BudgetStore,
+        settings: BudgetStoreConfig | None = None,
+        *,
+        tier_order: Sequence[str] = (),
+        alerts: AlertDispatcher | None = None,
+        wall_clock: Callable[[], datetime] = utc_now,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._budgets = {b.name: b for b in budgets}
+        self._store = store
+        self._settings = settings or BudgetStoreConfig()
+        self._tier_order = list(tier_order)
+        self.alerts = alerts or AlertDispatcher(timeout_s=self._settings.webhook_timeout_s)
+        self._wall_clock = wall_clock
+        self._backoff = _Backoff(self._settings, clock)
+        self._store_listeners: list[StoreErrorListener] = []
+        self._fired: dict[str, tuple[str, set[str]]] = {}  # budget -> (period, marks known to be set)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def add_store_error_listener(self, listener: StoreErrorListener) -> None:
+        self._store_listeners.append(listener)
+
+    # -- the request path ---------------------------------------------------
+
+    async def reserve(
+        self, tenant: str, feature: str, estimated_usd: Decimal, estimated_tokens: int
+    ) -> BudgetReservation:
+        """Reserve the estimate on every matching budget, or raise ``BudgetExhausted``."""
+        if estimated_usd < 0 or estimated_tokens < 0:
+            raise ValueError("estimates must not be negative")
+        amount = Amount(usd_to_nanos(estimated_usd, round_up=True), estimated_tokens)
+        now = self._wall_clock()
+        lines = tuple(self._line(b, now) for b in self._matching(tenant, feature))
+        reservation = BudgetReservation(uuid.uuid4().hex, tenant, feature, lines, amount)
+        if not lines:
+            return reservation
+        try:
+            result = await self._store_call(
+                "reserve",
+                lambda: self._store.reserve(
+                    reservation.id, lines, amount, now.timestamp(), self._settings.reservation_ttl_s
+                ),
+            )
+        except BudgetStoreUnavailable as exc:
+            if self._settings.fail_mode == "closed":
+                raise BudgetStoreUnavailable(
+                    f"{exc.message}; budget_store.fail_mode is closed, so requests with budgets are refused"
+                ) from None
+            return replace(reservation, enforced=False)
+        if result.refused is not None:
+            line, state = lines[result.refused], result.states[result.refused]
+            self._spawn(self._alert(line, "refused", [self._refused_unit(line, state, amount)], state.used))
+            raise BudgetExhausted(self._exhausted_message(line, state, amount))
+        degrade = self._soft_limits(lines, result.states, amount)
+        return replace(reservation, degrade=degrade)
+
+    async def settle(self, reservation: BudgetReservation, actual_usd: Decimal, actual_tokens: int) -> None:
+        """Replace the reservation by the actual spend; never raises for a store outage (logged)."""
+        if actual_usd < 0 or actual_tokens < 0:
+            raise ValueError("actual spend must not be negative")
+        if not reservation.lines:
+            return
+        actual = Amount(usd_to_nanos(actual_usd, round_up=True), actual_tokens)
+        now = self._wall_clock().timestamp()
+        first_failure = self._backoff.ready()
+        try:
+            # Shielded: a caller cancelled mid-settle must not leave its spend uncounted.
+            used = await asyncio.shield(
+                self._store_call(
+                    "settle", lambda: self._store.settle(reservation.id, reservation.lines, actual, now)
+                )
+            )
+        except BudgetStoreUnavailable:
+            # Once per outage in the log; every lost settle reaches the store-error listeners (a metric).
+            log.log(
+                logging.WARNING if first_failure else logging.DEBUG,
+                "spend of %s USD, %d tokens not counted against budgets %s: store unavailable",
+                usd_str(actual_usd),
+                actual_tokens,
+                [line.budget for line in reservation.lines],
+            )
+            return
+        for line, line_used in zip(reservation.lines, used, strict=True):
+            self._spawn(self._thresholds(line, line_used))
+
+    async def release(self, reservation: BudgetReservation) -> None:
+        """The request failed before spending: free its reservation (it would expire anyway)."""
+        if not reservation.lines:
+            return
+        now = self._wall_clock().timestamp()
+        # A store outage is logged by _store_call; the reservation then expires after reservation_ttl_s.
+        with contextlib.suppress(BudgetStoreUnavailable):
+            # Shielded: releases run in cleanup paths, where a second cancellation may arrive.
+            await asyncio.shield(
+                self._store_call(
+                    "release", lambda: self._store.release(reservation.id, reservation.lines, now)
+                )
+            )
+
+    # -- reporting ------------------------------------------------------------
+
+    async def usage(self) -> list[BudgetUsage]:
+        """Every budget's current period (an admin RPC or ``tierwise report``); raises when the store is down."""
+        now = self._wall_clock()
+        lines = [self._line(b, now) for b in self._budgets.values()]
+        if not lines:
+            return []
+        states = await self._store.usage(lines, now.timestamp())
+        return [self._usage(line, state, now) for line, state in zip(lines, states, strict=True)]
+
+    async def drain(self) -> None:
+        """Wait for alert checks and webhook posts under way."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+        await self.alerts.drain()
+
+    async def aclose(self) -> None:
+        await self.drain()
+        await self.alerts.aclose()
+        await self._store.aclose()
+
+    # -- inside ---------------------------------------------------------------
+
+    def _matching(self, tenant: str, feature: str) -> list[BudgetConfig]:
+        return [
+            b
+            for b in self._budgets.values()
+            if b.tenant == tenant and (b.feature is None or b.feature == feature)
+        ]
+
+    def _line(self, budget: BudgetConfig, now: datetime) -> BudgetLine:
+        period = Period.containing(budget.window, now)
+        hard = Limit(None if budget.usd is None else usd_to_nanos(budget.usd, round_up=False), budget.tokens)
+        return BudgetLine(
+            budget.name, budget.tenant, period.key, hard, (period.end + WINDOW_RETENTION).timestamp()
+        )
+
+    def _period(self, line: BudgetLine) -> Period:
+        budget = self._budgets[line.budget]
+        start = datetime.strptime(line.period, "%Y-%m-%d" if budget.window == "day" else "%Y-%m")
+        return Period.containing(budget.window, start.replace(tzinfo=UTC))
+
+    async def _store_call(self, operation: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        if not self._backoff.ready():
+            error = BudgetStoreUnavailable(f"budget store {self._store.name} unavailable (backing off)")
+            self._store_failed(operation, error, new=False)
+            raise error
+        try:
+            result = await call()
+        except BudgetStoreUnavailable as exc:
+            self._store_failed(operation, exc, new=True)
+            raise
+        if self._backoff.succeeded():
+            log.warning("budget store %s reachable again", self._store.name)
+        return result
+
+    def _store_failed(self, operation: str, error: BudgetStoreUnavailable, *, new: bool) -> None:
+        if new:
+            wait = self._backoff.failed()
+            log.warning(
+                "%s (during %s); fail_mode %s; next try in %.1f s",
+                error.message,
+                operation,
+                self._settings.fail_mode,
+                wait,
+            )
+        for listener in self._store_listeners:
+            listener(operation, error)
+
+    def _soft_limits(
+        self, lines: Sequence[BudgetLine], states: Sequence[LineState], amount: Amount
+    ) -> Degrade | None:
+        degrading: list[BudgetConfig] = []
+        for line, state in zip(lines, states, strict=True):
+            budget = self._budgets[line.budget]
+            total = state.committed + amount
+            units: list[Unit] = []
+            if budget.soft_usd is not None and total.usd_nanos > usd_to_nanos(
+                budget.soft_usd, round_up=False
+            ):
+                units.append("usd")
+            if budget.soft_tokens is not None and total.tokens > budget.soft_tokens:
+                units.append("tokens")
+            if units:
+                self._spawn(self._alert(line, "soft", units, state.used))
+                if budget.on_soft == "degrade":
+                    degrading.append(budget)
+        if not degrading:
+            return None
+        targets = [b.degrade.quality_target for b in degrading if b.degrade.quality_target is not None]
+        caps = [b.degrade.max_tier for b in degrading if b.degrade.max_tier is not None]
+        return Degrade(
+            quality_target=min(targets) if targets else None,
+            max_tier=min(caps, key=self._tier_rank) if caps else None,
+            budgets=tuple(b.name for b in degrading),
+        )
+
+    def _tier_rank(self, tier: str) -> int:
+        return self._tier_order.index(tier) if tier in self._tier_order else len(self._tier_order)
+
+    def _refused_unit(self, line: BudgetLine, state: LineState, amount: Amount) -> Unit:
+        total = state.committed + amount
+        return (
+            "usd" if line.hard.usd_nanos is not None and total.usd_nanos > line.hard.usd_nanos else "tokens"
+        )
+
+    def _exhausted_message(self, line: BudgetLine, state: LineState, amount: Amount) -> str:
+        budget = self._budgets[line.budget]
+        scope = f"tenant {budget.tenant!r}" + (f", feature {budget.feature!r}" if budget.feature else "")
+        if self._refused_unit(line, state, amount) == "usd":
+            numbers = (
+                f"limit {usd_str(nanos_to_usd(line.hard.usd_nanos or 0))} USD, "
+                f"used {usd_str(nanos_to_usd(state.used.usd_nanos))}, "
+                f"in flight {usd_str(nanos_to_usd(state.in_flight.usd_nanos))}, "
+                f"this request ~{usd_str(nanos_to_usd(amount.usd_nanos))}"
+            )
+        else:
+            numbers = (
+                f"limit {line.hard.tokens} tokens, used {state.used.tokens}, "
+                f"in flight {state.in_flight.tokens}, this request ~{amount.tokens}"
+            )
+        resets = self._period(line).end.isoformat()
+        return f"budget {budget.name} ({scope}, per {budget.window}) exhausted: {numbers}; resets at {resets}"
+
+    def _usage(self, line: BudgetLine, state: LineState, now: datetime) -> BudgetUsage:
+        budget = self._budgets[line.budget]
+        return BudgetUsage(
+            budget=line.budget,
+            period=line.period,
+            used_usd=nanos_to_usd(state.used.usd_nanos),
+            used_tokens=state.used.tokens,
+            in_flight_usd=nanos_to_usd(state.in_flight.usd_nanos),
+            in_flight_tokens=state.in_flight.tokens,
+            limit_usd=budget.usd,
+            limit_tokens=budget.tokens,
+            resets_at=Period.containing(budget.window, now).end,
+        )
+
+    # -- alerts (background tasks, off the request path) ----------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(_logged(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _thresholds(self, line: BudgetLine, used: Amount) -> None:
+        budget = self._budgets[line.budget]
+        for unit in UNITS:
+            limit = _limit(budget, unit, "threshold")
+            if limit is not None:
+                spent = _spent(unit, used)
+                levels = [level for level in budget.alerts if spent >= limit * Decimal(repr(level))]
+                await self._fire(line, "threshold", unit, levels, used)
+
+    async def _alert(self, line: BudgetLine, kind: AlertKind, units: list[Unit], used: Amount) -> None:
+        for unit in units:
+            await self._fire(line, kind, unit, [None], used)
+
+    async def _fire(
+        self, line: BudgetLine, kind: AlertKind, unit: Unit, levels: Sequence[float | None], used: Amount
+    ) -> None:
+        marks = {f"{unit}:{kind}:{'' if level is None else f'{level:g}'}": level for level in levels}
+        period, known = self._fired.get(line.budget, (line.period, set()))
+        if period != line.period:
+            known = set()
+        self._fired[line.budget] = (line.period, known)
+        wanted = [mark for mark in marks if mark not in known]
+        if not wanted:
+            return
+        try:
+            new = await self._store.mark_alerts(line, wanted, self._wall_clock().timestamp())
+        except BudgetStoreUnavailable as exc:
+            log.warning("budget alerts for %s not checked: %s", line.budget, exc.message)
+            return
+        known.update(wanted)
+        budget = self._budgets[line.budget]
+        for mark in new:
+            alert = BudgetAlert(
+                budget=budget.name,
+                tenant=budget.tenant,
+                feature=budget.feature,
+                period=line.period,
+                kind=kind,
+                unit=unit,
+                level=marks[mark],
+                used=_spent(unit, used),
+                limit=_limit(budget, unit, kind) or Decimal(0),
+                resets_at=self._period(line).end,
+            )
+            self.alerts.dispatch(alert, budget.webhook_url)
+
+
+UNITS: tuple[Unit, ...] = ("usd", "tokens")
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await work
+    except Exception:
+        log.exception("budget alert check failed")
+
+
+def _spent(unit: Unit, used: Amount) -> Decimal:
+    return nanos_to_usd(used.usd_nanos) if unit == "usd" else Decimal(used.tokens)
+
+
+def _limit(budget: BudgetConfig, unit: Unit, kind: AlertKind) -> Decimal | None:
+    """The limit an alert is about; thresholds are shares of the hard limit, else of the soft one."""
+    hard = budget.usd if unit == "usd" else _decimal(budget.tokens)
+    soft = budget.soft_usd if unit == "usd" else _decimal(budget.soft_tokens)
+    if kind == "soft":
+        return soft
+    if kind == "refused":
+        return hard
+    return hard if hard is not None else soft
+
+
+def _decimal(value: int | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def build_budget_manager(config: Config, *, alerts: AlertDispatcher | None = None) -> BudgetManager:
+    """The manager over the configured store: Redis when ``store.kind`` is redis, else SQLite in store.path."""
+    settings = config.budget_store
+    store: BudgetStore
+    if config.store.kind == "redis" and config.store.url is not None:
+        store = RedisBudgetStore.from_url(config.store.url, timeout_s=settings.redis_timeout_s)
+    else:
+        store = SqliteBudgetStore(config.store.path / "budgets.sqlite3")
+    return BudgetManager(config.budgets, store, settings, tier_order=config.tier_names, alerts=alerts)

@@ -1,0 +1,127 @@
+"""The embedded spend store: one SQLite file (WAL), money as exact decimal text.
+
+SQLite's own SUM would turn decimal text into floats, so reports sum money with
+a registered aggregate that adds ``Decimal`` values. Each batch is one
+transaction with ``synchronous=FULL``: once ``write`` returns, the rows survive
+a power loss, which is what lets the ledger advance its journal past them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from tierwise.router.ledger.record import SpendRecord
+from tierwise.router.ledger.sql import (
+    Dialect,
+    Sample,
+    SpendTotals,
+    from_row,
+    insert_sql,
+    purge_sql,
+    samples_from_rows,
+    samples_sql,
+    schema,
+    select_one_sql,
+    tags_json,
+    to_row,
+    totals_from_rows,
+    totals_sql,
+)
+from tierwise.router.pricing import total_usd, usd_str
+from tierwise.router.storage.sqlite_batch import insert_batch
+
+
+class _DecimalSum:
+    """SQLite aggregate: the exact sum of decimal text, returned as text."""
+
+    def __init__(self) -> None:
+        self._total = Decimal(0)
+
+    # Typed Any: the sqlite3 stubs describe aggregates over integers only.
+    def step(self, value: Any) -> None:
+        if value is not None:
+            self._total = total_usd((self._total, Decimal(value)))
+
+    def finalize(self) -> Any:
+        return usd_str(self._total)
+
+
+_TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00Z"}
+
+SQLITE = Dialect(
+    types={
+        "text": "TEXT",
+        "real": "REAL",
+        "int": "INTEGER",
+        "money": "TEXT",
+        "json": "TEXT",
+        "bool": "INTEGER",
+    },
+    placeholder="?",
+    money_sum="decimal_sum",
+    time_bucket=lambda bucket: f"strftime('{_TIME_FORMATS[bucket]}', ts, 'unixepoch')",
+    tag_value="json_extract(tags, ?)",
+    tag_param=lambda key: f'$."{key}"',
+    to_db={"money": usd_str, "json": tags_json, "bool": int},
+    from_db={"money": Decimal, "json": json.loads, "bool": bool},
+)
+
+
+class SqliteSpendSink:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.create_aggregate("decimal_sum", 1, _DecimalSum)
+        for statement in schema(SQLITE):
+            self._db.execute(statement)
+        self._lock = threading.Lock()
+        self._insert = insert_sql(SQLITE)
+
+    def write(self, records: Sequence[SpendRecord]) -> int:
+        return insert_batch(self._db, self._lock, self._insert, [to_row(SQLITE, r) for r in records])
+
+    def get(self, request_id: str) -> SpendRecord | None:
+        with self._lock:
+            row = self._db.execute(select_one_sql(SQLITE), (request_id,)).fetchone()
+        return None if row is None else from_row(SQLITE, row)
+
+    def totals(
+        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
+    ) -> list[SpendTotals]:
+        dims, query, params = totals_sql(SQLITE, since, until, by, filters or {})
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return totals_from_rows(dims, rows)
+
+    def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        dims, query, params = samples_sql(SQLITE, since, until, by, filters or {}, columns)
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return samples_from_rows(SQLITE, dims, columns, rows)
+
+    def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
+        cutoff = (time.time() if now is None else now) - seconds
+        with self._lock:
+            return self._db.execute(purge_sql(SQLITE), (cutoff,)).rowcount
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

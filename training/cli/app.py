@@ -1,0 +1,175 @@
+"""The ``tierwise`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tierwise.router.config import Config, ConfigError, load_config
+from tierwise.router.observability.logs import configure_logging
+from tierwise.router.service import Service, build_service
+from tierwise.router.types import ChatMessage, RequestSpec
+from tierwise.training import commands as training_commands
+from tierwise.training import learning_commands, verifier_commands
+from tierwise.training.cli.anomalies import anomalies
+from tierwise.training.cli.estimate import estimate
+from tierwise.training.cli.experiment import experiment_app
+from tierwise.training.cli.report import report
+
+app = typer.Typer(
+    name="tierwise",
+    help="Route every LLM prompt to the cheapest tier that answers it well enough.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+err = Console(stderr=True)
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=False)]
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+async def _build(config: Config) -> Service:
+    try:
+        return await build_service(config)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(config: ConfigOption) -> None:
+    """Run the gRPC server until SIGTERM / SIGINT (in-flight calls finish within the grace period)."""
+    from tierwise.router.server import serve_forever
+
+    cfg = _load(config)
+    configure_logging(cfg.logging.level, cfg.logging.format)
+
+    async def main() -> None:
+        await serve_forever(await _build(cfg))
+
+    asyncio.run(main())
+
+
+@app.command()
+def route(
+    config: ConfigOption,
+    text: Annotated[str, typer.Argument(help="the user prompt")],
+    tenant: Annotated[str, typer.Option(help="tenant to decide for")] = "local",
+    feature: Annotated[str, typer.Option(help="feature tag")] = "",
+    system: Annotated[str | None, typer.Option(help="system prompt")] = None,
+    tier: Annotated[str | None, typer.Option(help="pin a tier")] = None,
+    quality_target: Annotated[float | None, typer.Option(help="quality target in [0, 1]")] = None,
+) -> None:
+    """Print the routing decision for TEXT, without a server and without calling a model."""
+    from tierwise.router.wire import decision_pb
+
+    cfg = _load(config)
+    if tier is not None and tier not in cfg.tier_names:
+        err.print(f"[red]error:[/red] --tier: unknown tier {tier!r}; configured: {', '.join(cfg.tier_names)}")
+        raise typer.Exit(2)
+    messages = ((ChatMessage("system", system),) if system else ()) + (ChatMessage("user", text),)
+    spec = RequestSpec(
+        tenant=tenant, messages=messages, feature=feature, tier=tier, quality_target=quality_target
+    )
+
+    async def main() -> None:
+        service = await _build(cfg)
+        try:
+            decision = await service.pipeline.route(spec, uuid.uuid4().hex)
+        finally:
+            await service.aclose()
+        from google.protobuf.json_format import MessageToDict
+
+        print(json.dumps(MessageToDict(decision_pb(decision), preserving_proto_field_name=True), indent=2))
+
+    asyncio.run(main())
+
+
+@app.command("replay-upstream")
+def replay_upstream(
+    data: Annotated[Path, typer.Option(help="folder of RouterBench-layout CSV files")],
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8001,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    latency_ms: Annotated[float, typer.Option(help="added latency per call")] = 0.0,
+) -> None:
+    """Serve recorded RouterBench answers over the OpenAI Chat Completions protocol."""
+    from tierwise.training.replay import replay_upstream_command
+
+    replay_upstream_command(data=data, port=port, host=host, latency_ms=latency_ms)
+
+
+@app.command()
+def demo(
+    data: Annotated[
+        Path | None, typer.Option(help="RouterBench CSV folder (default: ../shared/data/routerbench)")
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="where the demo keeps its state")] = Path(".demo"),
+    limit: Annotated[int, typer.Option(help="held-out prompts to send (0 = all)")] = 0,
+    concurrency: Annotated[int, typer.Option(help="requests in flight")] = 4,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="routing policy: classifier (trained on first run), cheapest, strongest, random, length"
+        ),
+    ] = "classifier",
+    experiment: Annotated[
+        bool,
+        typer.Option(
+            help="split the traffic by an A/B experiment (classifier vs cheapest), send the recorded scores as "
+            "Feedback, and check the experiment report against the offline evaluation"
+        ),
+    ] = False,
+) -> None:
+    """Replay RouterBench traffic through a real tierwise server and print a cost / quality / latency report."""
+    from tierwise.training.demo.run import run_demo
+
+    sys.exit(
+        run_demo(
+            data=data,
+            workdir=workdir,
+            limit=limit,
+            concurrency=concurrency,
+            policy=policy,
+            experiment=experiment,
+        )
+    )
+
+
+# Offline jobs: their modules import their heavy dependencies inside the commands,
+# so `tierwise serve` loads none of the training code.
+app.command()(training_commands.train)
+app.command()(training_commands.calibrate)
+app.command("eval-router")(training_commands.eval_router)
+app.command("cv-router")(training_commands.cv_router)
+app.add_typer(training_commands.models_app(), name="models")
+app.command("train-verifier")(verifier_commands.train_verifier)
+app.command("train-cross-encoder")(verifier_commands.train_cross_encoder)
+app.command("eval-cache")(verifier_commands.eval_cache)
+app.command()(anomalies)
+app.command()(report)
+app.command()(estimate)
+app.command()(learning_commands.retrain)
+app.command()(learning_commands.simulate)
+app.add_typer(experiment_app(), name="experiment")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
