@@ -4,8 +4,8 @@ Synthetic vectors (``bench_cache.py --vectors clustered|uniform``) reach any siz
 only as far as the QQP file's distinct questions (about 100k), but they sit as a cache's real
 question embeddings do. Queries are the ``b`` side of duplicate pairs, their targets the ``a`` side;
 the query texts are kept out of the stored rows, so a query's exact top-1 is a real neighbour,
-not itself. Vectors come from the embedding disk cache shared with ``tierwise eval-cache`` and
-``train-verifier`` (embedding all questions once takes about 8 minutes on two cores).
+not itself. Vectors come from the embedding disk cache shared with ``tierwise cache eval`` and
+``tierwise cache train-verifier`` (embedding all questions once takes about 8 minutes on two cores).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """``tierwise estimate``: the volume arithmetic done by hand, the sensitivity rows, bad input, the cache
-measured on a sample, and the sample path against ``tierwise eval-router`` on the same rows."""
+measured on a sample, and the sample path against ``tierwise router eval`` on the same rows."""
 
 from __future__ import annotations
 
@@ -245,7 +245,7 @@ def test_sample_agrees_with_eval_router_on_the_same_rows(
     common = ["--config", str(config), "--cache-dir", str(embeddings)]
     evaluated = CliRunner().invoke(
         app,
-        ["eval-router", "--data", str(data), "--registry", str(registry), "--out", str(tmp_path), *common],
+        ["router", "eval", "--data", str(data), "--registry", str(registry), "--out", str(tmp_path), *common],
     )
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads((tmp_path / "report.json").read_text())

@@ -1,4 +1,5 @@
-"""Command functions ``train``, ``calibrate``, ``eval-router`` and ``models list|promote|rollback``.
+"""Command functions ``router train``, ``router calibrate``, ``router eval``, ``router cv`` and
+``models list|promote|rollback``.
 
 They are registered on the ``tierwise`` CLI; heavy imports (LightGBM, onnxruntime,
 torch via the embedder, matplotlib) happen inside the bodies, so building the
@@ -351,7 +352,7 @@ def models_rollback(
 
 def models_app() -> typer.Typer:
     """The ``models`` command group, for ``app.add_typer(models_app(), name="models")``."""
-    group = typer.Typer(help="the classifier model registry", no_args_is_help=True)
+    group = typer.Typer(help="The classifier model registry: list, promote, roll back.", no_args_is_help=True)
     group.command("list")(models_list)
     group.command("promote")(models_promote)
     group.command("rollback")(models_rollback)

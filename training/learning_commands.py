@@ -1,4 +1,4 @@
-"""``tierwise retrain`` and ``tierwise simulate``: the learning loop's batch side, as commands."""
+"""``tierwise router retrain`` and ``tierwise router simulate``: the learning loop's batch side, as commands."""
 
 from __future__ import annotations
 

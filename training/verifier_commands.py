@@ -1,4 +1,5 @@
-"""Command functions ``train-verifier`` and ``eval-cache`` (registered on the ``tierwise`` CLI).
+"""Command functions ``cache train-verifier``, ``cache train-cross-encoder`` and ``cache eval``
+(registered on the ``tierwise`` CLI).
 
 Heavy imports (torch via the embedder, LightGBM, FAISS) happen inside the bodies, so
 importing this module to build the CLI costs nothing.

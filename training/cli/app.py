@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tierwise import __version__
 from tierwise.router.config import Config, ConfigError, load_config
 from tierwise.router.observability.logs import configure_logging
 from tierwise.router.service import Service, build_service
@@ -21,6 +22,7 @@ from tierwise.training import learning_commands, verifier_commands
 from tierwise.training.cli.anomalies import anomalies
 from tierwise.training.cli.estimate import estimate
 from tierwise.training.cli.experiment import experiment_app
+from tierwise.training.cli.help_format import CACHE, DEMO, MODELS, REPORTS, SERVING, TierwiseGroup
 from tierwise.training.cli.report import report
 
 app = typer.Typer(
@@ -28,6 +30,7 @@ app = typer.Typer(
     help="Route every LLM prompt to the cheapest tier that answers it well enough.",
     no_args_is_help=True,
     add_completion=False,
+    cls=TierwiseGroup,
 )
 err = Console(stderr=True)
 
@@ -42,6 +45,22 @@ def _load(path: Path) -> Config:
         raise typer.Exit(2) from None
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tierwise {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    pass
+
+
 async def _build(config: Config) -> Service:
     try:
         return await build_service(config)
@@ -50,7 +69,7 @@ async def _build(config: Config) -> Service:
         raise typer.Exit(2) from None
 
 
-@app.command()
+@app.command(rich_help_panel=SERVING)
 def serve(config: ConfigOption) -> None:
     """Run the gRPC server until SIGTERM / SIGINT (in-flight calls finish within the grace period)."""
     from tierwise.router.server import serve_forever
@@ -64,7 +83,7 @@ def serve(config: ConfigOption) -> None:
     asyncio.run(main())
 
 
-@app.command()
+@app.command(rich_help_panel=SERVING)
 def route(
     config: ConfigOption,
     text: Annotated[str, typer.Argument(help="the user prompt")],
@@ -99,20 +118,7 @@ def route(
     asyncio.run(main())
 
 
-@app.command("replay-upstream")
-def replay_upstream(
-    data: Annotated[Path, typer.Option(help="folder of RouterBench-layout CSV files")],
-    port: Annotated[int, typer.Option(help="port to listen on")] = 8001,
-    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
-    latency_ms: Annotated[float, typer.Option(help="added latency per call")] = 0.0,
-) -> None:
-    """Serve recorded RouterBench answers over the OpenAI Chat Completions protocol."""
-    from tierwise.training.replay import replay_upstream_command
-
-    replay_upstream_command(data=data, port=port, host=host, latency_ms=latency_ms)
-
-
-@app.command()
+@app.command(rich_help_panel=DEMO)
 def demo(
     data: Annotated[
         Path | None, typer.Option(help="RouterBench CSV folder (default: ../shared/data/routerbench)")
@@ -149,22 +155,47 @@ def demo(
     )
 
 
+@app.command("replay-upstream", rich_help_panel=DEMO)
+def replay_upstream(
+    data: Annotated[Path, typer.Option(help="folder of RouterBench-layout CSV files")],
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8001,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    latency_ms: Annotated[float, typer.Option(help="added latency per call")] = 0.0,
+) -> None:
+    """Serve recorded RouterBench answers over the OpenAI Chat Completions protocol."""
+    from tierwise.training.replay import replay_upstream_command
+
+    replay_upstream_command(data=data, port=port, host=host, latency_ms=latency_ms)
+
+
 # Offline jobs: their modules import their heavy dependencies inside the commands,
 # so `tierwise serve` loads none of the training code.
-app.command()(training_commands.train)
-app.command()(training_commands.calibrate)
-app.command("eval-router")(training_commands.eval_router)
-app.command("cv-router")(training_commands.cv_router)
-app.add_typer(training_commands.models_app(), name="models")
-app.command("train-verifier")(verifier_commands.train_verifier)
-app.command("train-cross-encoder")(verifier_commands.train_cross_encoder)
-app.command("eval-cache")(verifier_commands.eval_cache)
-app.command()(anomalies)
-app.command()(report)
-app.command()(estimate)
-app.command()(learning_commands.retrain)
-app.command()(learning_commands.simulate)
-app.add_typer(experiment_app(), name="experiment")
+def _group(help: str) -> typer.Typer:
+    return typer.Typer(help=help, no_args_is_help=True)
+
+
+router_app = _group(
+    "The router's offline jobs: train, evaluate, cross-validate, simulate, calibrate, retrain."
+)
+router_app.command()(training_commands.train)
+router_app.command("eval")(training_commands.eval_router)
+router_app.command("cv")(training_commands.cv_router)
+router_app.command()(learning_commands.simulate)
+router_app.command()(training_commands.calibrate)
+router_app.command()(learning_commands.retrain)
+
+cache_app = _group("The semantic cache's offline jobs: train its verifier, evaluate it.")
+cache_app.command("train-verifier")(verifier_commands.train_verifier)
+cache_app.command("train-cross-encoder")(verifier_commands.train_cross_encoder)
+cache_app.command("eval")(verifier_commands.eval_cache)
+
+app.add_typer(training_commands.models_app(), name="models", rich_help_panel=MODELS)
+app.add_typer(router_app, name="router", rich_help_panel=MODELS)
+app.add_typer(cache_app, name="cache", rich_help_panel=CACHE)
+app.command(rich_help_panel=REPORTS)(report)
+app.command(rich_help_panel=REPORTS)(estimate)
+app.command(rich_help_panel=REPORTS)(anomalies)
+app.add_typer(experiment_app(), name="experiment", rich_help_panel=REPORTS)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """``tierwise estimate``: monthly tokens and cost of a planned workload per routing policy.
 
 The sample path reads data and the serving model with the loaders ``tierwise
-eval-router`` uses (``tierwise.training.commands``), imported inside the command so the
+router eval`` uses (``tierwise.training.commands``), imported inside the command so the
 CLI stays cheap to build.
 """
 
@@ -44,7 +44,7 @@ def _sample(
     policies: list[core.PolicySpec],
     options: dict[str, Any],
 ) -> tuple[SampleProfile, dict[str, Any]]:
-    """Route the sample with the serving classifier, through eval-router's loaders."""
+    """Route the sample with the serving classifier, through ``router eval``'s loaders."""
     from tierwise.classifier.model import load_model
     from tierwise.training.commands import load_dataset, model_dir, parse_score_cols
     from tierwise.training.dataset import column_map
