@@ -3,7 +3,7 @@
 The bi-encoder's cosine compares two summaries made apart; a cross-encoder attends
 from every word of one text to every word of the other, so "cancel my plan" and
 "don't cancel my plan" look different to it. It is all-MiniLM-L6-v2 fine-tuned on
-labelled pairs (``tierwise train-cross-encoder``), exported to ONNX with int8 weights,
+labelled pairs (``tierwise cache train-cross-encoder``), exported to ONNX with int8 weights,
 and it reads pairs with the embedder's own tokenizer. It costs a few milliseconds a
 pair on a CPU, so the guarded verifier asks it last, only about candidates that
 survived the cosine floor, the rules and the cheaper classifier.

@@ -6,7 +6,7 @@ estimates. The trees see a 16-32 dimensional projection of the embedding, the
 vote sees all of it, and their errors differ: on three 5-fold cross-validations
 of RouterBench's training prompts, the plain mean of the two cut the cost to
 reach 95% of gpt-4's quality from 0.38 to 0.31 of gpt-4's cost, with no loss in
-APGR (``tierwise cv-router --neighbour-weight``).
+APGR (``tierwise router cv --neighbour-weight``).
 
 Embeddings are unit vectors (the embedder normalises them), so cosine
 similarity is a dot product.

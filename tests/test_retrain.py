@@ -1,4 +1,4 @@
-"""``tierwise retrain``: judged traffic joins the training set; a worse candidate is not promoted; a
+"""``tierwise router retrain``: judged traffic joins the training set; a worse candidate is not promoted; a
 promoted one is hot-swapped by a running server with no failed request."""
 
 from __future__ import annotations

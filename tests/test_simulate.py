@@ -1,4 +1,4 @@
-"""``tierwise simulate`` end to end on a small RouterBench slice: it serves train-split prompts through
+"""``tierwise router simulate`` end to end on a small RouterBench slice: it serves train-split prompts through
 a real server, judges them with the replay judge, retrains and reports per round; and the judged rows
 it learns from carry the recorded score of each tier's own answer, for the served and the shadow tier."""
 

@@ -1,7 +1,7 @@
 """Serve metrics of a semantic cache on labelled pairs: precision, recall, wrong-serve rate.
 
 Shared by verifier training (choosing the operating point on validation) and by
-``eval-cache``, so both count the same way.
+``tierwise cache eval``, so both count the same way.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Fine-tune the verifier's cross-encoder and fold it into a trained verifier directory.
 
-Steps: split the pairs by question group exactly as ``train-verifier`` does, fine-tune
+Steps: split the pairs by question group exactly as ``tierwise cache train-verifier`` does, fine-tune
 all-MiniLM-L6-v2 (the embedder's own weights, from the installed package) as a pair
 classifier on the train split plus the training share of the traps, export it to
 ONNX with int8 weights, score validation through that exported file, choose the

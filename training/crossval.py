@@ -7,7 +7,7 @@ rows of the other two splits are dealt into ``folds`` groups by a hash of the
 sample id; for each fold, that group is the held-out "test", the next group is
 "validation" (model selection, early stopping, utility calibration) and the rest
 is "train". Each fold runs the real ``train`` (ONNX export included) and the
-real ``evaluate``, so the numbers are those ``eval-router`` would print.
+real ``evaluate``, so the numbers are those ``tierwise router eval`` would print.
 """
 
 from __future__ import annotations

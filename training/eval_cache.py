@@ -1,4 +1,4 @@
-"""``eval-cache``: precision, recall and wrong-serve rate of the semantic cache, through its real code path.
+"""``tierwise cache eval``: precision, recall and wrong-serve rate of the semantic cache, through its real code path.
 
 Every number comes from ``tierwise.cache.semantic_cache.SemanticCache`` over a temporary SQLite
 store: texts are embedded by the real embedder (``embedding_text`` of the last user

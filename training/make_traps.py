@@ -3,7 +3,7 @@
 Each family is a list of template pairs with slots, expanded over filler values. The
 templates of each kind are split by a hash of their text: the "eval" share is written
 to ``tests/data/cache_traps.jsonl`` (the committed evaluation file) and the "train" share
-is what ``train-verifier`` may learn from, so the trap evaluation never sees a template
+is what ``tierwise cache train-verifier`` may learn from, so the trap evaluation never sees a template
 the verifier was trained on.
 
 Run ``python -m tierwise.training.make_traps`` to rewrite the committed file.

@@ -1,4 +1,4 @@
-"""``tierwise retrain``: base data + judged traffic -> a candidate version, promoted only if it is
+"""``tierwise router retrain``: base data + judged traffic -> a candidate version, promoted only if it is
 at least as good as the serving one on held-out data.
 
 Training rows are the base data's train split plus the judged requests of the

@@ -1,4 +1,4 @@
-"""``tierwise simulate``: the learning loop end to end on replayed RouterBench traffic.
+"""``tierwise router simulate``: the learning loop end to end on replayed RouterBench traffic.
 
 A real tierwise server (in this process) routes with the classifier against the
 replay upstream (recorded answers), starting from a deliberately weak model
@@ -320,7 +320,7 @@ def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> P
     right.bar(rounds, [float(r["cost_per_request_usd"]) for r in report["rounds"]])
     right.set_xlabel("round")
     right.set_ylabel("cost per request (USD)")
-    figure.suptitle(f"tierwise simulate — {report['judge']}")
+    figure.suptitle(f"tierwise router simulate — {report['judge']}")
     return save_figure(figure, workdir / "simulation.png")
 
 

@@ -1,4 +1,4 @@
-"""``tierwise simulate --repeats N``: the simulation with N seeds, and the round-by-round mean.
+"""``tierwise router simulate --repeats N``: the simulation with N seeds, and the round-by-round mean.
 
 One replay's per-round APGR moves by about 0.03 from the draw of prompts alone (334
 test prompts; models trained on as many labels differ that much), which is as much as
@@ -108,7 +108,7 @@ def print_and_plot_summary(
         axis.set_xlabel("round (last: after the final retrain)")
         axis.legend()
     axes[0].set_ylabel("held-out APGR")
-    figure.suptitle(f"tierwise simulate — {summary['judge']}")
+    figure.suptitle(f"tierwise router simulate — {summary['judge']}")
     return save_figure(figure, workdir / "simulation-summary.png")
 
 

@@ -23,7 +23,7 @@ from tierwise.router.observability.anomaly import SinkReports
 from tierwise.training.figures import pyplot, save_figure
 
 if TYPE_CHECKING:  # numpy and scipy load only when a report is made, not for every CLI command
-    from tierwise.router.experiments.report import ExperimentReport
+    from tierwise.router.analytics.experiment_report import ExperimentReport
     from tierwise.router.experiments.stats import Interval
 
 
@@ -46,7 +46,7 @@ def _experiment(config: Config, name: str) -> ExperimentConfig:
 async def load_report(
     config: Config, experiment: ExperimentConfig, since: float, until: float
 ) -> ExperimentReport:
-    from tierwise.router.experiments.report import load_experiment
+    from tierwise.router.analytics.experiment_report import load_experiment
 
     sink = open_sink(config)
     feedback = open_feedback_table(config)
@@ -162,7 +162,7 @@ def report(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     if as_json:
-        from tierwise.router.experiments.report import report_json
+        from tierwise.router.analytics.experiment_report import report_json
 
         print(json.dumps(report_json(result), indent=2))
     else:

@@ -108,8 +108,8 @@ def run_experiment_report(data_dir: Path, config_path: Path, workdir: Path, cons
 
 def print_experiment(config_path: Path, offline: dict[str, Any] | None, console: Console) -> dict[str, Any]:
     """The experiment report (ledger + feedback), then the offline differences beside its CIs."""
+    from tierwise.router.analytics.experiment_report import report_json
     from tierwise.router.config import load_config
-    from tierwise.router.experiments.report import report_json
     from tierwise.training.cli.experiment import load_report, render
 
     config = load_config(config_path)

@@ -2,7 +2,7 @@
 
 The classifier's choices come from ``tierwise.training.evaluate`` (``routing_contexts`` and
 ``classifier_sweeps``: ``ClassifierPolicy`` over the ONNX model, the code
-``tierwise eval-router`` and the server run), on the rows of one split that are
+``tierwise router eval`` and the server run), on the rows of one split that are
 scored for every tier, as eval-router's rows are. Per row and tier the profile
 keeps the prompt's tokens as the pipeline counts them, the output tokens of the
 tier's recorded answer (capped at the tier's ``max_output_tokens``; the

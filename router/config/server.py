@@ -1,0 +1,141 @@
+"""Config sections of the serving front: server and TLS, API-key auth, tiers and their prices, routing, limits."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tierwise.router.config.strict import TIER_NAME, StrictSection
+
+
+class TlsConfig(StrictSection):
+    """gRPC over TLS; with ``client_ca_file`` clients must present a certificate it signed (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+
+class ServerConfig(StrictSection):
+    host: str = "127.0.0.1"
+    port: int = Field(50051, ge=0, le=65535)
+    metrics_port: int = Field(9464, ge=0, le=65535, description="0 turns /metrics off")
+    grace_period_s: float = Field(10.0, ge=0)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    log_prompts: bool = False
+    default_timeout_s: float = Field(60.0, gt=0, description="upstream deadline when the caller sets none")
+    tls: TlsConfig | None = None
+
+
+class ApiKey(StrictSection):
+    key_sha256: str
+    tenant: str = Field(min_length=1, max_length=128)
+    admin: bool = Field(False, description="may use the Admin service across tenants")
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        value = value.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be the 64-hex-digit SHA-256 of the API key")
+        return value
+
+
+class AuthConfig(StrictSection):
+    mode: Literal["api_key", "none"] = "api_key"
+    tenant: str | None = Field(None, description="the tenant every request gets when mode is none")
+    api_keys: tuple[ApiKey, ...] = ()
+
+    @model_validator(mode="after")
+    def _mode_needs(self) -> AuthConfig:
+        if self.mode == "none" and not self.tenant:
+            raise ValueError("auth.mode 'none' needs auth.tenant")
+        return self
+
+
+class Price(StrictSection):
+    """USD per million tokens; cached input defaults to the input price."""
+
+    input_per_mtok: Decimal = Field(Decimal(0), ge=0)
+    output_per_mtok: Decimal = Field(Decimal(0), ge=0)
+    cached_input_per_mtok: Decimal | None = Field(None, ge=0)
+
+    @property
+    def cached_input(self) -> Decimal:
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+
+class TierConfig(StrictSection):
+    name: str
+    provider: Literal["openai", "anthropic"]
+    base_url: str
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    price: Price = Price()
+    max_output_tokens: int = Field(1024, gt=0)
+    timeout_s: float = Field(30.0, gt=0)
+    latency_slo_ms: float | None = Field(
+        None, gt=0, description="calls slower than this count as slow for the circuit breaker"
+    )
+    encoding: str | None = Field(None, description="tiktoken encoding; chosen by model family when unset")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not TIER_NAME.match(value):
+            raise ValueError("tier names are 1-64 characters: letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://", value):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+PolicyName = Literal["cheapest", "strongest", "random", "length", "classifier"]
+
+
+class ClassifierConfig(StrictSection):
+    """The trained router: model versions in a registry directory, the serving one named by its pointer."""
+
+    registry: Path = Field(Path("./models/router"), description="model registry directory")
+    rule: Literal["threshold", "utility"] = Field(
+        "utility",
+        description="threshold: cheapest tier with P(adequate) >= the quality target; "
+        "utility: max P(adequate) - lambda * expected cost, lambda calibrated from the target (the default: "
+        "on the held-out RouterBench split it beat threshold, APGR 0.551 vs 0.475, AIQ 0.790 vs 0.774)",
+    )
+    watch_interval_s: float = Field(
+        2.0, ge=0, description="how often the registry pointer is checked for a promoted version (0: never)"
+    )
+
+
+class RoutingConfig(StrictSection):
+    policy: PolicyName = "cheapest"
+    classifier: ClassifierConfig = ClassifierConfig()
+    seed: int = 0
+    default_quality_target: float = Field(0.8, ge=0, le=1)
+    expected_output_tokens: int = Field(256, gt=0, description="output length assumed for cost estimates")
+    fallback: bool = Field(True, description="on a retryable failure, try the next stronger tier")
+    length_thresholds: dict[str, int] = Field(
+        default_factory=dict,
+        description="length policy: tier -> the largest input token count it takes; tiers without one take any",
+    )
+
+
+class LimitsConfig(StrictSection):
+    max_messages: int = Field(256, gt=0)
+    max_content_chars: int = Field(200_000, gt=0)
+    max_total_chars: int = Field(1_000_000, gt=0)
+    max_metadata_entries: int = Field(64, ge=0)
+    max_metadata_chars: int = Field(256, gt=0)
+    max_field_chars: int = Field(256, gt=0, description="feature, user, tier names")
+    max_stop_sequences: int = Field(8, ge=0)
+    max_tools_chars: int = Field(100_000, ge=0)
