@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from tierwise.cache.backoff import Backoff as ExpBackoff
+from tierwise.cache.backoff import Jitter
 from tierwise.cache.store import CacheStoreError, EntryRef, VectorRow
 
 logger = logging.getLogger(__name__)
@@ -105,23 +107,13 @@ class ReplicaIndex(Protocol):
         ...
 
 
-class Backoff:
-    """Exponential backoff with equal jitter: the n-th wait is uniform in [d/2, d], d = min(max, min·2ⁿ)."""
+class Backoff(ExpBackoff):
+    """Reconnects to a shared store: equal jitter, the n-th wait uniform in [d/2, d], d = min(max, min·2ⁿ)."""
 
     def __init__(self, min_s: float, max_s: float, rng: Callable[[], float] = random.random) -> None:
         if not 0 < min_s <= max_s:
             raise ValueError(f"backoff needs 0 < min_s <= max_s, got {min_s}, {max_s}")
-        self.min_s, self.max_s = min_s, max_s
-        self._rng = rng
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.min_s * 2.0 ** min(self.failures, 62))
-        self.failures += 1
-        return ceiling / 2 + self._rng() * ceiling / 2
-
-    def reset(self) -> None:
-        self.failures = 0
+        super().__init__(min_s, max_s, jitter=Jitter.EQUAL, rng=rng)
 
 
 @dataclass(slots=True)

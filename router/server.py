@@ -242,6 +242,11 @@ def _cancelled() -> RequestCancelled:
     return RequestCancelled("the caller cancelled the call")
 
 
+async def _stop_watcher(stop: asyncio.Event, watcher: asyncio.Task[None]) -> None:
+    stop.set()
+    await watcher
+
+
 def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     try:
         key, cert = tls.key_file.read_bytes(), tls.cert_file.read_bytes()
@@ -288,9 +293,10 @@ class TierwiseServer:
         self.port = 0
         self.metrics_port = 0
         self._stopped = False
-        self._anomalies: AnomalyChecker | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._watch_stop = asyncio.Event()
+        self._grace_s = 0.0  # a failed start waits for no call: none was taken
+        # The server owns the service from here: it is the first thing in, the last out.
+        self._stack = contextlib.AsyncExitStack()
+        self._stack.push_async_callback(service.aclose)
         self.admin = AdminServer(service.accounting.metrics) if config.metrics_port else None
         if self.admin is not None:
             self.admin.add_refresher(self._refresh_budget_gauges)
@@ -314,55 +320,69 @@ class TierwiseServer:
                 )
 
     async def start(self) -> int:
+        """Start in order, each step on the server's exit stack as it opens; when one raises, the
+        earlier ones and the service are closed, in reverse, before the error goes on."""
+        async with self._stack:
+            port = await self._open(self._stack)
+            self._stack = self._stack.pop_all()  # started in full: closed by stop()
+            return port
+
+    async def _open(self, stack: contextlib.AsyncExitStack) -> int:
         config = self.service.config.server
-        address = f"{config.host}:{config.port}"
-        if config.tls is None:
-            self.port = self._server.add_insecure_port(address)
-        else:
-            self.port = self._server.add_secure_port(address, _tls_credentials(config.tls))
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.host}:{config.port}")
+        # Read first: a bad certificate is a config error, found before anything starts.
+        credentials = None if config.tls is None else _tls_credentials(config.tls)
         ledger = self.service.accounting.ledger
         if ledger is not None:
-            await ledger.start()
+            await ledger.start()  # stopped by service.aclose, at the bottom of the stack
             if self.service.config.anomaly.enabled:  # the checker reads the ledger
-                self._anomalies = AnomalyChecker(
+                anomalies = AnomalyChecker(
                     ledger, self.service.config.anomaly, metrics=self.service.accounting.metrics
                 )
-                self._anomalies.start()
-        await self.service.accounting.learning.start()
+                anomalies.start()
+                stack.push_async_callback(anomalies.aclose)
+        await self.service.accounting.learning.start()  # stopped by service.aclose too
         if self.admin is not None:
             self.metrics_port = await self.admin.start(config.host, config.metrics_port)
+            stack.push_async_callback(self._stop_admin)
         serving, interval = (
             self.service.serving_model,
             self.service.config.routing.classifier.watch_interval_s,
         )
         if serving is not None and interval > 0:
-            self._watch_stop = asyncio.Event()
-            self._watcher = asyncio.create_task(serving.watch(interval, self._watch_stop))
+            watch_stop = asyncio.Event()
+            watcher = asyncio.create_task(serving.watch(interval, watch_stop))
+            stack.push_async_callback(_stop_watcher, watch_stop, watcher)
+        # Bound last, so that it is stopped first: no call arrives while the rest closes.
+        stack.push_async_callback(self._stop_grpc)  # also releases a port a later step failed after
+        address = f"{config.host}:{config.port}"
+        if credentials is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, credentials)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port}")
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"host": config.host, "port": self.port})
         return self.port
 
+    async def _stop_grpc(self) -> None:
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(self._grace_s)
+
+    async def _stop_admin(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()
+            self.admin = None
+
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop taking calls, let in-flight ones finish within the grace period, then close."""
         if self._stopped:
             return
         self._stopped = True
-        await self._health.enter_graceful_shutdown()
-        grace = self.service.config.server.grace_period_s if grace_s is None else grace_s
-        await self._server.stop(grace)
-        if self.admin is not None:
-            await self.admin.stop()
-            self.admin = None
-        if self._anomalies is not None:
-            await self._anomalies.aclose()
-        if self._watcher is not None:
-            self._watch_stop.set()
-            await self._watcher
-        await self.service.aclose()
+        self._grace_s = self.service.config.server.grace_period_s if grace_s is None else grace_s
+        await self._stack.aclose()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tierwise.cache.batching import BatchingEmbedder
 from tierwise.cache.embedder import SentenceEmbedder
@@ -16,6 +17,7 @@ from tierwise.cache.verification import CandidateVerifier, CosineOnlyVerifier
 from tierwise.cache.verifier_guarded import GuardedVerifier
 from tierwise.cache.verifier_model import VerifierModelError
 from tierwise.classifier.registry import ServingModel
+from tierwise.router.accounting import Accounting
 from tierwise.router.budgets.manager import BudgetManager, build_budget_manager
 from tierwise.router.caching import ResponseCache
 from tierwise.router.config import CacheConfig, Config, ConfigError
@@ -25,7 +27,6 @@ from tierwise.router.feedback.factory import open_feedback_store
 from tierwise.router.feedback.redis_store import RedisFeedbackStore
 from tierwise.router.feedback.store import FeedbackStore
 from tierwise.router.learning.loop import build_learning
-from tierwise.router.ledger.accounting import Accounting
 from tierwise.router.ledger.builder import SpendRecordBuilder
 from tierwise.router.ledger.spend_ledger import build_ledger
 from tierwise.router.observability.metrics import Metrics
@@ -60,21 +61,18 @@ class Service:
     cache: ResponseCache | None
     accounting: Accounting
     serving_model: ServingModel | None = None  # the classifier's model holder, hot-swapped on promotion
+    resources: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack, repr=False)
+    """What ``build_service`` opened, closed in reverse by ``aclose``."""
 
     async def aclose(self) -> None:
-        await self.accounting.aclose()  # flushes the spend ledger
-        if self.cache is not None:
-            await self.cache.aclose()
-        if self.embedder is not None:
-            await self.embedder.aclose()
-        for provider in self.providers.values():
-            await provider.aclose()
-        await self.budgets.aclose()
-        await self.feedback.aclose()
-        await asyncio.to_thread(self.accounting.tracing.shutdown)
+        """Close everything in the reverse order of opening: the learning loop before the ledger and
+        feedback store it writes to, the cache before its embedder, tracing last. Idempotent."""
+        await self.resources.aclose()
 
 
-async def _open_cache(config: Config, settings: CacheConfig, embedder: BatchingEmbedder) -> ResponseCache:
+async def _open_cache(
+    config: Config, settings: CacheConfig, embedder: BatchingEmbedder, stack: contextlib.AsyncExitStack
+) -> ResponseCache:
     """Embedded: entries in SQLite under store.path. Redis: entries shared by every replica at store.url,
     this replica's index following their change stream (its index snapshot stays under store.path)."""
     store: EntryStore
@@ -82,11 +80,15 @@ async def _open_cache(config: Config, settings: CacheConfig, embedder: BatchingE
         store = RedisEntryStore.for_cache(config.store.url, settings)
     else:
         store = await SqliteEntryStore.open(config.store.path / "cache.sqlite3")
+    # The cache closes its store; this close (idempotent) is for a cache that never opened.
+    stack.push_async_callback(store.aclose)
     tuning = settings.model_copy(
         update={"snapshot_path": settings.snapshot_path or config.store.path / "cache.faiss"}
     )
     cache = await SemanticCache.open(store, embedder.info, tuning, _verifier(settings, embedder.info.key))
-    return ResponseCache(cache, settings)
+    response_cache = ResponseCache(cache, settings)
+    stack.push_async_callback(response_cache.aclose)
+    return response_cache
 
 
 def _verifier(settings: CacheConfig, embedder_key: str) -> CandidateVerifier:
@@ -101,10 +103,24 @@ def _verifier(settings: CacheConfig, embedder_key: str) -> CandidateVerifier:
 
 
 async def build_service(config: Config) -> Service:
+    """Open every store, client and background worker in order, each on one exit stack as it opens:
+    when a step raises, what the earlier steps opened is closed, in reverse, before the error goes on."""
+    async with contextlib.AsyncExitStack() as stack:
+        service = await _open_service(config, stack)
+        service.resources = stack.pop_all()  # opened in full: the service owns them now
+        return service
+
+
+async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Service:
     tokens = TokenCounter()
     tokens.preload()  # seed and verify the offline encodings at start-up, not on the first request
     config.store.path.mkdir(parents=True, exist_ok=True)
-    providers = {tier.name: build_provider(tier) for tier in config.tiers}
+    tracing = Tracing(config.tracing)  # first, so closed last: spans from the shutdown still export
+    stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+    providers: dict[str, Provider] = {}
+    for tier in config.tiers:
+        providers[tier.name] = provider = build_provider(tier)
+        stack.push_async_callback(provider.aclose)
     check_and_record(config.store.path, config.experiments)  # a running experiment's units stay put
     serving = None
     if needs_serving_model(config):
@@ -121,8 +137,12 @@ async def build_service(config: Config) -> Service:
         embedder = BatchingEmbedder(
             shared_embedder(settings.device, settings.torch_threads), settings.max_batch, settings.max_wait_us
         )
-    cache = await _open_cache(config, config.cache, embedder) if config.cache.enabled and embedder else None
+        stack.push_async_callback(embedder.aclose)
+    cache = None
+    if config.cache.enabled and embedder:
+        cache = await _open_cache(config, config.cache, embedder, stack)
     budgets = build_budget_manager(config)
+    stack.push_async_callback(budgets.aclose)
     health = TierHealth(config)
     metrics = Metrics(config.metrics.labels)
     for tier in config.tiers:
@@ -130,16 +150,17 @@ async def build_service(config: Config) -> Service:
     health.add_listener(lambda change: metrics.set_circuit_state(change.tier, change.new.value))
     ledger = build_ledger(config)
     if ledger is not None:
+        stack.push_async_callback(ledger.aclose)  # flushes what was recorded; the server starts it
         metrics.watch_ledger(ledger)
     feedback = open_feedback_store(config)
+    stack.push_async_callback(feedback.aclose)
     if isinstance(feedback, RedisFeedbackStore):
         metrics.watch_feedback(feedback)
     learning = build_learning(config, providers, feedback, ledger, tokens)
+    stack.push_async_callback(learning.aclose)  # before the ledger closes: judgments book spend there
     if learning.sampler is not None:
         metrics.watch_sampling(learning.sampler)
-    accounting = Accounting(
-        SpendRecordBuilder.from_config(config), ledger, metrics, Tracing(config.tracing), learning
-    )
+    accounting = Accounting(SpendRecordBuilder.from_config(config), ledger, metrics, tracing, learning)
     pipeline = Pipeline(
         config,
         providers,

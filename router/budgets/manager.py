@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+from tierwise.cache.backoff import Backoff, DownGate
 from tierwise.router.budgets.alerts import AlertDispatcher, AlertKind, BudgetAlert, Unit
 from tierwise.router.budgets.redis_store import RedisBudgetStore
 from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
@@ -92,31 +93,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class _Backoff:
-    """After a store failure, skip the store until a doubling delay has passed."""
-
-    def __init__(self, settings: BudgetStoreConfig, clock: Callable[[], float]) -> None:
-        self._settings = settings
-        self._clock = clock
-        self._delay = settings.reconnect_min_s
-        self.down_until: float | None = None
-
-    def ready(self) -> bool:
-        return self.down_until is None or self._clock() >= self.down_until
-
-    def failed(self) -> float:
-        wait = self._delay if self.down_until is not None else self._settings.reconnect_min_s
-        self.down_until = self._clock() + wait
-        self._delay = min(wait * 2, self._settings.reconnect_max_s)
-        return wait
-
-    def succeeded(self) -> bool:
-        was_down = self.down_until is not None
-        self.down_until = None
-        self._delay = self._settings.reconnect_min_s
-        return was_down
-
-
 class BudgetManager:
     def __init__(
         self,
@@ -135,7 +111,10 @@ class BudgetManager:
         self._tier_order = list(tier_order)
         self.alerts = alerts or AlertDispatcher(timeout_s=self._settings.webhook_timeout_s)
         self._wall_clock = wall_clock
-        self._backoff = _Backoff(self._settings, clock)
+        # No jitter: the gate only spares requests a dead store's timeouts; nothing retries in step.
+        self._backoff = DownGate(
+            Backoff(self._settings.reconnect_min_s, self._settings.reconnect_max_s), clock
+        )
         self._store_listeners: list[StoreErrorListener] = []
         self._fired: dict[str, tuple[str, set[str]]] = {}  # budget -> (period, marks known to be set)
         self._tasks: set[asyncio.Task[None]] = set()

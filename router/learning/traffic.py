@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import hmac
 import logging
-import random
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -32,6 +31,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tierwise.cache.backoff import Backoff, Jitter
 from tierwise.classifier.features import EMBEDDING_DIM, FEATURE_VERSION, STATISTIC_NAMES, prompt_statistics
 from tierwise.router.config import TrafficConfig
 from tierwise.router.outcome import Completion
@@ -157,7 +157,7 @@ class TrafficRecorder:
         self._settings = settings
         self._store_prompts = frozenset(settings.store_prompts_tenants)
         self._salt = salt
-        self._retry = (retry_initial_s, retry_max_s)
+        self._retry = Backoff(retry_initial_s, retry_max_s, jitter=Jitter.EQUAL)
         self._purge_interval_s = purge_interval_s
         self._queue: deque[_Observed] = deque()
         self._counts = {"written": 0, "dropped": 0, "write_failures": 0}
@@ -239,20 +239,20 @@ class TrafficRecorder:
         return self.store.write([sample_of(item, self._store_prompts, self._salt) for item in batch])
 
     async def _store(self, batch: list[_Observed]) -> None:
-        delay, longest = self._retry
+        self._retry.reset()  # each batch starts from the initial delay
         while True:
             try:
                 self._counts["written"] += await asyncio.to_thread(self._write, batch)
                 return
             except Exception as exc:
                 self._counts["write_failures"] += 1
+                delay = self._retry.next_delay()
                 log.warning(
                     "traffic store write failed; retrying", extra={"error": repr(exc), "retry_s": delay}
                 )
                 if self._closing:
                     return  # shutting down: the batch is lost rather than holding the shutdown
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, longest)
+                await asyncio.sleep(delay)
 
     async def _purge_forever(self) -> None:
         days = self._settings.retention_days

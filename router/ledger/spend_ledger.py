@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import threading
 import time
 from collections import deque
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from tierwise.cache.backoff import Backoff, Jitter
 from tierwise.router.config import Config
 from tierwise.router.ledger.journal import Journal, JournalLine
 from tierwise.router.ledger.record import SpendRecord, decode_line, encode_line
@@ -125,7 +125,8 @@ class SpendLedger:
         self._flush_interval_s = flush_interval_s
         self._retention_s = retention_s
         self._rotate_bytes = rotate_bytes
-        self._retry = (retry_initial_s, retry_max_s)
+        # Equal jitter: replicas that lost the same store do not retry in step.
+        self._retry = Backoff(retry_initial_s, retry_max_s, jitter=Jitter.EQUAL)
         self._purge_interval_s = purge_interval_s
         self._journal = Journal(directory, fsync=fsync_journal)
         self._rejected_path = directory / "rejected.jsonl"
@@ -261,7 +262,7 @@ class SpendLedger:
                 await self._write_batch()
             except Exception:  # a bug, not a store failure: keep the records, keep going
                 log.exception("spend ledger writer failed; retrying")
-                await asyncio.sleep(self._retry[1])
+                await asyncio.sleep(self._retry.cap_s)
 
     async def _wait_for_batch(self) -> None:
         while not (self._backlog or self._memory or self._closing):
@@ -335,13 +336,14 @@ class SpendLedger:
         self._progress.set()
 
     async def _store(self, records: list[SpendRecord]) -> None:
-        delay, longest = self._retry
+        self._retry.reset()  # each batch starts from the initial delay
         while records:
             try:
                 written = await asyncio.to_thread(self._sink.write, records)
             except Exception as exc:
                 self._counts["write_failures"] += 1
                 self._store_ok = False
+                delay = self._retry.next_delay()
                 log.warning(
                     "spend store write failed; records stay in the journal",
                     extra={
@@ -350,8 +352,7 @@ class SpendLedger:
                         "error": repr(exc),
                     },
                 )
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # jitter: replicas do not retry in step
-                delay = min(delay * 2, longest)
+                await asyncio.sleep(delay)
                 continue
             self._counts["written"] += written
             self._store_ok = True
@@ -456,11 +457,15 @@ def build_ledger(config: Config) -> SpendLedger | None:
         from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
 
         sink = SqliteSpendSink(config.store.path / "spend.sqlite3")
-    return SpendLedger(
-        config.store.path / "ledger",
-        sink,
-        batch_size=settings.batch_size,
-        flush_interval_s=settings.flush_interval_s,
-        retention_s=settings.retention_days * 86400 if settings.retention_days is not None else None,
-        fsync_journal=settings.fsync_journal,
-    )
+    try:
+        return SpendLedger(
+            config.store.path / "ledger",
+            sink,
+            batch_size=settings.batch_size,
+            flush_interval_s=settings.flush_interval_s,
+            retention_s=settings.retention_days * 86400 if settings.retention_days is not None else None,
+            fsync_journal=settings.fsync_journal,
+        )
+    except BaseException:
+        sink.close()  # the journal could not be opened: the ledger that would close the sink never was
+        raise

@@ -1,2 +1,26 @@
 """Upstream model clients behind one ``Provider`` protocol: OpenAI-compatible Chat Completions and
 the Anthropic Messages API, over one shared HTTP client."""
+
+from tierwise.router.providers.base import (
+    ChatCall,
+    ChatResult,
+    ErrorType,
+    Provider,
+    ProviderError,
+    StreamEvent,
+    StreamFinish,
+    TextDelta,
+)
+from tierwise.router.providers.factory import build_provider
+
+__all__ = [
+    "ChatCall",
+    "ChatResult",
+    "ErrorType",
+    "Provider",
+    "ProviderError",
+    "StreamEvent",
+    "StreamFinish",
+    "TextDelta",
+    "build_provider",
+]

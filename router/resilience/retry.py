@@ -6,6 +6,9 @@ sending them back in lockstep. A rate-limited answer's Retry-After is the
 least we wait; one longer than ``max_retry_after_s`` is not waited for, and
 neither is any backoff that would end at or past the deadline: the caller
 moves on to its next tier instead.
+
+The schedule is the shared one (``tierwise.cache.backoff``); the per-class counts,
+Retry-After and the deadline are this loop's own.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from tierwise.router.config import Backoff, RetryConfig
+from tierwise.cache.backoff import Backoff, Jitter
+from tierwise.router.config import Backoff as ClassBackoff
+from tierwise.router.config import RetryConfig
 from tierwise.router.providers.base import ErrorType, ProviderError
 
 T = TypeVar("T")
@@ -66,18 +71,21 @@ class RetryPolicy:
     def __init__(self, config: RetryConfig, rng: random.Random | None = None) -> None:
         self._config = config
         self._rng = rng or random.Random()
-        self._classes: dict[ErrorType, Backoff] = {
+        self._classes: dict[ErrorType, ClassBackoff] = {
             ErrorType.RATE_LIMITED: config.rate_limited,
             ErrorType.SERVER_ERROR: config.server_error,
             ErrorType.TIMEOUT: config.timeout,
             ErrorType.CONNECTION: config.connection,
         }
+        # Only the schedule is shared: the per-class counts live in ``run`` (one request's tries).
+        self._schedules = {
+            kind: Backoff(c.base_s, c.cap_s, jitter=Jitter.FULL, rng=self._rng.random)
+            for kind, c in self._classes.items()
+        }
 
     def backoff_s(self, error: ProviderError, failures_of_class: int) -> float:
         """The wait after the ``failures_of_class``-th failure (1-based) of ``error``'s class."""
-        backoff = self._classes[error.error_type]
-        ceiling = min(backoff.cap_s, backoff.base_s * 2 ** (failures_of_class - 1))
-        delay = self._rng.uniform(0.0, ceiling)
+        delay = self._schedules[error.error_type].delay(failures_of_class - 1)
         if error.error_type is ErrorType.RATE_LIMITED and error.retry_after_s is not None:
             delay = max(delay, error.retry_after_s)
         return delay

@@ -74,8 +74,3 @@ class Accounting:
         total_ms = (time.perf_counter() - started) * 1000
         record = self.builder.for_failure(spec, request_id, error, total_ms=total_ms, partial=partial)
         self._book(record, span)
-
-    async def aclose(self) -> None:
-        await self.learning.aclose()  # before the ledger: judgments book their spend there
-        if self.ledger is not None:
-            await self.ledger.aclose()
