@@ -17,6 +17,8 @@ from tierwise.cache.sqlite_store import SqliteEntryStore
 from tierwise.router.budgets.manager import BudgetManager
 from tierwise.router.caching import ResponseCache
 from tierwise.router.config import Config, ConfigError
+from tierwise.router.feedback.factory import open_feedback_store
+from tierwise.router.feedback.redis_store import RedisFeedbackStore
 from tierwise.router.feedback.store import SqliteFeedbackStore
 from tierwise.router.learning.loop import LearningLoop
 from tierwise.router.ledger.spend_ledger import SpendLedger
@@ -195,3 +197,20 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def test_a_feedback_stream_that_fails_to_open_closes_the_table_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    monkeypatch.setattr(SqliteFeedbackStore, "close", lambda self: closed.append("table"))
+
+    def refuse(*args: object, **kwargs: object) -> RedisFeedbackStore:
+        raise ConnectionError("redis refused")
+
+    monkeypatch.setattr(RedisFeedbackStore, "from_url", refuse)
+    data = config_dict(tmp_path, "http://127.0.0.1:9/v1", "http://127.0.0.1:9")
+    data["store"] = {"kind": "redis", "url": "redis://127.0.0.1:9/0", "path": str(tmp_path)}
+    with pytest.raises(ConnectionError):
+        open_feedback_store(build_config(data))
+    assert closed == ["table"]

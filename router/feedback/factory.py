@@ -31,6 +31,10 @@ def open_feedback_store(config: Config) -> FeedbackStore:
     table = open_feedback_table(config)
     if config.store.kind != "redis" or config.store.url is None:
         return table
-    store = RedisFeedbackStore.from_url(config.store.url, table, config.feedback)
+    try:
+        store = RedisFeedbackStore.from_url(config.store.url, table, config.feedback)
+    except BaseException:
+        table.close()  # the caller never got it, so nothing else would close it
+        raise
     store.start()
     return store
