@@ -1,0 +1,46 @@
+"""The one back-off schedule: doubling to a cap, its jitter modes, reset, and the clock gate."""
+
+from __future__ import annotations
+
+import pytest
+
+from tierwise.cache.backoff import Backoff, DownGate, Jitter
+
+
+def test_the_schedule_doubles_to_the_cap_and_restarts_after_a_success() -> None:
+    backoff = Backoff(0.5, 3.0)
+    assert [backoff.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert backoff.reset() is True
+    assert backoff.reset() is False  # nothing failed since
+    assert backoff.next_delay() == 0.5
+    assert backoff.ceiling(10_000) == 3.0  # no overflow however long the outage
+
+
+@pytest.mark.parametrize(
+    ("jitter", "draw", "expected"),
+    [(Jitter.FULL, 0.0, 0.0), (Jitter.FULL, 0.5, 2.0), (Jitter.EQUAL, 0.0, 2.0), (Jitter.EQUAL, 0.5, 3.0)],
+)
+def test_jitter_draws_within_its_band(jitter: Jitter, draw: float, expected: float) -> None:
+    backoff = Backoff(1.0, 10.0, jitter=jitter, rng=lambda: draw)
+    assert backoff.delay(2) == expected  # ceiling 4.0
+    assert backoff.failures == 0  # delay(n) leaves the count to loops that keep their own
+
+
+def test_bad_delays_are_refused() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Backoff(0, 1.0)
+
+
+def test_the_gate_stays_shut_for_the_delay_then_opens() -> None:
+    now = [100.0]
+    gate = DownGate(Backoff(2.0, 8.0), clock=lambda: now[0])
+    assert gate.ready()
+    assert gate.failed() == 2.0
+    assert not gate.ready()
+    now[0] = 102.0
+    assert gate.ready()
+    assert gate.failed() == 4.0  # a second failure waits longer
+    assert gate.down_until == 106.0
+    assert gate.succeeded() is True
+    assert gate.ready() and gate.succeeded() is False
+    assert gate.failed() == 2.0  # the success reset the schedule
