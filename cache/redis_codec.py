@@ -6,8 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
+from tierwise.cache.entry_columns import ColumnValue, decode_vector, entry_columns
 from tierwise.cache.store import CachedResponse, CacheEntry, CacheStoreError, EntryRef
 
 
@@ -21,36 +20,19 @@ def decode_text(value: bytes) -> str:
     return value.decode("utf-8")
 
 
+def encode_column(value: ColumnValue) -> bytes | str:
+    """A hash field: text and bytes as they are, reals by :func:`encode_float`, no value as ``""``."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes | str):
+        return value
+    if isinstance(value, float):
+        return encode_float(value)
+    return str(value)
+
+
 def entry_fields(entry: CacheEntry) -> dict[str, bytes | str]:
-    response = entry.response
-    return {
-        "partition_key": entry.partition_key,
-        "tenant": entry.tenant,
-        "namespace": entry.namespace,
-        "exact_key": entry.exact_key,
-        "query_text": entry.query_text,
-        "embedder_key": entry.embedder_key,
-        "dim": str(int(entry.embedding.shape[0])),
-        "embedding": np.ascontiguousarray(entry.embedding, dtype="<f4").tobytes(),
-        "content": response.content,
-        "finish_reason": response.finish_reason,
-        "model": response.model,
-        "input_tokens": str(response.input_tokens),
-        "output_tokens": str(response.output_tokens),
-        "created_at": encode_float(entry.created_at),
-        "expires_at": encode_float(entry.expires_at),
-        "hits": str(entry.hits),
-        "last_hit_at": "" if entry.last_hit_at is None else encode_float(entry.last_hit_at),
-        "threshold_adjust": encode_float(entry.threshold_adjust),
-        "negative_feedback": str(entry.negative_feedback),
-        "saved": encode_float(entry.saved),
-    }
-
-
-def decode_vector(blob: bytes, dim: int) -> np.ndarray:
-    if len(blob) != 4 * dim:
-        raise CacheStoreError(f"stored embedding has {len(blob)} bytes, expected {4 * dim}")
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+    return {name: encode_column(value) for name, value in entry_columns(entry).items()}
 
 
 def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> CacheEntry:

@@ -48,12 +48,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tierwise.cache.entry_columns import decode_vector
 from tierwise.cache.redis_codec import (
     change_time,
     decode_entry,
     decode_refs,
     decode_text,
-    decode_vector,
     encode_float,
     entry_fields,
     reply_pairs,

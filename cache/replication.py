@@ -71,6 +71,18 @@ class Change:
     """Written through this very store object (already counted by its cache)."""
 
 
+@dataclass(frozen=True, slots=True)
+class IndexChanges:
+    """What a run of the feed asks of a replica's index, read from the store in one go."""
+
+    added: Sequence[VectorRow]
+    removed: Sequence[EntryRef]
+    entries_delta: int
+    """Other writers' net inserts (this store's own were counted when written)."""
+    position: FeedPosition
+    """The position after the last change of the run."""
+
+
 @runtime_checkable
 class ChangeFeed(Protocol):
     async def position(self) -> FeedPosition:
@@ -92,14 +104,8 @@ class ReplicaIndex(Protocol):
     @property
     def embedder_key(self) -> str: ...
 
-    async def apply_changes(
-        self,
-        added: Sequence[VectorRow],
-        removed: Sequence[EntryRef],
-        entries_delta: int,
-        position: FeedPosition,
-    ) -> None:
-        """Add and remove vectors in the index only; ``entries_delta`` is other writers' net inserts."""
+    async def apply_changes(self, changes: IndexChanges) -> None:
+        """Add and remove vectors in the index only; the store is not written."""
         ...
 
     async def reload_index(self, position: FeedPosition) -> None:
@@ -237,7 +243,9 @@ class IndexFollower:
             1 for change in changes if not change.local and change.op is ChangeOp.REMOVE
         )
         last = changes[-1]
-        await self._replica.apply_changes(vectors, [change.ref for change in removes], delta, last.position)
+        await self._replica.apply_changes(
+            IndexChanges(vectors, [change.ref for change in removes], delta, last.position)
+        )
         self.stats.applied += len(changes)
         self.stats.lag_s = max(0.0, self._clock() - last.at)
         self.stats.position = last.position

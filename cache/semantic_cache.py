@@ -30,12 +30,12 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 
 from tierwise.cache.embedder import EmbedderInfo
 from tierwise.cache.index import PartitionedIndex
-from tierwise.cache.replication import Backoff, ChangeFeed, FeedPosition, IndexFollower
+from tierwise.cache.replication import Backoff, ChangeFeed, FeedPosition, IndexChanges, IndexFollower
 from tierwise.cache.semantic_core import PendingUsage
 from tierwise.cache.semantic_insert import CacheWrites
 from tierwise.cache.semantic_lookup import CacheLookup
@@ -48,7 +48,7 @@ from tierwise.cache.semantic_snapshot import (
     store_manifest,
 )
 from tierwise.cache.settings import CacheSettings
-from tierwise.cache.store import CacheStoreError, EntryFilter, EntryRef, EntryStore, VectorRow
+from tierwise.cache.store import CacheStoreError, EntryFilter, EntryStore
 from tierwise.cache.verification import CandidateVerifier, CosineOnlyVerifier
 
 __all__ = ["CacheClosed", "CacheHit", "CacheQuery", "CacheStats", "HitKind", "SemanticCache"]
@@ -162,19 +162,13 @@ class SemanticCache(CacheLookup, CacheWrites):
     def embedder_key(self) -> str:
         return self._embedder.key
 
-    async def apply_changes(
-        self,
-        added: Sequence[VectorRow],
-        removed: Sequence[EntryRef],
-        entries_delta: int,
-        position: FeedPosition,
-    ) -> None:
+    async def apply_changes(self, changes: IndexChanges) -> None:
         """Apply changes read from the shared store's feed to the index; the store is not written."""
         async with self._write_lock:
-            await self._unindex(removed)
-            await self._index_rows(added)
-            self._stats.entries += entries_delta
-            self._feed_position = position
+            await self._unindex(changes.removed)
+            await self._index_rows(changes.added)
+            self._stats.entries += changes.entries_delta
+            self._feed_position = changes.position
 
     async def reload_index(self, position: FeedPosition) -> None:
         """Swap in an index built from a scan of the store; changes after ``position`` are replayed."""

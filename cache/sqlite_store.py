@@ -17,8 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-import numpy as np
-
+from tierwise.cache.entry_columns import decode_vector, entry_columns
 from tierwise.cache.store import (
     CachedResponse,
     CacheEntry,
@@ -80,16 +79,6 @@ _ENTRY_COLUMNS = (
 _REF_COLUMNS = "entry_id, partition_key, embedder_key"
 
 
-def _vector_bytes(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def _bytes_vector(blob: bytes, dim: int) -> np.ndarray:
-    if len(blob) != 4 * dim:
-        raise CacheStoreError(f"stored embedding has {len(blob)} bytes, expected {4 * dim}")
-    return np.frombuffer(blob, dtype="<f4").astype(np.float32)
-
-
 def _entry_from_row(row: sqlite3.Row) -> CacheEntry:
     return CacheEntry(
         entry_id=row["entry_id"],
@@ -99,7 +88,7 @@ def _entry_from_row(row: sqlite3.Row) -> CacheEntry:
         exact_key=row["exact_key"],
         query_text=row["query_text"],
         embedder_key=row["embedder_key"],
-        embedding=_bytes_vector(row["embedding"], row["dim"]),
+        embedding=decode_vector(row["embedding"], row["dim"]),
         response=CachedResponse(
             content=row["content"],
             finish_reason=row["finish_reason"],
@@ -236,30 +225,10 @@ class SqliteEntryStore:
     # -- EntryStore --------------------------------------------------------------------------------
 
     async def insert(self, entry: CacheEntry) -> list[EntryRef]:
-        response = entry.response
         row: dict[str, object] = {
             "entry_id": entry.entry_id,
-            "partition_key": entry.partition_key,
-            "tenant": entry.tenant,
-            "namespace": entry.namespace,
-            "exact_key": entry.exact_key,
-            "query_text": entry.query_text,
-            "embedder_key": entry.embedder_key,
-            "dim": int(entry.embedding.shape[0]),
-            "embedding": _vector_bytes(entry.embedding),
-            "content": response.content,
-            "finish_reason": response.finish_reason,
-            "model": response.model,
-            "input_tokens": response.input_tokens,
-            "output_tokens": response.output_tokens,
-            "created_at": entry.created_at,
-            "expires_at": entry.expires_at,
-            "hits": entry.hits,
-            "last_hit_at": entry.last_hit_at,
+            **entry_columns(entry),
             "last_used_at": max(entry.created_at, entry.last_hit_at or entry.created_at),
-            "threshold_adjust": entry.threshold_adjust,
-            "negative_feedback": entry.negative_feedback,
-            "saved": entry.saved,
         }
         insert_sql = (
             f"INSERT INTO entries ({', '.join(row)}) VALUES ({', '.join(':' + column for column in row)})"
@@ -398,7 +367,7 @@ class SqliteEntryStore:
             if not rows:
                 return
             yield [
-                VectorRow(row["entry_id"], row["partition_key"], _bytes_vector(row["embedding"], row["dim"]))
+                VectorRow(row["entry_id"], row["partition_key"], decode_vector(row["embedding"], row["dim"]))
                 for row in rows
             ]
             after = rows[-1]["entry_id"]
