@@ -44,7 +44,7 @@ from tierwise.router.providers.base import (
 from tierwise.router.resilience import StopReason, TierHealth
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import RequestSpec, TokenUsage
-from tierwise.router.upstream_errors import attempt_from_error, circuit_open_attempt, rejection_for
+from tierwise.router.upstream_errors import attempt_from_error, circuit_open_attempt, exhausted, rejection_for
 
 StreamItem = Decision | StreamDelta | Completion
 
@@ -304,10 +304,14 @@ class Pipeline:
             embedding=plan.embedding,
         )
 
-    async def _settle(self, plan: _Plan, completion: Completion) -> None:
-        usage = completion.usage
+    async def _settle(self, plan: _Plan, answer: Completion | PartialAnswer | None) -> None:
+        """Settle what the answer cost; a call that never reached a tier (None) holds nothing."""
+        if answer is None:
+            await self._budgets.release(plan.reservation)
+            return
+        usage = answer.usage
         await self._budgets.settle(
-            plan.reservation, completion.cost_usd, usage.input_tokens + usage.output_tokens
+            plan.reservation, answer.cost_usd, usage.input_tokens + usage.output_tokens
         )
 
     async def complete(
@@ -328,7 +332,7 @@ class Pipeline:
             completion = await self._call_chain(plan, spec, started, deadline, progress)
         except BaseException:
             # A call the caller abandoned mid-try costs its prompt; one that failed costs nothing.
-            await self._settle_partial(plan, progress.billed())
+            await self._settle(plan, progress.billed())
             raise
         await self._settle(plan, completion)
         self._store(plan, completion)
@@ -381,7 +385,7 @@ class Pipeline:
                 attempts.append(circuit_open_attempt(tier))
             elif outcome.stop is StopReason.NOT_RETRYABLE and outcome.error is not None:
                 raise rejection_for(tier, outcome.error, attempts)
-        raise _exhausted(attempts)
+        raise exhausted(attempts)
 
     async def _attempt(
         self,
@@ -433,17 +437,7 @@ class Pipeline:
                 yield item
         finally:
             if not settled:
-                await self._settle_partial(plan, progress.billed())
-
-    async def _settle_partial(self, plan: _Plan, partial: PartialAnswer | None) -> None:
-        """A stream that ended without a Completion settles what its text cost, else holds nothing."""
-        if partial is None:
-            await self._budgets.release(plan.reservation)
-            return
-        usage = partial.usage
-        await self._budgets.settle(
-            plan.reservation, partial.cost_usd, usage.input_tokens + usage.output_tokens
-        )
+                await self._settle(plan, progress.billed())
 
     async def _stream_chain(
         self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None, progress: CallProgress
@@ -498,9 +492,4 @@ class Pipeline:
             result = ChatResult(progress.text(), finish.finish_reason, finish.usage, finish.model)
             yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))
             return
-        raise _exhausted(attempts)
-
-
-def _exhausted(attempts: list[Attempt]) -> ServiceError:
-    detail = "; ".join(f"tier {a.tier!r}: {a.error_type}: {a.error}" for a in attempts)
-    return UpstreamUnavailable(f"no tier could answer ({detail})", attempts)
+        raise exhausted(attempts)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import grpc
 
 from tierwise.router.config import TierConfig
-from tierwise.router.errors import UpstreamRejected
+from tierwise.router.errors import UpstreamRejected, UpstreamUnavailable
 from tierwise.router.outcome import Attempt
 from tierwise.router.providers.base import ProviderError
 
@@ -52,3 +52,9 @@ def circuit_open_attempt(tier: TierConfig) -> Attempt:
         error_type="circuit_open",
         error=f"the circuit of tier {tier.name!r} is open: it failed or was slow too often recently",
     )
+
+
+def exhausted(attempts: Sequence[Attempt]) -> UpstreamUnavailable:
+    """Every tier of the chain was tried (or skipped): name each and why."""
+    detail = "; ".join(f"tier {a.tier!r}: {a.error_type}: {a.error}" for a in attempts)
+    return UpstreamUnavailable(f"no tier could answer ({detail})", attempts)

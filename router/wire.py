@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict
 
 from tierwise.router.outcome import Attempt, Completion, Decision, Latency
 from tierwise.router.pricing import usd_str, usd_to_float
@@ -77,26 +78,37 @@ def attempts_pb(attempts: Sequence[Attempt]) -> list[pb.Attempt]:
     ]
 
 
+class _Settlement(TypedDict):
+    """What a unary response and a stream's last message both say: how the answer ended, what it
+    cost and how long it took."""
+
+    finish_reason: str
+    usage: pb.Usage
+    cost_usd: float
+    cost_usd_exact: str
+    latency: pb.Latency
+    attempts: list[pb.Attempt]
+
+
+def _settlement(completion: Completion) -> _Settlement:
+    return _Settlement(
+        finish_reason=completion.finish_reason,
+        usage=usage_pb(completion.usage),
+        cost_usd=usd_to_float(completion.cost_usd),
+        cost_usd_exact=usd_str(completion.cost_usd),
+        latency=latency_pb(completion.latency),
+        attempts=attempts_pb(completion.attempts),
+    )
+
+
 def response_pb(completion: Completion) -> pb.CompleteResponse:
     return pb.CompleteResponse(
         request_id=completion.decision.request_id,
         decision=decision_pb(completion.decision),
         content=completion.content,
-        finish_reason=completion.finish_reason,
-        usage=usage_pb(completion.usage),
-        cost_usd=usd_to_float(completion.cost_usd),
-        cost_usd_exact=usd_str(completion.cost_usd),
-        latency=latency_pb(completion.latency),
-        attempts=attempts_pb(completion.attempts),
+        **_settlement(completion),
     )
 
 
 def stream_end_pb(completion: Completion) -> pb.StreamEnd:
-    return pb.StreamEnd(
-        finish_reason=completion.finish_reason,
-        usage=usage_pb(completion.usage),
-        cost_usd=usd_to_float(completion.cost_usd),
-        cost_usd_exact=usd_str(completion.cost_usd),
-        latency=latency_pb(completion.latency),
-        attempts=attempts_pb(completion.attempts),
-    )
+    return pb.StreamEnd(**_settlement(completion))

@@ -32,8 +32,8 @@ import numpy.typing as npt
 from tierwise.classifier.features import EMBEDDING_DIM
 from tierwise.router.analytics.quality import JudgedScores, usd_per_quality
 from tierwise.router.analytics.report import CACHE_HITS
-from tierwise.router.analytics.source import SpendSource
 from tierwise.router.learning.traffic import TrafficSample
+from tierwise.router.ledger.reports import SpendSource
 from tierwise.router.pricing import total_usd
 
 SPEND_TARGET = Decimal("0.8")

@@ -16,9 +16,9 @@ from tierwise.router.analytics.quality import JudgedScores
 from tierwise.router.analytics.render import jsonable, row_values
 from tierwise.router.analytics.report import build_report
 from tierwise.router.analytics.sections import clusters_section, forecast_sections, quality_section
-from tierwise.router.analytics.source import SpendSource
 from tierwise.router.analytics.timeseries import spend_series
 from tierwise.router.config import Config
+from tierwise.router.ledger.reports import SpendSource
 from tierwise.router.observability.anomaly import find_anomalies
 
 SPEND_DIMENSIONS = ("tenant", "feature", "model")

@@ -21,9 +21,10 @@ from aiohttp import web
 from tierwise.router.analytics.clusters import MAX_CLUSTERS, TrafficLookup
 from tierwise.router.analytics.dashboard import DEFAULT_CLUSTERS, PanelContext, dashboard_data
 from tierwise.router.analytics.quality import JudgedScores
-from tierwise.router.analytics.source import SpendSource, parse_since
+from tierwise.router.analytics.source import parse_since
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.config import Config
+from tierwise.router.ledger.reports import SpendSource
 
 _STATIC = {"chart.umd.min.js": "text/javascript", "dashboard.js": "text/javascript"}
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="tierwise dashboard", charset="UTF-8"'}

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tierwise.router.analytics.quality import JudgedScores
-from tierwise.router.analytics.source import SpendSource
+from tierwise.router.analytics.report import CACHE_HITS, CacheHitRate
 from tierwise.router.config import ExperimentConfig
 from tierwise.router.experiments.assignment import ARM_OVERRIDE_KEY
 from tierwise.router.experiments.stats import (
@@ -28,15 +28,15 @@ from tierwise.router.experiments.stats import (
     welch_interval,
 )
 from tierwise.router.ledger.record import STATUS_OK
+from tierwise.router.ledger.reports import SpendSource
 from tierwise.router.ledger.sql import Sample
 
-HITS = ("exact", "semantic")
 FORCED = f"tag:{ARM_OVERRIDE_KEY}"
 COLUMNS = ("tenant", "request_id", "cost_usd", "total_ms", "cache_result", "status", "attempts")
 
 
 @dataclass(frozen=True, slots=True)
-class ArmSummary:
+class ArmSummary(CacheHitRate):
     arm: str
     requests: int
     errors: int
@@ -47,10 +47,6 @@ class ArmSummary:
     p50_ms: float | None  # over successful requests
     p95_ms: float | None
     cache_hits: int
-
-    @property
-    def cache_hit_rate(self) -> float:
-        return self.cache_hits / self.requests if self.requests else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +123,11 @@ def build_report(
         if sample.group[FORCED]:
             forced += 1
             continue
-        if status == STATUS_OK and attempts == 0 and cache_result not in HITS:
+        if status == STATUS_OK and attempts == 0 and cache_result not in CACHE_HITS:
             continue  # a Route decision: no tier called, nothing answered or spent
         data = arms.setdefault(sample.group["arm"], _ArmData([], [], []))  # an arm since removed still shows
         data.costs.append(cost)
-        data.hits += cache_result in HITS
+        data.hits += cache_result in CACHE_HITS
         if status == STATUS_OK:
             data.latencies.append(total_ms)
         else:

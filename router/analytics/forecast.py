@@ -21,7 +21,7 @@ import numpy as np
 
 from tierwise.router.analytics.holt import HoltFit, fit_holt
 from tierwise.router.config import BudgetConfig
-from tierwise.router.observability.anomaly import SpendReports
+from tierwise.router.ledger.reports import SpendReports
 from tierwise.router.pricing import total_usd
 
 DAY_S = 86400

@@ -17,7 +17,7 @@ from typing import Protocol
 from rich.table import Table
 
 from tierwise.router.analytics.render import cell
-from tierwise.router.analytics.source import SpendSource
+from tierwise.router.ledger.reports import SpendSource
 from tierwise.router.pricing import total_usd
 
 QUALITY_DIMENSIONS = ("tier", "arm")

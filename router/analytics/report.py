@@ -16,7 +16,7 @@ from decimal import Decimal
 
 import numpy as np
 
-from tierwise.router.analytics.source import SpendSource
+from tierwise.router.ledger.reports import SpendSource
 from tierwise.router.ledger.sql import SpendTotals
 from tierwise.router.pricing import total_usd
 
@@ -40,8 +40,20 @@ class Percentiles:
         return cls(float(p50), float(p95), float(p99))
 
 
+class CacheHitRate:
+    """The cache hit rate of a summary that counts its ``requests`` and their ``cache_hits``."""
+
+    __slots__ = ()
+    requests: int
+    cache_hits: int
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cache_hits / self.requests if self.requests else 0.0
+
+
 @dataclass(frozen=True, slots=True)
-class GroupReport:
+class GroupReport(CacheHitRate):
     group: Mapping[str, str]  # dimension -> value ("" when the request had none)
     requests: int
     input_tokens: int
@@ -72,10 +84,6 @@ class GroupReport:
     @property
     def fallback_rate(self) -> float:
         return self.fallbacks / self.requests if self.requests else 0.0
-
-    @property
-    def cache_hit_rate(self) -> float:
-        return self.cache_hits / self.requests if self.requests else 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,8 +24,8 @@ from tierwise.router.analytics.forecast import (
 )
 from tierwise.router.analytics.quality import JudgedScores, cost_per_quality, quality_table
 from tierwise.router.analytics.render import Section
-from tierwise.router.analytics.source import SpendSource
 from tierwise.router.config import BudgetConfig, Config
+from tierwise.router.ledger.reports import SpendSource
 
 
 async def quality_section(

@@ -1,32 +1,15 @@
-"""What the analytics read: the ledger's grouped sums and its per-request samples, over a window.
-
-A running ``SpendLedger`` (the dashboard) and ``SinkReports`` over a bare store
-(``open_sink``, for the command line) both provide these.
+"""Where the command line's analytics read from: the spend store (``open_sink``, wrapped in
+``SinkReports``) over a window that starts at ``parse_since``; the dashboard reads the running
+``SpendLedger`` instead (both are a ``ledger.reports.SpendSource``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Protocol
 
 from tierwise.router.config import Config, ConfigError
-from tierwise.router.ledger.spend_ledger import SpendSink
-from tierwise.router.ledger.sql import Sample
-from tierwise.router.observability.anomaly import SpendReports
-
-
-class SpendSource(SpendReports, Protocol):
-    async def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]: ...
-
+from tierwise.router.ledger.spend_ledger import SpendSink, open_spend_sink
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([hdw])\s*$")
 _UNIT_S = {"h": 3600, "d": 86400, "w": 7 * 86400}
@@ -50,10 +33,4 @@ def open_sink(config: Config) -> SpendSink:
     """The spend store the config's ledger writes to, opened for reading reports."""
     if not config.ledger.enabled:
         raise ConfigError("the spend ledger is off (ledger.enabled: false): there is no spend to read")
-    if config.ledger.postgres_dsn:
-        from tierwise.router.ledger.postgres_sink import PostgresSpendSink
-
-        return PostgresSpendSink(config.ledger.postgres_dsn)
-    from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
-
-    return SqliteSpendSink(config.store.path / "spend.sqlite3")
+    return open_spend_sink(config)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from tierwise.router.observability.anomaly import SpendReports
+from tierwise.router.ledger.reports import SpendReports
 from tierwise.router.pricing import total_usd
 
 _FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%dT%H:00Z"}  # the ledger's bucket labels (UTC)

@@ -4,6 +4,7 @@ written in batches to SQLite or PostgreSQL off it; the record builder and the re
 from tierwise.router.ledger.builder import SpendRecordBuilder, load_user_salt
 from tierwise.router.ledger.postgres_sink import PostgresSpendSink
 from tierwise.router.ledger.record import CACHE_RESULTS, STATUS_OK, SpendRecord
+from tierwise.router.ledger.reports import SinkReports, SpendQueries, SpendReports, SpendSource
 from tierwise.router.ledger.spend_ledger import LedgerStats, SpendLedger, SpendSink, build_ledger
 from tierwise.router.ledger.sql import Sample, SpendTotals, parse_dimension
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
@@ -14,10 +15,14 @@ __all__ = [
     "LedgerStats",
     "PostgresSpendSink",
     "Sample",
+    "SinkReports",
     "SpendLedger",
+    "SpendQueries",
     "SpendRecord",
     "SpendRecordBuilder",
+    "SpendReports",
     "SpendSink",
+    "SpendSource",
     "SpendTotals",
     "SqliteSpendSink",
     "build_ledger",

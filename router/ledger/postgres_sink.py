@@ -7,8 +7,7 @@ its journal and retries); every call has a statement timeout so none hangs.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -16,21 +15,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from tierwise.router.ledger.record import SpendRecord
-from tierwise.router.ledger.sql import (
-    Dialect,
-    Sample,
-    SpendTotals,
-    from_row,
-    insert_sql,
-    purge_sql,
-    samples_from_rows,
-    samples_sql,
-    schema,
-    select_one_sql,
-    to_row,
-    totals_from_rows,
-    totals_sql,
-)
+from tierwise.router.ledger.sql import Dialect, insert_sql, schema, to_row
+from tierwise.router.ledger.sql_store import SqlSpendStore
 from tierwise.router.storage.postgres_session import PostgresSession
 
 # Any fixed number: replicas creating the table at once take turns on it.
@@ -67,7 +53,9 @@ POSTGRES = Dialect(
 )
 
 
-class PostgresSpendSink:
+class PostgresSpendSink(SqlSpendStore):
+    dialect = POSTGRES
+
     def __init__(self, dsn: str, *, connect_timeout_s: int = 5, statement_timeout_s: float = 30.0) -> None:
         self._session = PostgresSession(
             dsn,
@@ -89,35 +77,11 @@ class PostgresSpendSink:
 
         return self._run(insert)
 
-    def get(self, request_id: str) -> SpendRecord | None:
-        def select(conn: psycopg.Connection[Any]) -> SpendRecord | None:
-            row = conn.execute(select_one_sql(POSTGRES), (request_id,)).fetchone()
-            return None if row is None else from_row(POSTGRES, row)
+    def _fetch_all(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._run(lambda conn: conn.execute(query, params).fetchall())
 
-        return self._run(select)
-
-    def totals(
-        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
-    ) -> list[SpendTotals]:
-        dims, query, params = totals_sql(POSTGRES, since, until, by, filters or {})
-        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
-        return totals_from_rows(dims, rows)
-
-    def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        dims, query, params = samples_sql(POSTGRES, since, until, by, filters or {}, columns)
-        rows = self._run(lambda conn: conn.execute(query, params).fetchall())
-        return samples_from_rows(POSTGRES, dims, columns, rows)
-
-    def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
-        cutoff = (time.time() if now is None else now) - seconds
-        return self._run(lambda conn: conn.execute(purge_sql(POSTGRES), (cutoff,)).rowcount)
+    def _execute(self, query: str, params: Sequence[Any]) -> int:
+        return self._run(lambda conn: conn.execute(query, params).rowcount)
 
     def close(self) -> None:
         self._session.close()

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,7 +36,7 @@ from tierwise.cache.backoff import Backoff, Jitter
 from tierwise.router.config import Config
 from tierwise.router.ledger.journal import Journal, JournalLine
 from tierwise.router.ledger.record import SpendRecord, decode_line, encode_line
-from tierwise.router.ledger.sql import Sample, SpendTotals
+from tierwise.router.ledger.reports import SinkReports, SpendQueries
 
 log = logging.getLogger("tierwise.ledger")
 
@@ -44,7 +44,7 @@ _SCAN_LINES = 10_000
 _MAX_ROTATE_TAIL = 1 << 20  # rotation copies the uncommitted tail; only when it is this short
 
 
-class SpendSink(Protocol):
+class SpendSink(SpendQueries, Protocol):
     """A durable store of spend records. Called from worker threads, one call at a time."""
 
     def write(self, records: Sequence[SpendRecord]) -> int:
@@ -55,21 +55,6 @@ class SpendSink(Protocol):
         ...
 
     def get(self, request_id: str) -> SpendRecord | None: ...
-
-    def totals(
-        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
-    ) -> list[SpendTotals]: ...
-
-    def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        """Per-request ``columns`` in [since, until) with each request's group (see ``ledger_sql.samples_sql``)."""
-        ...
 
     def purge_older_than(self, seconds: float, *, now: float | None = None) -> int: ...
 
@@ -102,7 +87,10 @@ class _Batch:
     from_queue: bool
 
 
-class SpendLedger:
+class SpendLedger(SinkReports):
+    """Its report queries (``totals``, ``samples``) read the store: records still waiting in the
+    journal are not counted, so ``flush()`` first for an exact cut."""
+
     def __init__(
         self,
         directory: Path,
@@ -120,6 +108,7 @@ class SpendLedger:
     ) -> None:
         if batch_size <= 0 or flush_interval_s <= 0:
             raise ValueError("batch_size and flush_interval_s must be positive")
+        super().__init__(sink)
         self._sink = sink
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
@@ -409,26 +398,6 @@ class SpendLedger:
             found = await asyncio.to_thread(self._sink.get, request_id)
         return found if found is not None and found.tenant == tenant else None
 
-    async def totals(
-        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
-    ) -> list[SpendTotals]:
-        """Stored spend in [since, until) grouped by ``by`` (see ``ledger_sql.parse_dimension``).
-
-        Records still waiting in the journal are not counted; ``flush()`` first for an exact cut.
-        """
-        return await asyncio.to_thread(self._sink.totals, since, until, by, filters)
-
-    async def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        """Stored per-request values in [since, until); like ``totals``, journalled records are not seen."""
-        return await asyncio.to_thread(self._sink.samples, since, until, by, filters, columns)
-
     def stats(self) -> LedgerStats:
         return LedgerStats(
             backlog=self._backlog + len(self._memory),
@@ -441,22 +410,25 @@ class SpendLedger:
         )
 
 
+def open_spend_sink(config: Config) -> SpendSink:
+    """The store the ledger settings name: PostgreSQL when a DSN is set, else the SQLite file."""
+    if config.ledger.postgres_dsn:
+        from tierwise.router.ledger.postgres_sink import (
+            PostgresSpendSink,  # libpq only when PostgreSQL is used
+        )
+
+        return PostgresSpendSink(config.ledger.postgres_dsn)
+    from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+
+    return SqliteSpendSink(config.store.path / "spend.sqlite3")
+
+
 def build_ledger(config: Config) -> SpendLedger | None:
     """The ledger the config asks for (None when ``ledger.enabled`` is off); call ``start()`` on it."""
     settings = config.ledger
     if not settings.enabled:
         return None
-    sink: SpendSink
-    if settings.postgres_dsn:
-        from tierwise.router.ledger.postgres_sink import (
-            PostgresSpendSink,  # libpq only when PostgreSQL is used
-        )
-
-        sink = PostgresSpendSink(settings.postgres_dsn)
-    else:
-        from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
-
-        sink = SqliteSpendSink(config.store.path / "spend.sqlite3")
+    sink = open_spend_sink(config)
     try:
         return SpendLedger(
             config.store.path / "ledger",

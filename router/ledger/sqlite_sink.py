@@ -11,29 +11,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from tierwise.router.ledger.record import SpendRecord
-from tierwise.router.ledger.sql import (
-    Dialect,
-    Sample,
-    SpendTotals,
-    from_row,
-    insert_sql,
-    purge_sql,
-    samples_from_rows,
-    samples_sql,
-    schema,
-    select_one_sql,
-    tags_json,
-    to_row,
-    totals_from_rows,
-    totals_sql,
-)
+from tierwise.router.ledger.sql import Dialect, insert_sql, schema, tags_json, to_row
+from tierwise.router.ledger.sql_store import SqlSpendStore
 from tierwise.router.pricing import total_usd, usd_str
 from tierwise.router.storage.sqlite_batch import insert_batch
 
@@ -74,7 +59,9 @@ SQLITE = Dialect(
 )
 
 
-class SqliteSpendSink:
+class SqliteSpendSink(SqlSpendStore):
+    dialect = SQLITE
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -91,36 +78,13 @@ class SqliteSpendSink:
     def write(self, records: Sequence[SpendRecord]) -> int:
         return insert_batch(self._db, self._lock, self._insert, [to_row(SQLITE, r) for r in records])
 
-    def get(self, request_id: str) -> SpendRecord | None:
+    def _fetch_all(self, query: str, params: Sequence[Any]) -> list[Any]:
         with self._lock:
-            row = self._db.execute(select_one_sql(SQLITE), (request_id,)).fetchone()
-        return None if row is None else from_row(SQLITE, row)
+            return self._db.execute(query, params).fetchall()
 
-    def totals(
-        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
-    ) -> list[SpendTotals]:
-        dims, query, params = totals_sql(SQLITE, since, until, by, filters or {})
+    def _execute(self, query: str, params: Sequence[Any]) -> int:
         with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        return totals_from_rows(dims, rows)
-
-    def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        dims, query, params = samples_sql(SQLITE, since, until, by, filters or {}, columns)
-        with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        return samples_from_rows(SQLITE, dims, columns, rows)
-
-    def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
-        cutoff = (time.time() if now is None else now) - seconds
-        with self._lock:
-            return self._db.execute(purge_sql(SQLITE), (cutoff,)).rowcount
+            return self._db.execute(query, params).rowcount
 
     def close(self) -> None:
         with self._lock:

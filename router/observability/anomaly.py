@@ -27,14 +27,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from tierwise.router.config import AnomalyConfig
-from tierwise.router.ledger.spend_ledger import SpendSink
-from tierwise.router.ledger.sql import Sample, SpendTotals
+from tierwise.router.ledger.reports import SinkReports as SinkReports  # re-exported for the commands
+from tierwise.router.ledger.reports import SpendReports
 from tierwise.router.observability.metrics import Metrics
 
 log = logging.getLogger("tierwise.anomaly")
@@ -139,36 +138,6 @@ class HourlySeries:
 
     def hour(self, index: int) -> datetime:
         return datetime.fromtimestamp((self.start_hour + index) * HOUR_S, UTC)
-
-
-class SpendReports(Protocol):
-    """The ledger's report query; ``SpendLedger`` is one, ``SinkReports`` wraps a bare store."""
-
-    async def totals(
-        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
-    ) -> list[SpendTotals]: ...
-
-
-class SinkReports:
-    """A spend store's report query off the event loop, without a running ledger (the CLI)."""
-
-    def __init__(self, sink: SpendSink) -> None:
-        self.sink = sink
-
-    async def totals(
-        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
-    ) -> list[SpendTotals]:
-        return await asyncio.to_thread(self.sink.totals, since, until, by, filters)
-
-    async def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        return await asyncio.to_thread(self.sink.samples, since, until, by, filters, columns)
 
 
 def _epoch_hour(bucket: str) -> int:

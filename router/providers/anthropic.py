@@ -15,7 +15,7 @@ from tierwise.router.providers.base import (
     StreamFinish,
     TextDelta,
 )
-from tierwise.router.providers.http import UpstreamHttp, error_message, parse_json_object
+from tierwise.router.providers.http import HttpProvider, error_message, parse_json_object
 from tierwise.router.types import TokenUsage
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -46,7 +46,7 @@ ERROR_STATUS = {
 }
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpProvider):
     """``base_url`` is the API root (``https://api.anthropic.com``); a trailing ``/v1`` is
     accepted too. ``default_max_tokens`` fills the API's required ``max_tokens`` when a call
     sets none."""
@@ -64,19 +64,13 @@ class AnthropicProvider:
     ) -> None:
         if default_max_tokens <= 0:
             raise ValueError(f"default_max_tokens must be positive, got {default_max_tokens}")
-        base = base_url.rstrip("/")
-        self._path = "/messages" if base.endswith("/v1") else "/v1/messages"
-        auth = {"x-api-key": api_key} if api_key else {}
-        self._http = UpstreamHttp(
-            self.kind,
-            base,
-            {"anthropic-version": ANTHROPIC_VERSION, **auth, **(headers or {})},
-            max_connections=max_connections,
-        )
+        super().__init__(base_url, api_key=api_key, headers=headers, max_connections=max_connections)
+        self._path = "/messages" if self._http.base_url.endswith("/v1") else "/v1/messages"
         self.default_max_tokens = default_max_tokens
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def _protocol_headers(self, api_key: str | None) -> dict[str, str]:
+        auth = {"x-api-key": api_key} if api_key else {}
+        return {"anthropic-version": ANTHROPIC_VERSION, **auth}
 
     async def complete(self, call: ChatCall) -> ChatResult:
         data = await self._http.post_json(self._path, self._request_body(call), call.model, call.timeout_s)

@@ -15,6 +15,7 @@ import email.utils
 import json
 import math
 import ssl
+from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
@@ -297,3 +298,32 @@ async def _read_limited(response: httpx.Response, limit: int) -> bytes:
         if size >= limit:
             break
     return b"".join(parts)[:limit]
+
+
+class HttpProvider(ABC):
+    """The part every HTTP provider shares: its pooled client, whose headers are the protocol's own
+    (authentication included), then the tier's configured ones, which win on a clash."""
+
+    kind: str
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self._http = UpstreamHttp(
+            self.kind,
+            base_url,
+            {**self._protocol_headers(api_key), **(headers or {})},
+            max_connections=max_connections,
+        )
+
+    @abstractmethod
+    def _protocol_headers(self, api_key: str | None) -> dict[str, str]:
+        """The headers this wire protocol sends on every call, the API key's included (if any)."""
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -3,7 +3,7 @@ llama.cpp server, TGI): ``POST {base_url}/chat/completions``."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -16,31 +16,18 @@ from tierwise.router.providers.base import (
     StreamFinish,
     TextDelta,
 )
-from tierwise.router.providers.http import UpstreamHttp, error_message, parse_json_object
+from tierwise.router.providers.http import HttpProvider, error_message, parse_json_object
 from tierwise.router.types import TokenUsage
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpProvider):
     """``base_url`` includes the API version prefix when the server has one
     (``https://api.openai.com/v1``, ``http://127.0.0.1:8000/v1``)."""
 
     kind = "openai"
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_connections: int = 100,
-    ) -> None:
-        auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = UpstreamHttp(
-            self.kind, base_url, {**auth, **(headers or {})}, max_connections=max_connections
-        )
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
+    def _protocol_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def complete(self, call: ChatCall) -> ChatResult:
         data = await self._http.post_json(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -12,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tierwise.router.analytics.source import open_sink, parse_since
-from tierwise.router.config import load_config
-from tierwise.router.observability.anomaly import Anomaly, SinkReports, find_anomalies
+from tierwise.router.analytics.source import open_sink
+from tierwise.router.ledger.reports import SinkReports
+from tierwise.router.observability.anomaly import Anomaly, find_anomalies
+from tierwise.training.cli.report import spend_window
 
 
 def anomaly_table(found: list[Anomaly]) -> Table:
@@ -46,11 +46,7 @@ def anomalies(
     ] = None,
 ) -> None:
     """Print the hours whose spend was far above the tenant's (or feature's) usual spend."""
-    err = Console(stderr=True)
-    now = time.time()
-    try:
-        cfg = load_config(config)
-        start = parse_since(since, now)
+    with spend_window(config, since) as (cfg, start, now):
         settings = cfg.anomaly
         update: dict[str, object] = {}
         if threshold is not None:
@@ -61,9 +57,6 @@ def anomalies(
             update["by_feature"] = by_feature
         settings = settings.model_copy(update=update)
         sink = open_sink(cfg)
-    except ValueError as exc:  # ConfigError included
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     try:
         found = asyncio.run(find_anomalies(SinkReports(sink), settings, start, now, tenant=tenant))
     finally:

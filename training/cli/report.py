@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import typer
 from rich.console import Console
@@ -22,8 +23,8 @@ from tierwise.router.analytics.timeseries import SpendSeries, spend_series
 from tierwise.router.config import Config, load_config
 from tierwise.router.feedback.factory import feedback_table_exists, open_feedback_table
 from tierwise.router.learning.traffic_sqlite import SqliteTrafficStore
+from tierwise.router.ledger.reports import SinkReports
 from tierwise.router.ledger.sql import parse_dimension
-from tierwise.router.observability.anomaly import SinkReports
 
 
 class Format(StrEnum):
@@ -85,6 +86,28 @@ async def _sections(
     return sections
 
 
+class SpendWindow(NamedTuple):
+    """A spend command's config and where its window starts, read from its options at ``now``."""
+
+    config: Config
+    start: float
+    now: float
+
+
+@contextmanager
+def spend_window(config: Path, since: str) -> Iterator[SpendWindow]:
+    """Load the config and ``--since`` for a command that reads the spend store. A ``ValueError``
+    (``ConfigError`` included) here or in the command's own checks inside the block is the user's
+    to fix: its message on stderr and exit code 2, not a traceback."""
+    now = time.time()
+    try:
+        cfg = load_config(config)
+        yield SpendWindow(cfg, parse_since(since, now), now)
+    except ValueError as exc:  # ConfigError included
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
 def report(
     config: Annotated[Path, typer.Option("--config", "-c", help="YAML config file")],
     since: Annotated[str, typer.Option(help="start: 36h, 7d, 2w (before now) or an ISO date / time")] = "7d",
@@ -122,11 +145,7 @@ def report(
     ] = None,
 ) -> None:
     """Spend, savings, errors and latency grouped by any dimensions, from the spend ledger."""
-    err = Console(stderr=True)
-    now = time.time()
-    try:
-        cfg = load_config(config)
-        start = parse_since(since, now)
+    with spend_window(config, since) as (cfg, start, now):
         end = now if until is None else parse_since(until, now)
         if end <= start:
             raise ValueError("--until: must be after --since")
@@ -140,9 +159,6 @@ def report(
                 "use table or json with --quality / --forecast / --clusters"
             )
         sink = open_sink(cfg)
-    except ValueError as exc:  # ConfigError included
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     reports = SinkReports(sink)
     filters = {"tenant": tenant} if tenant else {}
 
@@ -161,7 +177,7 @@ def report(
             series = await spend_series(reports, start, end, dims[0] if dims else "", filters)
             title = f"spend by {dims[0]}" if dims else "spend"
             await asyncio.to_thread(_plot, series, plot, title)
-            err.print(f"plot written to {plot}")
+            Console(stderr=True).print(f"plot written to {plot}")
 
     try:
         asyncio.run(build())

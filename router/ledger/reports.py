@@ -1,0 +1,79 @@
+"""The spend ledger's report queries, declared once for every reader.
+
+A store answers them in the calling thread (``SpendQueries``); ``SinkReports``
+runs a store's answers off the event loop, and ``SpendLedger`` is built on it, so
+the analytics await either through the ``SpendReports`` / ``SpendSource`` protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from tierwise.router.ledger.sql import Sample, SpendTotals
+
+
+class SpendQueries(Protocol):
+    """A store's report queries; they block, so async code reads them through ``SinkReports``."""
+
+    def totals(
+        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
+    ) -> list[SpendTotals]: ...
+
+    def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        """Per-request ``columns`` in [since, until) with each request's group (see ``ledger_sql.samples_sql``)."""
+        ...
+
+
+class SpendReports(Protocol):
+    """The grouped sums the anomaly checker and the forecasts await."""
+
+    async def totals(
+        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
+    ) -> list[SpendTotals]: ...
+
+
+class SpendSource(SpendReports, Protocol):
+    """What the analytics read: the grouped sums and the per-request samples behind percentiles."""
+
+    async def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]: ...
+
+
+class SinkReports:
+    """A spend store's report queries off the event loop; alone over a bare store (the CLI), or as
+    the base of ``SpendLedger`` (the server)."""
+
+    def __init__(self, sink: SpendQueries) -> None:
+        self.sink = sink
+
+    async def totals(
+        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
+    ) -> list[SpendTotals]:
+        """Stored spend in [since, until) grouped by ``by`` (see ``ledger_sql.parse_dimension``)."""
+        return await asyncio.to_thread(self.sink.totals, since, until, by, filters)
+
+    async def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        """Stored per-request values in [since, until), grouped as ``totals`` groups."""
+        return await asyncio.to_thread(self.sink.samples, since, until, by, filters, columns)
