@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from tierwise.router.auth import sha256_hex
 from tierwise.router.config import Config, parse_config
 from tierwise.router.server import TierwiseServer
 from tierwise.router.service import build_service
+from tierwise.v1 import tierwise_pb2 as pb
 from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 API_KEY = "test-key-acme"
@@ -90,3 +92,17 @@ async def running_server(config: Config) -> AsyncIterator[Running]:
 
 def build_config(data: dict[str, Any]) -> Config:
     return parse_config(data)
+
+
+async def rpc_error(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The error ``call`` fails with (the test fails if it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def unavailable_details(svc: Running, request: pb.CompleteRequest) -> str:
+    """Send ``request`` as acme: it must fail with UNAVAILABLE; the error's details."""
+    error = await rpc_error(svc.stub.Complete(request, metadata=AUTH))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    return error.details() or ""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tierwise.training.process import free_port
+
 START_TIMEOUT_S = 10.0
 
 
@@ -35,13 +37,6 @@ def require_redis_server() -> str:
     return binary
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
@@ -55,7 +50,7 @@ class RedisServer:
     def __init__(self, directory: Path, binary: str) -> None:
         self.directory = directory
         self._binary = binary
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     @property

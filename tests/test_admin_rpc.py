@@ -9,7 +9,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, running_server
+from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, rpc_error, running_server
 from tests.upstream import ScriptedUpstream
 from tierwise.router.auth import sha256_hex
 from tierwise.v1 import tierwise_pb2 as pb
@@ -51,9 +51,10 @@ async def test_invalidation_is_scoped_to_the_callers_tenant(svc: Running) -> Non
     await ask(svc, AUTH)
     await ask(svc, OTHER_AUTH)
     # globex's key cannot remove acme's entries, by tenant or by acme's entry id
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await admin.InvalidateCache(pb.InvalidateCacheRequest(tenant="acme", all=True), metadata=OTHER_AUTH)
-    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    error = await rpc_error(
+        admin.InvalidateCache(pb.InvalidateCacheRequest(tenant="acme", all=True), metadata=OTHER_AUTH)
+    )
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     acme_entry = (await ask(svc, AUTH)).decision.cached.entry_id
     removed = await admin.InvalidateCache(pb.InvalidateCacheRequest(entry_id=acme_entry), metadata=OTHER_AUTH)
     assert removed.removed == 0
@@ -73,20 +74,17 @@ async def test_invalidation_is_scoped_to_the_callers_tenant(svc: Running) -> Non
 @pytest.mark.asyncio
 async def test_invalidation_needs_a_target_and_a_key(svc: Running) -> None:
     admin = pb_grpc.AdminStub(svc.channel)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await admin.InvalidateCache(pb.InvalidateCacheRequest(), metadata=AUTH)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await admin.InvalidateCache(pb.InvalidateCacheRequest(all=True))
-    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    error = await rpc_error(admin.InvalidateCache(pb.InvalidateCacheRequest(), metadata=AUTH))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    error = await rpc_error(admin.InvalidateCache(pb.InvalidateCacheRequest(all=True)))
+    assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 @pytest.mark.asyncio
 async def test_tier_status_is_for_admins(svc: Running) -> None:
     admin = pb_grpc.AdminStub(svc.channel)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await admin.TierStatus(pb.TierStatusRequest(), metadata=AUTH)
-    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    error = await rpc_error(admin.TierStatus(pb.TierStatusRequest(), metadata=AUTH))
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     await ask(svc, AUTH)
     status = await admin.TierStatus(pb.TierStatusRequest(), metadata=ADMIN_AUTH)
     assert [(t.tier, t.circuit) for t in status.tiers] == [("small", "closed"), ("large", "closed")]

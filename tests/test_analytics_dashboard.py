@@ -23,12 +23,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.harness import AUTH, OTHER_AUTH, build_config, config_dict, running_server
-from tests.test_accounting_server import metric_sums
-from tests.upstream import ScriptedUpstream
+from tests.harness import AUTH, OTHER_AUTH, build_config, running_server
+from tests.test_accounting_server import metered_config, metric_sums, tagged_request
 from tierwise.router.auth import sha256_hex
 from tierwise.training.cli.app import app
-from tierwise.training.process import free_port
 from tierwise.v1 import tierwise_pb2 as pb
 
 ADMIN_KEY = "test-key-ops-admin"
@@ -55,13 +53,7 @@ async def _traffic(svc: Any) -> tuple[dict[str, Decimal], list[str]]:
     ]
     for i in range(16):
         auth, tenant, feature, tier, team = cases[i % len(cases)]
-        request = pb.CompleteRequest(
-            messages=[pb.ChatMessage(role="user", content=f"{SECRET} {i}")],
-            feature=feature,
-            metadata={"team": team},
-        )
-        if tier:
-            request.tier = tier
+        request = tagged_request(f"{SECRET} {i}", feature, tier, team)
         response = await svc.stub.Complete(request, metadata=auth)
         spent[tenant] += Decimal(response.cost_usd_exact)
         ids.append(response.request_id)
@@ -120,11 +112,7 @@ def _kpi(dom: str, key: str) -> str:
 
 @pytest.mark.asyncio
 async def test_report_and_dashboard_on_real_traffic(tmp_path: Path) -> None:
-    async with ScriptedUpstream() as upstream:
-        upstream.script("small-model", text="s", input_tokens=1234, output_tokens=321, cached_tokens=200)
-        upstream.script("large-model", text="l", input_tokens=777, output_tokens=55)
-        data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
-        data["server"]["metrics_port"] = free_port()
+    async with metered_config(tmp_path) as data:
         data["auth"]["api_keys"].append({"key_sha256": sha256_hex(ADMIN_KEY), "tenant": "ops", "admin": True})
         data["budgets"] = [{"tenant": "acme", "window": "month", "usd": "0.05"}]
         config_file = tmp_path / "config.yaml"

@@ -143,6 +143,11 @@ def invoke(*args: str) -> str:
     return result.stdout
 
 
+def march_window(config: Path, by: str) -> list[str]:
+    """Report arguments for 1-4 March 2024 (the stored records' days), grouped ``by``."""
+    return ["--config", str(config), "--since", "2024-03-01", "--until", "2024-03-04", "--by", by]
+
+
 def table_rows(text: str) -> list[list[str]]:
     """The printed tables joined side by side: header, body rows and footer, as cells."""
     tables: list[list[list[str]]] = []
@@ -162,16 +167,7 @@ def table_rows(text: str) -> list[list[str]]:
 
 def test_table_csv_and_json_carry_the_same_numbers(tmp_path: Path, store: Path) -> None:
     config = write_config(tmp_path, store)
-    window = [
-        "--config",
-        str(config),
-        "--since",
-        "2024-03-01",
-        "--until",
-        "2024-03-04",
-        "--by",
-        "tenant,team",
-    ]
+    window = march_window(config, "tenant,team")
     table = table_rows(invoke(*window))
     rows = list(csv.reader(io.StringIO(invoke(*window, "--format", "csv"))))
     data = json.loads(invoke(*window, "--format", "json"))
@@ -210,16 +206,5 @@ def test_report_cli_rejects_bad_input(tmp_path: Path, store: Path) -> None:
 def test_plot_writes_a_png(tmp_path: Path, store: Path) -> None:
     config = write_config(tmp_path, store)
     out = tmp_path / "spend.png"
-    invoke(
-        "--config",
-        str(config),
-        "--since",
-        "2024-03-01",
-        "--until",
-        "2024-03-04",
-        "--by",
-        "tenant",
-        "--plot",
-        str(out),
-    )
+    invoke(*march_window(config, "tenant"), "--plot", str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000

@@ -20,7 +20,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from tests.redis_server import RedisServer, redis_server_factory, require_redis_server
-from tests.test_cache_store import make_entry
+from tests.test_cache_store import check_vectors_of, insert_and_check_tenant_filter, make_entry
 from tierwise.cache.redis_store import RedisEntryStore
 from tierwise.cache.replication import ChangeOp
 from tierwise.cache.store import (
@@ -129,13 +129,7 @@ async def test_filters_touch_and_feedback(store: RedisEntryStore) -> None:
     old = live_entry("old", age_s=1000, ttl=1100)  # expires in 100 s
     acme = live_entry("acme", partition="p1")
     globex = live_entry("globex", partition="p2", tenant="globex")
-    for entry in (old, acme, globex):
-        await store.insert(entry)
-    assert await store.scan(EntryFilter()) == [] and await store.delete(EntryFilter()) == []
-    assert {ref.entry_id for ref in await store.scan(EntryFilter(tenant="acme"))} == {
-        old.entry_id,
-        acme.entry_id,
-    }
+    await insert_and_check_tenant_filter(store, old, acme, globex)
     assert [ref.entry_id for ref in await store.scan(EntryFilter(partition_key="p2"))] == [globex.entry_id]
     assert [ref.entry_id for ref in await store.scan(EntryFilter(expires_before=now + 500))] == [old.entry_id]
     assert [ref.entry_id for ref in await store.scan(EntryFilter(entry_id=acme.entry_id))] == [acme.entry_id]
@@ -162,11 +156,7 @@ async def test_filters_touch_and_feedback(store: RedisEntryStore) -> None:
     assert state.threshold_adjust == pytest.approx(0.08)
     assert await store.add_feedback("0000000000000000", 0.04, 1) is None
 
-    batches = [batch async for batch in store.iter_vectors("model@8", batch_size=1)]
-    assert sorted(row.entry_id for batch in batches for row in batch) == sorted(
-        [acme.entry_id, globex.entry_id]
-    )
-    assert [batch async for batch in store.iter_vectors("other@8")] == []
+    await check_vectors_of(store, [acme, globex])
     assert await store.vectors([acme.entry_id], "other@8") == []
 
 

@@ -17,6 +17,7 @@ from tierwise.cache.store import (
     CacheEntry,
     CacheStoreError,
     EntryFilter,
+    EntryStore,
     EntryUsage,
     EvictionOrder,
     EvictionPlan,
@@ -51,6 +52,30 @@ def make_entry(
         created_at=created_at,
         expires_at=created_at + ttl,
     )
+
+
+async def insert_and_check_tenant_filter(
+    store: EntryStore, old: CacheEntry, acme: CacheEntry, globex: CacheEntry
+) -> None:
+    """Insert the three entries: an empty filter matches (and deletes) nothing, and acme's tenant filter
+    finds ``old`` and ``acme``."""
+    for entry in (old, acme, globex):
+        await store.insert(entry)
+    assert await store.scan(EntryFilter()) == [] and await store.delete(EntryFilter()) == []
+    assert {ref.entry_id for ref in await store.scan(EntryFilter(tenant="acme"))} == {
+        old.entry_id,
+        acme.entry_id,
+    }
+
+
+async def check_vectors_of(store: EntryStore, live: list[CacheEntry]) -> None:
+    """``iter_vectors`` yields exactly the ``live`` entries for their embedder, in batches, and nothing for
+    another embedder."""
+    batches = [batch async for batch in store.iter_vectors("model@8", batch_size=1)]
+    assert sorted(row.entry_id for batch in batches for row in batch) == sorted(
+        entry.entry_id for entry in live
+    )
+    assert [batch async for batch in store.iter_vectors("other@8")] == []
 
 
 def test_entry_ids_are_their_faiss_labels() -> None:
@@ -105,13 +130,7 @@ async def test_filters_touch_and_feedback(tmp_path: Path) -> None:
     old = make_entry("old", created_at=100.0, ttl=50.0)
     acme = make_entry("acme", created_at=1000.0, partition="p1")
     globex = make_entry("globex", created_at=1000.0, partition="p2", tenant="globex")
-    for entry in (old, acme, globex):
-        await store.insert(entry)
-    assert await store.scan(EntryFilter()) == [] and await store.delete(EntryFilter()) == []
-    assert {ref.entry_id for ref in await store.scan(EntryFilter(tenant="acme"))} == {
-        old.entry_id,
-        acme.entry_id,
-    }
+    await insert_and_check_tenant_filter(store, old, acme, globex)
     assert [ref.entry_id for ref in await store.scan(EntryFilter(expires_before=500.0))] == [old.entry_id]
     deleted = await store.delete(EntryFilter(tenant="acme", created_before=500.0))
     assert [ref.entry_id for ref in deleted] == [old.entry_id]
@@ -129,11 +148,7 @@ async def test_filters_touch_and_feedback(tmp_path: Path) -> None:
     assert state is not None and (state.threshold_adjust, state.negative_feedback) == (0.04, 1)
     assert await store.add_feedback("0000000000000000", 0.04, 1) is None
 
-    batches = [batch async for batch in store.iter_vectors("model@8", batch_size=1)]
-    assert sorted(row.entry_id for batch in batches for row in batch) == sorted(
-        [acme.entry_id, globex.entry_id]
-    )
-    assert [batch async for batch in store.iter_vectors("other@8")] == []
+    await check_vectors_of(store, [acme, globex])
     await store.aclose()
 
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
+from tests.recording_embedder import RecordingEmbedder
 from tierwise.cache.batching import embedding_text
-from tierwise.cache.embedder import EmbedderInfo, Matrix
+from tierwise.cache.embedder import EmbedderInfo
 from tierwise.classifier import FEATURE_SPEC, FeatureSpec, embedding_input, prompt_features
 from tierwise.classifier.features import STATISTIC_NAMES, final_block, prompt_statistics
 from tierwise.router.config import parse_config
@@ -34,22 +36,16 @@ PROMPTS = [
 ]
 
 
-class RecordingEmbedder:
-    """Deterministic vectors from a text's hash; remembers what it was asked to embed."""
+class HashEmbedder(RecordingEmbedder):
+    """Deterministic unit vectors from a text's hash; remembers what it was asked to embed."""
 
     info = EmbedderInfo("sentence-transformers/all-MiniLM-L6-v2", 384)
 
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def encode(self, texts: list[str]) -> Matrix:
-        self.seen.extend(texts)
-        rows = []
-        for text in texts:
-            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
-            vector = np.random.default_rng(seed).normal(size=384).astype(np.float32)
-            rows.append(vector / np.linalg.norm(vector))
-        return np.stack(rows)
+    def vector(self, text: str) -> NDArray[np.float32]:
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+        vector = np.random.default_rng(seed).normal(size=self.info.dim).astype(np.float32)
+        unit: NDArray[np.float32] = vector / np.linalg.norm(vector)
+        return unit
 
 
 def config() -> object:
@@ -74,7 +70,7 @@ def write_wide(path: Path) -> None:
 def test_training_and_serving_build_identical_vectors(tmp_path: Path) -> None:
     settings = config()
     write_wide(tmp_path / "data.csv")
-    trainer_embedder = RecordingEmbedder()
+    trainer_embedder = HashEmbedder()
     data = load_routing_data(
         tmp_path / "data.csv",
         settings,  # type: ignore[arg-type]
@@ -84,7 +80,7 @@ def test_training_and_serving_build_identical_vectors(tmp_path: Path) -> None:
         format="wide",
     )
     # What the server does per request: count tokens as the pipeline does, embed the clipped prompt once.
-    server_embedder = RecordingEmbedder()
+    server_embedder = HashEmbedder()
     tokens = TokenCounter()
     for i, prompt in enumerate(PROMPTS):
         request = RequestSpec(
@@ -117,9 +113,9 @@ def test_a_second_load_reads_the_embedding_cache(tmp_path: Path) -> None:
         )
         return data.embeddings
 
-    first = load(RecordingEmbedder)
+    first = load(HashEmbedder)
 
-    def must_not_load() -> RecordingEmbedder:
+    def must_not_load() -> HashEmbedder:
         raise AssertionError("everything is cached: the embedder must not be loaded")
 
     np.testing.assert_array_equal(load(must_not_load), first)

@@ -68,6 +68,13 @@ async def replicas(
         await store.aclose()
 
 
+@pytest.fixture
+def own_redis(replicas: Replicas, redis_server_factory: Callable[[], RedisServer]) -> RedisServer:
+    """A redis-server of the test's own, started after the replicas' default one: the test may kill or
+    restart it."""
+    return redis_server_factory()
+
+
 async def drain(*stores: RedisFeedbackStore) -> None:
     while sum([await s.consume_once() for s in stores]):
         pass
@@ -115,11 +122,10 @@ async def test_a_consumer_killed_before_acknowledging_is_taken_over(
 
 @pytest.mark.asyncio
 async def test_redis_down_falls_back_to_the_store(
-    replicas: Replicas, database: Database, redis_server_factory: Callable[[], RedisServer]
+    replicas: Replicas, database: Database, own_redis: RedisServer
 ) -> None:
-    gone = redis_server_factory()
-    store = replicas(url=gone.url)
-    gone.kill()
+    store = replicas(url=own_redis.url)
+    own_redis.kill()
     f = judgment(1)
     assert await store.record(f) == f.feedback_id
     assert store.fallbacks == 1
@@ -233,10 +239,9 @@ async def test_without_postgres_judgments_land_in_the_consuming_replicas_sqlite(
 
 @pytest.mark.asyncio
 async def test_the_worker_recovers_after_redis_restarts_empty(
-    replicas: Replicas, database: Database, redis_server_factory: Callable[[], RedisServer]
+    replicas: Replicas, database: Database, own_redis: RedisServer
 ) -> None:
-    redis = redis_server_factory()
-    store = replicas(url=redis.url)
+    store = replicas(url=own_redis.url)
     store.start()
     first, second, third = judgment(1), judgment(2), judgment(3)
     await store.record(first)
@@ -245,7 +250,7 @@ async def test_the_worker_recovers_after_redis_restarts_empty(
         return len(rows(database.dsn)) == count
 
     await until(lambda: landed(1))
-    redis.restart()  # same port, no data: the stream and the consumer group are gone
+    own_redis.restart()  # same port, no data: the stream and the consumer group are gone
     await store.record(second)  # if the pooled connection is found dead: written to the store directly
     await store.record(third)  # a fresh connection: onto the new stream, which has no group yet
     assert store.fallbacks <= 1

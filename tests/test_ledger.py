@@ -92,12 +92,23 @@ def ledger_for(directory: Path, sink: ObservedSink, **options: object) -> SpendL
     return SpendLedger(directory, sink, **settings)  # type: ignore[arg-type]
 
 
+async def started_with_records(
+    directory: Path, sink: ObservedSink, records: int, *, store_down: bool = False, **options: object
+) -> SpendLedger:
+    """A started ledger (``ledger_for``) given ``spend(0)`` .. ``spend(records - 1)``; with ``store_down`` the
+    sink fails from before the first record."""
+    ledger = ledger_for(directory, sink, **options)
+    await ledger.start()
+    if store_down:
+        sink.failing = True
+    for i in range(records):
+        ledger.record(spend(i))
+    return ledger
+
+
 @pytest.mark.asyncio
 async def test_full_batches_go_at_once_and_the_rest_on_flush(tmp_path: Path, sink: ObservedSink) -> None:
-    ledger = ledger_for(tmp_path / "ledger", sink)
-    await ledger.start()
-    for i in range(25):
-        ledger.record(spend(i))
+    ledger = await started_with_records(tmp_path / "ledger", sink, 25)
     await until(lambda: ledger.stats().backlog == 5)
     assert sink.batches == [10, 10]
     assert await ledger.flush(10)
@@ -108,10 +119,7 @@ async def test_full_batches_go_at_once_and_the_rest_on_flush(tmp_path: Path, sin
 
 @pytest.mark.asyncio
 async def test_a_partial_batch_goes_after_the_flush_interval(tmp_path: Path, sink: ObservedSink) -> None:
-    ledger = ledger_for(tmp_path / "ledger", sink, batch_size=1000, flush_interval_s=0.05)
-    await ledger.start()
-    for i in range(3):
-        ledger.record(spend(i))
+    ledger = await started_with_records(tmp_path / "ledger", sink, 3, batch_size=1000, flush_interval_s=0.05)
     await until(lambda: sink.batches == [3])
     await ledger.aclose()
 
@@ -180,11 +188,9 @@ async def test_records_survive_kill_9_and_are_replayed_exactly_once(tmp_path: Pa
 
 @pytest.mark.asyncio
 async def test_a_failing_store_keeps_records_until_it_recovers(tmp_path: Path, sink: ObservedSink) -> None:
-    ledger = ledger_for(tmp_path / "ledger", sink, batch_size=5, retry_max_s=0.05)
-    await ledger.start()
-    sink.failing = True
-    for i in range(12):
-        ledger.record(spend(i))
+    ledger = await started_with_records(
+        tmp_path / "ledger", sink, 12, store_down=True, batch_size=5, retry_max_s=0.05
+    )
     await until(lambda: sink.failures >= 3)
     assert not ledger.stats().store_ok
     assert ledger.stats().backlog == 12
@@ -201,11 +207,9 @@ async def test_a_failing_store_keeps_records_until_it_recovers(tmp_path: Path, s
 async def test_records_beyond_the_memory_queue_are_read_back_from_the_journal(
     tmp_path: Path, sink: ObservedSink
 ) -> None:
-    ledger = ledger_for(tmp_path / "ledger", sink, batch_size=4, max_queued=3, retry_max_s=0.05)
-    await ledger.start()
-    sink.failing = True
-    for i in range(10):
-        ledger.record(spend(i))
+    ledger = await started_with_records(
+        tmp_path / "ledger", sink, 10, store_down=True, batch_size=4, max_queued=3, retry_max_s=0.05
+    )
     await until(lambda: sink.failures >= 1)
     sink.failing = False
     assert await ledger.flush(10)
@@ -221,11 +225,7 @@ async def test_records_beyond_the_memory_queue_are_read_back_from_the_journal(
 async def test_records_a_dead_store_did_not_take_wait_in_the_journal_for_the_next_start(
     tmp_path: Path, sink: ObservedSink
 ) -> None:
-    ledger = ledger_for(tmp_path / "ledger", sink, retry_max_s=0.05)
-    await ledger.start()
-    sink.failing = True
-    for i in range(7):
-        ledger.record(spend(i))
+    ledger = await started_with_records(tmp_path / "ledger", sink, 7, store_down=True, retry_max_s=0.05)
     await ledger.aclose(timeout_s=0.2)
 
     store = ObservedSink(tmp_path / "spend.sqlite3")  # the closed ledger closed its store
@@ -240,10 +240,7 @@ async def test_records_a_dead_store_did_not_take_wait_in_the_journal_for_the_nex
 
 @pytest.mark.asyncio
 async def test_a_clean_restart_replays_nothing(tmp_path: Path, sink: ObservedSink) -> None:
-    ledger = ledger_for(tmp_path / "ledger", sink)
-    await ledger.start()
-    for i in range(4):
-        ledger.record(spend(i))
+    ledger = await started_with_records(tmp_path / "ledger", sink, 4)
     await ledger.aclose()  # flushes
     assert sink.batches == [4]
     store = ObservedSink(tmp_path / "spend.sqlite3")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.upstream import ScriptedUpstream, serve_in_thread
+from tests.upstream import RecordedRequest, ScriptedUpstream, serve_in_thread
 from tierwise.router.config import ConfigError, TierConfig
 from tierwise.router.providers.anthropic import AnthropicProvider
 from tierwise.router.providers.base import (
@@ -180,14 +180,24 @@ async def test_added_latency_within_the_deadline_still_answers(
 # -- what is sent ------------------------------------------------------------------------------------
 
 
-@pytest.mark.asyncio
-async def test_openai_request_shape(upstream: ScriptedUpstream) -> None:
-    client = make_provider("openai", upstream, headers={"x-team": "search"})
+async def plain_tuned_and_streamed(
+    client: Provider, upstream: ScriptedUpstream, tuned_call: ChatCall
+) -> tuple[RecordedRequest, RecordedRequest, RecordedRequest]:
+    """Send ``chat()``, ``tuned_call`` and a streamed ``chat()`` through ``client`` (then close it); the three
+    requests the upstream saw, in that order."""
     await client.complete(chat())
-    await client.complete(chat(max_tokens=50, temperature=0.0, stop=("\n\n",)))
+    await client.complete(tuned_call)
     await run(client, chat(), streaming=True)
     await client.aclose()
     plain, tuned, streamed = upstream.requests
+    return plain, tuned, streamed
+
+
+@pytest.mark.asyncio
+async def test_openai_request_shape(upstream: ScriptedUpstream) -> None:
+    client = make_provider("openai", upstream, headers={"x-team": "search"})
+    tuned_call = chat(max_tokens=50, temperature=0.0, stop=("\n\n",))
+    plain, tuned, streamed = await plain_tuned_and_streamed(client, upstream, tuned_call)
     assert plain.path == "/v1/chat/completions"
     assert plain.body == {
         "model": "m-small",
@@ -206,11 +216,8 @@ async def test_openai_request_shape(upstream: ScriptedUpstream) -> None:
 @pytest.mark.asyncio
 async def test_anthropic_request_shape(upstream: ScriptedUpstream) -> None:
     client = make_provider("anthropic", upstream, default_max_tokens=321)
-    await client.complete(chat())
-    await client.complete(chat(max_tokens=50, temperature=0.5, stop=("END",)))
-    await run(client, chat(), streaming=True)
-    await client.aclose()
-    plain, tuned, streamed = upstream.requests
+    tuned_call = chat(max_tokens=50, temperature=0.5, stop=("END",))
+    plain, tuned, streamed = await plain_tuned_and_streamed(client, upstream, tuned_call)
     assert plain.path == "/v1/messages"
     assert plain.body == {
         "model": "m-small",

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import os
 import selectors
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 from tests.test_routerbench import HAIKU_ANSWER, SMALL, STRONG, write_routerbench_csv
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import ChatMessage
+from tierwise.training.process import free_port
 from tierwise.training.replay import (
     RecordedAnswers,
     ReplayLookupError,
@@ -258,15 +258,8 @@ def test_cli_command_reports_bad_data_and_exits_2(tmp_path: Path, capsys: pytest
     assert "no such file or directory" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_cli_command_serves_until_stopped(data_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     code = f"from pathlib import Path; from tierwise.training.replay import replay_upstream_command as c; c(Path({str(data_dir)!r}), {port})"
     process = subprocess.Popen(
         [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True, env=dict(os.environ)

@@ -113,6 +113,12 @@ async def test_a_stream_the_caller_leaves_bills_what_was_streamed(
     assert await budget_used(svc) == (record.cost_usd, Decimal(0))
 
 
+async def small_model_called(upstream: ScriptedUpstream) -> None:
+    """Wait until the upstream has received a call for the small tier's model."""
+    while not upstream.requests_for("small-model"):
+        await asyncio.sleep(0.01)
+
+
 async def status_totals(svc: Running) -> list[tuple[str, int, Decimal]]:
     ledger, now = ledger_of(svc), time.time()
 
@@ -130,8 +136,7 @@ async def test_an_abandoned_unary_call_is_recorded_as_cancelled_and_bills_its_pr
 ) -> None:
     upstream.script("small-model", latency_s=5.0)
     call = svc.stub.Complete(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
-    while not upstream.requests_for("small-model"):  # the upstream call is under way
-        await asyncio.sleep(0.01)
+    await small_model_called(upstream)  # the upstream call is under way
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -148,8 +153,7 @@ async def test_a_stream_the_caller_leaves_before_its_first_token_bills_its_promp
     upstream.script("small-model", latency_s=5.0)
     call = svc.stub.CompleteStream(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
     first = await call.read()  # the decision
-    while not upstream.requests_for("small-model"):
-        await asyncio.sleep(0.01)
+    await small_model_called(upstream)
     call.cancel()
     record = await record_of(svc, first.request_id)
     _, prompt_cost = small_cost(svc, "")
@@ -179,8 +183,7 @@ async def test_a_unary_call_abandoned_during_a_retry_back_off_bills_nothing(
 ) -> None:
     upstream.script("small-model", status=429, retry_after="3")
     call = svc.stub.Complete(pb.CompleteRequest(messages=PROMPT), metadata=AUTH)
-    while not upstream.requests_for("small-model"):  # the first try was sent and refused
-        await asyncio.sleep(0.01)
+    await small_model_called(upstream)  # the first try was sent and refused
     await asyncio.sleep(0.3)  # now waiting out Retry-After before the second try
     assert len(upstream.requests_for("small-model")) == 1
     call.cancel()

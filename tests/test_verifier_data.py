@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
-from tierwise.cache.embedder import EmbedderInfo, Matrix
+from tests.recording_embedder import RecordingEmbedder
+from tierwise.cache.embedder import EmbedderInfo
 from tierwise.training.verifier_data import SPLITS as SPLIT_NAMES
 from tierwise.training.verifier_data import (
     DiskCachedEmbedder,
@@ -23,18 +25,13 @@ from tierwise.training.verifier_data import (
 )
 
 
-class CountingEmbedder:
-    """Deterministic vectors per text, counting what it was asked to embed."""
+class CountingEmbedder(RecordingEmbedder):
+    """Deterministic vectors per text (from its length), counting what it was asked to embed."""
 
     info = EmbedderInfo("test/counting", 8)
 
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def encode(self, texts: list[str]) -> Matrix:
-        self.seen.extend(texts)
-        rows = [np.full(self.info.dim, float(len(text) % 7) + 0.5, dtype=np.float32) for text in texts]
-        return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.info.dim)
+    def vector(self, text: str) -> NDArray[np.float32]:
+        return np.full(self.info.dim, float(len(text) % 7) + 0.5, dtype=np.float32)
 
 
 def _questions_per_split(pairs: list[QuestionPair], splits: list[str]) -> dict[str, set[str]]:

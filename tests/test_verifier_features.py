@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -119,12 +121,6 @@ def test_assets_round_trip_byte_for_byte() -> None:
     assert again.to_bytes() == payload
 
 
-@pytest.mark.parametrize("payload", [b"", b"not gzip", b"\x1f\x8b\x08\x00garbage"])
-def test_malformed_assets_are_refused(payload: bytes) -> None:
-    with pytest.raises(FeatureAssetError):
-        FeatureAssets.from_bytes(payload)
-
-
 def test_projection_round_trips_byte_for_byte() -> None:
     payload = PROJECTION.to_bytes()
     again = EmbeddingProjection.from_bytes(payload)
@@ -134,9 +130,14 @@ def test_projection_round_trips_byte_for_byte() -> None:
 
 
 @pytest.mark.parametrize("payload", [b"", b"not gzip", b"\x1f\x8b\x08\x00garbage"])
-def test_malformed_projection_is_refused(payload: bytes) -> None:
+@pytest.mark.parametrize(
+    "load", [FeatureAssets.from_bytes, EmbeddingProjection.from_bytes], ids=["assets", "projection"]
+)
+def test_malformed_assets_and_projection_are_refused(
+    load: Callable[[bytes], FeatureAssets | EmbeddingProjection], payload: bytes
+) -> None:
     with pytest.raises(FeatureAssetError):
-        EmbeddingProjection.from_bytes(payload)
+        load(payload)
 
 
 def test_projection_of_the_wrong_shape_is_refused() -> None:

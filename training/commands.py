@@ -9,6 +9,8 @@ CLI costs nothing.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -40,6 +42,12 @@ ScoreColOption = Annotated[
 CacheOption = Annotated[
     Path | None, typer.Option(help="embedding cache directory (default ~/.cache/tierwise)")
 ]
+VersionOption = Annotated[str | None, typer.Option(help="model version (default: the serving one)")]
+StrongOption = Annotated[str | None, typer.Option(help="strong tier (name or model) of the pair")]
+WeakOption = Annotated[str | None, typer.Option(help="weak tier (name or model) of the pair")]
+QualityBarOption = Annotated[float, typer.Option(help="a score at or above this is adequate")]
+LightgbmSeedOption = Annotated[int, typer.Option(help="LightGBM seed")]
+TiersCheckOption = Annotated[Path | None, typer.Option(help="check the version's tiers against this config")]
 
 
 def parse_score_cols(items: list[str] | None) -> dict[str, str] | None:
@@ -114,6 +122,26 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+@contextmanager
+def _exit_2_on(*errors: type[Exception]) -> Iterator[None]:
+    """Any of ``errors`` raised in the block becomes an error line on stderr and exit code 2."""
+    try:
+        yield
+    except errors as exc:
+        raise _fail(str(exc)) from None
+
+
+@contextmanager
+def _exit_2_on_evaluation_errors() -> Iterator[None]:
+    """``_exit_2_on`` the errors of judging a registered model: a bad config, a model that refuses the
+    tiers, missing files, bad values."""
+    from tierwise.classifier.model import ModelRefused
+    from tierwise.router.config import ConfigError
+
+    with _exit_2_on(ConfigError, ModelRefused, FileNotFoundError, ValueError):
+        yield
+
+
 NeighbourWeightOption = Annotated[
     float,
     typer.Option(help="the kNN vote's share of the served P(adequate), in [0, 1] (0: the trees alone)"),
@@ -126,9 +154,9 @@ def train(
     registry: RegistryOption = DEFAULT_REGISTRY,
     layout: FormatOption = "routerbench",
     score_col: ScoreColOption = None,
-    quality_bar: Annotated[float, typer.Option(help="a score at or above this is adequate")] = 0.5,
+    quality_bar: QualityBarOption = 0.5,
     cache_dir: CacheOption = None,
-    seed: Annotated[int, typer.Option(help="LightGBM seed")] = 0,
+    seed: LightgbmSeedOption = 0,
     promote: Annotated[bool, typer.Option(help="promote the new version (behind the gate)")] = False,
     neighbour_weight: NeighbourWeightOption = 0.5,
 ) -> None:
@@ -136,7 +164,7 @@ def train(
     from tierwise.router.config import ConfigError, load_config
     from tierwise.training.train import train as train_version
 
-    try:
+    with _exit_2_on(ConfigError, FileNotFoundError, ValueError):
         settings = load_config(config)
         dataset = load_dataset(data, settings, layout, score_col, cache_dir)
         result = train_version(
@@ -148,8 +176,6 @@ def train(
             prepared=dataset,
             neighbour_weight=neighbour_weight,
         )
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     summary = {"version": result.version, "directory": str(result.directory), **result.manifest.metrics}
     if promote:
         from tierwise.classifier.registry import ModelRegistry, RegistryError
@@ -177,7 +203,7 @@ def calibrate(
     data: DataOption = [DEFAULT_DATA],  # noqa: B006
     config: ConfigOption = DEFAULT_TIERS,
     registry: RegistryOption = DEFAULT_REGISTRY,
-    version: Annotated[str | None, typer.Option(help="model version (default: the serving one)")] = None,
+    version: VersionOption = None,
     rule: Annotated[str, typer.Option(help="decision rule: threshold or utility")] = "threshold",
     strongest_share: Annotated[
         float | None, typer.Option(help="largest share of prompts the strongest tier may take")
@@ -191,13 +217,11 @@ def calibrate(
     """Choose the default quality target on the validation split (for routing.default_quality_target)."""
     from dataclasses import asdict
 
-    from tierwise.classifier.model import ModelRefused
-    from tierwise.router.config import ConfigError
     from tierwise.training.calibrate import choose_quality_target
 
     if rule not in ("threshold", "utility"):
         raise typer.BadParameter("must be 'threshold' or 'utility'", param_hint="--rule")
-    try:
+    with _exit_2_on_evaluation_errors():
         settings, model, dataset = load_evaluation_inputs(
             data, config, registry, version, layout, score_col, cache_dir
         )
@@ -210,8 +234,6 @@ def calibrate(
             quality=quality,
             relative_to_strongest=relative,
         )
-    except (ConfigError, ModelRefused, FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(json.dumps({"model_version": model.version, **asdict(choice)}, indent=2))
 
 
@@ -219,12 +241,12 @@ def eval_router(
     data: DataOption = [DEFAULT_DATA],  # noqa: B006
     config: ConfigOption = DEFAULT_TIERS,
     registry: RegistryOption = DEFAULT_REGISTRY,
-    version: Annotated[str | None, typer.Option(help="model version (default: the serving one)")] = None,
+    version: VersionOption = None,
     out: Annotated[Path, typer.Option(help="directory for report.json and report.png")] = Path(
         "./eval-router"
     ),
-    strong: Annotated[str | None, typer.Option(help="strong tier (name or model) of the pair")] = None,
-    weak: Annotated[str | None, typer.Option(help="weak tier (name or model) of the pair")] = None,
+    strong: StrongOption = None,
+    weak: WeakOption = None,
     layout: FormatOption = "routerbench",
     score_col: ScoreColOption = None,
     cache_dir: CacheOption = None,
@@ -233,14 +255,12 @@ def eval_router(
     ] = "test",
 ) -> None:
     """Cost-quality report of the router and the baselines on the held-out (test) split."""
-    from tierwise.classifier.model import ModelRefused
-    from tierwise.router.config import ConfigError
     from tierwise.training.evaluate import evaluate, summary_table
     from tierwise.training.plots import plot_report
 
     if split not in ("test", "validation"):
         raise typer.BadParameter("must be 'test' or 'validation'", param_hint="--split")
-    try:
+    with _exit_2_on_evaluation_errors():
         settings, model, dataset = load_evaluation_inputs(
             data, config, registry, version, layout, score_col, cache_dir
         )
@@ -252,8 +272,6 @@ def eval_router(
             weak=weak,
             split="test" if split == "test" else "validation",
         )
-    except (ConfigError, ModelRefused, FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_report(report, out / "report.png")
@@ -268,10 +286,10 @@ def cv_router(
     fold_seed: Annotated[str, typer.Option(help="salt of the sample-id hash that deals the folds")] = (
         "tierwise-cv-1"
     ),
-    seed: Annotated[int, typer.Option(help="LightGBM seed")] = 0,
-    quality_bar: Annotated[float, typer.Option(help="a score at or above this is adequate")] = 0.5,
-    strong: Annotated[str | None, typer.Option(help="strong tier (name or model) of the pair")] = None,
-    weak: Annotated[str | None, typer.Option(help="weak tier (name or model) of the pair")] = None,
+    seed: LightgbmSeedOption = 0,
+    quality_bar: QualityBarOption = 0.5,
+    strong: StrongOption = None,
+    weak: WeakOption = None,
     layout: FormatOption = "routerbench",
     score_col: ScoreColOption = None,
     cache_dir: CacheOption = None,
@@ -282,7 +300,7 @@ def cv_router(
     from tierwise.router.config import ConfigError, load_config
     from tierwise.training.crossval import cross_validate, summary_lines
 
-    try:
+    with _exit_2_on(ConfigError, FileNotFoundError, ValueError):
         settings = load_config(config)
         dataset = load_dataset(data, settings, layout, score_col, cache_dir)
         result = cross_validate(
@@ -296,8 +314,6 @@ def cv_router(
             lightgbm_seed=seed,
             neighbour_weight=neighbour_weight,
         )
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        raise _fail(str(exc)) from None
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     typer.echo(summary_lines(result))
@@ -317,7 +333,7 @@ def models_list(registry: RegistryOption = DEFAULT_REGISTRY) -> None:
 def models_promote(
     version: Annotated[str, typer.Argument(help="the version to serve")],
     registry: RegistryOption = DEFAULT_REGISTRY,
-    config: Annotated[Path | None, typer.Option(help="check the version's tiers against this config")] = None,
+    config: TiersCheckOption = None,
     force: Annotated[bool, typer.Option(help="promote even if the held-out gate says no")] = False,
 ) -> None:
     """Serve a version (replicas watching the registry swap to it)."""
@@ -325,28 +341,24 @@ def models_promote(
     from tierwise.classifier.registry import ModelRegistry, RegistryError
     from tierwise.router.config import ConfigError, load_config
 
-    try:
+    with _exit_2_on(ConfigError, ModelRefused, RegistryError):
         tiers = load_config(config).tier_names if config is not None else None
         pointer = ModelRegistry(registry).promote(version, force=force, expected_tiers=tiers)
-    except (ConfigError, ModelRefused, RegistryError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"serving {pointer.version}")
 
 
 def models_rollback(
     registry: RegistryOption = DEFAULT_REGISTRY,
-    config: Annotated[Path | None, typer.Option(help="check the version's tiers against this config")] = None,
+    config: TiersCheckOption = None,
 ) -> None:
     """Serve the previously served version again."""
     from tierwise.classifier.model import ModelRefused
     from tierwise.classifier.registry import ModelRegistry, RegistryError
     from tierwise.router.config import ConfigError, load_config
 
-    try:
+    with _exit_2_on(ConfigError, ModelRefused, RegistryError):
         tiers = load_config(config).tier_names if config is not None else None
         pointer = ModelRegistry(registry).rollback(expected_tiers=tiers)
-    except (ConfigError, ModelRefused, RegistryError) as exc:
-        raise _fail(str(exc)) from None
     typer.echo(f"serving {pointer.version}")
 
 

@@ -8,9 +8,14 @@ importing this module to build the CLI costs nothing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tierwise.cache.embedder import SentenceEmbedder
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "qqp" / "pairs.jsonl.gz"
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parents[1] / "cache" / "models" / "verifier"
@@ -32,15 +37,20 @@ def _cache_dir(path: Path | None) -> Path:
     return path if path is not None else default_cache_dir()
 
 
-def _console_for(pairs: Path) -> Any:
-    """The commands' stderr console, once the pairs file is known to exist (else exit 2)."""
+def _training_inputs(
+    pairs: Path, device: str, cache_dir: Path | None
+) -> tuple[Console, SentenceEmbedder, Path]:
+    """The training commands' stderr console, once the pairs file is known to exist (else exit 2); the
+    sentence embedder on ``device``; the embedding cache directory."""
     from rich.console import Console
+
+    from tierwise.cache.embedder import SentenceEmbedder
 
     console = Console(stderr=True)
     if not pairs.exists():
         console.print(f"[red]error:[/red] pairs file {pairs} not found")
         raise typer.Exit(2)
-    return console
+    return console, SentenceEmbedder(device=device), _cache_dir(cache_dir)
 
 
 def train_verifier(
@@ -55,15 +65,14 @@ def train_verifier(
     """Train the cache verifier on the train split, choose its defaults on validation, score test once."""
     import json
 
-    from tierwise.cache.embedder import SentenceEmbedder
     from tierwise.training.verifier import train_verifier_model
 
-    console = _console_for(pairs)
+    console, embedder, embedding_cache = _training_inputs(pairs, device, cache_dir)
     report = train_verifier_model(
         pairs,
         out,
-        SentenceEmbedder(device=device),
-        _cache_dir(cache_dir),
+        embedder,
+        embedding_cache,
         use_traps=traps,
         precision_target=precision_target,
         seed=seed,
@@ -94,11 +103,10 @@ def train_cross_encoder(
     """Fine-tune a cross-encoder, add it to a verifier, re-choose the defaults on validation, test once."""
     import json
 
-    from tierwise.cache.embedder import SentenceEmbedder
     from tierwise.cache.verifier_model import VerifierModelError
     from tierwise.training.cross_encoder import FineTuning, attach_cross_encoder
 
-    console = _console_for(pairs)
+    console, embedder, embedding_cache = _training_inputs(pairs, device, cache_dir)
     settings = FineTuning(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, max_pairs=max_pairs
     )
@@ -106,8 +114,8 @@ def train_cross_encoder(
         report = attach_cross_encoder(
             model_dir,
             pairs,
-            SentenceEmbedder(device=device),
-            _cache_dir(cache_dir),
+            embedder,
+            embedding_cache,
             settings=settings,
             weights=weights,
             device=device,
