@@ -18,8 +18,8 @@ from tierwise.router.analytics.holt import fit_holt
 from tierwise.router.analytics.quality import cost_per_quality
 from tierwise.router.config import BudgetConfig
 from tierwise.router.feedback.store import FeedbackRecord, SqliteFeedbackStore
+from tierwise.router.ledger.reports import SinkReports
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
-from tierwise.router.observability.anomaly import SinkReports
 
 DAY = 86400
 # 2024-03-15 12:00 UTC: 14 completed days this month, half of today left, 16 whole days after it.

@@ -20,8 +20,8 @@ from tests.harness import config_dict
 from tests.test_ledger import spend
 from tierwise.router.analytics.report import build_report
 from tierwise.router.ledger.record import SpendRecord
+from tierwise.router.ledger.reports import SinkReports
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
-from tierwise.router.observability.anomaly import SinkReports
 from tierwise.training.cli.app import app
 
 T0 = 1709283600.0  # 2024-03-01T09:00:00Z

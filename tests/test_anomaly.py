@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from tierwise.router.analytics.source import parse_since
 from tierwise.router.config import AnomalyConfig, ConfigError, parse_config
 from tierwise.router.ledger.record import SpendRecord
+from tierwise.router.ledger.reports import SinkReports
 from tierwise.router.ledger.spend_ledger import SpendLedger
 from tierwise.router.ledger.sql import SpendTotals
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
@@ -31,7 +32,6 @@ from tierwise.router.observability.anomaly import (
     AnomalyChecker,
     FloatArray,
     SeriesKey,
-    SinkReports,
     find_anomalies,
     history_hours,
     hourly_series,

@@ -1,7 +1,6 @@
 """What operators see: Prometheus metrics, OpenTelemetry tracing, structured logs, the admin HTTP
 server (``/metrics``, ``/dashboard``) and the spend-anomaly checker."""
 
-from tierwise.router.ledger.reports import SinkReports, SpendReports
 from tierwise.router.observability.admin_http import AdminServer
 from tierwise.router.observability.anomaly import Anomaly, AnomalyChecker, find_anomalies
 from tierwise.router.observability.logs import configure_logging, prompt_field
@@ -13,8 +12,6 @@ __all__ = [
     "Anomaly",
     "AnomalyChecker",
     "Metrics",
-    "SinkReports",
-    "SpendReports",
     "Tracing",
     "configure_logging",
     "find_anomalies",

@@ -32,7 +32,6 @@ import numpy as np
 import numpy.typing as npt
 
 from tierwise.router.config import AnomalyConfig
-from tierwise.router.ledger.reports import SinkReports as SinkReports  # re-exported for the commands
 from tierwise.router.ledger.reports import SpendReports
 from tierwise.router.observability.metrics import Metrics
 

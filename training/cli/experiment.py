@@ -19,7 +19,7 @@ from tierwise.router.analytics.source import open_sink, parse_since
 from tierwise.router.config import Config, ExperimentConfig, load_config
 from tierwise.router.experiments.store import recorded_since
 from tierwise.router.feedback.factory import open_feedback_table
-from tierwise.router.observability.anomaly import SinkReports
+from tierwise.router.ledger.reports import SinkReports
 from tierwise.training.figures import pyplot, save_figure
 
 if TYPE_CHECKING:  # numpy and scipy load only when a report is made, not for every CLI command
