@@ -168,8 +168,8 @@ def replay_upstream(
     replay_upstream_command(data=data, port=port, host=host, latency_ms=latency_ms)
 
 
-# Offline jobs: their modules import their heavy dependencies inside the commands,
-# so `tierwise serve` loads none of the training code.
+# Offline jobs: their modules import their heavy dependencies (LightGBM, matplotlib, torch,
+# scikit-learn) inside the commands, so `tierwise serve` loads none of them.
 def _group(help: str) -> typer.Typer:
     return typer.Typer(help=help, no_args_is_help=True)
 
