@@ -10,6 +10,8 @@ other folders (pyproject's package-dir), so the graph is built here.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,3 +163,14 @@ def test_every_package_folder_ships_in_the_wheel() -> None:
         for init in (ROOT / folder).rglob("__init__.py"):
             on_disk.add(module_name(ROOT / folder, init, package))
     assert on_disk == listed
+
+
+def test_the_serving_commands_load_no_training_dependency() -> None:
+    """`tierwise serve` imports the CLI and the server: neither may pull in what only training needs."""
+    heavy = ("lightgbm", "matplotlib", "sklearn", "torch", "sentence_transformers", "transformers")
+    code = (
+        "import sys, tierwise.training.cli.app, tierwise.router.server, tierwise.router.service;"
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
