@@ -1,0 +1,1 @@
+"""The ``tierwise`` command: ``app`` builds the command tree, one module per report command."""
