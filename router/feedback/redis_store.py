@@ -29,6 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from tierwise.cache.backoff import Backoff
 from tierwise.cache.replication import stop_worker
 from tierwise.router.config import FeedbackConfig
 from tierwise.router.feedback.store import FeedbackRecord, FeedbackTable
@@ -170,18 +171,18 @@ class RedisFeedbackStore:
         return await self.land(entries)
 
     async def _work(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, 5.0)
         while not self._stopping:
             try:
                 await self.consume_once(self._block_ms)
-                backoff = 0.1
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis or the store is down: entries stay pending, retried later
                 self._group_ready = False  # a Redis that restarted empty has lost the group: recreate it
-                log.warning("feedback consumer: %s; retrying in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                wait = backoff.next_delay()
+                log.warning("feedback consumer: %s; retrying in %.1fs", exc, wait)
+                await asyncio.sleep(wait)
 
     def start(self) -> None:
         if self._task is None:
