@@ -29,7 +29,7 @@ class SpendQueries(Protocol):
         filters: Mapping[str, str] | None,
         columns: Sequence[str],
     ) -> list[Sample]:
-        """Per-request ``columns`` in [since, until) with each request's group (see ``ledger_sql.samples_sql``)."""
+        """Per-request ``columns`` in [since, until) with each request's group (see ``ledger.sql.samples_sql``)."""
         ...
 
 
@@ -64,7 +64,7 @@ class SinkReports:
     async def totals(
         self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
     ) -> list[SpendTotals]:
-        """Stored spend in [since, until) grouped by ``by`` (see ``ledger_sql.parse_dimension``)."""
+        """Stored spend in [since, until) grouped by ``by`` (see ``ledger.sql.parse_dimension``)."""
         return await asyncio.to_thread(self.sink.totals, since, until, by, filters)
 
     async def samples(

@@ -1,7 +1,7 @@
 """What a planned workload will cost per month, per routing policy, and how that moves (sensitivity).
 
-The workload is a token volume (``estimate_volume``), a sample of real prompts
-(``estimate_sample``), or both: then the volume sets the tokens and the sample
+The workload is a token volume (``volume``), a sample of real prompts
+(``sample``), or both: then the volume sets the tokens and the sample
 the tier mix each policy chooses and the quality it reaches. A policy's cost is
 linear in its tier mix, so with a mix of shares s_j the cost is
 ``sum_j s_j * C_j`` where C_j is the whole volume on tier j. The classifier's mix
