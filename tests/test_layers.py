@@ -105,6 +105,75 @@ def test_imports_point_one_way() -> None:
     assert violations(graph(ROOT)) == []
 
 
+# router/'s top-level modules that run a request; its subpackages may use the shared vocabulary
+# (config, types, errors, outcome, pricing, tokens, auth) but never these.
+REQUEST_PATH = frozenset(
+    {"server", "service", "pipeline", "validation", "wire", "rpc", "admin_rpc", "caching"}
+    | {"call_progress", "upstream_errors", "accounting"}
+)
+
+
+def router_violations(edges: list[Edge], root: Path) -> list[str]:
+    """Inside router/: no subpackage imports the request path, and subpackages import each other acyclically."""
+    subpackages = {d.name for d in (root / "router").iterdir() if (d / "__init__.py").exists()}
+
+    def part(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[2] if len(parts) > 2 and parts[:2] == ["tierwise", "router"] else None
+
+    found: set[str] = set()
+    depends: dict[str, set[str]] = {s: set() for s in subpackages}
+    for e in edges:
+        src, dst = part(e.module), part(e.imported)
+        if src not in subpackages or dst is None or dst == src:
+            continue
+        if dst in REQUEST_PATH:
+            found.add(f"router/{src} imports the request path: {e.imported}")
+        elif dst in subpackages:
+            depends[src].add(dst)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in depends[start])
+
+    found |= {
+        f"router/{a} and router/{b} import each other"
+        for a in depends
+        for b in depends[a]
+        if reaches(b, a, {b})
+    }
+    return sorted(found)
+
+
+def test_router_subpackages_form_no_cycle_and_stay_off_the_request_path() -> None:
+    assert router_violations(graph(ROOT), ROOT) == []
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {
+                "router/ledger/a.py": "from tierwise.router.budgets.b import X\n",
+                "router/budgets/b.py": "from tierwise.router.ledger.a import Y\n",
+            },
+            "router/budgets and router/ledger import each other",
+        ),
+        ({"router/ledger/a.py": "from tierwise.router.pipeline import Pipeline\n"}, "request path"),
+    ],
+)
+def test_the_router_rules_catch_a_cycle_and_a_reach_up(
+    tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    root = _tree(tmp_path, {})
+    for package in ("ledger", "budgets"):
+        (root / "router" / package).mkdir()
+        (root / "router" / package / "__init__.py").write_text("")
+    for name, text in files.items():
+        (root / name).write_text(text)
+    found = router_violations(graph(root), root)
+    assert found and expected in found[0], found
+
+
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     for folder in FOLDERS:
         (tmp_path / folder).mkdir()
