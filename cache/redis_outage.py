@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from tierwise.cache.replication import Backoff
+from tierwise.cache.replication import ReconnectBackoff
 from tierwise.cache.store import CacheStoreError
 
 logger = logging.getLogger(__name__)
@@ -15,7 +15,9 @@ logger = logging.getLogger(__name__)
 class RedisOutage:
     """Fails calls fast while Redis is unreachable, letting one through per backoff step."""
 
-    def __init__(self, name: str, backoff: Backoff, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, name: str, backoff: ReconnectBackoff, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._name = name
         self._backoff = backoff
         self._clock = clock

@@ -68,7 +68,7 @@ from tierwise.cache.redis_scripts import (
     SELECT_SCRIPT,
     TOUCH_SCRIPT,
 )
-from tierwise.cache.replication import Backoff, Change, ChangeOp, FeedPosition
+from tierwise.cache.replication import Change, ChangeOp, FeedPosition, ReconnectBackoff
 from tierwise.cache.settings import CacheSettings
 from tierwise.cache.store import (
     CacheEntry,
@@ -105,7 +105,7 @@ class RedisEntryStore:
         prefix: str = "tierwise:cache",
         stream_maxlen: int = 100_000,
         block_s: float = 1.0,
-        backoff: Backoff | None = None,
+        backoff: ReconnectBackoff | None = None,
     ) -> None:
         if not prefix or "{" in prefix or "}" in prefix:
             raise ValueError(f"the Redis key prefix must be non-empty and without braces: {prefix!r}")
@@ -122,7 +122,7 @@ class RedisEntryStore:
         self.writer_id = uuid.uuid4().hex
         kwargs = client.connection_pool.connection_kwargs
         self.name = f"Redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"
-        self._outage = RedisOutage(self.name, backoff or Backoff(0.5, 5.0))
+        self._outage = RedisOutage(self.name, backoff or ReconnectBackoff(0.5, 5.0))
         self._closed = False
         self._insert = client.register_script(INSERT_SCRIPT)
         self._select = client.register_script(SELECT_SCRIPT)
@@ -162,7 +162,7 @@ class RedisEntryStore:
             prefix=prefix,
             stream_maxlen=stream_maxlen,
             block_s=block_s,
-            backoff=Backoff(reconnect_min_s, reconnect_max_s),
+            backoff=ReconnectBackoff(reconnect_min_s, reconnect_max_s),
         )
 
     @classmethod

@@ -27,8 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from tierwise.cache.backoff import Backoff as ExpBackoff
-from tierwise.cache.backoff import Jitter
+from tierwise.cache.backoff import Backoff, Jitter
 from tierwise.cache.store import CacheStoreError, EntryRef, VectorRow
 
 logger = logging.getLogger(__name__)
@@ -113,7 +112,7 @@ class ReplicaIndex(Protocol):
         ...
 
 
-class Backoff(ExpBackoff):
+class ReconnectBackoff(Backoff):
     """Reconnects to a shared store: equal jitter, the n-th wait uniform in [d/2, d], d = min(max, min·2ⁿ)."""
 
     def __init__(self, min_s: float, max_s: float, rng: Callable[[], float] = random.random) -> None:
@@ -154,7 +153,7 @@ class IndexFollower:
         position: FeedPosition | None,
         *,
         batch: int,
-        backoff: Backoff,
+        backoff: ReconnectBackoff,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._feed = feed

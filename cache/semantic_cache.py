@@ -35,7 +35,7 @@ from dataclasses import replace
 
 from tierwise.cache.embedder import EmbedderInfo
 from tierwise.cache.index import PartitionedIndex
-from tierwise.cache.replication import Backoff, ChangeFeed, FeedPosition, IndexChanges, IndexFollower
+from tierwise.cache.replication import ChangeFeed, FeedPosition, IndexChanges, IndexFollower, ReconnectBackoff
 from tierwise.cache.semantic_core import PendingUsage
 from tierwise.cache.semantic_insert import CacheWrites
 from tierwise.cache.semantic_lookup import CacheLookup
@@ -120,7 +120,7 @@ class SemanticCache(CacheLookup, CacheWrites):
         cache = cls(store, embedder, index, settings, verifier, clock, entries)
         cache._stats.index_from_snapshot = from_snapshot
         cache._feed_position = position
-        backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        backoff = ReconnectBackoff(settings.reconnect_min_s, settings.reconnect_max_s)
         cache._follower = IndexFollower(
             feed, cache, position, batch=settings.replication_batch, backoff=backoff
         )

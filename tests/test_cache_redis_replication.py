@@ -17,7 +17,14 @@ from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_cache_redis_store import until
 from tierwise.cache.embedder import EmbedderInfo
 from tierwise.cache.redis_store import RedisEntryStore
-from tierwise.cache.replication import Backoff, Change, ChangeFeed, ChangeOp, FeedPosition, net_changes
+from tierwise.cache.replication import (
+    Change,
+    ChangeFeed,
+    ChangeOp,
+    FeedPosition,
+    ReconnectBackoff,
+    net_changes,
+)
 from tierwise.cache.semantic_cache import CacheQuery, HitKind, SemanticCache
 from tierwise.cache.settings import CacheSettings
 from tierwise.cache.store import CachedResponse, CacheStoreError, EntryRef, VectorRow
@@ -347,13 +354,13 @@ async def test_a_replica_snapshot_resumes_from_the_position_it_recorded(
 
 
 def test_backoff_grows_with_equal_jitter_up_to_its_cap() -> None:
-    low, high = Backoff(0.5, 4.0, rng=lambda: 0.0), Backoff(0.5, 4.0, rng=lambda: 1.0)
+    low, high = ReconnectBackoff(0.5, 4.0, rng=lambda: 0.0), ReconnectBackoff(0.5, 4.0, rng=lambda: 1.0)
     assert [low.next_delay() for _ in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
     assert [high.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     high.reset()
     assert high.next_delay() == 0.5
     with pytest.raises(ValueError):
-        Backoff(2.0, 1.0)
+        ReconnectBackoff(2.0, 1.0)
 
 
 def test_a_batch_of_changes_applies_its_net_effect() -> None:
