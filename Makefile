@@ -5,16 +5,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# What CI last passed with: every package's exact version (`make upgrade` refreshes it).
+LOCK := constraints.txt
+PIP_LOCKED := -m pip install --quiet --constraint $(LOCK) --build-constraint $(LOCK)
 SRC := router cache classifier training protos bench tests
 
-.PHONY: venv demo test lint typecheck unit bench protos clean
+.PHONY: venv demo test lint typecheck unit bench protos upgrade clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	# The venv's own pip may predate --build-constraint: the locked pip first.
+	$(PY) -m pip install --quiet --constraint $(LOCK) --upgrade pip
 	# The local CPU build of torch; any later range that 2.13.0 satisfies installs nothing more.
-	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) $(PIP_LOCKED) "torch==2.13.0"
+	$(PY) $(PIP_LOCKED) -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -48,5 +52,23 @@ bench: $(STAMP)
 protos: $(STAMP)
 	$(PY) protos/generate.py
 
+# Refresh the lock: the newest versions pyproject.toml's ranges allow, installed into a scratch
+# venv and frozen; then the stubs are regenerated with the new grpcio-tools and the tests run.
+# Commit constraints.txt (and the stubs) only if `make test` passes.
+UPGRADE_VENV := .venv-upgrade
+
+upgrade:
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# What CI passed with: pip constraints for make and .ci/run, written by \`make upgrade\`."; \
+	  echo "# torch's local build label (+cpu) is dropped: ==2.13.0 matches the local CPU build and PyPI's."; \
+	  $(UPGRADE_VENV)/bin/python -m pip freeze --all --exclude-editable | sed -E 's/^(torch==[^+]*)[+].*/\1/'; \
+	} > $(LOCK)
+	rm -rf $(UPGRADE_VENV)
+	$(MAKE) protos test
+
 clean:
-	rm -rf $(VENV) .demo var .mypy_cache .ruff_cache .pytest_cache $(TYPECHECK_ROOT)
+	rm -rf $(VENV) $(UPGRADE_VENV) .demo var .mypy_cache .ruff_cache .pytest_cache $(TYPECHECK_ROOT)
