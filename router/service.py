@@ -29,6 +29,7 @@ from tierwise.router.feedback.store import FeedbackStore
 from tierwise.router.learning.loop import build_learning
 from tierwise.router.ledger.builder import SpendRecordBuilder
 from tierwise.router.ledger.spend_ledger import build_ledger
+from tierwise.router.observability.attempt_spans import traced_providers
 from tierwise.router.observability.metrics import Metrics
 from tierwise.router.observability.tracing import Tracing
 from tierwise.router.pipeline import Pipeline
@@ -163,7 +164,7 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
     accounting = Accounting(SpendRecordBuilder.from_config(config), ledger, metrics, tracing, learning)
     pipeline = Pipeline(
         config,
-        providers,
+        traced_providers(config.tiers, providers, tracing),  # one span per upstream attempt
         policy,
         tokens,
         budgets=budgets,

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from concurrent import futures
 from decimal import Decimal
 from typing import Any
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import INVALID_SPAN, SpanKind, StatusCode
 
+from tests.otlp_collector import Collector, collector  # noqa: F401 - the fixture
 from tests.test_ledger import spend
 from tierwise.router.config import TracingConfig
 from tierwise.router.observability.tracing import Tracing, attempt_span_name, finish_request, genai_attributes
@@ -143,42 +139,13 @@ def test_inject_continues_the_current_trace_in_outgoing_headers() -> None:
     assert headers["traceparent"].startswith(f"00-{TRACE_ID}-")
 
 
-class _Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.resources: list[dict[str, str]] = []
-        self.received = threading.Event()
-
-    def Export(self, request: Any, context: Any) -> Any:
-        for resource_spans in request.resource_spans:
-            self.resources.append({a.key: a.value.string_value for a in resource_spans.resource.attributes})
-            for scope in resource_spans.scope_spans:
-                self.names += [span.name for span in scope.spans]
-        self.received.set()
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
-@pytest.fixture
-def collector() -> Iterator[tuple[_Collector, int]]:
-    servicer = _Collector()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield servicer, port
-    server.stop(None)
-
-
-def test_spans_reach_an_otlp_collector_when_an_endpoint_is_configured(
-    collector: tuple[_Collector, int],
-) -> None:
-    servicer, port = collector
-    tracing = Tracing(TracingConfig(otlp_endpoint=f"http://127.0.0.1:{port}", service_name="tierwise-test"))
+def test_spans_reach_an_otlp_collector_when_an_endpoint_is_configured(collector: Collector) -> None:  # noqa: F811
+    tracing = Tracing(TracingConfig(otlp_endpoint=collector.endpoint, service_name="tierwise-test"))
     assert tracing.enabled
     run_request(tracing)
     tracing.shutdown()  # exports what the batch processor holds
-    assert servicer.received.wait(10)
-    assert sorted(servicer.names) == sorted(
+    assert collector.received.wait(10)
+    assert sorted(collector.names) == sorted(
         ["tierwise.Complete", "embed", "cache", "classify", "chat small-model", "chat large-model"]
     )
-    assert servicer.resources[0]["service.name"] == "tierwise-test"
+    assert collector.resources[0]["service.name"] == "tierwise-test"

@@ -7,14 +7,18 @@ owns its ``TracerProvider`` rather than installing a global one, so several
 servers (or tests) in one process keep their spans apart.
 
 Attributes follow the GenAI semantic conventions (``gen_ai.*``) plus tierwise's
-own (``tierwise.*``). Prompt text and end-user ids are never attributes.
+own (``tierwise.*``). Prompt text and end-user ids are never attributes, and exceptions are
+not recorded as events (a traceback may chain an upstream error body that quotes the prompt).
+Upstream attempts get their spans from ``attempt_spans``, which wraps each provider.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
@@ -28,6 +32,37 @@ from tierwise.router.config import TracingConfig
 from tierwise.router.ledger.record import SpendRecord
 
 Attributes = Mapping[str, AttributeValue]
+
+# The request's log of upstream attempts rides in the OTel context beside the request span, so an
+# attempt span knows its place (retry, fallback) without the pipeline passing anything down.
+_ATTEMPTS_KEY = otel_context.create_key("tierwise.attempts")
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptPlace:
+    """Where an upstream attempt stands in its request."""
+
+    number: int  # 1-based, across every tier the request tried
+    tier_try: int  # 1-based, on this attempt's tier: 2 and up are retries
+    fallback: bool  # an earlier attempt of the request went to another tier
+
+
+class _AttemptLog:
+    def __init__(self) -> None:
+        self._tiers: list[str] = []
+
+    def next(self, tier: str) -> AttemptPlace:
+        fallback = bool(self._tiers) and self._tiers[0] != tier
+        self._tiers.append(tier)
+        return AttemptPlace(len(self._tiers), self._tiers.count(tier), fallback)
+
+
+def next_attempt(tier: str) -> AttemptPlace:
+    """Count one more attempt on ``tier`` in the current request (a call outside one is its own first)."""
+    log = otel_context.get_value(_ATTEMPTS_KEY)
+    if not isinstance(log, _AttemptLog):
+        return AttemptPlace(1, 1, False)
+    return log.next(tier)
 
 
 def genai_attributes(provider: str, model: str, operation: str = "chat") -> dict[str, AttributeValue]:
@@ -112,9 +147,17 @@ class Tracing:
     def request_span(
         self, name: str, attributes: Attributes | None = None, parent_context: Context | None = None
     ) -> Iterator[Span]:
-        """The request's root span (a child of the caller's trace when ``parent_context`` has one)."""
+        """The request's root span (a child of the caller's trace when ``parent_context`` has one),
+        current for the block with a fresh log of the request's upstream attempts."""
         with self._span(name, attributes, SpanKind.SERVER, parent_context) as span:
-            yield span
+            if self._tracer is None:
+                yield span
+                return
+            token = otel_context.attach(otel_context.set_value(_ATTEMPTS_KEY, _AttemptLog()))
+            try:
+                yield span
+            finally:
+                otel_context.detach(token)
 
     @contextlib.contextmanager
     def child_span(
@@ -124,6 +167,14 @@ class Tracing:
         with self._span(name, attributes, kind, None) as span:
             yield span
 
+    def start_attempt(self, name: str, attributes: Attributes) -> Span:
+        """An upstream attempt's CLIENT span, a child of the current span; never made current, so a
+        stream's attempt can stay open across yields without leaking into the caller's context.
+        The caller ends it."""
+        if self._tracer is None:
+            return trace.INVALID_SPAN
+        return self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
+
     @contextlib.contextmanager
     def _span(
         self, name: str, attributes: Attributes | None, kind: SpanKind, context: Context | None
@@ -131,8 +182,15 @@ class Tracing:
         if self._tracer is None:
             yield trace.INVALID_SPAN
             return
+        # No exception events, no status from an exception: a traceback chains the upstream's error
+        # body, which may quote the prompt. ``finish_request`` and ``mark_error`` say what failed.
         with self._tracer.start_as_current_span(
-            name, context=context, kind=kind, attributes=attributes
+            name,
+            context=context,
+            kind=kind,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             yield span
 
