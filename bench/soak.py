@@ -6,14 +6,16 @@ own process. Each worker sends Complete calls back to back over one gRPC channel
 through the whole dataset in a fixed shuffled order; ``--refresh-share`` of them use
 CACHE_MODE_REFRESH (an upstream call and a cache write on a prompt already cached, so the number
 of entries stops growing once every prompt was seen while inserts go on) and ``--stream-share``
-go through CompleteStream.
+go through CompleteStream. ``--unique`` makes every prompt new (a recorded prompt with a request
+number appended, which the replay upstream ignores when it looks the answer up), so the cache only
+grows: with ``--cache-capacity`` it shows where the server's memory stops.
 
 Reported, first minute against last minute (ratios): the server's resident memory (RSS, from
 psutil when installed, else /proc/PID/status) and the p99 of tierwise's own latency per request
 (``latency.overhead_ms`` of each response: total minus upstream time), with request and error
 counts and the cache-hit share of each minute.
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--concurrency 32] [--data DIR]
+    .venv/bin/python bench/soak.py [--minutes 10] [--concurrency 32] [--data DIR] [--cache-capacity N]
 """
 
 from __future__ import annotations
@@ -36,14 +38,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tierwise.router.types import ChatMessage
 from tierwise.training.demo.run import demo_config, find_data
 from tierwise.training.process import stop_process, wait_serving
 from tierwise.training.replay import RecordedAnswers, ReplayLookupError, ReplayUpstream
-from tierwise.training.routerbench import load_rows
+from tierwise.training.routerbench import RouterBenchRow, load_rows
 from tierwise.v1 import tierwise_pb2 as pb
 from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 RSS_SAMPLE_S = 2.0
+UNIQUE_MARK = "\n\n(soak request "
 CALL_TIMEOUT_S = 60.0
 
 
@@ -86,11 +90,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def prompt_cycle(prompts: Sequence[str], seed: int) -> Iterator[str]:
+def prompt_cycle(prompts: Sequence[str], seed: int, unique: bool) -> Iterator[str]:
     order = list(prompts)
     random.Random(seed).shuffle(order)
+    sent = 0
     while True:
-        yield from order
+        for prompt in order:
+            sent += 1
+            yield f"{prompt}{UNIQUE_MARK}{sent})" if unique else prompt
+
+
+class UniquePromptAnswers(RecordedAnswers):
+    """Recorded answers that look a numbered prompt up by the recorded prompt it was made from."""
+
+    def find_rows(self, prompt: str | Sequence[ChatMessage]) -> list[RouterBenchRow]:
+        if isinstance(prompt, str):
+            return super().find_rows(prompt.split(UNIQUE_MARK, 1)[0])
+        return super().find_rows([ChatMessage(m.role, m.content.split(UNIQUE_MARK, 1)[0]) for m in prompt])
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,7 @@ async def drive(
         traffic = Traffic(
             pb_grpc.RouterStub(channel),
             key,
-            prompt_cycle(prompts, args.seed),
+            prompt_cycle(prompts, args.seed, args.unique),
             answers,
             args.refresh_share,
             args.stream_share,
@@ -194,7 +210,8 @@ async def drive(
 def report(run: Run, args: argparse.Namespace) -> None:
     print(
         f"\nsoak: {args.minutes} min, concurrency {args.concurrency}, refresh share {args.refresh_share}, "
-        f"stream share {args.stream_share}"
+        f"stream share {args.stream_share}, unique prompts {args.unique}, cache capacity "
+        f"{args.cache_capacity or 'default'}"
     )
     print("overhead = latency.overhead_ms of each answer; foreign = hits that served another prompt's answer")
     print(
@@ -235,6 +252,13 @@ def main() -> None:
     parser.add_argument("--refresh-share", type=float, default=0.5)
     parser.add_argument("--stream-share", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unique", action="store_true", help="every prompt new: the cache only grows")
+    parser.add_argument(
+        "--cache-capacity",
+        type=int,
+        default=None,
+        help="cache.capacity of the server (default: the config's); a small one shows where memory stops",
+    )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="server state (default: a temporary folder)"
     )
@@ -244,14 +268,19 @@ def main() -> None:
     data = find_data(args.data)
     if data is None:
         sys.exit("soak: no RouterBench data found; pass --data or set TIERWISE_DATA")
-    prompts = sorted({row.prompt for row in load_rows(data)})
+    rows = load_rows(data)
+    prompts = sorted({row.prompt for row in rows})
     with tempfile.TemporaryDirectory(prefix="tierwise-soak-") as scratch:
         workdir = args.workdir or Path(scratch)
         workdir.mkdir(parents=True, exist_ok=True)
-        replay = ReplayUpstream.from_data_dir(data)
+        replay = ReplayUpstream(rows)
+        if args.unique:
+            replay.answers = UniquePromptAnswers(rows)
         upstream_url = replay.start()
         key = secrets.token_urlsafe(24)
         config = demo_config(workdir, upstream_url, {"soak": key}, "length")
+        if args.cache_capacity is not None:
+            config["cache"]["capacity"] = args.cache_capacity  # type: ignore[index]
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         target = f"127.0.0.1:{config['server']['port']}"  # type: ignore[index]
