@@ -163,12 +163,25 @@ async def test_ledger_unreachable_during_a_rebuild_takes_the_fail_mode(
     dead = f"host=127.0.0.1 port={free_port()} user=postgres dbname=nobody"
     async with started_ledger(tmp_path / "journal", PostgresSpendSink(dead, connect_timeout_s=1)) as down:
         clock = Clock()
-        closed = replica(redis, clock, down, budgets=[DAY])
+        globex = {"tenant": "globex", "window": "day", "usd": "1"}
+        seeded_before = replica(redis, clock, None, budgets=[globex])
+        assert (await seeded_before.reserve("globex", "", D("0.1"), 1)).enforced
+        await seeded_before.aclose()
+
+        closed = replica(redis, clock, down, budgets=[DAY, globex])
+        errors: list[str] = []
+        closed.add_store_error_listener(lambda operation, _: errors.append(operation))
         with pytest.raises(BudgetStoreUnavailable) as refused:
             await closed.reserve("acme", "", D("0.1"), 1)
         assert "usage for 2025-03-04 was lost by the budget store" in refused.value.message
         assert "could not be rebuilt from the spend ledger (PostgresSpendSink)" in refused.value.message
         assert "fail_mode is closed for budget acme/*/day" in refused.value.message
+        # Redis itself is fine: a period it still holds is enforced as usual ...
+        assert (await closed.reserve("globex", "", D("0.1"), 1)).enforced
+        # ... and the ledger is not asked again before its backoff.
+        with pytest.raises(BudgetStoreUnavailable, match="backing off after a failure"):
+            await closed.reserve("acme", "", D("0.1"), 1)
+        assert errors == ["rebuild", "rebuild"]
         await closed.aclose()
 
         opened = replica(redis, clock, down, budgets=[{**DAY, "fail_mode": "open"}])

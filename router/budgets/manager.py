@@ -141,7 +141,12 @@ class BudgetManager:
         self._fail_mode_listeners: list[FailModeListener] = []
         self._decided: set[FailDecision] = set()  # fail-mode decisions logged in this outage
         self._rebuilder = (
-            UsageRebuilder(store, usage_source, timeout_s=self._settings.rebuild_timeout_s)
+            UsageRebuilder(
+                store,
+                usage_source,
+                timeout_s=self._settings.rebuild_timeout_s,
+                gate=DownGate(Backoff(self._settings.reconnect_min_s, self._settings.reconnect_max_s), clock),
+            )
             if isinstance(store, SeededBudgetStore)
             else None
         )
@@ -191,7 +196,13 @@ class BudgetManager:
             return result
         assert self._rebuilder is not None, "only a SeededBudgetStore reports unseeded lines"
         rebuilder, missing = self._rebuilder, [self._to_seed(lines[i]) for i in result.unseeded]
-        await self._store_call("rebuild", lambda: rebuilder.rebuild(missing, ts))
+        try:
+            # Not through _store_call: a ledger that cannot answer must not close the gate of
+            # a store that still serves every period already rebuilt (the rebuilder has its own).
+            await rebuilder.rebuild(missing, ts)
+        except BudgetStoreUnavailable as exc:
+            self._store_failed("rebuild", exc, new=False)
+            raise
         result = await self._store_call("reserve", reserve)
         if result.unseeded:
             raise BudgetStoreUnavailable(

@@ -28,6 +28,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
+from tierwise.cache.backoff import DownGate
 from tierwise.router.budgets.store import (
     Amount,
     BudgetLine,
@@ -64,10 +65,15 @@ class LineToSeed:
 
 
 class UsageRebuilder:
-    def __init__(self, store: SeededBudgetStore, source: UsageSource | None, *, timeout_s: float) -> None:
+    def __init__(
+        self, store: SeededBudgetStore, source: UsageSource | None, *, timeout_s: float, gate: DownGate
+    ) -> None:
         self._store = store
         self._source = source
         self._timeout_s = timeout_s
+        # After the source failed, rebuilds fail at once until its backoff passes: a ledger that is
+        # down must not cost every request of a lost period the full timeout.
+        self._gate = gate
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     async def rebuild_missing(self, lines: Sequence[LineToSeed], now: float) -> None:
@@ -111,15 +117,25 @@ class UsageRebuilder:
     async def _spent(self, item: LineToSeed) -> Amount:
         if self._source is None:
             return Amount()
+        if not self._gate.ready():
+            raise self._unavailable(item, "backing off after a failure")
         try:
             async with asyncio.timeout(self._timeout_s):
                 usd, tokens = await self._source.spent(
                     item.tenant, item.feature, item.period.start, item.period.end
                 )
         except Exception as exc:
+            wait = self._gate.failed()
             reason = f"no answer in {self._timeout_s:g} s" if isinstance(exc, TimeoutError) else str(exc)
-            raise BudgetStoreUnavailable(
-                f"budget {item.line.budget}'s usage for {item.line.period} was lost by the budget store"
-                f" and could not be rebuilt from {self._source.name}: {type(exc).__name__}: {reason}"
-            ) from exc
+            error = self._unavailable(item, f"{type(exc).__name__}: {reason}")
+            log.warning("%s; next try in %.1f s", error.message, wait)
+            raise error from exc
+        self._gate.succeeded()
         return Amount(usd_to_nanos(usd, round_up=True), tokens)
+
+    def _unavailable(self, item: LineToSeed, reason: str) -> BudgetStoreUnavailable:
+        name = "the ledger" if self._source is None else self._source.name
+        return BudgetStoreUnavailable(
+            f"budget {item.line.budget}'s usage for {item.line.period} was lost by the budget store"
+            f" and could not be rebuilt from {name}: {reason}"
+        )
