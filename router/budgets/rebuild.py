@@ -11,10 +11,13 @@ store, so when several replicas rebuild at once exactly one seed takes effect
 and the others see its value; within one replica, concurrent requests share
 one rebuild.
 
-What the source does not hold yet is not counted: records still in another
-replica's ledger journal (at most about ``ledger.flush_interval_s`` of its
-spend while the ledger's database is up). The rebuilding replica writes its own
-journal out first.
+What the source does not hold yet is not counted, so after a rebuild a budget
+can overrun its limit by, beyond the usual in-flight bound: the records still in
+another replica's ledger journal (about ``ledger.flush_interval_s`` of its spend
+while the ledger's database is up; the rebuilding replica writes its own journal
+out first), and requests in flight when Redis lost the data that settle before
+the rebuild and reach the ledger after it (the seed keeps the larger of the two
+counts, never their sum, so those are not double-counted either).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ log = logging.getLogger("tierwise.budgets")
 class UsageSource(Protocol):
     """Settled spend, kept durably elsewhere than the budget store."""
 
-    name: str  # for messages: "the spend ledger (PostgreSQL)"
+    name: str  # for messages: "the spend ledger (PostgresSpendSink)"
 
     async def spent(
         self, tenant: str, feature: str | None, since: datetime, until: datetime
@@ -105,7 +108,9 @@ class UsageRebuilder:
         used = await self._spent(item)
         [seeded] = await self._store.seed([line], [used], now)
         if seeded:
-            log.warning(
+            # A period's first reservation seeds it too (with nothing spent yet): not worth a warning.
+            log.log(
+                logging.WARNING if used != Amount() else logging.INFO,
                 "budget %s, period %s: usage rebuilt from %s: %s USD, %d tokens",
                 line.budget,
                 line.period,
