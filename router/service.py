@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from dataclasses import dataclass, field
 
 from tierwise.cache.batching import BatchingEmbedder
@@ -27,8 +28,9 @@ from tierwise.router.feedback.factory import open_feedback_store
 from tierwise.router.feedback.redis_store import RedisFeedbackStore
 from tierwise.router.feedback.store import FeedbackStore
 from tierwise.router.learning.loop import build_learning
+from tierwise.router.ledger.budget_usage import LedgerBudgetUsage
 from tierwise.router.ledger.builder import SpendRecordBuilder
-from tierwise.router.ledger.spend_ledger import build_ledger
+from tierwise.router.ledger.spend_ledger import SpendLedger, build_ledger
 from tierwise.router.observability.attempt_spans import traced_providers
 from tierwise.router.observability.metrics import Metrics
 from tierwise.router.observability.tracing import Tracing
@@ -38,6 +40,8 @@ from tierwise.router.providers.base import Provider
 from tierwise.router.providers.factory import build_provider
 from tierwise.router.resilience import TierHealth
 from tierwise.router.tokens import TokenCounter
+
+log = logging.getLogger("tierwise.service")
 
 
 @functools.cache
@@ -103,6 +107,23 @@ def _verifier(settings: CacheConfig, embedder_key: str) -> CandidateVerifier:
         raise ConfigError(f"cache.verifier_model: {exc}") from None
 
 
+def _open_budgets(config: Config, ledger: SpendLedger | None, metrics: Metrics) -> BudgetManager:
+    """The budget manager, rebuilding what a shared store (Redis) loses from the ledger."""
+    usage = None if ledger is None else LedgerBudgetUsage(ledger)
+    if config.store.kind == "redis" and config.budgets:
+        if ledger is None:
+            log.warning("ledger disabled: budget usage Redis loses cannot be rebuilt (it restarts at zero)")
+        elif config.ledger.postgres_dsn is None:
+            log.warning(
+                "ledger in this replica's SQLite file: budget usage Redis loses is rebuilt from"
+                " this replica's spend only (set ledger.postgres_dsn to share the ledger)"
+            )
+    budgets = build_budget_manager(config, usage_source=usage)
+    budgets.add_store_error_listener(lambda operation, _: metrics.observe_budget_store_error(operation))
+    budgets.add_fail_mode_listener(metrics.observe_budget_fail_mode)
+    return budgets
+
+
 async def build_service(config: Config) -> Service:
     """Open every store, client and background worker in order, each on one exit stack as it opens:
     when a step raises, what the earlier steps opened is closed, in reverse, before the error goes on."""
@@ -142,8 +163,6 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
     cache = None
     if config.cache.enabled and embedder:
         cache = await _open_cache(config, config.cache, embedder, stack)
-    budgets = build_budget_manager(config)
-    stack.push_async_callback(budgets.aclose)
     health = TierHealth(config)
     metrics = Metrics(config.metrics.labels)
     for tier in config.tiers:
@@ -153,6 +172,8 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
     if ledger is not None:
         stack.push_async_callback(ledger.aclose)  # flushes what was recorded; the server starts it
         metrics.watch_ledger(ledger)
+    budgets = _open_budgets(config, ledger, metrics)
+    stack.push_async_callback(budgets.aclose)
     feedback = open_feedback_store(config)
     stack.push_async_callback(feedback.aclose)
     if isinstance(feedback, RedisFeedbackStore):

@@ -13,6 +13,7 @@ import pytest_asyncio
 from tests.redis_server import RedisServer, redis_server_factory
 from tierwise.router.budgets.alerts import BudgetAlert
 from tierwise.router.budgets.manager import BudgetManager
+from tierwise.router.budgets.rebuild import UsageSource
 from tierwise.router.budgets.redis_store import RedisBudgetStore
 from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
 from tierwise.router.budgets.store import BudgetStore
@@ -54,6 +55,7 @@ def make_manager(
     *,
     tiers: Sequence[str] = ("small", "medium", "large"),
     alerts: list[BudgetAlert] | None = None,
+    usage_source: UsageSource | None = None,
     **settings: Any,
 ) -> BudgetManager:
     manager = BudgetManager(
@@ -63,6 +65,7 @@ def make_manager(
         tier_order=tiers,
         wall_clock=clock.now,
         clock=clock.monotonic,
+        usage_source=usage_source,
     )
     if alerts is not None:
         manager.alerts.add_listener(alerts.append)

@@ -50,7 +50,7 @@ async def test_redis_killed_fail_open_admits_unmetered_then_recovers(
     redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
-    manager = redis_manager(redis, clock)
+    manager = redis_manager(redis, clock, fail_mode="open")
     errors = StoreErrors(manager)
     before = await manager.reserve("acme", "", D("0.9"), 10)
     assert before.enforced
@@ -63,7 +63,8 @@ async def test_redis_killed_fail_open_admits_unmetered_then_recovers(
         errors.seen[0][0] == "reserve"
         and f"Redis at 127.0.0.1:{redis.port}/0 unavailable" in errors.seen[0][1]
     )
-    assert "fail_mode open; next try in 0.5 s" in caplog.text
+    assert "(during reserve); next try in 0.5 s" in caplog.text
+    assert "tenant 'acme''s request admitted by the budget fail mode (closed: none)" in caplog.text
 
     # Within the backoff the store is not tried at all; settling does not raise.
     again = await manager.reserve("acme", "", D("5"), 10)
@@ -72,7 +73,7 @@ async def test_redis_killed_fail_open_admits_unmetered_then_recovers(
     await manager.release(during)
     assert [op for op, _ in errors.seen] == ["reserve", "reserve", "settle", "release"]
 
-    redis.restart()  # same port, empty: the outage lost the period's usage
+    redis.restart()  # same port, empty: no ledger to rebuild from here, so the period restarts at zero
     clock.advance(0.5)
     with caplog.at_level(logging.WARNING, logger="tierwise.budgets"):
         after = await manager.reserve("acme", "", D("0.9"), 10)
@@ -84,7 +85,7 @@ async def test_redis_killed_fail_open_admits_unmetered_then_recovers(
 
 @pytest.mark.asyncio
 async def test_redis_killed_fail_closed_refuses_naming_redis(redis: RedisServer) -> None:
-    manager = redis_manager(redis, Clock(), fail_mode="closed")
+    manager = redis_manager(redis, Clock())  # closed: the default for a hard limit
     await manager.reserve("acme", "", D("0.1"), 1)
     redis.kill()
     for _ in range(2):  # the first try and the backed-off one
@@ -92,7 +93,7 @@ async def test_redis_killed_fail_closed_refuses_naming_redis(redis: RedisServer)
             await manager.reserve("acme", "", D("0.1"), 1)
         assert refused.value.code is grpc.StatusCode.UNAVAILABLE
         assert f"Redis at 127.0.0.1:{redis.port}/0" in refused.value.message
-        assert "fail_mode is closed" in refused.value.message
+        assert "fail_mode is closed for budget acme/*/day" in refused.value.message
     # Tenants without budgets never need the store.
     assert (await manager.reserve("globex", "", D("0.1"), 1)).enforced
     await manager.aclose()
@@ -100,7 +101,7 @@ async def test_redis_killed_fail_closed_refuses_naming_redis(redis: RedisServer)
 
 @pytest.mark.asyncio
 async def test_hung_redis_times_out_into_the_fail_mode(redis: RedisServer) -> None:
-    manager = redis_manager(redis, Clock())
+    manager = redis_manager(redis, Clock(), fail_mode="open")
     errors = StoreErrors(manager)
     redis.pause()
     try:
@@ -115,7 +116,7 @@ async def test_hung_redis_times_out_into_the_fail_mode(redis: RedisServer) -> No
 async def test_backoff_doubles_to_the_cap_and_resets_on_success(tmp_path: Path) -> None:
     clock = Clock()
     store = SqliteBudgetStore(tmp_path / "b.sqlite3")
-    manager = make_manager(store, [DAY], clock, reconnect_min_s=1, reconnect_max_s=4)
+    manager = make_manager(store, [DAY], clock, reconnect_min_s=1, reconnect_max_s=4, fail_mode="open")
     errors = StoreErrors(manager)
     await store.aclose()  # every real call now fails
     tried = []

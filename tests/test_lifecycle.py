@@ -37,8 +37,8 @@ SERVICE_PARTS: list[tuple[type[Any], str]] = [
     (BatchingEmbedder, "aclose"),
     (SqliteEntryStore, "aclose"),
     (ResponseCache, "aclose"),
-    (BudgetManager, "aclose"),
     (SpendLedger, "aclose"),
+    (BudgetManager, "aclose"),  # after the ledger: it rebuilds budget usage Redis loses from it
     (SqliteFeedbackStore, "aclose"),
     (LearningLoop, "aclose"),
 ]
@@ -129,8 +129,8 @@ async def test_a_start_that_fails_late_closes_what_it_opened_in_reverse(
         "BatchingEmbedder",
         "SqliteEntryStore",
         "ResponseCache",
-        "BudgetManager",
         "SpendLedger",
+        "BudgetManager",
         "SqliteFeedbackStore",
     ]
     assert_closed_in_reverse(service_parts)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import httpx
 
+from tierwise.router.budgets.store import Amount, nanos_to_usd
+from tierwise.router.config import BudgetConfig
 from tierwise.router.pricing import usd_str
 
 log = logging.getLogger("tierwise.budgets")
@@ -116,3 +118,25 @@ class AlertDispatcher:
             log.warning(
                 "budget alert webhook failed: %s: %s", type(exc).__name__, exc, extra={"budget": alert.budget}
             )
+
+
+ALERT_UNITS: tuple[Unit, ...] = ("usd", "tokens")
+
+
+def spent_in(unit: Unit, used: Amount) -> Decimal:
+    return nanos_to_usd(used.usd_nanos) if unit == "usd" else Decimal(used.tokens)
+
+
+def alert_limit(budget: BudgetConfig, unit: Unit, kind: AlertKind) -> Decimal | None:
+    """The limit an alert is about; thresholds are shares of the hard limit, else of the soft one."""
+    hard = budget.usd if unit == "usd" else _decimal(budget.tokens)
+    soft = budget.soft_usd if unit == "usd" else _decimal(budget.soft_tokens)
+    if kind == "soft":
+        return soft
+    if kind == "refused":
+        return hard
+    return hard if hard is not None else soft
+
+
+def _decimal(value: int | None) -> Decimal | None:
+    return None if value is None else Decimal(value)

@@ -7,12 +7,20 @@ by no more than what the requests already in flight spend beyond their
 estimates. Over a soft limit the reservation carries a ``Degrade`` (a lower
 quality target or a cap on the tier). Alerts fire once per budget period.
 
-When the store cannot be reached, ``budget_store.fail_mode`` decides: ``open``
-(the default: a budget outage should not take the service down) admits the
-request unmetered, logs, and tells the store-error listeners (a metric);
-``closed`` refuses it with UNAVAILABLE naming the store. Either way the store
-is not tried again before a backoff (doubling up to ``reconnect_max_s``), so an
+When the store cannot be reached, the fail mode decides, per reservation:
+``closed`` (the default for every budget with a hard limit: a limit that an
+outage switches off is no limit) refuses it with UNAVAILABLE naming the store;
+``open`` (only where ``budget_store.fail_mode`` or the budget's own
+``fail_mode`` says so, and for budgets with soft limits only) admits it
+unmetered. Both are logged and told to the fail-mode listeners (a metric), and
+every failed store call to the store-error listeners. Either way the store is
+not tried again before a backoff (doubling up to ``reconnect_max_s``), so an
 outage costs requests no timeouts.
+
+A store that can lose its usage (Redis) marks each period it holds; when a
+reservation finds a period unmarked, its usage is rebuilt from the ledger first
+(``budgets/rebuild.py``), so a restart of Redis does not hand tenants a fresh
+budget.
 """
 
 from __future__ import annotations
@@ -26,10 +34,19 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from tierwise.cache.backoff import Backoff, DownGate
-from tierwise.router.budgets.alerts import AlertDispatcher, AlertKind, BudgetAlert, Unit
+from tierwise.router.budgets.alerts import (
+    ALERT_UNITS,
+    AlertDispatcher,
+    AlertKind,
+    BudgetAlert,
+    Unit,
+    alert_limit,
+    spent_in,
+)
+from tierwise.router.budgets.rebuild import LineToSeed, UsageRebuilder, UsageSource
 from tierwise.router.budgets.redis_store import RedisBudgetStore
 from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
 from tierwise.router.budgets.store import (
@@ -41,6 +58,8 @@ from tierwise.router.budgets.store import (
     Limit,
     LineState,
     Period,
+    ReserveResult,
+    SeededBudgetStore,
     nanos_to_usd,
     usd_to_nanos,
 )
@@ -53,6 +72,8 @@ log = logging.getLogger("tierwise.budgets")
 T = TypeVar("T")
 DEGRADE_REASON = "budget-degrade"
 StoreErrorListener = Callable[[str, BudgetStoreUnavailable], None]  # (operation, error)
+FailDecision = Literal["admitted", "refused"]
+FailModeListener = Callable[[FailDecision], None]  # a reservation the store's outage decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +125,7 @@ class BudgetManager:
         alerts: AlertDispatcher | None = None,
         wall_clock: Callable[[], datetime] = utc_now,
         clock: Callable[[], float] = time.monotonic,
+        usage_source: UsageSource | None = None,
     ) -> None:
         self._budgets = {b.name: b for b in budgets}
         self._store = store
@@ -116,11 +138,26 @@ class BudgetManager:
             Backoff(self._settings.reconnect_min_s, self._settings.reconnect_max_s), clock
         )
         self._store_listeners: list[StoreErrorListener] = []
+        self._fail_mode_listeners: list[FailModeListener] = []
+        self._decided: set[FailDecision] = set()  # fail-mode decisions logged in this outage
+        self._rebuilder = (
+            UsageRebuilder(
+                store,
+                usage_source,
+                timeout_s=self._settings.rebuild_timeout_s,
+                gate=DownGate(Backoff(self._settings.reconnect_min_s, self._settings.reconnect_max_s), clock),
+            )
+            if isinstance(store, SeededBudgetStore)
+            else None
+        )
         self._fired: dict[str, tuple[str, set[str]]] = {}  # budget -> (period, marks known to be set)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def add_store_error_listener(self, listener: StoreErrorListener) -> None:
         self._store_listeners.append(listener)
+
+    def add_fail_mode_listener(self, listener: FailModeListener) -> None:
+        self._fail_mode_listeners.append(listener)
 
     # -- the request path ---------------------------------------------------
 
@@ -137,24 +174,67 @@ class BudgetManager:
         if not lines:
             return reservation
         try:
-            result = await self._store_call(
-                "reserve",
-                lambda: self._store.reserve(
-                    reservation.id, lines, amount, now.timestamp(), self._settings.reservation_ttl_s
-                ),
-            )
+            result = await self._reserve_seeded(reservation, now)
         except BudgetStoreUnavailable as exc:
-            if self._settings.fail_mode == "closed":
-                raise BudgetStoreUnavailable(
-                    f"{exc.message}; budget_store.fail_mode is closed, so requests with budgets are refused"
-                ) from None
-            return replace(reservation, enforced=False)
+            return self._fail(reservation, exc)
         if result.refused is not None:
             line, state = lines[result.refused], result.states[result.refused]
             self._spawn(self._alert(line, "refused", [self._refused_unit(line, state, amount)], state.used))
             raise BudgetExhausted(self._exhausted_message(line, state, amount))
         degrade = self._soft_limits(lines, result.states, amount)
         return replace(reservation, degrade=degrade)
+
+    async def _reserve_seeded(self, reservation: BudgetReservation, now: datetime) -> ReserveResult:
+        lines, ts = reservation.lines, now.timestamp()
+        ttl_s = self._settings.reservation_ttl_s
+
+        def reserve() -> Coroutine[Any, Any, ReserveResult]:
+            return self._store.reserve(reservation.id, lines, reservation.amount, ts, ttl_s)
+
+        result = await self._store_call("reserve", reserve)
+        if not result.unseeded:
+            return result
+        assert self._rebuilder is not None, "only a SeededBudgetStore reports unseeded lines"
+        rebuilder, missing = self._rebuilder, [self._to_seed(lines[i]) for i in result.unseeded]
+        try:
+            # Not through _store_call: a ledger that cannot answer must not close the gate of
+            # a store that still serves every period already rebuilt (the rebuilder has its own).
+            await rebuilder.rebuild(missing, ts)
+        except BudgetStoreUnavailable as exc:
+            self._store_failed("rebuild", exc, new=False)
+            raise
+        result = await self._store_call("reserve", reserve)
+        if result.unseeded:
+            raise BudgetStoreUnavailable(
+                f"budget store {self._store.name} lost budget usage again mid-rebuild"
+            )
+        return result
+
+    def _fail(self, reservation: BudgetReservation, error: BudgetStoreUnavailable) -> BudgetReservation:
+        """The store could not decide: refuse when a hard-limited budget fails closed, else admit unmetered."""
+        closed = [line.budget for line in reservation.lines if self._fail_mode(line) == "closed"]
+        decision: FailDecision = "refused" if closed else "admitted"
+        first = decision not in self._decided  # once per outage and decision in the log
+        self._decided.add(decision)
+        log.log(
+            logging.WARNING if first else logging.DEBUG,
+            "tenant %r's request %s by the budget fail mode (closed: %s)",
+            reservation.tenant,
+            decision,
+            closed or "none",
+        )
+        for listener in self._fail_mode_listeners:
+            listener(decision)
+        if closed:
+            raise BudgetStoreUnavailable(
+                f"{error.message}; fail_mode is closed for budget {closed[0]}, so its requests are refused"
+            ) from None
+        return replace(reservation, enforced=False)
+
+    def _fail_mode(self, line: BudgetLine) -> Literal["open", "closed"]:
+        if line.hard.usd_nanos is None and line.hard.tokens is None:
+            return "open"  # soft limits only: nothing to refuse even with the store up
+        return self._budgets[line.budget].fail_mode or self._settings.fail_mode
 
     async def settle(self, reservation: BudgetReservation, actual_usd: Decimal, actual_tokens: int) -> None:
         """Replace the reservation by the actual spend; never raises for a store outage (logged)."""
@@ -207,6 +287,8 @@ class BudgetManager:
         lines = [self._line(b, now) for b in self._budgets.values()]
         if not lines:
             return []
+        if self._rebuilder is not None:
+            await self._rebuilder.rebuild_missing([self._to_seed(line) for line in lines], now.timestamp())
         states = await self._store.usage(lines, now.timestamp())
         return [self._usage(line, state, now) for line, state in zip(lines, states, strict=True)]
 
@@ -237,6 +319,10 @@ class BudgetManager:
             budget.name, budget.tenant, period.key, hard, (period.end + WINDOW_RETENTION).timestamp()
         )
 
+    def _to_seed(self, line: BudgetLine) -> LineToSeed:
+        budget = self._budgets[line.budget]
+        return LineToSeed(line, budget.tenant, budget.feature, self._period(line))
+
     def _period(self, line: BudgetLine) -> Period:
         budget = self._budgets[line.budget]
         start = datetime.strptime(line.period, "%Y-%m-%d" if budget.window == "day" else "%Y-%m")
@@ -253,19 +339,14 @@ class BudgetManager:
             self._store_failed(operation, exc, new=True)
             raise
         if self._backoff.succeeded():
+            self._decided.clear()
             log.warning("budget store %s reachable again", self._store.name)
         return result
 
     def _store_failed(self, operation: str, error: BudgetStoreUnavailable, *, new: bool) -> None:
         if new:
             wait = self._backoff.failed()
-            log.warning(
-                "%s (during %s); fail_mode %s; next try in %.1f s",
-                error.message,
-                operation,
-                self._settings.fail_mode,
-                wait,
-            )
+            log.warning("%s (during %s); next try in %.1f s", error.message, operation, wait)
         for listener in self._store_listeners:
             listener(operation, error)
 
@@ -347,10 +428,10 @@ class BudgetManager:
 
     async def _thresholds(self, line: BudgetLine, used: Amount) -> None:
         budget = self._budgets[line.budget]
-        for unit in UNITS:
-            limit = _limit(budget, unit, "threshold")
+        for unit in ALERT_UNITS:
+            limit = alert_limit(budget, unit, "threshold")
             if limit is not None:
-                spent = _spent(unit, used)
+                spent = spent_in(unit, used)
                 levels = [level for level in budget.alerts if spent >= limit * Decimal(repr(level))]
                 await self._fire(line, "threshold", unit, levels, used)
 
@@ -385,14 +466,11 @@ class BudgetManager:
                 kind=kind,
                 unit=unit,
                 level=marks[mark],
-                used=_spent(unit, used),
-                limit=_limit(budget, unit, kind) or Decimal(0),
+                used=spent_in(unit, used),
+                limit=alert_limit(budget, unit, kind) or Decimal(0),
                 resets_at=self._period(line).end,
             )
             self.alerts.dispatch(alert, budget.webhook_url)
-
-
-UNITS: tuple[Unit, ...] = ("usd", "tokens")
 
 
 async def _logged(work: Coroutine[Any, Any, None]) -> None:
@@ -402,31 +480,22 @@ async def _logged(work: Coroutine[Any, Any, None]) -> None:
         log.exception("budget alert check failed")
 
 
-def _spent(unit: Unit, used: Amount) -> Decimal:
-    return nanos_to_usd(used.usd_nanos) if unit == "usd" else Decimal(used.tokens)
-
-
-def _limit(budget: BudgetConfig, unit: Unit, kind: AlertKind) -> Decimal | None:
-    """The limit an alert is about; thresholds are shares of the hard limit, else of the soft one."""
-    hard = budget.usd if unit == "usd" else _decimal(budget.tokens)
-    soft = budget.soft_usd if unit == "usd" else _decimal(budget.soft_tokens)
-    if kind == "soft":
-        return soft
-    if kind == "refused":
-        return hard
-    return hard if hard is not None else soft
-
-
-def _decimal(value: int | None) -> Decimal | None:
-    return None if value is None else Decimal(value)
-
-
-def build_budget_manager(config: Config, *, alerts: AlertDispatcher | None = None) -> BudgetManager:
-    """The manager over the configured store: Redis when ``store.kind`` is redis, else SQLite in store.path."""
+def build_budget_manager(
+    config: Config, *, alerts: AlertDispatcher | None = None, usage_source: UsageSource | None = None
+) -> BudgetManager:
+    """The manager over the configured store: Redis when ``store.kind`` is redis, else SQLite in store.path;
+    ``usage_source`` (the ledger) rebuilds what Redis loses."""
     settings = config.budget_store
     store: BudgetStore
     if config.store.kind == "redis" and config.store.url is not None:
         store = RedisBudgetStore.from_url(config.store.url, timeout_s=settings.redis_timeout_s)
     else:
         store = SqliteBudgetStore(config.store.path / "budgets.sqlite3")
-    return BudgetManager(config.budgets, store, settings, tier_order=config.tier_names, alerts=alerts)
+    return BudgetManager(
+        config.budgets,
+        store,
+        settings,
+        tier_order=config.tier_names,
+        alerts=alerts,
+        usage_source=usage_source,
+    )

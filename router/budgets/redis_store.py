@@ -9,6 +9,12 @@ of one tenant's budgets sit in one Redis Cluster slot and one script can
 reserve on all of them. Keys expire a while after their period ends
 (a relative PEXPIRE, computed on the caller's clock).
 
+Redis may lose a period's usage (restarted without persistence, keys evicted).
+So the state hash carries a ``seeded`` mark, set by ``seed`` once the budget
+manager has rebuilt the period's spend from the ledger; ``reserve`` reserves
+nothing on a line without it and names the line instead. The mark lives in the
+same hash as the totals, so whatever drops the totals drops the mark with them.
+
 The client makes no retries of its own (the budget manager backs off
 between attempts) and has short socket timeouts, so an unreachable Redis
 costs a request at most one timeout before the manager's fail mode decides.
@@ -58,9 +64,18 @@ end
 
 # KEYS: state, res, exp per line. ARGV: id, now_ms, reservation expiry ms, usd, tokens,
 # then per line: usd limit, token limit (-1: none), key lifetime ms.
+# A line whose state has no seed mark reserves nothing: the reply is -1 and those lines' numbers.
 _RESERVE = (
     _PURGE
     + """
+local unseeded = {}
+for i = 1, #KEYS / 3 do
+  if redis.call('HEXISTS', KEYS[3 * i - 2], 'seeded') == 0 then unseeded[#unseeded + 1] = i end
+end
+if #unseeded > 0 then
+  table.insert(unseeded, 1, -1)
+  return unseeded
+end
 local id, now, expires, usd, tokens = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local out, refused = {}, 0
 for i = 1, #KEYS / 3 do
@@ -129,6 +144,33 @@ return out
 )
 
 
+# KEYS: state, res, exp per line. ARGV per line: usd, tokens, key lifetime ms. Where the mark
+# is absent, raises used to the seed (never lowers it: settles that reached the emptied store
+# first, or a period's usage from before marks existed, stay) and sets the mark.
+# Returns 1 per line this call seeded, 0 where another call already had.
+_SEED = (
+    _PURGE
+    + """
+local function raise_to(key, field, n)
+  if tonumber(n) > tonumber(redis.call('HGET', key, field) or '0') then redis.call('HSET', key, field, n) end
+end
+local out = {}
+for i = 1, #KEYS / 3 do
+  local state = KEYS[3 * i - 2]
+  if redis.call('HSETNX', state, 'seeded', 1) == 1 then
+    raise_to(state, 'used_usd', ARGV[3 * i - 2])
+    raise_to(state, 'used_tokens', ARGV[3 * i - 1])
+    keep_for(i, ARGV[3 * i])
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+)
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -163,6 +205,7 @@ class RedisBudgetStore:
         self._settle = client.register_script(_SETTLE)
         self._release = client.register_script(_RELEASE)
         self._usage = client.register_script(_USAGE)
+        self._seed = client.register_script(_SEED)
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 0.25) -> RedisBudgetStore:
@@ -179,6 +222,8 @@ class RedisBudgetStore:
             args += [_limit(line.hard.usd_nanos), _limit(line.hard.tokens), _lifetime_ms(line, now)]
         reply = await self._call(self._reserve, lines, args)
         refused = int(reply[0])
+        if refused < 0:
+            return ReserveResult((), unseeded=tuple(int(i) - 1 for i in reply[1:]))
         return ReserveResult(_states(reply[1:]), refused - 1 if refused else None)
 
     async def settle(
@@ -193,6 +238,22 @@ class RedisBudgetStore:
 
     async def usage(self, lines: Sequence[BudgetLine], now: float) -> tuple[LineState, ...]:
         return _states(await self._call(self._usage, lines, [_ms(now)]))
+
+    async def seed(self, lines: Sequence[BudgetLine], used: Sequence[Amount], now: float) -> tuple[bool, ...]:
+        args: list[str | int] = []
+        for line, amount in zip(lines, used, strict=True):
+            args += [amount.usd_nanos, amount.tokens, _lifetime_ms(line, now)]
+        return tuple(bool(int(v)) for v in await self._call(self._seed, lines, args))
+
+    async def unseeded(self, lines: Sequence[BudgetLine]) -> tuple[int, ...]:
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for line in lines:
+                    pipe.hexists(_keys(line)[0], "seeded")
+                marked = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from exc
+        return tuple(i for i, present in enumerate(marked) if not present)
 
     async def mark_alerts(self, line: BudgetLine, marks: Sequence[str], now: float) -> tuple[str, ...]:
         key = _alerts_key(line)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import grpc
 
@@ -107,10 +107,13 @@ class LineState:
 class ReserveResult:
     states: tuple[LineState, ...]  # per line, before this reservation
     refused: int | None = None  # index of the first line whose hard limit the reservation would pass
+    # Indexes of lines whose period has no seed mark (the store lost or never had its usage):
+    # nothing was reserved, and ``states`` is empty; seed them, then reserve again.
+    unseeded: tuple[int, ...] = ()
 
     @property
     def accepted(self) -> bool:
-        return self.refused is None
+        return self.refused is None and not self.unseeded
 
 
 class BudgetStore(Protocol):
@@ -139,3 +142,19 @@ class BudgetStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SeededBudgetStore(BudgetStore, Protocol):
+    """A store that can lose its usage (Redis restarted empty, evicted keys): each period carries a
+    seed mark, and ``reserve`` refuses to reserve on a line without one (``ReserveResult.unseeded``)
+    until ``seed`` has set that line's settled spend from a durable source."""
+
+    async def seed(self, lines: Sequence[BudgetLine], used: Sequence[Amount], now: float) -> tuple[bool, ...]:
+        """Raise each line's settled spend to at least ``used`` and set its mark, atomically per line
+        and only where the mark is absent; per line, whether this call seeded it (False: another did)."""
+        ...
+
+    async def unseeded(self, lines: Sequence[BudgetLine]) -> tuple[int, ...]:
+        """Indexes of the lines whose period has no seed mark."""
+        ...

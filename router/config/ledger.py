@@ -85,6 +85,9 @@ class BudgetConfig(StrictSection):
     degrade: BudgetDegrade = BudgetDegrade(quality_target=0.5)
     webhook_url: str | None = Field(None, pattern=r"^https?://")
     alerts: tuple[float, ...] = Field((0.5, 0.75, 0.9, 1.0), description="shares of the limit that alert")
+    fail_mode: Literal["open", "closed"] | None = Field(
+        None, description="budget store unreachable: overrides budget_store.fail_mode for this budget"
+    )
 
     @model_validator(mode="after")
     def _limits(self) -> BudgetConfig:
@@ -107,7 +110,9 @@ class BudgetStoreConfig(StrictSection):
     """Where budget usage lives: follows store.kind (SQLite in store.path, or Redis at store.url)."""
 
     fail_mode: Literal["open", "closed"] = Field(
-        "open", description="store unreachable: open admits requests unmetered, closed refuses them"
+        "closed",
+        description="store unreachable (or its lost usage not rebuildable): closed refuses requests under"
+        " a hard limit, open admits them unmetered; a budget's own fail_mode overrides it",
     )
     reservation_ttl_s: float = Field(
         600.0,
@@ -118,6 +123,11 @@ class BudgetStoreConfig(StrictSection):
     reconnect_max_s: float = Field(30.0, gt=0)
     redis_timeout_s: float = Field(0.25, gt=0, description="socket timeout of budget calls to Redis")
     webhook_timeout_s: float = Field(5.0, gt=0)
+    rebuild_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="longest the ledger may take to give a period's spend when Redis lost it; then fail_mode",
+    )
 
 
 class AnomalyConfig(StrictSection):

@@ -207,6 +207,18 @@ class Metrics:
         self.budget_remaining = Gauge(
             "tierwise_budget_remaining_usd", "Budget left in USD.", ["budget"], registry=r
         )
+        self.budget_store_errors = Counter(
+            "tierwise_budget_store_errors",
+            "Budget store calls that failed, or were skipped while it was backing off, by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.budget_fail_mode = Counter(
+            "tierwise_budget_fail_mode",
+            "Requests the budget fail mode decided while the store was down: admitted unmetered or refused.",
+            ["decision"],
+            registry=r,
+        )
         self.circuit_state = Gauge(
             "tierwise_circuit_state",
             "Circuit breaker per tier: 0 closed, 1 half-open, 2 open.",
@@ -272,6 +284,12 @@ class Metrics:
     def set_budget(self, name: str, used: Decimal | float, remaining: Decimal | float) -> None:
         self.budget_used.labels(name).set(float(used))
         self.budget_remaining.labels(name).set(float(remaining))
+
+    def observe_budget_store_error(self, operation: str) -> None:
+        self.budget_store_errors.labels(operation).inc()
+
+    def observe_budget_fail_mode(self, decision: str) -> None:
+        self.budget_fail_mode.labels(decision).inc()
 
     def observe_anomaly(self, tenant: str, feature: str | None) -> None:
         """One flagged hour; ``feature`` None is the tenant's total."""
