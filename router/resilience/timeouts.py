@@ -5,7 +5,10 @@ than ``resilience.latency_window.min_samples`` recent successful calls); once it
 has one, ``timeout_p99_factor`` x its recent p99, never under ``min_timeout_s``
 nor over ``timeout_s`` (``adaptive_timeout: false`` keeps ``timeout_s`` always).
 A tier that starts to hang is then given up on after a few of its usual call
-times, not after the configured worst case.
+times, not after the configured worst case. A unary call far longer than the
+tier's usual ones (a much larger output) can be cut short by it: tiers whose
+answers vary that much want a larger factor, or ``adaptive_timeout: false``. A
+stream's timeout bounds each wait for a piece, so it follows time to first token.
 
 A try's timeout also leaves room for the rest of the fallback chain inside the
 caller's deadline: the later tiers keep what they would need (the sum of their
