@@ -10,7 +10,7 @@ call (steps 10-11).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -31,6 +31,7 @@ from tierwise.router.outcome import (
     PartialAnswer,
     StreamDelta,
 )
+from tierwise.router.output_bound import bounded_call, output_bound, warn_on_overrun, worst_case
 from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierOption
 from tierwise.router.pricing import cost_usd, expected_cost_usd
 from tierwise.router.providers.base import (
@@ -221,7 +222,7 @@ class Pipeline:
         return options
 
     def _expected_output(self, tier: TierConfig, spec: RequestSpec) -> int:
-        return min(spec.max_tokens or tier.max_output_tokens, self._config.routing.expected_output_tokens)
+        return min(output_bound(tier, spec), self._config.routing.expected_output_tokens)
 
     def _expected_cost(self, tier: TierConfig, spec: RequestSpec, prompt: PromptTokens) -> Decimal:
         return expected_cost_usd(tier.price, prompt.of(tier), self._expected_output(tier, spec))
@@ -229,13 +230,11 @@ class Pipeline:
     async def _reserve(
         self, spec: RequestSpec, options: list[TierOption], prompt: PromptTokens
     ) -> BudgetReservation:
-        """Reserve the most this request can cost: any tier of its chain may end up answering."""
+        """Reserve the worst case of the chain's tiers under the output bound (overspend: ``output_bound``)."""
         if spec.tier is not None:
             options = [o for o in options if o.name == spec.tier] or options
-        worst = max(options, key=lambda o: o.expected_cost_usd)
-        tier = self._config.tier(worst.name)
-        tokens = prompt.of(tier) + self._expected_output(tier, spec)
-        return await self._budgets.reserve(spec.tenant, spec.feature, worst.expected_cost_usd, tokens)
+        usd, tokens = worst_case([self._config.tier(o.name) for o in options], spec, prompt)
+        return await self._budgets.reserve(spec.tenant, spec.feature, usd, tokens)
 
     def _chain(self, chosen: str, spec: RequestSpec, candidates: list[TierOption]) -> tuple[TierConfig, ...]:
         """The chosen tier, then (unless pinned) every stronger candidate tier."""
@@ -247,21 +246,22 @@ class Pipeline:
 
     # -- steps 10-11: call and account ----------------------------------------
 
-    def _call(self, tier: TierConfig, spec: RequestSpec, deadline: float | None) -> ChatCall:
-        timeout = tier.timeout_s
-        if deadline is not None:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise UpstreamDeadline(f"the request deadline passed before tier {tier.name!r} could answer")
-            timeout = min(timeout, remaining)
-        return ChatCall(
-            model=tier.model,
-            messages=spec.messages,
-            timeout_s=timeout,
-            max_tokens=spec.max_tokens,
-            temperature=spec.temperature,
-            stop=spec.stop,
-        )
+    def _call(
+        self,
+        tier: TierConfig,
+        spec: RequestSpec,
+        deadline: float | None,
+        later: Sequence[TierConfig],
+        streamed: bool = False,
+    ) -> ChatCall:
+        """One try's call: bounded in output, and timed out so that the ``later`` tiers of the chain
+        keep time to answer inside the deadline (``resilience.timeouts``). A stream's timeout bounds
+        the wait for each piece, so it follows the tiers' time to first token."""
+        left = None if deadline is None else deadline - self._clock()
+        if left is not None and left <= 0:
+            raise UpstreamDeadline(f"the request deadline passed before tier {tier.name!r} could answer")
+        timeout = self._health.try_timeout_s(tier.name, [t.name for t in later], left, streamed=streamed)
+        return bounded_call(tier, spec, timeout)
 
     @staticmethod
     def _usage(tier: TierConfig, prompt: PromptTokens, reported: TokenUsage | None, text: str) -> TokenUsage:
@@ -362,11 +362,12 @@ class Pipeline:
     ) -> Completion:
         attempts: list[Attempt] = []
         upstream_s = 0.0
-        for tier in plan.chain:
+        for position, tier in enumerate(plan.chain):
+            later = plan.chain[position + 1 :]
             try:
                 outcome = await self._health.call(
                     tier.name,
-                    lambda: self._attempt(tier, spec, deadline, plan.prompt, progress),  # noqa: B023 - awaited here
+                    lambda: self._attempt(tier, later, spec, deadline, plan.prompt, progress),  # noqa: B023 - awaited here
                     deadline=deadline,
                     clock=self._clock,
                 )
@@ -390,6 +391,7 @@ class Pipeline:
     async def _attempt(
         self,
         tier: TierConfig,
+        later: Sequence[TierConfig],
         spec: RequestSpec,
         deadline: float | None,
         prompt: PromptTokens,
@@ -398,7 +400,7 @@ class Pipeline:
         """One try of a unary call, its timeout cut to what is left of the deadline at that try.
         It is billable if the caller leaves while it is in flight, not once it failed (a caller who
         leaves during the back-off before the next try owes nothing)."""
-        call = self._call(tier, spec, deadline)
+        call = self._call(tier, spec, deadline, later)
         progress.start(tier, prompt)
         try:
             result = await self._providers[tier.name].complete(call)
@@ -406,6 +408,7 @@ class Pipeline:
             progress.ended()
             raise
         progress.ended()
+        warn_on_overrun(tier.name, call.max_tokens, result.usage)
         return result
 
     async def stream(
@@ -445,12 +448,12 @@ class Pipeline:
         """Fall back to the next tier only while no text has reached the caller; no retries in a stream."""
         attempts: list[Attempt] = []
         upstream_s = 0.0
-        for tier in plan.chain:
+        for position, tier in enumerate(plan.chain):
             breaker = self._health.breaker(tier.name)
             if not breaker.allow():
                 attempts.append(circuit_open_attempt(tier))
                 continue
-            call = self._call(tier, spec, deadline)
+            call = self._call(tier, spec, deadline, plan.chain[position + 1 :], streamed=True)
             t0 = self._clock()
             first_token_at: float | None = None
             finish: StreamFinish | None = None
@@ -488,6 +491,7 @@ class Pipeline:
             ttft_s = None if first_token_at is None else first_token_at - t0
             self._health.observe(tier.name, elapsed, None, ttft_s=ttft_s)
             assert finish is not None  # providers end every stream with a StreamFinish or raise
+            warn_on_overrun(tier.name, call.max_tokens, finish.usage)
             attempts.append(Attempt(tier.name, tier.model, True, elapsed * 1000))
             result = ChatResult(progress.text(), finish.finish_reason, finish.usage, finish.model)
             yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))

@@ -36,8 +36,9 @@ def test_quantiles_interpolate_between_order_statistics() -> None:
         t.record(float(value))
     q = t.quantiles()
     assert q is not None and q.samples == 100
-    # Linear interpolation: rank (n-1)q = 49.5 -> 50.5; 94.05 -> 95.05.
+    # Linear interpolation: rank (n-1)q = 49.5 -> 50.5; 94.05 -> 95.05; 98.01 -> 99.01.
     assert q.p50_ms == pytest.approx(50.5) and q.p95_ms == pytest.approx(95.05)
+    assert q.p99_ms == pytest.approx(99.01)
     assert t.fits(95.05) and not t.fits(95.0)
 
 

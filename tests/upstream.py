@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import re
@@ -67,6 +68,9 @@ class Script:
     output_tokens: int | None = None
     cached_tokens: int = 0
     cache_creation_tokens: int = 0  # Anthropic only
+    # Keep to the request's max_tokens, as real upstreams do: report at most that many output
+    # tokens, finishing with the protocol's length reason when it cut the reply short.
+    honour_max_tokens: bool = False
     # Failures before any reply.
     status: int = 200  # another status answers with that protocol's JSON error body
     error_message: str = "scripted upstream error"
@@ -212,11 +216,16 @@ class ScriptedUpstream:
         if script.status != 200:
             return _json(script.status, wire.error_body(script.status, script.error_message), extra)
         chunks = [c for c in re.split(r"(?<=\s)(?=\S)", script.text) if c]
+        usage = _usage(script, body, chunks)
+        bound = body.get("max_tokens")
+        cut = script.honour_max_tokens and isinstance(bound, int) and usage.output_tokens > bound
+        if cut:
+            usage = dataclasses.replace(usage, output_tokens=bound)
         reply = _Reply(
             model=str(body["model"]),
             chunks=chunks,
-            finish_reason=script.finish_reason or wire.default_finish,
-            usage=_usage(script, body, chunks) if script.report_usage else None,
+            finish_reason=wire.length_finish if cut else script.finish_reason or wire.default_finish,
+            usage=usage if script.report_usage else None,
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
         )
         if not stream:
@@ -346,6 +355,7 @@ class _Wire(Protocol):
     """One wire protocol's request checks and reply shapes."""
 
     default_finish: str
+    length_finish: str  # the finish of a reply cut at max_tokens
 
     def api_key(self, headers: Mapping[str, str]) -> str | None: ...
 
@@ -379,6 +389,7 @@ ANTHROPIC_ERROR_TYPES = {
 
 class _OpenAIWire:
     default_finish = "stop"
+    length_finish = "length"
 
     def __init__(self) -> None:
         self.id = f"chatcmpl-scripted-{next(_ids)}"
@@ -458,6 +469,7 @@ class _OpenAIWire:
 
 class _AnthropicWire:
     default_finish = "end_turn"
+    length_finish = "max_tokens"
 
     def __init__(self) -> None:
         self.id = f"msg_scripted_{next(_ids)}"

@@ -76,8 +76,19 @@ class TierConfig(StrictSection):
     model: str = Field(min_length=1)
     api_key_env: str | None = None
     price: Price = Price()
-    max_output_tokens: int = Field(1024, gt=0)
-    timeout_s: float = Field(30.0, gt=0)
+    max_output_tokens: int = Field(
+        1024, gt=0, description="sent upstream as max_tokens when the caller sets none: every call is bounded"
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, description="the most one try may wait; every try's timeout while the tier has no history"
+    )
+    adaptive_timeout: bool = Field(
+        True, description="with a latency history, a try waits timeout_p99_factor x the recent p99 instead"
+    )
+    timeout_p99_factor: float = Field(3.0, ge=1, description="adaptive timeout: this many times the p99")
+    min_timeout_s: float = Field(
+        2.0, gt=0, description="adaptive timeout: never less than this (nor more than timeout_s)"
+    )
     latency_slo_ms: float | None = Field(
         None, gt=0, description="calls slower than this count as slow for the circuit breaker"
     )

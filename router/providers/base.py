@@ -51,6 +51,8 @@ class ChatCall:
     model: str
     messages: Sequence[ChatMessage]
     timeout_s: float
+    # The pipeline always sends one (``output_bound``): hard budgets reserve it. None leaves the
+    # output to the upstream (Anthropic's client fills in its required default).
     max_tokens: int | None = None
     temperature: float | None = None
     stop: Sequence[str] = ()

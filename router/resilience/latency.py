@@ -1,4 +1,4 @@
-"""Per-tier latency estimates: p50 / p95 of total latency and time to first token.
+"""Per-tier latency estimates: p50 / p95 / p99 of total latency and time to first token.
 
 Each metric keeps the most recent ``samples`` values that are younger than
 ``max_age_s`` and answers quantiles exactly over them (sorted once per new
@@ -30,6 +30,7 @@ class Quantiles:
     samples: int
     p50_ms: float
     p95_ms: float
+    p99_ms: float  # what the tier's adaptive timeout follows (resilience.timeouts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +59,8 @@ class _Window:
             return None
         if self._sorted is None:
             self._sorted = np.sort(np.fromiter((v for _, v in self._values), dtype=np.float64))
-        p50, p95 = np.quantile(self._sorted, [0.5, 0.95])
-        return Quantiles(len(self._values), float(p50), float(p95))
+        p50, p95, p99 = np.quantile(self._sorted, [0.5, 0.95, 0.99])
+        return Quantiles(len(self._values), float(p50), float(p95), float(p99))
 
 
 class LatencyTracker:

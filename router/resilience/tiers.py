@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tierwise.router.config import Config
+from tierwise.router.config import Config, TierConfig
 from tierwise.router.providers.base import ErrorType, ProviderError
 from tierwise.router.resilience.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, Listener
 from tierwise.router.resilience.latency import LatencyEstimate, LatencyTracker, Metric
 from tierwise.router.resilience.retry import Clock, RetryOutcome, RetryPolicy, Sleep
+from tierwise.router.resilience.timeouts import tier_timeout_s, try_timeout_s
 
 T = TypeVar("T")
 
@@ -43,12 +44,29 @@ class TierHealth:
             tier.name: LatencyTracker(tier.name, resilience.latency_window, clock=clock)
             for tier in config.tiers
         }
+        self._tiers: dict[str, TierConfig] = {tier.name: tier for tier in config.tiers}
 
     def breaker(self, tier: str) -> CircuitBreaker:
         return self._breakers[tier]
 
     def latency(self, tier: str) -> LatencyTracker:
         return self._latency[tier]
+
+    def timeout_s(self, tier: str, metric: Metric = "total") -> float:
+        """``tier``'s own timeout for one try (``resilience.timeouts``): by its recent p99 of ``metric``
+        (``ttft`` for a stream, whose timeout bounds the wait for each piece, not the whole)."""
+        estimate = self._latency[tier].quantiles(metric)
+        return tier_timeout_s(self._tiers[tier], None if estimate is None else estimate.p99_ms)
+
+    def try_timeout_s(
+        self, tier: str, later: Sequence[str], remaining_s: float | None, *, streamed: bool = False
+    ) -> float:
+        """One try's timeout on ``tier``, the ``later`` tiers of the chain keeping their time within
+        ``remaining_s`` (what is left of the caller's deadline; None: no deadline)."""
+        metric: Metric = "ttft" if streamed else "total"
+        return try_timeout_s(
+            self.timeout_s(tier, metric), [self.timeout_s(t, metric) for t in later], remaining_s
+        )
 
     def add_listener(self, listener: Listener) -> None:
         """Hear every tier's breaker state changes (the metrics exporter)."""
