@@ -158,7 +158,7 @@ async def test_a_fallback_gives_each_tier_tried_its_own_attempt_children(
     large = attempts[2].attributes
     assert (large["gen_ai.usage.input_tokens"], large["gen_ai.usage.output_tokens"]) == (9, 5)
     assert large["gen_ai.response.finish_reasons"] == ("stop",)  # end_turn, as the provider maps it
-    assert "gen_ai.request.max_tokens" not in large  # the request set none
+    assert large["gen_ai.request.max_tokens"] == 2048  # the request set none: the tier's bound was sent
     assert "error.type" not in large
     assert root.attributes["tierwise.fallback"] is True
 
