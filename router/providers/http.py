@@ -156,7 +156,8 @@ def _tls_context() -> ssl.SSLContext:
 class UpstreamHttp:
     """One provider's pooled HTTP client; every method raises only ``ProviderError``.
 
-    ``kind`` ("openai", "anthropic") starts every error message, followed by the model.
+    ``kind`` ("openai", "anthropic") starts every error message, followed by the model; the
+    base URL is not in the message but in the error's ``upstream``.
     """
 
     def __init__(
@@ -179,7 +180,12 @@ class UpstreamHttp:
         await self._client.aclose()
 
     def failure(self, model: str, error_type: ErrorType, what: str, **kwargs: Any) -> ProviderError:
-        return ProviderError(error_type, f"{self.kind} model {model!r} at {self.base_url}: {what}", **kwargs)
+        # The message reaches callers (statuses, attempts): the upstream's address stays out of
+        # it, even where an exception or an error body repeats it; ``upstream`` keeps it for logs.
+        what = what.replace(self.base_url, "<upstream>")
+        return ProviderError(
+            error_type, f"{self.kind} model {model!r}: {what}", upstream=self.base_url, **kwargs
+        )
 
     @contextmanager
     def reading(self, model: str, what: str) -> Iterator[None]:

@@ -1,0 +1,148 @@
+"""Authentication at its edges: duplicate credentials, and failed attempts that are counted,
+logged (with the address, never the key) and throttled per source address."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, rpc_error, running_server
+from tests.upstream import ScriptedUpstream
+from tierwise.router.auth_throttle import FailureThrottle, source_address
+from tierwise.router.config import AuthThrottleConfig
+from tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
+
+MAX_FAILURES = 3
+WRONG_KEY = "wrong-key-s3cr3t"
+WRONG = (("authorization", f"Bearer {WRONG_KEY}"),)
+ROUTE = pb.RouteRequest(messages=[pb.ChatMessage(role="user", content="hi")])
+
+
+@pytest_asyncio.fixture
+async def svc(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Running]:
+    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
+    data["auth"]["throttle"] = {"max_failures": MAX_FAILURES, "window_s": 3600}
+    async with running_server(build_config(data)) as running:
+        yield running
+
+
+def failures(svc: Running, reason: str) -> float:
+    registry = svc.server.service.accounting.metrics.registry
+    value = registry.get_sample_value("tierwise_auth_failures_total", {"reason": reason})
+    assert value is not None, f"no tierwise_auth_failures_total series for {reason!r}"
+    return value
+
+
+@pytest.mark.asyncio
+async def test_duplicate_authorization_is_refused_even_when_both_keys_are_valid(svc: Running) -> None:
+    for metadata in (AUTH + AUTH, AUTH + OTHER_AUTH, WRONG + AUTH):
+        error = await rpc_error(svc.stub.Route(ROUTE, metadata=metadata))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert error.details() == "authorization: 2 entries in the metadata; send exactly one"
+    assert failures(svc, "duplicate") == 3
+
+
+@pytest.mark.asyncio
+async def test_failed_attempts_are_counted_and_logged_with_the_address_not_the_key(
+    svc: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tierwise.auth")
+    for metadata in (WRONG, (), (("authorization", f"Basic {WRONG_KEY}"),)):
+        error = await rpc_error(svc.stub.Route(ROUTE, metadata=metadata))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (failures(svc, "unknown_key"), failures(svc, "missing"), failures(svc, "malformed")) == (1, 1, 1)
+    failed = [r for r in caplog.records if r.getMessage() == "authentication failed"]
+    assert [(getattr(r, "source", None), getattr(r, "reason", None)) for r in failed] == [
+        ("127.0.0.1", "unknown_key"),
+        ("127.0.0.1", "missing"),
+        ("127.0.0.1", "malformed"),
+    ]
+    assert all(WRONG_KEY not in repr(vars(r)) for r in caplog.records)
+
+
+@pytest.mark.asyncio
+async def test_a_source_that_keeps_failing_is_refused_without_a_key_check(
+    svc: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tierwise.auth")
+    assert (await svc.stub.Route(ROUTE, metadata=AUTH)).tier  # a success counts for nothing
+    for _ in range(MAX_FAILURES):
+        error = await rpc_error(svc.stub.Route(ROUTE, metadata=WRONG))
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    admin = pb_grpc.AdminStub(svc.channel)
+    # Now even the right key is refused: answering it would tell a guesser that it guessed right.
+    for call in (
+        svc.stub.Route(ROUTE, metadata=AUTH),
+        svc.stub.Complete(pb.CompleteRequest(messages=ROUTE.messages), metadata=WRONG),
+        admin.BudgetStatus(pb.BudgetStatusRequest(), metadata=AUTH),
+    ):
+        error = await rpc_error(call)
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert (error.details() or "").startswith("authorization: too many failed attempts"), error.details()
+    assert (failures(svc, "unknown_key"), failures(svc, "throttled")) == (MAX_FAILURES, 3)
+    messages = [r.getMessage() for r in caplog.records if r.name == "tierwise.auth"]
+    # One line per failure until the throttle starts, one saying it started, none per refusal.
+    assert messages == ["authentication failed"] * MAX_FAILURES + ["authentication throttled"]
+
+
+@pytest.mark.asyncio
+async def test_throttling_can_be_turned_off(upstream: ScriptedUpstream, tmp_path: Path) -> None:
+    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
+    data["auth"]["throttle"] = {"max_failures": 0}
+    async with running_server(build_config(data)) as svc:
+        for _ in range(30):
+            error = await rpc_error(svc.stub.Route(ROUTE, metadata=WRONG))
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (await svc.stub.Route(ROUTE, metadata=AUTH)).tier
+        assert failures(svc, "unknown_key") == 30
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_window_ends_and_the_source_starts_afresh() -> None:
+    clock = FakeClock()
+    throttle = FailureThrottle(AuthThrottleConfig(max_failures=2, window_s=60), clock)
+    assert throttle.retry_after("a") is None
+    assert throttle.failed("a") is False
+    clock.now += 59
+    assert throttle.failed("a") is True  # the second failure, still in the window opened at 1000
+    assert throttle.retry_after("a") == pytest.approx(1)
+    assert throttle.retry_after("b") is None  # other sources are not affected
+    clock.now += 1
+    assert throttle.retry_after("a") is None and len(throttle) == 0
+    assert throttle.failed("a") is False  # a fresh window: one failure of two
+
+
+def test_per_source_memory_is_bounded_and_forgets_the_least_recent_first() -> None:
+    clock = FakeClock()
+    throttle = FailureThrottle(AuthThrottleConfig(max_failures=1, window_s=60, max_sources=100), clock)
+    for i in range(10_000):
+        throttle.failed(f"10.0.{i // 256}.{i % 256}")
+    assert len(throttle) == 100
+    assert throttle.retry_after("10.0.0.0") is None  # forgotten
+    assert throttle.retry_after("10.0.39.15") is not None  # the last one, still blocked
+
+
+@pytest.mark.parametrize(
+    ("peer", "source"),
+    [
+        ("ipv4:127.0.0.1:50123", "127.0.0.1"),
+        ("ipv6:[::1]:50123", "::1"),
+        ("ipv6:%5B2001:db8::7%5D:443", "2001:db8::7"),
+        ("unix:/run/tierwise.sock", "unix:/run/tierwise.sock"),
+    ],
+)
+def test_the_source_is_the_peer_address_without_its_port(peer: str, source: str) -> None:
+    assert source_address(peer) == source
