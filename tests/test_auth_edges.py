@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 
 from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, rpc_error, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.training.process import free_port
 from tierwise.v1 import tierwise_pb2 as pb
 from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
@@ -99,3 +101,25 @@ async def test_throttling_can_be_turned_off(upstream: ScriptedUpstream, tmp_path
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert (await svc.stub.Route(ROUTE, metadata=AUTH)).tier
         assert failures(svc, "unknown_key") == 30
+
+
+@pytest.mark.asyncio
+async def test_the_dashboard_shares_the_throttle_and_metrics_show_the_counter(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
+    data["auth"]["throttle"] = {"max_failures": MAX_FAILURES, "window_s": 3600}
+    data["server"]["metrics_port"] = free_port()
+    async with running_server(build_config(data)) as svc, httpx.AsyncClient() as client:
+        base = f"http://127.0.0.1:{svc.server.metrics_port}"
+        for _ in range(MAX_FAILURES - 1):
+            wrong = await client.get(f"{base}/dashboard", auth=("x", WRONG_KEY))
+            assert wrong.status_code == 401
+        # The last allowed failure over gRPC: the same address, so the dashboard refuses next.
+        await rpc_error(svc.stub.Route(ROUTE, metadata=WRONG))
+        refused = await client.get(f"{base}/dashboard", headers=dict(AUTH))
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+        assert "too many failed attempts" in refused.text
+        scraped = (await client.get(f"{base}/metrics")).text
+        assert f'tierwise_auth_failures_total{{reason="unknown_key"}} {MAX_FAILURES:.1f}' in scraped
+        assert 'tierwise_auth_failures_total{reason="throttled"} 1.0' in scraped
