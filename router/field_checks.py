@@ -27,9 +27,10 @@ _BIDI_AND_SEPARATORS = "\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069
 _UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
 _UNPRINTABLE_PROSE = re.compile(f"[\x00-\x08\x0b-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
 
-# A JSON string (escapes included; an unterminated one runs to the end, so no match is retried
-# from inside it and the scan stays linear) or one bracket: what the nesting scan needs to see.
-_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
+# A JSON string, escapes included. An unterminated one runs to the end, so no match is retried
+# from inside it and the scan stays linear.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+_NOT_A_BRACKET = re.compile(r"[^\[\]{}]")
 _DEPTH_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
@@ -56,8 +57,9 @@ def json_depth(text: str) -> int:
     Brackets inside JSON strings do not count. Malformed text gets a number too: the parse
     that follows refuses it.
     """
-    steps = (_DEPTH_STEP.get(token, 0) for token in _JSON_TOKEN.findall(text))
-    return max(itertools.accumulate(steps, initial=0))
+    # Every step runs in C (regex, map, accumulate): 100,000 characters take a few milliseconds.
+    brackets = _NOT_A_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(itertools.accumulate(map(_DEPTH_STEP.__getitem__, brackets), initial=0))
 
 
 def check_json(field: str, text: str, max_depth: int) -> None:

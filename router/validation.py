@@ -63,8 +63,8 @@ def _opt_float(request: WireRequest, name: str) -> float | None:
 
 
 def _check_text(field: str, value: str, limit: int, *, printable: bool = True) -> None:
-    """``printable``: the string names something (a label, a log field); stop sequences are
-    text sent upstream, where a newline is a common stop."""
+    """``printable``: the string names something (a label, a log field). Stop sequences and
+    tools JSON are text sent upstream, where a newline is common."""
     if len(value) > limit:
         raise InvalidRequest(field, f"is {len(value)} characters; the limit is {limit}")
     if printable:
@@ -152,10 +152,7 @@ def validate_request(request: WireRequest, tenant: str, config: Config) -> Reque
         if not stop:
             raise InvalidRequest(f"stop[{i}]", "must not be empty")
         _check_text(f"stop[{i}]", stop, limits.max_field_chars, printable=False)
-    if len(request.tools_json) > limits.max_tools_chars:
-        raise InvalidRequest(
-            "tools_json", f"is {len(request.tools_json)} characters; the limit is {limits.max_tools_chars}"
-        )
+    _check_text("tools_json", request.tools_json, limits.max_tools_chars, printable=False)
     check_json("tools_json", request.tools_json, limits.max_tools_depth)
 
     if request.cache_mode not in _CACHE_MODES:
