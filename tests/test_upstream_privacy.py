@@ -77,8 +77,13 @@ async def test_attempts_and_rejections_leave_the_url_out_even_when_the_upstream_
         assert failed and all("overloaded at <upstream>" in e for e in failed), failed
         assert_private(" ".join(failed), *urls)
 
-        upstream.script("small-model", status=400, error_message=f"bad request to {upstream.openai_url}")
+        # host:port alone is scrubbed as well.
+        upstream.script(
+            "small-model", status=400, error_message=f"bad request to {host_of(upstream.openai_url)}"
+        )
         error = await rpc_error(complete(svc))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "tier 'small'" in (error.details() or "")
+        assert "tier 'small'" in (error.details() or "") and "bad request to <upstream>" in (
+            error.details() or ""
+        )
         assert_private((error.details() or "") + trailer(error), *urls)
