@@ -8,6 +8,8 @@ import grpc
 
 from tierwise.cache.store import CacheStoreError
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
+from tierwise.router.auth_throttle import source_address
+from tierwise.router.field_checks import InvalidRequest, check_printable
 from tierwise.router.pricing import usd_str
 from tierwise.router.rpc import Context, reject_undecodable, unary
 from tierwise.router.rpc import abort as _abort
@@ -25,14 +27,21 @@ class AdminServicer:
 
     async def _caller(self, request: Any, context: Context) -> Caller:
         try:
-            caller = self._auth.caller_for(context.invocation_metadata() or ())
+            caller = self._auth.caller_for(
+                context.invocation_metadata() or (), source_address(context.peer())
+            )
         except Unauthenticated as exc:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            await _abort(context, exc.code, str(exc))
         await reject_undecodable(request, context)
         return caller
 
     async def InvalidateCache(self, request: Any, context: Context) -> pb.InvalidateCacheResponse:
         caller = await self._caller(request, context)
+        try:
+            for name in ("entry_id", "partition_key", "tenant"):
+                check_printable(name, getattr(request, name))
+        except InvalidRequest as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         tenant = request.tenant or caller.tenant
         if tenant != caller.tenant and not caller.admin:
             await _abort(

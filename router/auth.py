@@ -1,21 +1,55 @@
 """Caller authentication: an API key in metadata maps to a tenant.
 
 Keys are held only as SHA-256 digests. The tenant comes from the key alone; a
-tenant named in a request body is never trusted.
+tenant named in a request body is never trusted. Every failure is counted by
+reason and logged with its source address (never the key); a source that fails
+too often is refused for a while without a key check (``auth_throttle``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+import logging
+import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import grpc
+
+from tierwise.router.auth_throttle import FailureThrottle
 from tierwise.router.config import AuthConfig
+
+log = logging.getLogger("tierwise.auth")
+
+Metadata = Iterable[tuple[str, str | bytes]]
 
 
 class Unauthenticated(Exception):
-    """No usable credentials; the message says what was missing, never the key."""
+    """No usable credentials; the message says what was missing, never the key.
+
+    ``reason`` is a short code for the failure counter: missing, malformed, duplicate,
+    unknown_key, throttled.
+    """
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AuthThrottled(Unauthenticated):
+    """The source failed too often lately: refused without looking at its credentials."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = max(1, math.ceil(retry_after_s))
+        super().__init__(
+            f"authorization: too many failed attempts from your address; try again in {self.retry_after_s}s",
+            "throttled",
+        )
 
 
 def sha256_hex(key: str) -> str:
@@ -29,26 +63,56 @@ class Caller:
 
 
 class Authenticator:
-    def __init__(self, config: AuthConfig) -> None:
+    def __init__(self, config: AuthConfig, on_failure: Callable[[str], None] | None = None) -> None:
+        """``on_failure`` is told each failure's reason (the metrics counter)."""
         self._mode = config.mode
         self._open_tenant = config.tenant
         self._keys = tuple((k.key_sha256, Caller(k.tenant, k.admin)) for k in config.api_keys)
+        self._throttle = FailureThrottle(config.throttle)
+        self._on_failure = on_failure
 
-    def tenant_for(self, metadata: Iterable[tuple[str, str | bytes]]) -> str:
-        return self.caller_for(metadata).tenant
+    def tenant_for(self, metadata: Metadata, source: str) -> str:
+        return self.caller_for(metadata, source).tenant
 
-    def caller_for(self, metadata: Iterable[tuple[str, str | bytes]]) -> Caller:
+    def caller_for(self, metadata: Metadata, source: str) -> Caller:
+        """The caller the metadata's key belongs to; ``source`` is the caller's address."""
         if self._mode == "none":
             assert self._open_tenant is not None  # the config guarantees it
             return Caller(self._open_tenant, admin=True)  # local use: one trusted caller
-        header = None
-        for name, value in metadata:
-            if name.lower() == "authorization":
-                header = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-                break
-        if header is None:
-            raise Unauthenticated("missing 'authorization: Bearer <key>' metadata")
-        scheme, _, key = header.strip().partition(" ")
+        wait = self._throttle.retry_after(source)
+        if wait is not None:
+            self._count("throttled")  # not logged: its start was, and a flood would be
+            raise AuthThrottled(wait)
+        try:
+            return self._check(metadata)
+        except Unauthenticated as exc:
+            self._count(exc.reason)
+            log.warning("authentication failed", extra={"source": source, "reason": exc.reason})
+            if self._throttle.failed(source):
+                log.warning(
+                    "authentication throttled",
+                    extra={"source": source, "window_s": self._throttle.window_s},
+                )
+            raise
+
+    def _count(self, reason: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(reason)
+
+    def _check(self, metadata: Metadata) -> Caller:
+        headers = [
+            value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            for name, value in metadata
+            if name.lower() == "authorization"
+        ]
+        if not headers:
+            raise Unauthenticated("missing 'authorization: Bearer <key>' metadata", "missing")
+        if len(headers) > 1:
+            # Proxies and servers disagree on which of several wins; refuse rather than pick.
+            raise Unauthenticated(
+                f"authorization: {len(headers)} entries in the metadata; send exactly one", "duplicate"
+            )
+        scheme, _, key = headers[0].strip().partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("authorization metadata must be 'Bearer <key>'")
         digest = sha256_hex(key.strip())
@@ -58,5 +122,5 @@ class Authenticator:
             if hmac.compare_digest(known, digest):
                 caller = known_caller
         if caller is None:
-            raise Unauthenticated("unknown API key")
+            raise Unauthenticated("unknown API key", "unknown_key")
         return caller

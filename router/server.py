@@ -21,13 +21,16 @@ from grpc_reflection.v1alpha import reflection
 from tierwise.router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
 from tierwise.router.analytics.dashboard_http import Dashboard
 from tierwise.router.auth import Authenticator, Unauthenticated
+from tierwise.router.auth_throttle import source_address
 from tierwise.router.call_progress import CallProgress
-from tierwise.router.config import ConfigError, TlsConfig
+from tierwise.router.config import ConfigError, LimitsConfig, TlsConfig
 from tierwise.router.errors import RequestCancelled, ServiceError
 from tierwise.router.feedback.store import SOURCES, FeedbackRecord
+from tierwise.router.field_checks import check_printable, check_tags
 from tierwise.router.observability.admin_http import AdminServer
 from tierwise.router.observability.anomaly import AnomalyChecker
 from tierwise.router.observability.logs import prompt_field
+from tierwise.router.observability.metrics import AuthFailureCounter
 from tierwise.router.outcome import Completion, Decision, StreamDelta
 from tierwise.router.rpc import abort as _abort
 from tierwise.router.rpc import reject_undecodable, safe_deserializer, unary
@@ -52,9 +55,9 @@ class RouterServicer:
 
     async def _tenant(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
         try:
-            return self._auth.tenant_for(context.invocation_metadata() or ())
+            return self._auth.tenant_for(context.invocation_metadata() or (), source_address(context.peer()))
         except Unauthenticated as exc:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            await _abort(context, exc.code, str(exc))
 
     async def _accept(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> RequestSpec:
         tenant = await self._tenant(context)
@@ -186,7 +189,7 @@ class RouterServicer:
         tenant = await self._tenant(context)
         await reject_undecodable(request, context)
         try:
-            record = _feedback_record(request, tenant, self._service.config.limits.max_metadata_entries)
+            record = _feedback_record(request, tenant, self._service.config.limits)
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         ledger = self._service.accounting.ledger
@@ -201,17 +204,21 @@ class RouterServicer:
         return pb.FeedbackAck(feedback_id=feedback_id, request_id=record.request_id)
 
 
-def _feedback_record(request: pb.FeedbackRequest, tenant: str, max_metadata: int) -> FeedbackRecord:
+def _feedback_record(request: pb.FeedbackRequest, tenant: str, limits: LimitsConfig) -> FeedbackRecord:
     if not request.request_id or len(request.request_id) > 128:
         raise InvalidRequest("request_id", "must be the request_id of an earlier response (1-128 characters)")
+    check_printable("request_id", request.request_id)
     if not (math.isfinite(request.score) and 0.0 <= request.score <= 1.0):
         raise InvalidRequest("score", f"must be in [0, 1]; got {request.score}")
     if not 1 <= request.source <= len(SOURCES):  # proto3 enums are open: any int32 can arrive
         raise InvalidRequest("source", "must be APP, HUMAN or JUDGE")
     if len(request.comment) > 4096:
         raise InvalidRequest("comment", f"is {len(request.comment)} characters; the limit is 4096")
+    check_printable("comment", request.comment, prose=True)
+    max_metadata = limits.max_metadata_entries
     if len(request.metadata) > max_metadata:
         raise InvalidRequest("metadata", f"has {len(request.metadata)} entries; the limit is {max_metadata}")
+    check_tags("metadata", request.metadata, limits.max_metadata_chars)
     return FeedbackRecord(
         request_id=request.request_id,
         tenant=tenant,
@@ -231,7 +238,7 @@ def _handlers(servicer: RouterServicer) -> grpc.GenericRpcHandler[Any, Any]:
             "Feedback": unary(servicer.Feedback, pb.FeedbackRequest, pb.FeedbackAck),
             "CompleteStream": grpc.unary_stream_rpc_method_handler(
                 servicer.CompleteStream,
-                request_deserializer=safe_deserializer(pb.CompleteRequest.FromString),
+                request_deserializer=safe_deserializer(pb.CompleteRequest),
                 response_serializer=pb.CompleteChunk.SerializeToString,
             ),
         },
@@ -272,7 +279,8 @@ class TierwiseServer:
                 ("grpc.max_send_message_length", -1),
             ]
         )
-        authenticator = Authenticator(service.config.auth)
+        auth_failures = AuthFailureCounter(service.accounting.metrics.registry)
+        authenticator = Authenticator(service.config.auth, auth_failures.count)
         self._server.add_generic_rpc_handlers(
             (
                 _handlers(RouterServicer(service, authenticator)),

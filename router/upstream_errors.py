@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import grpc
@@ -10,6 +11,8 @@ from tierwise.router.config import TierConfig
 from tierwise.router.errors import UpstreamRejected, UpstreamUnavailable
 from tierwise.router.outcome import Attempt
 from tierwise.router.providers.base import ProviderError
+
+log = logging.getLogger("tierwise.upstream")
 
 # An upstream's client error means the request (or our credentials) is wrong
 # for that tier; the caller needs to know which.
@@ -24,6 +27,11 @@ _REJECTION_CODES = {
 
 
 def attempt_from_error(tier: TierConfig, error: ProviderError, elapsed_s: float) -> Attempt:
+    """The attempt callers see; the log line also names the upstream's address, which they do not."""
+    log.warning(
+        "upstream call failed",
+        extra={"tier": tier.name, "upstream": error.upstream or tier.base_url, "error": error.message},
+    )
     return Attempt(
         tier=tier.name,
         model=tier.model,

@@ -12,15 +12,11 @@ from typing import Protocol
 
 from tierwise.router.config import Config
 from tierwise.router.experiments.assignment import ARM_OVERRIDE_KEY, Assigner, BadArmOverride
+from tierwise.router.field_checks import InvalidRequest as InvalidRequest
+from tierwise.router.field_checks import check_json, check_printable, check_tags
 from tierwise.router.types import ROLES, CacheMode, ChatMessage, RequestSpec
 
 _CACHE_MODES = {0: CacheMode.USE, 1: CacheMode.USE, 2: CacheMode.BYPASS, 3: CacheMode.REFRESH}
-
-
-class InvalidRequest(ValueError):
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field}: {problem}")
-        self.field = field
 
 
 class _WireMessage(Protocol):
@@ -66,10 +62,14 @@ def _opt_float(request: WireRequest, name: str) -> float | None:
     return float(getattr(request, name)) if request.HasField(name) else None
 
 
-def _check_text(field: str, value: str, limit: int) -> None:
+def _check_text(field: str, value: str, limit: int, *, printable: bool = True) -> None:
+    """``printable``: the string names something (a label, a log field). Stop sequences and
+    tools JSON are text sent upstream, where a newline is common."""
     if len(value) > limit:
         raise InvalidRequest(field, f"is {len(value)} characters; the limit is {limit}")
-    if "\x00" in value:
+    if printable:
+        check_printable(field, value)
+    elif "\x00" in value:
         raise InvalidRequest(field, "must not contain NUL characters")
 
 
@@ -142,11 +142,7 @@ def validate_request(request: WireRequest, tenant: str, config: Config) -> Reque
         raise InvalidRequest(
             "metadata", f"has {len(request.metadata)} entries; the limit is {limits.max_metadata_entries}"
         )
-    for key, value in request.metadata.items():
-        if not key:
-            raise InvalidRequest("metadata", "keys must not be empty")
-        _check_text(f"metadata[{key[:32]!r}]", key, limits.max_metadata_chars)
-        _check_text(f"metadata[{key[:32]!r}]", value, limits.max_metadata_chars)
+    check_tags("metadata", request.metadata, limits.max_metadata_chars)
 
     if len(request.stop) > limits.max_stop_sequences:
         raise InvalidRequest(
@@ -155,8 +151,9 @@ def validate_request(request: WireRequest, tenant: str, config: Config) -> Reque
     for i, stop in enumerate(request.stop):
         if not stop:
             raise InvalidRequest(f"stop[{i}]", "must not be empty")
-        _check_text(f"stop[{i}]", stop, limits.max_field_chars)
-    _check_text("tools_json", request.tools_json, limits.max_tools_chars)
+        _check_text(f"stop[{i}]", stop, limits.max_field_chars, printable=False)
+    _check_text("tools_json", request.tools_json, limits.max_tools_chars, printable=False)
+    check_json("tools_json", request.tools_json, limits.max_tools_depth)
 
     if request.cache_mode not in _CACHE_MODES:
         raise InvalidRequest("cache_mode", f"unknown value {request.cache_mode}")

@@ -109,7 +109,7 @@ def test_imports_point_one_way() -> None:
 # (config, types, errors, outcome, pricing, tokens, auth) but never these.
 REQUEST_PATH = frozenset(
     {"server", "service", "pipeline", "validation", "wire", "rpc", "admin_rpc", "caching"}
-    | {"call_progress", "upstream_errors", "accounting", "output_bound"}
+    | {"call_progress", "upstream_errors", "accounting", "output_bound", "field_checks", "utf8_fields"}
 )
 
 

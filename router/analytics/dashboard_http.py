@@ -22,7 +22,7 @@ from tierwise.router.analytics.clusters import MAX_CLUSTERS, TrafficLookup
 from tierwise.router.analytics.dashboard import DEFAULT_CLUSTERS, PanelContext, dashboard_data
 from tierwise.router.analytics.quality import JudgedScores
 from tierwise.router.analytics.source import parse_since
-from tierwise.router.auth import Authenticator, Caller, Unauthenticated
+from tierwise.router.auth import Authenticator, AuthThrottled, Caller, Unauthenticated
 from tierwise.router.config import Config
 from tierwise.router.ledger.reports import SpendSource
 
@@ -82,7 +82,11 @@ class Dashboard:
         header = request.headers.get("Authorization")
         metadata = [] if header is None else [("authorization", _bearer(header))]
         try:
-            return self._auth.caller_for(metadata)
+            return self._auth.caller_for(metadata, request.remote or "")
+        except AuthThrottled as exc:
+            raise web.HTTPTooManyRequests(
+                text=f"{exc}\n", headers={"Retry-After": str(exc.retry_after_s)}
+            ) from None
         except Unauthenticated as exc:
             raise web.HTTPUnauthorized(text=f"{exc}\n", headers=_CHALLENGE) from None
 

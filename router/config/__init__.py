@@ -50,6 +50,7 @@ from tierwise.router.config.resilience import (
 from tierwise.router.config.server import (
     ApiKey,
     AuthConfig,
+    AuthThrottleConfig,
     ClassifierConfig,
     LimitsConfig,
     PolicyName,
@@ -73,6 +74,7 @@ __all__ = [
     "ArmConfig",
     "ArmName",
     "AuthConfig",
+    "AuthThrottleConfig",
     "Backoff",
     "BreakerConfig",
     "BudgetConfig",

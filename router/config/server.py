@@ -45,10 +45,22 @@ class ApiKey(StrictSection):
         return value
 
 
+class AuthThrottleConfig(StrictSection):
+    """Failed authentications per source address: after ``max_failures`` within ``window_s`` of
+    the first, the source is refused without a key check until that window ends."""
+
+    max_failures: int = Field(10, ge=0, description="0 turns throttling off")
+    window_s: float = Field(60.0, gt=0)
+    max_sources: int = Field(
+        10_000, gt=0, description="addresses tracked at once; the least recently failed is forgotten first"
+    )
+
+
 class AuthConfig(StrictSection):
     mode: Literal["api_key", "none"] = "api_key"
     tenant: str | None = Field(None, description="the tenant every request gets when mode is none")
     api_keys: tuple[ApiKey, ...] = ()
+    throttle: AuthThrottleConfig = AuthThrottleConfig()
 
     @model_validator(mode="after")
     def _mode_needs(self) -> AuthConfig:
@@ -150,3 +162,6 @@ class LimitsConfig(StrictSection):
     max_field_chars: int = Field(256, gt=0, description="feature, user, tier names")
     max_stop_sequences: int = Field(8, ge=0)
     max_tools_chars: int = Field(100_000, ge=0)
+    max_tools_depth: int = Field(
+        32, ge=1, le=200, description="how deeply tools_json may nest arrays and objects"
+    )

@@ -313,3 +313,24 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+AUTH_FAILURE_REASONS = ("missing", "malformed", "duplicate", "unknown_key", "throttled")
+
+
+class AuthFailureCounter:
+    """``tierwise_auth_failures_total`` by reason. No tenant or address label: a failed call has
+    no tenant, and addresses are unbounded (the log names them)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counter = Counter(
+            "tierwise_auth_failures",
+            "Calls refused for their credentials, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in AUTH_FAILURE_REASONS:  # every series exists from the start, at 0
+            self._counter.labels(reason)
+
+    def count(self, reason: str) -> None:
+        self._counter.labels(reason if reason in AUTH_FAILURE_REASONS else "malformed").inc()

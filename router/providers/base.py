@@ -25,7 +25,10 @@ RETRYABLE = frozenset(
 
 
 class ProviderError(Exception):
-    """An upstream call failed; ``error_type`` says whether another try can help."""
+    """An upstream call failed; ``error_type`` says whether another try can help.
+
+    ``message`` is shown to callers; ``upstream`` (the base URL) is for the operator's log only.
+    """
 
     def __init__(
         self,
@@ -34,12 +37,14 @@ class ProviderError(Exception):
         *,
         http_status: int | None = None,
         retry_after_s: float | None = None,
+        upstream: str = "",
     ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.http_status = http_status
         self.retry_after_s = retry_after_s
+        self.upstream = upstream
 
     @property
     def retryable(self) -> bool:

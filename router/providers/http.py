@@ -15,6 +15,7 @@ import email.utils
 import json
 import math
 import ssl
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping
 from contextlib import aclosing, contextmanager
@@ -156,7 +157,8 @@ def _tls_context() -> ssl.SSLContext:
 class UpstreamHttp:
     """One provider's pooled HTTP client; every method raises only ``ProviderError``.
 
-    ``kind`` ("openai", "anthropic") starts every error message, followed by the model.
+    ``kind`` ("openai", "anthropic") starts every error message, followed by the model; the
+    base URL is not in the message but in the error's ``upstream``.
     """
 
     def __init__(
@@ -169,6 +171,10 @@ class UpstreamHttp:
     ) -> None:
         self.kind = kind
         self.base_url = base_url.rstrip("/")
+        address = urllib.parse.urlsplit(self.base_url)
+        # Longest first: the whole URL, then host:port, then a host that cannot be a plain word.
+        host = address.hostname or ""
+        self._address_forms = [f for f in (self.base_url, address.netloc, host) if "." in f or ":" in f]
         self._client = httpx.AsyncClient(
             headers={"user-agent": "tierwise", **headers},
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
@@ -179,7 +185,13 @@ class UpstreamHttp:
         await self._client.aclose()
 
     def failure(self, model: str, error_type: ErrorType, what: str, **kwargs: Any) -> ProviderError:
-        return ProviderError(error_type, f"{self.kind} model {model!r} at {self.base_url}: {what}", **kwargs)
+        # The message reaches callers (statuses, attempts): the upstream's address stays out of
+        # it, even where an exception or an error body repeats it; ``upstream`` keeps it for logs.
+        for form in self._address_forms:
+            what = what.replace(form, "<upstream>")
+        return ProviderError(
+            error_type, f"{self.kind} model {model!r}: {what}", upstream=self.base_url, **kwargs
+        )
 
     @contextmanager
     def reading(self, model: str, what: str) -> Iterator[None]:
