@@ -29,7 +29,7 @@ class MetricsConfig(StrictSection):
     labels: tuple[MetricLabel, ...] = ("tenant", "feature", "tier", "model", "arm")
     features: tuple[str, ...] = Field((), description="feature values always kept as label values")
     max_features: int = Field(
-        20, ge=0, le=10_000, description="feature values kept beyond the allow-list, first seen first"
+        20, ge=0, le=100_000, description="feature values kept beyond the allow-list, first seen first"
     )
     scrape_key_sha256: str | None = Field(
         None, description="SHA-256 of the key /metrics requires (Bearer or Basic password); unset: open"
