@@ -1,12 +1,13 @@
 """/metrics through the real server: caller-chosen feature names add a bounded number of series
-(the ledger keeps every name), the scrape key guards the endpoint, and a tenant's key lists no
-other tenant's names on /metrics or /dashboard."""
+(the ledger keeps every name), the scrape key guards the endpoint, a tenant's key lists no
+other tenant's names on /metrics or /dashboard, and pages built off the loop do not starve it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +142,20 @@ async def test_a_tenant_key_sees_only_its_own_tenant(tmp_path: Path, scrape_key:
 
         unknown = await client.get(f"{base}/metrics", headers={"Authorization": "Bearer not-a-key"})
         assert unknown.status_code == 401
+
+
+@pytest.mark.asyncio
+async def test_dashboards_loaded_at_once_leave_the_servers_worker_threads_free(tmp_path: Path) -> None:
+    # Pages are built in a worker thread and read the ledger through the loop's default pool; built
+    # in that same pool, more pages than it has threads would wait on each other's reads for ever.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+    async with serving(tmp_path) as (svc, base), httpx.AsyncClient(timeout=None) as client:
+        await _complete(svc, ["chat", "search"])
+        ledger = svc.server.service.accounting.ledger
+        assert ledger is not None and await ledger.flush(10)
+        loads = [
+            client.get(f"{base}/dashboard", params={"since": "1h"}, auth=("ops", ADMIN_KEY)) for _ in range(5)
+        ]
+        pages = await asyncio.wait_for(asyncio.gather(*loads), timeout=60)  # a deadlock, not a speed limit
+        assert [p.status_code for p in pages] == [200] * 5
+        assert all('"search"' in p.text for p in pages)

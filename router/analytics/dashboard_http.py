@@ -19,6 +19,7 @@ import asyncio
 import json
 import time
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from importlib import resources
 from typing import Any, TypeVar
@@ -104,10 +105,17 @@ class Dashboard:
         self._scores = scores
         self._files = {name: _static(name) for name in _STATIC}
         self._page = _static("dashboard.html").decode()
+        # Its own thread, not the loop's default pool: a page waits on reads that run in that
+        # pool, so pages filling it would wait for ever; and one page at a time bounds the CPU.
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierwise-dashboard")
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/dashboard", self._serve_page)
         app.router.add_get("/dashboard/static/{name}", self._serve_static)
+        app.on_cleanup.append(self._close)
+
+    async def _close(self, app: web.Application) -> None:
+        self._builder.shutdown(wait=False, cancel_futures=True)
 
     def _caller(self, request: web.Request) -> Caller:
         header = request.headers.get("Authorization")
@@ -151,7 +159,7 @@ class Dashboard:
         context = self._context(request, self._caller(request))
         reads = _OnLoop(asyncio.get_running_loop(), context.source, context.scores)
         context = replace(context, source=reads, scores=None if context.scores is None else reads)
-        page = await asyncio.to_thread(self._render, context)
+        page = await asyncio.get_running_loop().run_in_executor(self._builder, self._render, context)
         return web.Response(text=page, content_type="text/html", charset="utf-8", headers=_SECURITY)
 
     def _render(self, context: PanelContext) -> str:
