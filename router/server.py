@@ -23,7 +23,7 @@ from tierwise.router.analytics.dashboard_http import Dashboard
 from tierwise.router.auth import Authenticator, Unauthenticated
 from tierwise.router.auth_throttle import source_address
 from tierwise.router.call_progress import CallProgress
-from tierwise.router.config import ConfigError, LimitsConfig, TlsConfig
+from tierwise.router.config import Config, ConfigError, LimitsConfig, TlsConfig
 from tierwise.router.errors import RequestCancelled, ServiceError
 from tierwise.router.feedback.store import SOURCES, FeedbackRecord
 from tierwise.router.field_checks import check_printable, check_tags
@@ -31,6 +31,7 @@ from tierwise.router.observability.admin_http import AdminServer
 from tierwise.router.observability.anomaly import AnomalyChecker
 from tierwise.router.observability.logs import prompt_field
 from tierwise.router.observability.metrics import AuthFailureCounter
+from tierwise.router.observability.scrape_access import ScrapeAccess
 from tierwise.router.outcome import Completion, Decision, StreamDelta
 from tierwise.router.rpc import abort as _abort
 from tierwise.router.rpc import reject_undecodable, safe_deserializer, unary
@@ -265,6 +266,14 @@ def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
+def _scrape_access(config: Config, authenticator: Authenticator) -> ScrapeAccess:
+    return ScrapeAccess(
+        config.metrics.scrape_key_sha256,
+        authenticator if config.auth.mode == "api_key" else None,
+        {budget.name: budget.tenant for budget in config.budgets},
+    )
+
+
 class TierwiseServer:
     """A running gRPC server over a built ``Service``."""
 
@@ -305,7 +314,11 @@ class TierwiseServer:
         # The server owns the service from here: it is the first thing in, the last out.
         self._stack = contextlib.AsyncExitStack()
         self._stack.push_async_callback(service.aclose)
-        self.admin = AdminServer(service.accounting.metrics) if config.metrics_port else None
+        self.admin = (
+            AdminServer(service.accounting.metrics, _scrape_access(service.config, authenticator))
+            if config.metrics_port
+            else None
+        )
         if self.admin is not None:
             self.admin.add_refresher(self._refresh_budget_gauges)
             if service.accounting.ledger is not None:  # the dashboard reads the spend ledger

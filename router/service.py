@@ -164,7 +164,7 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
     if config.cache.enabled and embedder:
         cache = await _open_cache(config, config.cache, embedder, stack)
     health = TierHealth(config)
-    metrics = Metrics(config.metrics.labels)
+    metrics = Metrics.from_config(config.metrics)
     for tier in config.tiers:
         metrics.set_circuit_state(tier.name, "closed")
     health.add_listener(lambda change: metrics.set_circuit_state(change.tier, change.new.value))

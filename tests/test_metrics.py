@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 
 import aiohttp
 import pytest
 import pytest_asyncio
+from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from pydantic import ValidationError
 
 from tests.test_ledger import spend
 from tests.test_ledger_builder import SALT, config, decision, request
+from tierwise.router.config import MetricsConfig
 from tierwise.router.ledger.builder import SpendRecordBuilder
 from tierwise.router.ledger.spend_ledger import SpendLedger
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
 from tierwise.router.observability.admin_http import AdminServer
+from tierwise.router.observability.label_values import OTHER, BoundedLabelValues
 from tierwise.router.observability.metrics import DURATION_BUCKETS, TOKEN_BUCKETS, Metrics
 from tierwise.router.outcome import Attempt, Completion, Latency
 from tierwise.router.types import ChatMessage, TokenUsage
@@ -125,6 +131,32 @@ def test_labels_and_values_outside_the_contract_are_refused() -> None:
         metrics.observe_cache("hit")
     with pytest.raises(ValueError):
         metrics.set_circuit_state("small", "ajar")
+
+
+def test_feature_values_are_the_allow_list_then_the_first_seen_then_other() -> None:
+    config = MetricsConfig(labels=("tenant", "feature"), features=("search",), max_features=2)
+    metrics = Metrics.from_config(config)
+    for i, feature in enumerate(["a", "b", "c", "search", "d", "a", *(f"n{j}" for j in range(10_000))]):
+        metrics.observe_spend(spend(i, feature=feature))
+    metrics.observe_anomaly("acme", "never-seen")
+    metrics.observe_anomaly("acme", None)
+    found = families(metrics.exposition().decode())
+    requests = {s[1]["feature"]: s[2] for s in found["tierwise_requests"] if s[0].endswith("_total")}
+    assert requests == {"a": 2.0, "b": 1.0, "search": 1.0, OTHER: 10_002.0}  # c, d and the n's
+    anomalies = {s[1]["feature"] for s in found["tierwise_cost_anomalies"] if s[0].endswith("_total")}
+    assert anomalies == {OTHER, "*"}
+    assert metrics.features.seen == {"a", "b"}
+
+
+def test_metrics_settings_refuse_what_they_cannot_use() -> None:
+    with pytest.raises(ValidationError, match="scrape_key_sha256"):
+        MetricsConfig(scrape_key_sha256="not-a-digest")
+    with pytest.raises(ValidationError, match="max_features"):
+        MetricsConfig(max_features=-1)
+    digest = hashlib.sha256(b"k").hexdigest()
+    assert MetricsConfig(scrape_key_sha256=digest.upper()).scrape_key_sha256 == digest
+    with pytest.raises(ValueError, match="max_values"):
+        BoundedLabelValues(max_values=-1)
 
 
 @pytest_asyncio.fixture
@@ -267,3 +299,43 @@ async def test_cost_counters_reconcile_with_the_ledger_to_the_cent(tmp_path: Pat
         }
         assert counted == stored and len(stored) == 3
     await ledger.aclose()
+
+
+class _ThreadProbe(Collector):
+    """Notes the thread each read runs on."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+
+    def collect(self) -> list[Metric]:
+        self.threads.append(threading.current_thread())
+        return []
+
+
+class _ProbedSampler:
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        self.threads.append(threading.current_thread())
+        return {"sampled": 3}
+
+    @property
+    def spent_usd(self) -> Mapping[str, Decimal]:
+        return {}
+
+
+@pytest.mark.asyncio
+async def test_a_scrape_encodes_off_the_event_loop_and_reads_loop_state_on_it(admin: AdminServer) -> None:
+    probe, sampler = _ThreadProbe(), _ProbedSampler()
+    admin.metrics.registry.register(probe)
+    admin.metrics.watch_sampling(sampler)
+    url = f"http://127.0.0.1:{admin.port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        sampled = families(await response.text())["tierwise_sampling_sampled"]
+    assert ("tierwise_sampling_sampled_total", {}, 3.0) in sampled
+    loop_thread = threading.current_thread()
+    assert probe.threads and loop_thread not in probe.threads  # the series are encoded in a worker
+    assert sampler.threads == [loop_thread]  # the sampler's counts are read where the loop owns them

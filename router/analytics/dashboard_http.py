@@ -6,15 +6,23 @@ password of HTTP Basic auth, which is what a browser asks a person for after the
 one with ``?tenant=``. The page embeds its data (no second request: browsers do not
 resend Basic credentials from a URL to ``fetch``); the charting library and the
 page's script are files shipped in the package, so nothing is fetched from outside.
+
+The page is built in a worker thread, on an event loop of its own: summing, bucketing and
+clustering a busy window takes seconds, which on the server's loop would stall every request
+meanwhile. The builders' reads of the ledger and the judged scores still run on the server's
+loop (``_OnLoop``), which owns their connections; the thread only computes over what they return.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import asyncio
 import json
 import time
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from importlib import resources
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -25,6 +33,8 @@ from tierwise.router.analytics.source import parse_since
 from tierwise.router.auth import Authenticator, AuthThrottled, Caller, Unauthenticated
 from tierwise.router.config import Config
 from tierwise.router.ledger.reports import SpendSource
+from tierwise.router.ledger.sql import Sample, SpendTotals
+from tierwise.router.observability.scrape_access import bearer_metadata
 
 _STATIC = {"chart.umd.min.js": "text/javascript", "dashboard.js": "text/javascript"}
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="tierwise dashboard", charset="UTF-8"'}
@@ -45,16 +55,38 @@ def _embed(data: object) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def _bearer(header: str) -> str:
-    """The request's credentials as the gRPC metadata value ``Authenticator`` reads."""
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "basic":
-        return header
-    try:
-        _, _, key = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        raise Unauthenticated("malformed Basic credentials") from None
-    return f"Bearer {key}"
+T = TypeVar("T")
+
+
+class _OnLoop:
+    """The spend source and judged scores, awaited from the page's thread, run on ``loop``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, source: SpendSource, scores: JudgedScores | None):
+        self._loop = loop
+        self._source = source
+        self._scores = scores
+
+    async def _run(self, call: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call, self._loop))
+
+    async def totals(
+        self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
+    ) -> list[SpendTotals]:
+        return await self._run(self._source.totals(since, until, by, filters))
+
+    async def samples(
+        self,
+        since: float,
+        until: float,
+        by: Sequence[str],
+        filters: Mapping[str, str] | None,
+        columns: Sequence[str],
+    ) -> list[Sample]:
+        return await self._run(self._source.samples(since, until, by, filters, columns))
+
+    async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
+        assert self._scores is not None  # handed out as scores only when there are some
+        return await self._run(self._scores.mean_scores(list(requests)))
 
 
 class Dashboard:
@@ -73,15 +105,22 @@ class Dashboard:
         self._scores = scores
         self._files = {name: _static(name) for name in _STATIC}
         self._page = _static("dashboard.html").decode()
+        # Its own thread, not the loop's default pool: a page waits on reads that run in that
+        # pool, so pages filling it would wait for ever; and one page at a time bounds the CPU.
+        self._builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierwise-dashboard")
 
     def install(self, app: web.Application) -> None:
         app.router.add_get("/dashboard", self._serve_page)
         app.router.add_get("/dashboard/static/{name}", self._serve_static)
+        app.on_cleanup.append(self._close)
+
+    async def _close(self, app: web.Application) -> None:
+        self._builder.shutdown(wait=False, cancel_futures=True)
 
     def _caller(self, request: web.Request) -> Caller:
         header = request.headers.get("Authorization")
-        metadata = [] if header is None else [("authorization", _bearer(header))]
         try:
+            metadata = [] if header is None else [("authorization", bearer_metadata(header))]
             return self._auth.caller_for(metadata, request.remote or "")
         except AuthThrottled as exc:
             raise web.HTTPTooManyRequests(
@@ -122,6 +161,12 @@ class Dashboard:
 
     async def _serve_page(self, request: web.Request) -> web.Response:
         context = self._context(request, self._caller(request))
-        data = await dashboard_data(context)
-        page = self._page.replace("{{DATA}}", _embed(data))
+        reads = _OnLoop(asyncio.get_running_loop(), context.source, context.scores)
+        context = replace(context, source=reads, scores=None if context.scores is None else reads)
+        page = await asyncio.get_running_loop().run_in_executor(self._builder, self._render, context)
         return web.Response(text=page, content_type="text/html", charset="utf-8", headers=_SECURITY)
+
+    def _render(self, context: PanelContext) -> str:
+        """The page, in a worker thread: ``context``'s reads go back to the server's loop."""
+        data = asyncio.run(dashboard_data(context))
+        return self._page.replace("{{DATA}}", _embed(data))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from tierwise.router.config.strict import StrictSection
+from tierwise.router.config.strict import StrictSection, sha256_digest
 
 
 class LoggingConfig(StrictSection):
@@ -18,9 +18,27 @@ MetricLabel = Literal["tenant", "feature", "tier", "model", "provider", "experim
 
 
 class MetricsConfig(StrictSection):
-    """Prometheus labels on tierwise's own series; a dropped label aggregates over its values."""
+    """Prometheus labels on tierwise's own series; a dropped label aggregates over its values.
+
+    ``feature`` is the one label whose values callers choose (tenant comes from the API key, tier,
+    model, provider, experiment and arm from config; metadata tags are never labels). Its values are
+    bounded: the allow-list, then the first ``max_features`` others seen; the rest read ``other``.
+    The ledger keeps every value.
+    """
 
     labels: tuple[MetricLabel, ...] = ("tenant", "feature", "tier", "model", "arm")
+    features: tuple[str, ...] = Field((), description="feature values always kept as label values")
+    max_features: int = Field(
+        20, ge=0, le=100_000, description="feature values kept beyond the allow-list, first seen first"
+    )
+    scrape_key_sha256: str | None = Field(
+        None, description="SHA-256 of the key /metrics requires (Bearer or Basic password); unset: open"
+    )
+
+    @field_validator("scrape_key_sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        return None if value is None else sha256_digest(value)
 
 
 class TracingConfig(StrictSection):

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tierwise.router.config.strict import TIER_NAME, StrictSection
+from tierwise.router.config.strict import TIER_NAME, StrictSection, sha256_digest
 
 
 class TlsConfig(StrictSection):
@@ -39,10 +39,7 @@ class ApiKey(StrictSection):
     @field_validator("key_sha256")
     @classmethod
     def _hex_digest(cls, value: str) -> str:
-        value = value.strip().lower()
-        if not re.fullmatch(r"[0-9a-f]{64}", value):
-            raise ValueError("must be the 64-hex-digit SHA-256 of the API key")
-        return value
+        return sha256_digest(value)
 
 
 class AuthThrottleConfig(StrictSection):

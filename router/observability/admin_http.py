@@ -3,6 +3,9 @@ added by ``tierwise.router.analytics.dashboard_http``).
 
 ``app`` is a plain aiohttp application: other parts (a dashboard, say) add their
 routes to it before ``start``; aiohttp freezes the router once it runs.
+
+A scrape encodes in a worker thread: the text grows with the series, and encoding it on
+the event loop would hold up every request the process is serving meanwhile.
 """
 
 from __future__ import annotations
@@ -12,19 +15,28 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
+from tierwise.router.auth import Unauthenticated
 from tierwise.router.observability.metrics import Metrics
+from tierwise.router.observability.scrape_access import ScrapeAccess, TenantScope
 
 log = logging.getLogger("tierwise.admin")
 
 HealthCheck = Callable[[], bool]
 Refresher = Callable[[], Awaitable[None]]
+Encoder = Callable[[CollectorRegistry], bytes]
+
+
+OPEN = ScrapeAccess(None, None, {})
 
 
 class AdminServer:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, access: ScrapeAccess = OPEN) -> None:
         self.metrics = metrics
+        self.access = access
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._serve_metrics)
         self.app.router.add_get("/healthz", self._serve_health)
@@ -53,12 +65,23 @@ class AdminServer:
             log.warning("metrics refresh failed", extra={"error": repr(exc)})
 
     async def _serve_metrics(self, request: web.Request) -> web.Response:
+        try:
+            scope = self.access.scope(request.headers.get("Authorization"))
+        except Unauthenticated as exc:
+            raise web.HTTPUnauthorized(
+                text=f"{exc}\n", headers={"WWW-Authenticate": self.access.challenge}
+            ) from None
         await asyncio.gather(*(self._refresh(r) for r in self._refreshers))
+        watched = self.metrics.watched()  # on the loop: these read state the loop owns
         # Prometheus text or OpenMetrics, whichever the scraper asks for.
         encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-        response = web.Response(body=encode(self.metrics.registry), headers={"Content-Type": content_type})
+        body = await asyncio.to_thread(self._encode, encode, watched, scope)
+        response = web.Response(body=body, headers={"Content-Type": content_type})
         response.enable_compression()
         return response
+
+    def _encode(self, encode: Encoder, watched: list[Metric], scope: TenantScope | None) -> bytes:
+        return encode(self.metrics.view(watched, scope))
 
     async def _serve_health(self, request: web.Request) -> web.Response:
         results: dict[str, bool] = {}

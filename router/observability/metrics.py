@@ -5,15 +5,19 @@ GenAI names follow the semantic conventions translated to Prometheus
 spec's bucket boundaries. tierwise's series carry the labels named in
 ``metrics.labels`` only; a label left out aggregates over its values, which is
 how an operator bounds cardinality. Labels come from a fixed list of record
-fields, so prompt text and end-user ids can never become a label.
+fields, so prompt text and end-user ids can never become a label; the one a
+caller chooses, ``feature``, keeps a bounded set of values (``label_values``).
 
 Each ``Metrics`` owns its ``CollectorRegistry``: tests and several servers in
-one process do not collide.
+one process do not collide. The registry holds prometheus_client's own series,
+which are safe to read from any thread; the watched collectors read state the
+event loop owns, so ``watched()`` runs on the loop and ``view`` hands both to an
+encoder that may run in a worker thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Protocol, get_args
 
@@ -21,9 +25,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tierwise.router.config import MetricLabel
+from tierwise.router.config import MetricLabel, MetricsConfig
 from tierwise.router.ledger.record import CACHE_RESULTS, SpendRecord
 from tierwise.router.ledger.spend_ledger import LedgerStats, SpendLedger
+from tierwise.router.observability.label_values import BoundedLabelValues
 
 OPERATION = "chat"
 ALLOWED_LABELS: tuple[str, ...] = get_args(MetricLabel)
@@ -139,14 +144,35 @@ class _FeedbackCollector(Collector):
         ]
 
 
+FamilyFilter = Callable[[Iterable[Metric]], Iterable[Metric]]
+
+
+class _Families(Collector):
+    """Families already read, handed to an encoder as a registry's one collector."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
 class Metrics:
     def __init__(
-        self, labels: Sequence[str] = DEFAULT_LABELS, *, registry: CollectorRegistry | None = None
+        self,
+        labels: Sequence[str] = DEFAULT_LABELS,
+        *,
+        features: BoundedLabelValues | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         unknown = sorted(set(labels) - set(ALLOWED_LABELS))
         if unknown:
             raise ValueError(f"metric labels {unknown} are not allowed; choose from {list(ALLOWED_LABELS)}")
         self.labels = tuple(dict.fromkeys(labels))
+        # Label values callers choose, bounded; the others come from the API key or from config.
+        self.features = BoundedLabelValues() if features is None else features
+        self._bounded = {"feature": self.features}
+        self._watched: list[Collector] = []
         self.registry = CollectorRegistry() if registry is None else registry
         r, spend = self.registry, self.labels
 
@@ -240,11 +266,19 @@ class Metrics:
             registry=r,
         )
 
+    @classmethod
+    def from_config(cls, config: MetricsConfig) -> Metrics:
+        return cls(config.labels, features=BoundedLabelValues(config.features, config.max_features))
+
     # -- what the pipeline calls ----------------------------------------------
+
+    def _label_value(self, name: str, value: str) -> str:
+        bound = self._bounded.get(name)
+        return value if bound is None else bound(value)
 
     def observe_spend(self, rec: SpendRecord) -> None:
         """One finished request (answered, cached or failed): tokens, durations, money, fallbacks."""
-        values = [str(getattr(rec, name)) for name in self.labels]
+        values = [self._label_value(name, str(getattr(rec, name))) for name in self.labels]
         self.cost.labels(*values).inc(float(rec.cost_usd))
         self.saved.labels(*values).inc(float(rec.saved_usd))
         self.router_cost.labels(*values).inc(float(rec.router_cost_usd))
@@ -293,7 +327,7 @@ class Metrics:
 
     def observe_anomaly(self, tenant: str, feature: str | None) -> None:
         """One flagged hour; ``feature`` None is the tenant's total."""
-        values = {"tenant": tenant, "feature": "*" if feature is None else feature}
+        values = {"tenant": tenant, "feature": "*" if feature is None else self.features(feature)}
         if self._anomaly_labels:
             self.cost_anomalies.labels(*(values[name] for name in self._anomaly_labels)).inc()
         else:
@@ -301,18 +335,34 @@ class Metrics:
 
     def watch_ledger(self, ledger: SpendLedger) -> None:
         """Export the ledger's backlog and store health, read at each scrape."""
-        self.registry.register(_LedgerCollector(ledger))
+        self._watched.append(_LedgerCollector(ledger))
 
     def watch_sampling(self, sampler: SamplingCounts) -> None:
         """Export the sampler's counts (sampled, judged, failures, skipped for budget) and spend."""
-        self.registry.register(_SamplingCollector(sampler))
+        self._watched.append(_SamplingCollector(sampler))
 
     def watch_feedback(self, store: FeedbackCounts) -> None:
         """Export the shared-mode feedback store's fallback and landed counts."""
-        self.registry.register(_FeedbackCollector(store))
+        self._watched.append(_FeedbackCollector(store))
+
+    # -- what a scrape reads ----------------------------------------------------
+
+    def watched(self) -> list[Metric]:
+        """The watched collectors' families, read now; on the thread that owns their state (the loop)."""
+        return [family for collector in self._watched for family in collector.collect()]
+
+    def view(self, watched: Iterable[Metric], keep: FamilyFilter | None = None) -> CollectorRegistry:
+        """A registry to encode: this one's series and ``watched``, through ``keep`` if given.
+
+        Safe in a worker thread: prometheus_client copies its series under their locks.
+        """
+        families = [*self.registry.collect(), *watched]
+        view = CollectorRegistry()
+        view.register(_Families(families if keep is None else keep(families)))
+        return view
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.view(self.watched()))
 
 
 AUTH_FAILURE_REASONS = ("missing", "malformed", "duplicate", "unknown_key", "throttled")
