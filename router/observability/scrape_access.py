@@ -74,8 +74,10 @@ class ScrapeAccess:
     def challenge(self) -> str:
         return 'Bearer realm="tierwise metrics"'
 
-    def scope(self, header: str | None) -> TenantScope | None:
-        """None: every series. Raises ``Unauthenticated`` (its message names what is wrong, never the key)."""
+    def scope(self, header: str | None, source: str) -> TenantScope | None:
+        """None: every series. Raises ``Unauthenticated`` (its message names what is wrong, never the key);
+        a tenant key goes through the API keys' check, so ``source`` (the caller's address) is throttled
+        there like any caller's."""
         if header is None:
             if self._scrape_key is None:
                 return None
@@ -88,5 +90,5 @@ class ScrapeAccess:
             return None
         if self._api_keys is None:
             raise Unauthenticated("unknown scrape key")
-        caller = self._api_keys.caller_for([("authorization", metadata)])
+        caller = self._api_keys.caller_for([("authorization", metadata)], source)
         return None if caller.admin else TenantScope(caller.tenant, self._budget_tenants)
