@@ -304,8 +304,18 @@ class Pipeline:
             embedding=plan.embedding,
         )
 
-    async def _settle(self, plan: _Plan, answer: Completion | PartialAnswer | None) -> None:
-        """Settle what the answer cost; a call that never reached a tier (None) holds nothing."""
+    async def _settle(
+        self, plan: _Plan, answer: Completion | PartialAnswer | None, progress: CallProgress
+    ) -> None:
+        """Charge the budget for what the answer cost, once per request: a later call is a no-op.
+        A call that never reached a tier (None) holds nothing, so its reservation is released.
+
+        ``progress`` records the charge before the (shielded) store call, so a cancel landing
+        during it changes nothing: the charge completes, and the spend record the server books
+        for the cancelled request carries it. An answer that was obtained and settled is owed
+        even if its caller left before receiving it."""
+        if not progress.charge(answer):
+            return
         if answer is None:
             await self._budgets.release(plan.reservation)
             return
@@ -323,6 +333,8 @@ class Pipeline:
         deadline: float | None,
         progress: CallProgress | None = None,
     ) -> Completion:
+        """Answer the request. What the budget is charged, ``progress.billed()`` tells the caller
+        whenever this raises (failed or cancelled, even mid-settle), so the spend record agrees."""
         plan = await self._plan(spec, request_id)
         if plan.decision.cache_hit is not None:
             await self._budgets.release(plan.reservation)
@@ -332,9 +344,9 @@ class Pipeline:
             completion = await self._call_chain(plan, spec, started, deadline, progress)
         except BaseException:
             # A call the caller abandoned mid-try costs its prompt; one that failed costs nothing.
-            await self._settle(plan, progress.billed())
+            await self._settle(plan, progress.billed(), progress)
             raise
-        await self._settle(plan, completion)
+        await self._settle(plan, completion, progress)
         self._store(plan, completion)
         return completion
 
@@ -426,18 +438,16 @@ class Pipeline:
             yield self._cached(plan, hit, started)
             return
         progress = progress or CallProgress()
-        settled = False
         try:
             yield plan.decision
             async for item in self._stream_chain(plan, spec, started, deadline, progress):
                 if isinstance(item, Completion):
-                    await self._settle(plan, item)
-                    settled = True
+                    await self._settle(plan, item, progress)
                     self._store(plan, item)
                 yield item
         finally:
-            if not settled:
-                await self._settle(plan, progress.billed())
+            # A no-op once the completion was charged, even if a cancel landed during that charge.
+            await self._settle(plan, progress.billed(), progress)
 
     async def _stream_chain(
         self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None, progress: CallProgress
