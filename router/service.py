@@ -141,13 +141,14 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
     cache = None
     if config.cache.enabled and embedder:
         cache = await _open_cache(config, config.cache, embedder, stack)
-    budgets = build_budget_manager(config)
+    budgets = await build_budget_manager(config)
     stack.push_async_callback(budgets.aclose)
     health = TierHealth(config)
     metrics = Metrics(config.metrics.labels)
     for tier in config.tiers:
         metrics.set_circuit_state(tier.name, "closed")
     health.add_listener(lambda change: metrics.set_circuit_state(change.tier, change.new.value))
+    budgets.add_duplicate_listener(lambda operation: metrics.budget_duplicates.labels(operation).inc())
     ledger = build_ledger(config)
     if ledger is not None:
         stack.push_async_callback(ledger.aclose)  # flushes what was recorded; the server starts it

@@ -102,6 +102,18 @@ async def service(
     await built.aclose()
 
 
+@pytest.mark.asyncio
+async def test_the_metrics_count_ignored_settles_and_releases(service: Service) -> None:
+    reservation = await service.budgets.reserve("acme", "", D("0.5"), 10)
+    await service.budgets.settle(reservation, D("0.3"), 5)
+    await service.budgets.settle(reservation, D("0.3"), 5)
+    await service.budgets.release(reservation)
+    exposition = service.accounting.metrics.exposition().decode()
+    assert 'tierwise_budget_duplicate_finishes_total{operation="settle"} 1.0' in exposition
+    assert 'tierwise_budget_duplicate_finishes_total{operation="release"} 1.0' in exposition
+    assert await used_and_in_flight(service) == (D("0.3"), D(0))
+
+
 def store_kind(service: Service) -> str:
     return service.config.store.kind if service.config.store.kind == "redis" else "sqlite"
 

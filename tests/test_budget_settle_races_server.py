@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_asyncio
@@ -20,7 +20,9 @@ from tests.harness import AUTH, Running, build_config, config_dict, running_serv
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.settle_gate import Point, SettleGate
 from tests.upstream import ScriptedUpstream
+from tierwise.router.auth import Authenticator
 from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.server import RouterServicer
 from tierwise.v1 import tierwise_pb2 as pb
 
 __all__ = ["redis_server_factory"]
@@ -119,3 +121,32 @@ async def test_a_caller_cancelling_during_the_settle_is_booked_at_what_the_budge
         ledger_cost = sum((c for _, c in totals.values()), Decimal(0))
         assert await budget_used(svc) == (ledger_cost, Decimal(0))
     assert budgets.duplicate_finishes.total() == 0
+
+
+class CallContext:
+    """What CompleteStream reads of its gRPC context, for driving the handler as the runtime does."""
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return AUTH
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+@pytest.mark.asyncio
+async def test_a_stream_closed_at_its_last_chunk_is_booked_once(svc: Running) -> None:
+    """gRPC closes a handler's generator at the yield it waits on when the caller leaves; at the
+    last chunk, the answer was already booked (and charged), so nothing more is booked."""
+    servicer = RouterServicer(svc.server.service, Authenticator(svc.config.auth))
+    handler = servicer.CompleteStream(REQUEST, cast(Any, CallContext()))
+    async for chunk in handler:
+        if chunk.HasField("end"):
+            break
+    await handler.aclose()  # GeneratorExit at the yield of the last chunk
+    totals = await booked(svc)
+    assert list(totals) == ["OK"] and totals["OK"][0] == 1
+    assert await budget_used(svc) == (totals["OK"][1], Decimal(0))
+    # The ledger keeps a request id's first record; the metrics count every booking.
+    [requests] = svc.server.service.accounting.metrics.requests.collect()
+    counted = [(s.labels["status"], s.value) for s in requests.samples if s.name.endswith("_total")]
+    assert counted == [("OK", 1.0)]

@@ -249,13 +249,34 @@ def _config(tmp_path: Path, **store: Any) -> Any:
 @pytest.mark.asyncio
 async def test_built_from_config_on_sqlite_and_redis(tmp_path: Path, redis: RedisServer) -> None:
     for config in (_config(tmp_path), _config(tmp_path, kind="redis", url=redis.url)):
-        manager = build_budget_manager(config)
+        manager = await build_budget_manager(config)
         reservation = await manager.reserve("acme", "", D("0.6"), 1)
         assert reservation.degrade is not None and reservation.degrade.max_tier == "small"
         with pytest.raises(BudgetExhausted):
             await manager.reserve("acme", "", D("0.6"), 1)
         await manager.aclose()
     assert (tmp_path / "budgets.sqlite3").is_file()
+
+
+@pytest.mark.asyncio
+async def test_a_manager_that_cannot_be_built_closes_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    close = SqliteBudgetStore.aclose
+
+    async def closing(store: SqliteBudgetStore) -> None:
+        await close(store)
+        closed.append(store.name)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("the manager cannot be built")
+
+    monkeypatch.setattr(SqliteBudgetStore, "aclose", closing)
+    monkeypatch.setattr(BudgetManager, "__init__", refuse)
+    with pytest.raises(ValueError, match="cannot be built"):
+        await build_budget_manager(_config(tmp_path))
+    assert closed == [f"SQLite at {tmp_path / 'budgets.sqlite3'}"]
 
 
 def test_config_rejects_bad_budgets(tmp_path: Path) -> None:

@@ -455,12 +455,17 @@ def _decimal(value: int | None) -> Decimal | None:
     return None if value is None else Decimal(value)
 
 
-def build_budget_manager(config: Config, *, alerts: AlertDispatcher | None = None) -> BudgetManager:
-    """The manager over the configured store: Redis when ``store.kind`` is redis, else SQLite in store.path."""
+async def build_budget_manager(config: Config, *, alerts: AlertDispatcher | None = None) -> BudgetManager:
+    """The manager over the configured store: Redis when ``store.kind`` is redis, else SQLite in
+    store.path. The store is closed again if the manager cannot be built over it."""
     settings = config.budget_store
     store: BudgetStore
     if config.store.kind == "redis" and config.store.url is not None:
         store = RedisBudgetStore.from_url(config.store.url, timeout_s=settings.redis_timeout_s)
     else:
         store = SqliteBudgetStore(config.store.path / "budgets.sqlite3")
-    return BudgetManager(config.budgets, store, settings, tier_order=config.tier_names, alerts=alerts)
+    try:
+        return BudgetManager(config.budgets, store, settings, tier_order=config.tier_names, alerts=alerts)
+    except BaseException:
+        await store.aclose()
+        raise
