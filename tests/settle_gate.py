@@ -10,16 +10,45 @@ one pass straight through, so a second settle of the same reservation reaches th
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
+from tests.harness import build_config, config_dict
+from tests.redis_server import RedisServer
+from tests.upstream import ScriptedUpstream
 from tierwise.router.budgets.redis_store import RedisBudgetStore
 from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
+from tierwise.router.config import Config
 
 Operation = Literal["settle", "release"]
 Point = Literal["before", "after"]
 STORE_CLASSES = {"sqlite": SqliteBudgetStore, "redis": RedisBudgetStore}
+# How many times each race runs, with fresh reservations (TIERWISE_RACE_REPEATS=200 for the soak).
+REPEATS = int(os.environ.get("TIERWISE_RACE_REPEATS", "3"))
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def race_config(
+    request: pytest.FixtureRequest,
+    upstream: ScriptedUpstream,
+    tmp_path: Path,
+    redis_server_factory: Callable[[], RedisServer],
+) -> Config:
+    """The service's config with one roomy budget for acme, kept in SQLite or in a private Redis."""
+    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
+    if request.param == "redis":
+        data["store"] = {"kind": "redis", "url": redis_server_factory().url, "path": str(tmp_path / "var")}
+    data["budgets"] = [{"tenant": "acme", "window": "day", "usd": "1000"}]
+    return build_config(data)
+
+
+def gated_store(config: Config) -> str:
+    """The budget store class a gate patches for ``config``."""
+    return "redis" if config.store.kind == "redis" else "sqlite"
 
 
 class SettleGate:

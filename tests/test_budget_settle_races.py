@@ -11,31 +11,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from tests.budget_support import Clock, StoreFactory, make_manager, redis_server_factory, store_factory
-from tests.harness import build_config, config_dict
-from tests.redis_server import RedisServer
-from tests.settle_gate import Point, SettleGate
+from tests.settle_gate import REPEATS, Point, SettleGate, gated_store, race_config
 from tests.upstream import ScriptedUpstream
 from tierwise.router.budgets.store import Amount, BudgetLine, Limit
 from tierwise.router.call_progress import CallProgress
+from tierwise.router.config import Config
 from tierwise.router.outcome import PartialAnswer
 from tierwise.router.service import Service, build_service
 from tierwise.router.types import ChatMessage, RequestSpec
 
-__all__ = ["redis_server_factory", "store_factory"]
+__all__ = ["race_config", "redis_server_factory", "store_factory"]
 
-REPEATS = int(os.environ.get("TIERWISE_RACE_REPEATS", "3"))
 D = Decimal
 DAY: dict[str, Any] = {"tenant": "acme", "window": "day", "usd": "1.00"}
 SPEC = RequestSpec(tenant="acme", messages=(ChatMessage(role="user", content="Tell me a story."),))
@@ -86,18 +82,9 @@ async def test_finished_ids_are_forgotten_after_keep_s(store_factory: StoreFacto
 # -- through the pipeline: a cancel at each side of settle's await ------------
 
 
-@pytest_asyncio.fixture(params=["sqlite", "redis"])
-async def service(
-    request: pytest.FixtureRequest,
-    upstream: ScriptedUpstream,
-    tmp_path: Path,
-    redis_server_factory: Callable[[], RedisServer],
-) -> AsyncIterator[Service]:
-    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
-    if request.param == "redis":
-        data["store"] = {"kind": "redis", "url": redis_server_factory().url, "path": str(tmp_path / "var")}
-    data["budgets"] = [{"tenant": "acme", "window": "day", "usd": "1000"}]
-    built = await build_service(build_config(data))
+@pytest_asyncio.fixture
+async def service(race_config: Config) -> AsyncIterator[Service]:
+    built = await build_service(race_config)
     yield built
     await built.aclose()
 
@@ -112,10 +99,6 @@ async def test_the_metrics_count_ignored_settles_and_releases(service: Service) 
     assert 'tierwise_budget_duplicate_finishes_total{operation="settle"} 1.0' in exposition
     assert 'tierwise_budget_duplicate_finishes_total{operation="release"} 1.0' in exposition
     assert await used_and_in_flight(service) == (D("0.3"), D(0))
-
-
-def store_kind(service: Service) -> str:
-    return service.config.store.kind if service.config.store.kind == "redis" else "sqlite"
 
 
 async def used_and_in_flight(service: Service) -> tuple[Decimal, Decimal]:
@@ -165,7 +148,7 @@ async def test_a_cancel_during_the_settle_of_an_answer_charges_it_once(
     await path(service, full)  # uncancelled: what the answer costs
     answer = full.billed()
     assert answer is not None and answer.cost_usd > 0
-    gate = SettleGate(monkeypatch, store_kind(service), "settle", point)
+    gate = SettleGate(monkeypatch, gated_store(service.config), "settle", point)
     for round_ in range(1, REPEATS + 1):
         gate.arm()
         progress = CallProgress()
@@ -182,7 +165,7 @@ async def test_a_second_cancel_during_the_settle_of_an_abandoned_call_charges_it
     service: Service, upstream: ScriptedUpstream, monkeypatch: pytest.MonkeyPatch, point: Point
 ) -> None:
     upstream.script(latency_s=30.0)
-    gate = SettleGate(monkeypatch, store_kind(service), "settle", point)
+    gate = SettleGate(monkeypatch, gated_store(service.config), "settle", point)
     charged = D(0)
     for round_ in range(1, REPEATS + 1):
         gate.arm()

@@ -6,43 +6,31 @@ once: ledger and budget agree exactly. Each race repeats ``TIERWISE_RACE_REPEATS
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
 import pytest_asyncio
 
-from tests.harness import AUTH, Running, build_config, config_dict, running_server
-from tests.redis_server import RedisServer, redis_server_factory
-from tests.settle_gate import Point, SettleGate
-from tests.upstream import ScriptedUpstream
+from tests.harness import AUTH, Running, running_server
+from tests.redis_server import redis_server_factory
+from tests.settle_gate import REPEATS, Point, SettleGate, gated_store, race_config
 from tierwise.router.auth import Authenticator
+from tierwise.router.config import Config
 from tierwise.router.ledger.spend_ledger import SpendLedger
 from tierwise.router.server import RouterServicer
 from tierwise.v1 import tierwise_pb2 as pb
 
-__all__ = ["redis_server_factory"]
+__all__ = ["race_config", "redis_server_factory"]
 
-REPEATS = int(os.environ.get("TIERWISE_RACE_REPEATS", "3"))
 REQUEST = pb.CompleteRequest(messages=[pb.ChatMessage(role="user", content="Tell me a story.")])
 
 
-@pytest_asyncio.fixture(params=["sqlite", "redis"])
-async def svc(
-    request: pytest.FixtureRequest,
-    upstream: ScriptedUpstream,
-    tmp_path: Path,
-    redis_server_factory: Callable[[], RedisServer],
-) -> AsyncIterator[Running]:
-    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
-    if request.param == "redis":
-        data["store"] = {"kind": "redis", "url": redis_server_factory().url, "path": str(tmp_path / "var")}
-    data["budgets"] = [{"tenant": "acme", "window": "day", "usd": "1000"}]
-    async with running_server(build_config(data)) as running:
+@pytest_asyncio.fixture
+async def svc(race_config: Config) -> AsyncIterator[Running]:
+    async with running_server(race_config) as running:
         yield running
 
 
@@ -102,7 +90,7 @@ async def test_a_caller_cancelling_during_the_settle_is_booked_at_what_the_budge
 ) -> None:
     cost = await answer_cost(svc, call)  # uncancelled: the answer's cost, booked OK
     assert cost > 0
-    gate = SettleGate(monkeypatch, "redis" if svc.config.store.kind == "redis" else "sqlite", "settle", point)
+    gate = SettleGate(monkeypatch, gated_store(svc.config), "settle", point)
     budgets = svc.server.service.budgets
     for round_ in range(1, REPEATS + 1):
         gate.arm()
