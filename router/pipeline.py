@@ -307,22 +307,16 @@ class Pipeline:
     async def _settle(
         self, plan: _Plan, answer: Completion | PartialAnswer | None, progress: CallProgress
     ) -> None:
-        """Charge the budget for what the answer cost, once per request: a later call is a no-op.
-        A call that never reached a tier (None) holds nothing, so its reservation is released.
-
-        ``progress`` records the charge before the (shielded) store call, so a cancel landing
-        during it changes nothing: the charge completes, and the spend record the server books
-        for the cancelled request carries it. An answer that was obtained and settled is owed
-        even if its caller left before receiving it."""
+        """Charge the budget for the answer once per request (None, no tier reached: release). The
+        charge goes on ``progress`` before the shielded store call: a cancel landing there changes
+        nothing, and the server books it. An answer obtained is owed even if its caller left."""
         if not progress.charge(answer):
             return
         if answer is None:
             await self._budgets.release(plan.reservation)
             return
-        usage = answer.usage
-        await self._budgets.settle(
-            plan.reservation, answer.cost_usd, usage.input_tokens + usage.output_tokens
-        )
+        tokens = answer.usage.input_tokens + answer.usage.output_tokens
+        await self._budgets.settle(plan.reservation, answer.cost_usd, tokens)
 
     async def complete(
         self,
@@ -333,8 +327,7 @@ class Pipeline:
         deadline: float | None,
         progress: CallProgress | None = None,
     ) -> Completion:
-        """Answer the request. What the budget is charged, ``progress.billed()`` tells the caller
-        whenever this raises (failed or cancelled, even mid-settle), so the spend record agrees."""
+        """When this raises (even cancelled mid-settle), ``progress.billed()`` is what the budget got."""
         plan = await self._plan(spec, request_id)
         if plan.decision.cache_hit is not None:
             await self._budgets.release(plan.reservation)
