@@ -7,12 +7,15 @@ abandons while a try is in flight costs at least its prompt (the upstream usuall
 finishes it anyway; we cannot see how far, so the input tokens are the honest
 lower bound). A try that failed with an upstream error is not billed: its tier is
 cleared, so a caller who leaves during the back-off before the next try owes nothing.
+
+Once the pipeline charges the budget (``charge``), ``billed`` answers exactly that charge, so
+the spend record the server books on any later failure or cancel carries what the budget got.
 """
 
 from __future__ import annotations
 
 from tierwise.router.config import TierConfig
-from tierwise.router.outcome import PartialAnswer
+from tierwise.router.outcome import Completion, PartialAnswer
 from tierwise.router.pricing import cost_usd
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import RequestSpec, TokenUsage
@@ -49,6 +52,8 @@ class CallProgress:
         self._prompt: PromptTokens | None = None
         self._parts: list[str] = []
         self._billed: PartialAnswer | None = None  # counted once: the budget and the spend record both ask
+        self._charged = False  # the budget was charged (or released): billed() says _charge from then on
+        self._charge: PartialAnswer | None = None
 
     def start(self, tier: TierConfig, prompt: PromptTokens) -> None:
         """The request to ``tier`` is about to be sent."""
@@ -69,8 +74,22 @@ class CallProgress:
         """What the current tier has streamed so far."""
         return "".join(self._parts)
 
+    def charge(self, answer: Completion | PartialAnswer | None) -> bool:
+        """The budget is about to be charged for ``answer`` (None: released); from now on ``billed``
+        says that. False, changing nothing, when the request was charged before: charge it once."""
+        if self._charged:
+            return False
+        self._charged = True
+        if isinstance(answer, Completion):
+            answer = PartialAnswer(answer.decision.tier, answer.usage, answer.cost_usd)
+        self._charge = answer
+        return True
+
     def billed(self) -> PartialAnswer | None:
-        """The prompt and the text of the tier in flight; None when no call is under way."""
+        """The prompt and the text of the tier in flight; None when no call is under way. Once the
+        budget was charged: what it was charged."""
+        if self._charged:
+            return self._charge
         if self._tier is None or self._prompt is None:
             return None
         if self._billed is None:

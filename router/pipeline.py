@@ -304,15 +304,19 @@ class Pipeline:
             embedding=plan.embedding,
         )
 
-    async def _settle(self, plan: _Plan, answer: Completion | PartialAnswer | None) -> None:
-        """Settle what the answer cost; a call that never reached a tier (None) holds nothing."""
+    async def _settle(
+        self, plan: _Plan, answer: Completion | PartialAnswer | None, progress: CallProgress
+    ) -> None:
+        """Charge the budget for the answer once per request (None, no tier reached: release). The
+        charge goes on ``progress`` before the shielded store call: a cancel landing there changes
+        nothing, and the server books it. An answer obtained is owed even if its caller left."""
+        if not progress.charge(answer):
+            return
         if answer is None:
             await self._budgets.release(plan.reservation)
             return
-        usage = answer.usage
-        await self._budgets.settle(
-            plan.reservation, answer.cost_usd, usage.input_tokens + usage.output_tokens
-        )
+        tokens = answer.usage.input_tokens + answer.usage.output_tokens
+        await self._budgets.settle(plan.reservation, answer.cost_usd, tokens)
 
     async def complete(
         self,
@@ -323,6 +327,7 @@ class Pipeline:
         deadline: float | None,
         progress: CallProgress | None = None,
     ) -> Completion:
+        """When this raises (even cancelled mid-settle), ``progress.billed()`` is what the budget got."""
         plan = await self._plan(spec, request_id)
         if plan.decision.cache_hit is not None:
             await self._budgets.release(plan.reservation)
@@ -332,9 +337,9 @@ class Pipeline:
             completion = await self._call_chain(plan, spec, started, deadline, progress)
         except BaseException:
             # A call the caller abandoned mid-try costs its prompt; one that failed costs nothing.
-            await self._settle(plan, progress.billed())
+            await self._settle(plan, progress.billed(), progress)
             raise
-        await self._settle(plan, completion)
+        await self._settle(plan, completion, progress)
         self._store(plan, completion)
         return completion
 
@@ -429,18 +434,16 @@ class Pipeline:
             yield self._cached(plan, hit, started)
             return
         progress = progress or CallProgress()
-        settled = False
         try:
             yield plan.decision
             async for item in self._stream_chain(plan, spec, started, deadline, progress):
                 if isinstance(item, Completion):
-                    await self._settle(plan, item)
-                    settled = True
+                    await self._settle(plan, item, progress)
                     self._store(plan, item)
                 yield item
         finally:
-            if not settled:
-                await self._settle(plan, progress.billed())
+            # A no-op once the completion was charged, even if a cancel landed during that charge.
+            await self._settle(plan, progress.billed(), progress)
 
     async def _stream_chain(
         self, plan: _Plan, spec: RequestSpec, started: float, deadline: float | None, progress: CallProgress

@@ -145,11 +145,12 @@ class RouterServicer:
                     progress=progress,
                 )
             except asyncio.CancelledError:
-                # The caller left: the upstream call in flight still costs its prompt.
+                # The caller left: the upstream call in flight still costs its prompt, and an answer
+                # already charged to the budget costs what it was charged (progress says which).
                 accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
                 raise
             except Exception as exc:
-                accounting.failed(spec, request_id, exc, started, span)
+                accounting.failed(spec, request_id, exc, started, span, progress.billed())
                 await self._fail(context, request_id, exc)
             accounting.completed(spec, completion, span)
         self._log_done(spec, completion)
@@ -167,6 +168,7 @@ class RouterServicer:
             spec, request_id, started=started, deadline=self._deadline(context, started), progress=progress
         )
         with accounting.request_span("CompleteStream", context.invocation_metadata()) as span:
+            booked = False  # one spend record per request, even if the caller leaves after the last one
             try:
                 async with contextlib.aclosing(stream):
                     async for item in stream:
@@ -176,11 +178,14 @@ class RouterServicer:
                             yield pb.CompleteChunk(request_id=request_id, delta=item.text)
                         else:
                             accounting.completed(spec, item, span)
+                            booked = True
                             self._log_done(spec, item)
                             yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
             except (asyncio.CancelledError, GeneratorExit):
-                # The caller left mid-stream: what the tier streamed until then is billed.
-                accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
+                # The caller left mid-stream: what the tier streamed until then is billed, or what
+                # the budget was charged if the answer was complete (progress says which).
+                if not booked:
+                    accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
                 raise
             except Exception as exc:
                 accounting.failed(spec, request_id, exc, started, span, progress.billed())

@@ -107,7 +107,7 @@ def _verifier(settings: CacheConfig, embedder_key: str) -> CandidateVerifier:
         raise ConfigError(f"cache.verifier_model: {exc}") from None
 
 
-def _open_budgets(config: Config, ledger: SpendLedger | None, metrics: Metrics) -> BudgetManager:
+async def _open_budgets(config: Config, ledger: SpendLedger | None, metrics: Metrics) -> BudgetManager:
     """The budget manager, rebuilding what a shared store (Redis) loses from the ledger."""
     usage = None if ledger is None else LedgerBudgetUsage(ledger)
     if config.store.kind == "redis" and config.budgets:
@@ -118,9 +118,10 @@ def _open_budgets(config: Config, ledger: SpendLedger | None, metrics: Metrics) 
                 "ledger in this replica's SQLite file: budget usage Redis loses is rebuilt from"
                 " this replica's spend only (set ledger.postgres_dsn to share the ledger)"
             )
-    budgets = build_budget_manager(config, usage_source=usage)
+    budgets = await build_budget_manager(config, usage_source=usage)
     budgets.add_store_error_listener(lambda operation, _: metrics.observe_budget_store_error(operation))
     budgets.add_fail_mode_listener(metrics.observe_budget_fail_mode)
+    budgets.add_duplicate_listener(lambda operation: metrics.budget_duplicates.labels(operation).inc())
     return budgets
 
 
@@ -172,7 +173,7 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
     if ledger is not None:
         stack.push_async_callback(ledger.aclose)  # flushes what was recorded; the server starts it
         metrics.watch_ledger(ledger)
-    budgets = _open_budgets(config, ledger, metrics)
+    budgets = await _open_budgets(config, ledger, metrics)
     stack.push_async_callback(budgets.aclose)
     feedback = open_feedback_store(config)
     stack.push_async_callback(feedback.aclose)

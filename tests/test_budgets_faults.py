@@ -139,12 +139,16 @@ async def test_redis_keys_live_until_after_their_period(redis: RedisServer) -> N
     await manager.drain()
     client = RedisBudgetStore.from_url(redis.url)._client
     keys = sorted(k.decode() if isinstance(k, bytes) else k for k in await client.keys("tw:budget:*"))
-    assert [k.rsplit(":", 1)[1] for k in keys] == ["alerts", "exp", "res", "state"]
+    by_kind = {k.rsplit(":", 1)[1]: k for k in keys}
+    assert sorted(by_kind) == ["alerts", "exp", "finished", "res", "state"]
     assert len({k.split("}")[0] for k in keys}) == 1  # one hash tag: one cluster slot per tenant
     # Noon on 2025-03-04: the period ends in 12 h, and is kept 2 days more.
     expected_ms = (12 + 48) * 3600 * 1000
     for key in keys:
-        assert expected_ms - 5000 < await client.pttl(key) <= expected_ms
+        if key != by_kind["finished"]:
+            assert expected_ms - 5000 < await client.pttl(key) <= expected_ms
+    # Settled reservation ids are kept for the reservation TTL (the default 600 s): bounded memory.
+    assert 595_000 < await client.pttl(by_kind["finished"]) <= 600_000
     await client.aclose()
     await manager.aclose()
 
@@ -246,13 +250,34 @@ def _config(tmp_path: Path, **store: Any) -> Any:
 @pytest.mark.asyncio
 async def test_built_from_config_on_sqlite_and_redis(tmp_path: Path, redis: RedisServer) -> None:
     for config in (_config(tmp_path), _config(tmp_path, kind="redis", url=redis.url)):
-        manager = build_budget_manager(config)
+        manager = await build_budget_manager(config)
         reservation = await manager.reserve("acme", "", D("0.6"), 1)
         assert reservation.degrade is not None and reservation.degrade.max_tier == "small"
         with pytest.raises(BudgetExhausted):
             await manager.reserve("acme", "", D("0.6"), 1)
         await manager.aclose()
     assert (tmp_path / "budgets.sqlite3").is_file()
+
+
+@pytest.mark.asyncio
+async def test_a_manager_that_cannot_be_built_closes_its_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed: list[str] = []
+    close = SqliteBudgetStore.aclose
+
+    async def closing(store: SqliteBudgetStore) -> None:
+        await close(store)
+        closed.append(store.name)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise ValueError("the manager cannot be built")
+
+    monkeypatch.setattr(SqliteBudgetStore, "aclose", closing)
+    monkeypatch.setattr(BudgetManager, "__init__", refuse)
+    with pytest.raises(ValueError, match="cannot be built"):
+        await build_budget_manager(_config(tmp_path))
+    assert closed == [f"SQLite at {tmp_path / 'budgets.sqlite3'}"]
 
 
 def test_config_rejects_bad_budgets(tmp_path: Path) -> None:

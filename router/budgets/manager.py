@@ -26,6 +26,7 @@ budget.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -74,6 +75,7 @@ DEGRADE_REASON = "budget-degrade"
 StoreErrorListener = Callable[[str, BudgetStoreUnavailable], None]  # (operation, error)
 FailDecision = Literal["admitted", "refused"]
 FailModeListener = Callable[[FailDecision], None]  # a reservation the store's outage decided
+DuplicateListener = Callable[[str], None]  # the operation ("settle", "release") the store ignored
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,14 @@ class BudgetManager:
         )
         self._fired: dict[str, tuple[str, set[str]]] = {}  # budget -> (period, marks known to be set)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finishing: set[asyncio.Task[Any]] = set()  # settles and releases run to their end
+        # A second settle or release of one reservation is a no-op in the store; counted here.
+        self.duplicate_finishes: collections.Counter[str] = collections.Counter()
+        self._duplicate_listeners: list[DuplicateListener] = []
+
+    def add_duplicate_listener(self, listener: DuplicateListener) -> None:
+        """Told of each settle or release the store ignored: its reservation was finished before."""
+        self._duplicate_listeners.append(listener)
 
     def add_store_error_listener(self, listener: StoreErrorListener) -> None:
         self._store_listeners.append(listener)
@@ -245,12 +255,10 @@ class BudgetManager:
         actual = Amount(usd_to_nanos(actual_usd, round_up=True), actual_tokens)
         now = self._wall_clock().timestamp()
         first_failure = self._backoff.ready()
+        keep_s = self._settings.reservation_ttl_s
         try:
-            # Shielded: a caller cancelled mid-settle must not leave its spend uncounted.
-            used = await asyncio.shield(
-                self._store_call(
-                    "settle", lambda: self._store.settle(reservation.id, reservation.lines, actual, now)
-                )
+            result = await self._run_to_end(
+                "settle", lambda: self._store.settle(reservation.id, reservation.lines, actual, now, keep_s)
             )
         except BudgetStoreUnavailable:
             # Once per outage in the log; every lost settle reaches the store-error listeners (a metric).
@@ -262,7 +270,10 @@ class BudgetManager:
                 [line.budget for line in reservation.lines],
             )
             return
-        for line, line_used in zip(reservation.lines, used, strict=True):
+        if not result.applied:
+            self._duplicate("settle", reservation)
+            return
+        for line, line_used in zip(reservation.lines, result.used, strict=True):
             self._spawn(self._thresholds(line, line_used))
 
     async def release(self, reservation: BudgetReservation) -> None:
@@ -270,14 +281,35 @@ class BudgetManager:
         if not reservation.lines:
             return
         now = self._wall_clock().timestamp()
+        keep_s = self._settings.reservation_ttl_s
         # A store outage is logged by _store_call; the reservation then expires after reservation_ttl_s.
         with contextlib.suppress(BudgetStoreUnavailable):
-            # Shielded: releases run in cleanup paths, where a second cancellation may arrive.
-            await asyncio.shield(
-                self._store_call(
-                    "release", lambda: self._store.release(reservation.id, reservation.lines, now)
-                )
+            released = await self._run_to_end(
+                "release", lambda: self._store.release(reservation.id, reservation.lines, now, keep_s)
             )
+            if not released:
+                self._duplicate("release", reservation)
+
+    async def _run_to_end(self, operation: str, call: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """Shielded: a caller cancelled mid-settle must not leave its spend uncounted (nor a release
+        half done); ``drain`` waits for a call its caller left."""
+        task = asyncio.get_running_loop().create_task(self._store_call(operation, call))
+        self._finishing.add(task)
+        task.add_done_callback(self._finished)
+        return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that left cannot; _store_call logged a failure
+
+    def _duplicate(self, operation: str, reservation: BudgetReservation) -> None:
+        self.duplicate_finishes[operation] += 1
+        log.debug(
+            "%s of reservation %s ignored: it was settled or released before", operation, reservation.id
+        )
+        for listener in self._duplicate_listeners:
+            listener(operation)
 
     # -- reporting ------------------------------------------------------------
 
@@ -293,7 +325,9 @@ class BudgetManager:
         return [self._usage(line, state, now) for line, state in zip(lines, states, strict=True)]
 
     async def drain(self) -> None:
-        """Wait for alert checks and webhook posts under way."""
+        """Wait for settles and releases whose callers left, alert checks and webhook posts under way."""
+        while self._finishing:
+            await asyncio.gather(*list(self._finishing), return_exceptions=True)
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
         await self.alerts.drain()
@@ -480,22 +514,27 @@ async def _logged(work: Coroutine[Any, Any, None]) -> None:
         log.exception("budget alert check failed")
 
 
-def build_budget_manager(
+async def build_budget_manager(
     config: Config, *, alerts: AlertDispatcher | None = None, usage_source: UsageSource | None = None
 ) -> BudgetManager:
     """The manager over the configured store: Redis when ``store.kind`` is redis, else SQLite in store.path;
-    ``usage_source`` (the ledger) rebuilds what Redis loses."""
+    ``usage_source`` (the ledger) rebuilds what Redis loses. The store is closed again if the manager
+    cannot be built over it."""
     settings = config.budget_store
     store: BudgetStore
     if config.store.kind == "redis" and config.store.url is not None:
         store = RedisBudgetStore.from_url(config.store.url, timeout_s=settings.redis_timeout_s)
     else:
         store = SqliteBudgetStore(config.store.path / "budgets.sqlite3")
-    return BudgetManager(
-        config.budgets,
-        store,
-        settings,
-        tier_order=config.tier_names,
-        alerts=alerts,
-        usage_source=usage_source,
-    )
+    try:
+        return BudgetManager(
+            config.budgets,
+            store,
+            settings,
+            tier_order=config.tier_names,
+            alerts=alerts,
+            usage_source=usage_source,
+        )
+    except BaseException:
+        await store.aclose()
+        raise

@@ -31,7 +31,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tierwise.router.budgets.store import Amount, BudgetLine, BudgetStoreUnavailable, LineState, ReserveResult
+from tierwise.router.budgets.store import (
+    Amount,
+    BudgetLine,
+    BudgetStoreUnavailable,
+    LineState,
+    ReserveResult,
+    SettleResult,
+)
 
 _PURGE = """
 local function sub(key, field, n)
@@ -103,30 +110,50 @@ return out
 """
 )
 
-# ARGV: id, usd, tokens, then per line: key lifetime ms. Returns used per line.
+# A settle or release finishes a reservation once: its id goes into the tenant's finished set
+# (the last key), scored by when it may be forgotten. The tail of ARGV: now_ms, forget_at_ms, keep_ms.
+_FINISH = """
+local function finish(id)
+  local done, now, forget_at, keep = KEYS[#KEYS], ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
+  redis.call('ZREMRANGEBYSCORE', done, '-inf', now)
+  if redis.call('ZSCORE', done, id) then return false end
+  redis.call('ZADD', done, forget_at, id)
+  if redis.call('PTTL', done) < tonumber(keep) then redis.call('PEXPIRE', done, keep) end
+  return true
+end
+"""
+
+# ARGV: id, usd, tokens, then per line: key lifetime ms, then the finish tail.
+# Returns 1 (applied) or 0 (finished before: nothing changed), then the totals per line.
 _SETTLE = (
     _PURGE
+    + _FINISH
     + """
-local out = {}
-for i = 1, #KEYS / 3 do
-  drop(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[1])
-  redis.call('HINCRBY', KEYS[3 * i - 2], 'used_usd', ARGV[2])
-  redis.call('HINCRBY', KEYS[3 * i - 2], 'used_tokens', ARGV[3])
-  keep_for(i, ARGV[3 + i])
+local applied = finish(ARGV[1])
+local out = {applied and 1 or 0}
+for i = 1, (#KEYS - 1) / 3 do
+  if applied then
+    drop(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[1])
+    redis.call('HINCRBY', KEYS[3 * i - 2], 'used_usd', ARGV[2])
+    redis.call('HINCRBY', KEYS[3 * i - 2], 'used_tokens', ARGV[3])
+    keep_for(i, ARGV[3 + i])
+  end
   read(KEYS[3 * i - 2], out)
 end
 return out
 """
 )
 
-# ARGV: id.
+# ARGV: id, then the finish tail. Returns 1 (released) or 0 (finished before: nothing changed).
 _RELEASE = (
     _PURGE
+    + _FINISH
     + """
-for i = 1, #KEYS / 3 do
+if not finish(ARGV[1]) then return {0} end
+for i = 1, (#KEYS - 1) / 3 do
   drop(KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i], ARGV[1])
 end
-return 0
+return {1}
 """
 )
 
@@ -184,6 +211,16 @@ def _keys(line: BudgetLine) -> list[str]:
     return [f"{base}:state", f"{base}:res", f"{base}:exp"]
 
 
+def _finished_key(lines: Sequence[BudgetLine]) -> str:
+    """The tenant's finished reservation ids (a reservation's lines are all one tenant's)."""
+    tenant = lines[0].tenant if lines else ""
+    return f"tw:budget:{{{_digest(tenant)}}}:finished"
+
+
+def _finish_args(now: float, keep_s: float) -> list[str | int]:
+    return [_ms(now), _ms(now + keep_s), max(1, _ms(keep_s))]
+
+
 def _alerts_key(line: BudgetLine) -> str:
     return f"tw:budget:{{{_digest(line.tenant)}}}:{_digest(line.budget)}:{line.period}:alerts"
 
@@ -227,14 +264,20 @@ class RedisBudgetStore:
         return ReserveResult(_states(reply[1:]), refused - 1 if refused else None)
 
     async def settle(
-        self, reservation_id: str, lines: Sequence[BudgetLine], actual: Amount, now: float
-    ) -> tuple[Amount, ...]:
+        self, reservation_id: str, lines: Sequence[BudgetLine], actual: Amount, now: float, keep_s: float
+    ) -> SettleResult:
         args: list[str | int] = [reservation_id, actual.usd_nanos, actual.tokens]
         args += [_lifetime_ms(line, now) for line in lines]
-        return tuple(state.used for state in _states(await self._call(self._settle, lines, args)))
+        args += _finish_args(now, keep_s)
+        reply = await self._call(self._settle, lines, args, extra_keys=[_finished_key(lines)])
+        return SettleResult(tuple(state.used for state in _states(reply[1:])), applied=int(reply[0]) == 1)
 
-    async def release(self, reservation_id: str, lines: Sequence[BudgetLine], now: float) -> None:
-        await self._call(self._release, lines, [reservation_id])
+    async def release(
+        self, reservation_id: str, lines: Sequence[BudgetLine], now: float, keep_s: float
+    ) -> bool:
+        args: list[str | int] = [reservation_id, *_finish_args(now, keep_s)]
+        reply = await self._call(self._release, lines, args, extra_keys=[_finished_key(lines)])
+        return int(reply[0]) == 1
 
     async def usage(self, lines: Sequence[BudgetLine], now: float) -> tuple[LineState, ...]:
         return _states(await self._call(self._usage, lines, [_ms(now)]))
@@ -270,8 +313,10 @@ class RedisBudgetStore:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _call(self, script: Any, lines: Sequence[BudgetLine], args: list[str | int]) -> list[Any]:
-        keys = [key for line in lines for key in _keys(line)]
+    async def _call(
+        self, script: Any, lines: Sequence[BudgetLine], args: list[str | int], extra_keys: Sequence[str] = ()
+    ) -> list[Any]:
+        keys = [key for line in lines for key in _keys(line)] + list(extra_keys)
         try:
             reply = await script(keys=keys, args=args)
         except (RedisError, OSError) as exc:

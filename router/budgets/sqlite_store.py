@@ -16,7 +16,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from tierwise.router.budgets.store import Amount, BudgetLine, BudgetStoreUnavailable, LineState, ReserveResult
+from tierwise.router.budgets.store import (
+    Amount,
+    BudgetLine,
+    BudgetStoreUnavailable,
+    LineState,
+    ReserveResult,
+    SettleResult,
+)
 
 T = TypeVar("T")
 
@@ -34,6 +41,8 @@ CREATE INDEX IF NOT EXISTS budget_reservations_expiry ON budget_reservations (ex
 CREATE TABLE IF NOT EXISTS budget_alerts (
     budget TEXT NOT NULL, period TEXT NOT NULL, mark TEXT NOT NULL, expires_at REAL NOT NULL,
     PRIMARY KEY (budget, period, mark));
+CREATE TABLE IF NOT EXISTS budget_finished (id TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS budget_finished_expiry ON budget_finished (expires_at);
 """
 
 
@@ -71,10 +80,11 @@ class SqliteBudgetStore:
         return await self._transaction(run)
 
     async def settle(
-        self, reservation_id: str, lines: Sequence[BudgetLine], actual: Amount, now: float
-    ) -> tuple[Amount, ...]:
-        def run(db: sqlite3.Connection) -> tuple[Amount, ...]:
-            _delete_reservation(db, reservation_id)
+        self, reservation_id: str, lines: Sequence[BudgetLine], actual: Amount, now: float, keep_s: float
+    ) -> SettleResult:
+        def run(db: sqlite3.Connection) -> SettleResult:
+            if not _finish(db, reservation_id, now, keep_s):
+                return SettleResult(tuple(_state(db, line, now).used for line in lines), applied=False)
             used = []
             for line in lines:
                 row = db.execute(
@@ -85,12 +95,14 @@ class SqliteBudgetStore:
                     (line.budget, line.period, actual.usd_nanos, actual.tokens, line.expires_at),
                 ).fetchone()
                 used.append(Amount(row[0], row[1]))
-            return tuple(used)
+            return SettleResult(tuple(used))
 
         return await self._transaction(run)
 
-    async def release(self, reservation_id: str, lines: Sequence[BudgetLine], now: float) -> None:
-        await self._transaction(lambda db: _delete_reservation(db, reservation_id))
+    async def release(
+        self, reservation_id: str, lines: Sequence[BudgetLine], now: float, keep_s: float
+    ) -> bool:
+        return await self._transaction(lambda db: _finish(db, reservation_id, now, keep_s))
 
     async def usage(self, lines: Sequence[BudgetLine], now: float) -> tuple[LineState, ...]:
         return await self._transaction(lambda db: tuple(_state(db, line, now) for line in lines))
@@ -150,5 +162,13 @@ def _state(db: sqlite3.Connection, line: BudgetLine, now: float) -> LineState:
     return LineState(Amount(*used) if used else Amount(), Amount(*in_flight))
 
 
-def _delete_reservation(db: sqlite3.Connection, reservation_id: str) -> None:
+def _finish(db: sqlite3.Connection, reservation_id: str, now: float, keep_s: float) -> bool:
+    """Drop the reservation and remember its id as finished; False when it already was (a no-op)."""
+    db.execute("DELETE FROM budget_finished WHERE expires_at <= ?", (now,))
+    marked = db.execute(
+        "INSERT OR IGNORE INTO budget_finished VALUES (?, ?)", (reservation_id, now + keep_s)
+    ).rowcount
+    if marked != 1:
+        return False
     db.execute("DELETE FROM budget_reservations WHERE id = ?", (reservation_id,))
+    return True

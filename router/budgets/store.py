@@ -116,6 +116,12 @@ class ReserveResult:
         return self.refused is None and not self.unseeded
 
 
+@dataclass(frozen=True, slots=True)
+class SettleResult:
+    used: tuple[Amount, ...]  # per line, after this call
+    applied: bool = True  # False: the reservation was settled or released before, so nothing changed
+
+
 class BudgetStore(Protocol):
     """Every method is atomic over all ``lines`` it is given; ``now`` is unix time."""
 
@@ -128,12 +134,18 @@ class BudgetStore(Protocol):
         ...
 
     async def settle(
-        self, reservation_id: str, lines: Sequence[BudgetLine], actual: Amount, now: float
-    ) -> tuple[Amount, ...]:
-        """Drop the reservation (if still there) and add ``actual`` to used; returns used per line."""
+        self, reservation_id: str, lines: Sequence[BudgetLine], actual: Amount, now: float, keep_s: float
+    ) -> SettleResult:
+        """Drop the reservation (if still there) and add ``actual`` to used, once per reservation id:
+        an id settled or released before is left alone (``applied`` False). Finished ids are
+        remembered ``keep_s`` (the reservation TTL), which bounds the memory they take."""
         ...
 
-    async def release(self, reservation_id: str, lines: Sequence[BudgetLine], now: float) -> None: ...
+    async def release(
+        self, reservation_id: str, lines: Sequence[BudgetLine], now: float, keep_s: float
+    ) -> bool:
+        """Drop the reservation without spend; False (a no-op) when the id was settled or released before."""
+        ...
 
     async def usage(self, lines: Sequence[BudgetLine], now: float) -> tuple[LineState, ...]: ...
 

@@ -245,6 +245,12 @@ class Metrics:
             ["decision"],
             registry=r,
         )
+        self.budget_duplicates = Counter(
+            "tierwise_budget_duplicate_finishes",
+            "Budget settles or releases the store ignored: their reservation was finished before.",
+            ["operation"],
+            registry=r,
+        )
         self.circuit_state = Gauge(
             "tierwise_circuit_state",
             "Circuit breaker per tier: 0 closed, 1 half-open, 2 open.",
