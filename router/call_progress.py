@@ -43,6 +43,12 @@ class PromptTokens:
     def text(self, tier: TierConfig, text: str) -> int:
         return self._counter.count_text(text, encoding=self.encoding(tier))
 
+    def usage(self, tier: TierConfig, reported: TokenUsage | None, answer: str) -> TokenUsage:
+        """The upstream's reported usage, else tiktoken's count of what was sent and received."""
+        if reported is not None:
+            return reported
+        return TokenUsage(input_tokens=self.of(tier), output_tokens=self.text(tier, answer))
+
 
 class CallProgress:
     """The tier in flight and the text it has streamed, kept as the call goes."""

@@ -263,13 +263,6 @@ class Pipeline:
         timeout = self._health.try_timeout_s(tier.name, [t.name for t in later], left, streamed=streamed)
         return bounded_call(tier, spec, timeout)
 
-    @staticmethod
-    def _usage(tier: TierConfig, prompt: PromptTokens, reported: TokenUsage | None, text: str) -> TokenUsage:
-        """The upstream's reported usage, else tiktoken's count of what was sent and received."""
-        if reported is not None:
-            return reported
-        return TokenUsage(input_tokens=prompt.of(tier), output_tokens=prompt.text(tier, text))
-
     def _finish(
         self,
         plan: _Plan,
@@ -281,7 +274,7 @@ class Pipeline:
         started, upstream_s, first_token_at = timing
         decision = plan.decision
         now = self._clock()
-        usage = self._usage(tier, plan.prompt, result.usage, result.content)
+        usage = plan.prompt.usage(tier, result.usage, result.content)
         total_ms = (now - started) * 1000
         ttft_ms = (first_token_at - started) * 1000 if first_token_at is not None else total_ms
         after_first = (now - first_token_at) * 1000 if first_token_at is not None else 0.0

@@ -120,6 +120,9 @@ class CallContext:
     def time_remaining(self) -> float | None:
         return None
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:50000"
+
 
 @pytest.mark.asyncio
 async def test_a_stream_closed_at_its_last_chunk_is_booked_once(svc: Running) -> None:

@@ -168,10 +168,11 @@ def test_node_client_from_the_proto_alone_routes_completes_and_streams(
 
     assert result["presence"]["unset_absent"] and result["presence"]["zero_kept"]
     # What the Node client left unset or set to zero reached the provider that way: Route called
-    # no model, Complete and CompleteStream sent temperature 0 and no max_tokens.
+    # no model, Complete and CompleteStream sent temperature 0 and, with no max_tokens of the
+    # caller's, the tier's output bound (its max_output_tokens).
     sent = [request.body for request in upstream.requests]
     assert [(body["model"], body.get("stream", False)) for body in sent] == [
         ("small-model", False),
         ("small-model", True),
     ]
-    assert [(body.get("temperature"), "max_tokens" in body) for body in sent] == [(0, False), (0, False)]
+    assert [(body.get("temperature"), body.get("max_tokens")) for body in sent] == [(0, 512), (0, 512)]

@@ -38,15 +38,8 @@ from decimal import Decimal
 from typing import Any, Literal, TypeVar
 
 from tierwise.cache.backoff import Backoff, DownGate
-from tierwise.router.budgets.alerts import (
-    ALERT_UNITS,
-    AlertDispatcher,
-    AlertKind,
-    BudgetAlert,
-    Unit,
-    alert_limit,
-    spent_in,
-)
+from tierwise.router.budgets.alert_checks import AlertChecks
+from tierwise.router.budgets.alerts import AlertDispatcher, Unit
 from tierwise.router.budgets.rebuild import LineToSeed, UsageRebuilder, UsageSource
 from tierwise.router.budgets.redis_store import RedisBudgetStore
 from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
@@ -152,8 +145,7 @@ class BudgetManager:
             if isinstance(store, SeededBudgetStore)
             else None
         )
-        self._fired: dict[str, tuple[str, set[str]]] = {}  # budget -> (period, marks known to be set)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._alert_checks = AlertChecks(self._budgets, store, self.alerts, wall_clock, self._period)
         self._finishing: set[asyncio.Task[Any]] = set()  # settles and releases run to their end
         # A second settle or release of one reservation is a no-op in the store; counted here.
         self.duplicate_finishes: collections.Counter[str] = collections.Counter()
@@ -189,7 +181,7 @@ class BudgetManager:
             return self._fail(reservation, exc)
         if result.refused is not None:
             line, state = lines[result.refused], result.states[result.refused]
-            self._spawn(self._alert(line, "refused", [self._refused_unit(line, state, amount)], state.used))
+            self._alert_checks.crossed(line, "refused", [self._refused_unit(line, state, amount)], state.used)
             raise BudgetExhausted(self._exhausted_message(line, state, amount))
         degrade = self._soft_limits(lines, result.states, amount)
         return replace(reservation, degrade=degrade)
@@ -274,7 +266,7 @@ class BudgetManager:
             self._duplicate("settle", reservation)
             return
         for line, line_used in zip(reservation.lines, result.used, strict=True):
-            self._spawn(self._thresholds(line, line_used))
+            self._alert_checks.thresholds(line, line_used)
 
     async def release(self, reservation: BudgetReservation) -> None:
         """The request failed before spending: free its reservation (it would expire anyway)."""
@@ -328,8 +320,7 @@ class BudgetManager:
         """Wait for settles and releases whose callers left, alert checks and webhook posts under way."""
         while self._finishing:
             await asyncio.gather(*list(self._finishing), return_exceptions=True)
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks))
+        await self._alert_checks.drain()
         await self.alerts.drain()
 
     async def aclose(self) -> None:
@@ -399,7 +390,7 @@ class BudgetManager:
             if budget.soft_tokens is not None and total.tokens > budget.soft_tokens:
                 units.append("tokens")
             if units:
-                self._spawn(self._alert(line, "soft", units, state.used))
+                self._alert_checks.crossed(line, "soft", units, state.used)
                 if budget.on_soft == "degrade":
                     degrading.append(budget)
         if not degrading:
@@ -452,66 +443,6 @@ class BudgetManager:
             limit_tokens=budget.tokens,
             resets_at=Period.containing(budget.window, now).end,
         )
-
-    # -- alerts (background tasks, off the request path) ----------------------
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(_logged(work))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _thresholds(self, line: BudgetLine, used: Amount) -> None:
-        budget = self._budgets[line.budget]
-        for unit in ALERT_UNITS:
-            limit = alert_limit(budget, unit, "threshold")
-            if limit is not None:
-                spent = spent_in(unit, used)
-                levels = [level for level in budget.alerts if spent >= limit * Decimal(repr(level))]
-                await self._fire(line, "threshold", unit, levels, used)
-
-    async def _alert(self, line: BudgetLine, kind: AlertKind, units: list[Unit], used: Amount) -> None:
-        for unit in units:
-            await self._fire(line, kind, unit, [None], used)
-
-    async def _fire(
-        self, line: BudgetLine, kind: AlertKind, unit: Unit, levels: Sequence[float | None], used: Amount
-    ) -> None:
-        marks = {f"{unit}:{kind}:{'' if level is None else f'{level:g}'}": level for level in levels}
-        period, known = self._fired.get(line.budget, (line.period, set()))
-        if period != line.period:
-            known = set()
-        self._fired[line.budget] = (line.period, known)
-        wanted = [mark for mark in marks if mark not in known]
-        if not wanted:
-            return
-        try:
-            new = await self._store.mark_alerts(line, wanted, self._wall_clock().timestamp())
-        except BudgetStoreUnavailable as exc:
-            log.warning("budget alerts for %s not checked: %s", line.budget, exc.message)
-            return
-        known.update(wanted)
-        budget = self._budgets[line.budget]
-        for mark in new:
-            alert = BudgetAlert(
-                budget=budget.name,
-                tenant=budget.tenant,
-                feature=budget.feature,
-                period=line.period,
-                kind=kind,
-                unit=unit,
-                level=marks[mark],
-                used=spent_in(unit, used),
-                limit=alert_limit(budget, unit, kind) or Decimal(0),
-                resets_at=self._period(line).end,
-            )
-            self.alerts.dispatch(alert, budget.webhook_url)
-
-
-async def _logged(work: Coroutine[Any, Any, None]) -> None:
-    try:
-        await work
-    except Exception:
-        log.exception("budget alert check failed")
 
 
 async def build_budget_manager(

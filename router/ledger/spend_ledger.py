@@ -223,6 +223,11 @@ class SpendLedger(SinkReports):
         with self._lock:
             self._journal.close()
 
+    @property
+    def running(self) -> bool:
+        """Started and not yet closing: its writer takes what is recorded."""
+        return bool(self._tasks) and not self._closing
+
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Write everything recorded so far now; False when the store did not take it in time."""
         if not self._tasks:
