@@ -96,7 +96,7 @@ def _fillings(template: Template) -> list[tuple[str, str]]:
 
 
 def _articles(text: str) -> str:
-    """ "a orchid" → "an orchid"."""
+    """The article a vowel asks for: "a orchid" becomes "an orchid"."""
     return _BEFORE_VOWEL.sub(r"\1n \2", text)
 
 
