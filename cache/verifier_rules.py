@@ -24,7 +24,9 @@ Guards (``GUARD_RULES``, not model features): ``number_replaced`` and ``entity_r
 the strict cores of ``number`` and ``entity``: they fire only when each text has a number (a
 name) the other lacks, or a unit conflicts, so a verifier can keep them hard while a mere
 omission only raises its bar. ``entity_order`` sees two names swapped around an order word
-("Chicago before Berlin" vs "Berlin before Chicago").
+("Chicago before Berlin" vs "Berlin before Chicago"). ``substitution`` sees one text made from
+the other by replacing a single content word ("contain" vs "lack", "repair" vs "replace"), whatever
+the word: no table of opposites needed.
 
 The rules live by family beside this module: ``verifier_rules_quantities`` (number, date),
 ``verifier_rules_entities`` (entity, entity_order), ``verifier_rules_wording`` (negation,
@@ -56,6 +58,7 @@ from tierwise.cache.verifier_rules_wording import (
     AntonymRule,
     NegationRule,
     ScopeRule,
+    SubstitutionRule,
     count_negations,
     find_scopes,
 )
@@ -76,6 +79,7 @@ __all__ = [
     "RuleVerifier",
     "ScopeRule",
     "SidedRule",
+    "SubstitutionRule",
     "TextSignature",
     "rule_differences",
     "signature",
@@ -153,6 +157,7 @@ GUARD_RULES: tuple[PairRule, ...] = (
     ReplacedRule(NumberRule()),
     ReplacedRule(EntityRule()),
     EntityOrderRule(),
+    SubstitutionRule(),
 )
 RULES_BY_NAME: dict[str, PairRule] = {rule.name: rule for rule in (*RULES, *GUARD_RULES)}
 

@@ -195,7 +195,9 @@ def test_soft_rule_raises_the_bar_instead_of_rejecting(trained: tuple[object, Pa
             **_fields(model.manifest),
             # entity_replaced would still reject France / Germany: it leaves the hard rules too.
             "hard_rules": tuple(
-                name for name in model.manifest.hard_rules if name not in ("entity", "entity_replaced")
+                name
+                for name in model.manifest.hard_rules
+                if name not in ("entity", "entity_replaced", "substitution")
             ),
             "soft_rules": ("entity",),
             "soft_rule_threshold": min(1.0, probability + 0.01),
@@ -262,3 +264,13 @@ def test_shipped_model_serves_a_plain_paraphrase() -> None:
     verdict = verifier.verify(query, candidate, float(np.dot(left, right)), (left, right))
     assert verdict.accept, verdict.reason
     assert 0.0 <= verdict.score <= 1.0
+
+
+def test_shipped_model_rejects_a_one_word_substitution() -> None:
+    verifier = GuardedVerifier.load()
+    assert "substitution" in verifier.model.manifest.hard_rules
+    query, candidate = "Which dog foods contain grain?", "Which dog foods lack grain?"
+    left, right = _embedded(query, candidate)
+    verdict = verifier.verify(query, candidate, float(np.dot(left, right)), (left, right))
+    assert not verdict.accept
+    assert verdict.reason == "rule substitution: contain vs lack"

@@ -179,9 +179,29 @@ def test_rules_survive_odd_input() -> None:
     ],
 )
 def test_replacement_rules_fire_only_on_replacements(a: str, b: str, replaced: set[str]) -> None:
-    from tierwise.cache.verifier_rules import GUARD_RULES
+    from tierwise.cache.verifier_rules import GUARD_RULES, ReplacedRule
 
-    found = rule_differences(a, b, GUARD_RULES)
+    found = rule_differences(a, b, [rule for rule in GUARD_RULES if isinstance(rule, ReplacedRule)])
     assert {name for name, diffs in found.items() if diffs} == replaced
     base = rule_differences(a, b)
     assert base["number"] or base["entity"]  # the base rules see every one of these pairs
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "difference"),
+    [
+        ("Which dog foods contain grain?", "Which dog foods lack grain?", "contain vs lack"),
+        ("How do I repair a kettle?", "How do I replace a kettle?", "repair vs replace"),
+        ("How do I lose weight fast?", "How do I lose weight quickly?", "fast vs quickly"),
+        # Not one content word: a function word, an inflection, a typo, a number, more than one word.
+        ("What is the way to learn Go?", "Which is the way to learn Go?", None),
+        ("How do I learn to drive?", "How do I learn driving?", None),
+        ("How often should I feed a gecko?", "How often sohuld I feed a gecko?", None),
+        ("Book a table for 4 people.", "Book a table for 5 people.", None),
+        ("How do I repair a kettle?", "How can I fix an old kettle?", None),
+        ("How do I repair a kettle?", "How do I repair a kettle?", None),
+    ],
+)
+def test_substitution_sees_one_content_word_replaced(a: str, b: str, difference: str | None) -> None:
+    found = rule_differences(a, b, [RULES_BY_NAME["substitution"]])["substitution"]
+    assert found == ([] if difference is None else [difference])
