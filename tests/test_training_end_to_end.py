@@ -138,7 +138,13 @@ def test_train_register_evaluate_in_both_layouts(
     assert (pair["weak"], pair["strong"]) == ("medium", "large")
     for entry in pair["routers"].values():
         assert np.isfinite(entry["apgr"]) and 0.0 <= entry["cpt50"] <= entry["cpt80"] <= 1.0
-    assert report["rules"]["pair"]["better"] in ("threshold", "utility")
+    # The rule called better is the one with the higher APGR, as the pair view measured it.
+    rules = report["rules"]["pair"]
+    assert rules["apgr"] == {rule: pair["routers"][f"classifier-{rule}"]["apgr"] for rule in rules["apgr"]}
+    assert rules["apgr"][rules["better"]] == max(rules["apgr"].values())
+    # Cost to 95 % is read off the test curve (its operating point picked on these prompts), and says so.
+    assert routers["strongest"]["cost_to_95pct"]["read_off"] == "test curve"
+    assert "read off the test curve" in summary_table(report)
     # the wide copy, columns renamed, is the same evaluation as the RouterBench files
     for view in ("tier_set", "pair"):
         for name in ("classifier-threshold", "classifier-utility", "knn-utility", "task-prior-utility"):
