@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.trained_registry import routerbench_slice
+from tests.trained_registry import priced_tiers_config, routerbench_slice
 from tierwise.cache.embedder import SentenceEmbedder
 from tierwise.classifier import ModelRegistry, load_model
-from tierwise.router.config import Config, parse_config
+from tierwise.router.config import Config
 from tierwise.training.commands import parse_score_cols
 from tierwise.training.crossval import cross_validate, summary_lines
 from tierwise.training.dataset import load_routing_data
@@ -34,19 +34,8 @@ KEY = "sentence-transformers/all-MiniLM-L6-v2@384"
 
 
 def slice_config() -> Config:
-    return parse_config(
-        {
-            "tiers": [
-                {
-                    "name": name,
-                    "provider": "openai",
-                    "base_url": "http://127.0.0.1:1/v1",
-                    "model": model,
-                    "price": {"input_per_mtok": price_in, "output_per_mtok": price_out},
-                }
-                for name, model, price_in, price_out, _ in TIERS
-            ]
-        }
+    return priced_tiers_config(
+        [(name, model, price_in, price_out) for name, model, price_in, price_out, _ in TIERS]
     )
 
 
