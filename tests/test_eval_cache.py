@@ -77,6 +77,8 @@ def test_select_pairs_takes_a_split_and_a_stable_sample() -> None:
     pairs = [EvalPair((("user", f"q{i}"),), (("user", f"r{i}"),), i % 2) for i in range(200)]
     test = select_pairs(pairs, "test")
     assert 0 < len(test) < 100
+    # The shipped verifier trained on the train split: by default only pairs it never saw are scored.
+    assert select_pairs(pairs) == test
     assert select_pairs(pairs, "all", 10) == select_pairs(list(reversed(pairs)), "all", 10)
     with pytest.raises(ValueError, match="split"):
         select_pairs(pairs, "holdout")
@@ -127,3 +129,25 @@ def test_corpus_mode_counts_hits_on_other_entries_as_wrong(
     alone = asyncio.run(evaluate_cache(pairs, embedder, verifiers, [0.8], "pairs", tmp_path))
     assert (corpus["thresholds"][0]["cosine"]["served"], corpus["thresholds"][0]["cosine"]["right"]) == (2, 1)
     assert (alone["thresholds"][0]["cosine"]["served"], alone["thresholds"][0]["cosine"]["right"]) == (1, 1)
+
+
+def test_the_command_scores_the_test_split_unless_told_and_says_so(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tierwise.training.cli.app import app
+    from tierwise.training.verifier_data import QuestionPair, assign_splits
+
+    texts = [(f"How do I learn topic {i}?", f"What is the way to learn topic {i}?") for i in range(60)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"a": a, "b": b, "label": 1}) + "\n" for a, b in texts))
+    splits = assign_splits([QuestionPair(a, b, 1) for a, b in texts])
+    report_path = tmp_path / "report.json"
+    args = ["cache", "eval", "--pairs", str(path), "--thresholds", "0.9", "--json", str(report_path)]
+    result = CliRunner().invoke(
+        app, [*args, "--cache-dir", str(tmp_path / "embeddings"), "--device", "cpu"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["split"] == "test" and report["pairs"] == splits.count("test") < len(texts)
+    assert f"{splits.count('test')} pairs of the test split" in result.output
+    assert "test split, pairs mode" in result.output

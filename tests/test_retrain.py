@@ -18,6 +18,7 @@ from tests.harness import AUTH, build_config, config_dict, running_server
 from tests.trained_registry import routerbench_slice
 from tests.upstream import ScriptedUpstream
 from tierwise.classifier.features import EMBEDDING_DIM, STATISTIC_NAMES
+from tierwise.classifier.model import load_model
 from tierwise.classifier.registry import ModelRegistry
 from tierwise.router.config import Config
 from tierwise.router.feedback.store import FeedbackRecord, SqliteFeedbackStore
@@ -26,7 +27,7 @@ from tierwise.router.learning.traffic_sqlite import SqliteTrafficStore
 from tierwise.router.service import shared_embedder
 from tierwise.training.dataset import RoutingData, load_routing_data
 from tierwise.training.judged import judged_rows, read_judgments
-from tierwise.training.retrain import retrain
+from tierwise.training.retrain import metric_value, retrain
 from tierwise.training.routerbench import split_of
 from tierwise.training.train import train
 from tierwise.v1 import tierwise_pb2 as pb
@@ -62,11 +63,15 @@ def base(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     return root, loaded
 
 
-def serving_registry(root: Path, base: RoutingData, config: Config, *, seen_held_out: bool = False) -> str:
-    """Train and serve a version; ``seen_held_out`` also trains on the test split's labels: an incumbent
-    that ranks the held-out prompts well, which a candidate has to match."""
-    if seen_held_out:
-        base = replace(base, splits=np.where(base.splits == "test", "train", base.splits))
+def serving_registry(root: Path, base: RoutingData, config: Config, *, seen_gate_rows: bool = False) -> str:
+    """Train and serve a version; ``seen_gate_rows`` also trains on the validation split's labels (the
+    gate's rows) and selects on the test split instead: an incumbent that ranks the gate's prompts well,
+    which a candidate has to match."""
+    if seen_gate_rows:
+        splits = base.splits.copy()
+        splits[base.splits == "validation"] = "train"
+        splits[base.splits == "test"] = "validation"
+        base = replace(base, splits=splits)
     version = train([], config, root, prepared=base, seed=1).version
     ModelRegistry(root).promote(version, force=True)
     return version
@@ -128,7 +133,7 @@ def write_judged_traffic(config: Config, base: RoutingData, scores: np.ndarray) 
 def test_a_worse_candidate_is_not_promoted(base: tuple[Path, RoutingData], tmp_path: Path) -> None:
     _, data = base
     config = learning_config(tmp_path / "var", tmp_path / "registry", judgment_weight=20.0)
-    serving = serving_registry(tmp_path / "registry", data, config, seen_held_out=True)
+    serving = serving_registry(tmp_path / "registry", data, config, seen_gate_rows=True)
     # Judges that say the opposite of the recorded scores, weighted heavily: the candidate learns them.
     write_judged_traffic(config, data, 1.0 - data.scores)
     outcome = retrain(config, base=data)
@@ -137,7 +142,17 @@ def test_a_worse_candidate_is_not_promoted(base: tuple[Path, RoutingData], tmp_p
     models = outcome.report["models"]
     assert models["candidate"]["value"] < models["serving"]["value"]
     assert "keeping " + serving in outcome.reason
-    assert outcome.report["training_rows"]["judged"] > 0 and outcome.report["held_out"]["judged"] == 0
+    assert outcome.report["training_rows"]["judged"] > 0
+    # The gate read the base validation split (every judged id here hashes to train), never the test split
+    # that router eval and router simulate report: its values are the two models' validation APGR.
+    validation = data.split("validation")
+    assert outcome.report["gate_rows"] == {"base_validation": len(validation), "judged_held_out": 0}
+    registry = ModelRegistry(tmp_path / "registry")
+    for name, version in (("candidate", outcome.candidate or ""), ("serving", serving)):
+        model = load_model(registry.version_dir(version), config.tier_names, device="cpu")
+        on_validation = metric_value(model, validation, config, config.learning.retrain)[0]
+        assert models[name]["value"] == pytest.approx(on_validation)
+        assert models[name]["base_validation_value"] == pytest.approx(on_validation)
     directory = ModelRegistry(tmp_path / "registry").version_dir(outcome.candidate or "")
     saved = json.loads((directory / "retrain-report.json").read_text())
     assert saved["promoted"] is False and saved["reason"] == outcome.reason

@@ -8,12 +8,17 @@ import copy
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from rich.console import Console
 
 from tests.trained_registry import routerbench_slice
+from tierwise.training import simulate
+from tierwise.training.dataset import RoutingData
 from tierwise.training.judged import judged_rows, read_judgments
+from tierwise.training.retrain import metric_value
 from tierwise.training.routerbench import csv_files, load_rows, split_of
 from tierwise.training.simulate import STRONG, WEAK, SimulationSettings, run_simulation, simulation_config
 from tierwise.training.simulate_summary import print_and_plot_summary, summarize
@@ -22,10 +27,18 @@ ROWS_PER_FILE = 30  # 90 prompts: 52 train, 21 validation, 17 test
 
 
 def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
-    shared_data: Path, tmp_path: Path
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = routerbench_slice(shared_data, tmp_path / "data", ROWS_PER_FILE)
     workdir = tmp_path / "sim"
+    # Which base splits the simulation scores models on, one entry per reading.
+    readings: list[str] = []
+
+    def recording_metric_value(model: Any, rows: RoutingData, *args: Any) -> Any:
+        readings.append("/".join(sorted(set(rows.splits.tolist()))))
+        return metric_value(model, rows, *args)
+
+    monkeypatch.setattr(simulate, "metric_value", recording_metric_value)
     report = run_simulation(
         data,
         workdir,
@@ -41,30 +54,39 @@ def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
     # Every train-split prompt but the weak start's slice is served once; none fails.
     assert sum(r["requests"] for r in report["rounds"]) == len(train_prompts) - 20
     assert all(r["failed"] == 0 for r in report["rounds"])
-    for entry in (*report["rounds"], report["final"], report["reference"]):
-        for key in ("held_out_apgr", "validation_apgr"):
+    for entry in (report["final"], report["reference"]):
+        for key in ("test_apgr", "validation_apgr"):
             assert 0.0 <= entry[key] <= 1.0
+    # The test split is read once per model it reports: the final one and the offline reference, after
+    # the loop. Each round reads validation only (the serving model and the candidate).
+    assert readings == ["validation"] * 2 * len(report["rounds"]) + ["validation", "test"] * 2
     for r in report["rounds"]:
+        assert 0.0 <= r["validation_apgr"] <= 1.0 and not {"test_apgr", "held_out_apgr"} & set(r)
         assert r["candidate"] and set(r["gate"]) >= {"candidate", "serving", "tolerance", "verdict"}
         assert r["gate"]["verdict"]["rule"] == "bootstrap"
+        # The gate read the validation split (and held-out judged prompts), never the test split.
+        assert r["gate"]["gate_rows"]["base_validation"] == report["splits"]["validation"]["rows"]
         assert float(r["shadow_spend_usd"]) > 0  # gpt-4's or mixtral's recorded answer, at list prices
         assert float(r["judge_spend_usd"]) == 0  # the replay judge calls no model
     # rate 1: both tiers' answers of every served request judged
     assert report["rounds"][-1]["judgments_total"] == 2 * (len(train_prompts) - 20)
     assert report["judge"] == "replay judge (recorded scores)"
-    assert report["held_out"]["test_rows"] == sum(split_of(r.sample_id) == "test" for r in rows)
+    assert report["splits"]["test"]["rows"] == sum(split_of(r.sample_id) == "test" for r in rows)
     assert report["seed"] == 3
 
-    # Repeats are summarised per round: here the same run and a copy 0.1 higher on the test split.
+    # Repeats are summarised per round on validation, and the final test reading over the runs: here the
+    # same run and a copy 0.1 higher on both splits.
     higher = copy.deepcopy(report)
     for entry in (*higher["rounds"], higher["final"]):
-        entry["held_out_apgr"] += 0.1
+        entry["validation_apgr"] += 0.1
+    higher["final"]["test_apgr"] += 0.1
     summary = summarize([report, higher])
     assert [e["round"] for e in summary["per_round"]] == [1, 2, "final"]
     first = summary["per_round"][0]
-    assert first["test"]["mean"] == round(report["rounds"][0]["held_out_apgr"] + 0.05, 4)
-    assert first["test"]["sd"] == round(0.1 / 2**0.5, 4)
-    assert first["validation"]["sd"] == 0.0
+    assert set(first) == {"round", "validation", "promoted"}
+    assert first["validation"]["mean"] == round(report["rounds"][0]["validation_apgr"] + 0.05, 4)
+    assert first["validation"]["sd"] == round(0.1 / 2**0.5, 4)
+    assert summary["final_test"]["mean"] == round(report["final"]["test_apgr"] + 0.05, 4)
     assert summary["gap_to_reference"]["test"]["mean"] == round(report["final"]["gap_to_reference"] - 0.05, 4)
     assert (
         print_and_plot_summary(summary, [report, higher], tmp_path, Console(file=None)).stat().st_size > 1000

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.trained_registry import routerbench_slice
+from tests.trained_registry import priced_tiers_config, routerbench_slice
 from tierwise.cache.embedder import SentenceEmbedder
 from tierwise.classifier import ModelRegistry, load_model
-from tierwise.router.config import Config, parse_config
+from tierwise.router.config import Config
 from tierwise.training.commands import parse_score_cols
 from tierwise.training.crossval import cross_validate, summary_lines
 from tierwise.training.dataset import load_routing_data
@@ -34,19 +34,8 @@ KEY = "sentence-transformers/all-MiniLM-L6-v2@384"
 
 
 def slice_config() -> Config:
-    return parse_config(
-        {
-            "tiers": [
-                {
-                    "name": name,
-                    "provider": "openai",
-                    "base_url": "http://127.0.0.1:1/v1",
-                    "model": model,
-                    "price": {"input_per_mtok": price_in, "output_per_mtok": price_out},
-                }
-                for name, model, price_in, price_out, _ in TIERS
-            ]
-        }
+    return priced_tiers_config(
+        [(name, model, price_in, price_out) for name, model, price_in, price_out, _ in TIERS]
     )
 
 
@@ -138,7 +127,13 @@ def test_train_register_evaluate_in_both_layouts(
     assert (pair["weak"], pair["strong"]) == ("medium", "large")
     for entry in pair["routers"].values():
         assert np.isfinite(entry["apgr"]) and 0.0 <= entry["cpt50"] <= entry["cpt80"] <= 1.0
-    assert report["rules"]["pair"]["better"] in ("threshold", "utility")
+    # The rule called better is the one with the higher APGR, as the pair view measured it.
+    rules = report["rules"]["pair"]
+    assert rules["apgr"] == {rule: pair["routers"][f"classifier-{rule}"]["apgr"] for rule in rules["apgr"]}
+    assert rules["apgr"][rules["better"]] == max(rules["apgr"].values())
+    # Cost to 95 % is read off the test curve (its operating point picked on these prompts), and says so.
+    assert routers["strongest"]["cost_to_95pct"]["read_off"] == "test curve"
+    assert "read off the test curve" in summary_table(report)
     # the wide copy, columns renamed, is the same evaluation as the RouterBench files
     for view in ("tier_set", "pair"):
         for name in ("classifier-threshold", "classifier-utility", "knn-utility", "task-prior-utility"):

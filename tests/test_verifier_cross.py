@@ -252,6 +252,12 @@ def test_train_cross_encoder_writes_a_verifier_that_loads(tmp_path: Path) -> Non
     assert (manifest.cross_encoder is None) == (not (model_dir / CROSS_ENCODER_FILE).exists())
     if manifest.cross_encoder is not None:
         assert manifest.cross_encoder.weight in WEIGHT_GRID
-    assert report["test"]["guarded"]["served"] >= 0
+    # Scored once on the file's test split, every pair of it and no other: the counts say which pairs.
+    from tierwise.training.verifier_data import pairs_by_split, read_pairs
+
+    test_labels = [pair.label for pair in pairs_by_split(read_pairs(pairs_file))["test"]]
+    tested = report["test"]["guarded"]
+    assert (tested["positives"], tested["negatives"]) == (sum(test_labels), test_labels.count(0))
+    assert 0 < sum(test_labels) < len(test_labels) and tested["served"] <= len(test_labels)
     assert "guarded_classifier_only" in report["validation"]
     assert report["cross_encoder_training"]["max_pairs"] == 32

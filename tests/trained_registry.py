@@ -4,10 +4,12 @@ RouterBench for the harness's tiers (small, large), the first one serving."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.harness import build_config, config_dict
 from tierwise.classifier.registry import ModelRegistry
+from tierwise.router.config import Config, parse_config
 from tierwise.router.service import shared_embedder
 from tierwise.training.train import train
 
@@ -25,6 +27,25 @@ def routerbench_slice(shared_data: Path, data: Path, rows_per_file: int = ROWS_P
         with (data / source.name).open("w", newline="", encoding="utf-8") as handle:
             csv.writer(handle).writerows(rows)
     return data
+
+
+def priced_tiers_config(tiers: Sequence[tuple[str, str, str, str]]) -> Config:
+    """A config with these tiers (name, RouterBench model, USD per million input / output tokens), cheapest
+    first, at an address nothing answers: for training and evaluating, not serving."""
+    return parse_config(
+        {
+            "tiers": [
+                {
+                    "name": name,
+                    "provider": "openai",
+                    "base_url": "http://127.0.0.1:1/v1",
+                    "model": model,
+                    "price": {"input_per_mtok": price_in, "output_per_mtok": price_out},
+                }
+                for name, model, price_in, price_out in tiers
+            ]
+        }
+    )
 
 
 def train_small_registry(shared_data: Path, root: Path) -> tuple[Path, list[str]]:

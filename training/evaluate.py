@@ -9,7 +9,10 @@ a score for every tier, at the recorded cost of each answer.
 Two views:
 
 - the tier set (every configured tier): each router's cost-quality curve,
-  AIQ, and the cost to reach 90% / 95% of the strongest tier's mean quality;
+  AIQ, and the cost to reach 90% / 95% of the strongest tier's mean quality,
+  read off the evaluated split's curve (the test split's for results): the
+  operating point that reaches it is found on the same prompts it is scored on,
+  so that cost is a best case, and the report says which curve it came from;
 - a strong/weak pair: APGR, CPT(50%) and CPT(80%) over the share of strong calls.
 """
 
@@ -253,8 +256,14 @@ def _rounded(value: float | None, digits: int = 6) -> float | None:
 
 
 def tier_set_report(
-    curves: Mapping[str, list[CurvePoint]], singles: Mapping[str, CurvePoint], strongest: str, cheapest: str
+    curves: Mapping[str, list[CurvePoint]],
+    singles: Mapping[str, CurvePoint],
+    strongest: str,
+    cheapest: str,
+    split: str,
 ) -> dict[str, Any]:
+    """AIQ and the cost to reach 90 % / 95 % of the strongest tier's quality per router; both costs are
+    read off ``split``'s curve, which found the operating point on the prompts it is scored on."""
     single_costs = [p.cost for p in singles.values()]
     low, high = min(single_costs), max(single_costs)
     strong_point = singles[strongest]
@@ -275,6 +284,7 @@ def tier_set_report(
                     "share_of_strongest_cost": _rounded(reached.cost / strong_point.cost),
                     "quality": _rounded(reached.quality),
                     "parameter": reached.parameter,
+                    "read_off": f"{split} curve",
                 }
             )
         routers[name] = entry
@@ -393,7 +403,7 @@ def evaluate(
         "tiers": {
             name: {"quality": round(p.quality, 6), "cost": round(p.cost, 9)} for name, p in singles.items()
         },
-        "tier_set": tier_set_report(curves, singles, names[-1], names[0]),
+        "tier_set": tier_set_report(curves, singles, names[-1], names[0], split),
     }
     pair = _pair(config, strong, weak)
     if pair is not None:
@@ -462,5 +472,8 @@ def summary_table(report: Mapping[str, Any]) -> str:
         lines.append(line)
     if "pair" in report:
         lines.append(f"pair: {report['pair']['weak']} (weak) vs {report['pair']['strong']} (strong)")
-    lines.append("cost@x% = cost to reach x% of the strongest tier's mean score, as a share of its cost")
+    lines.append(
+        "cost@x% = cost to reach x% of the strongest tier's mean score, as a share of its cost, read off the "
+        f"{report['split']} curve (the operating point is picked on these same prompts: a best case)"
+    )
     return "\n".join(lines)

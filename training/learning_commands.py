@@ -24,7 +24,8 @@ def retrain(
     watch: Annotated[bool, typer.Option(help="run every learning.retrain.interval_s until stopped")] = False,
     force: Annotated[bool, typer.Option(help="train even with too few new judgments")] = False,
 ) -> None:
-    """Train on base data + judged traffic; promote only if the candidate matches the serving model on held-out data."""
+    """Train on base data + judged traffic; promote only if the candidate matches the serving model on the gate's rows
+    (base validation split + held-out judged requests; never the base test split)."""
     from tierwise.classifier.model import ModelRefused
     from tierwise.classifier.registry import RegistryError
     from tierwise.router.config import ConfigError, load_config
@@ -51,7 +52,7 @@ def retrain(
             }
             if outcome.report:
                 summary["models"] = {
-                    k: {m: v[m] for m in ("version", "value", "rows", "base_test_value")}
+                    k: {m: v[m] for m in ("version", "value", "rows", "base_validation_value")}
                     for k, v in outcome.report["models"].items()
                 }
             typer.echo(json.dumps(summary, indent=2))
@@ -77,8 +78,8 @@ def simulate(
         float,
         typer.Option(
             min=0.0,
-            help="the gate keeps the serving model when the candidate's held-out APGR trails it by more "
-            "than this in at least 95% of paired resamples",
+            help="the gate keeps the serving model when the candidate's APGR on the gate's rows (validation "
+            "split + held-out judged prompts) trails it by more than this in at least 95% of paired resamples",
         ),
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="draws the weak start's slice and the traffic's order")] = 0,

@@ -114,6 +114,9 @@ def aiq(points: Sequence[tuple[float, float]], min_cost: float, max_cost: float)
 
 
 def cost_to_reach(points: Sequence[CurvePoint], quality: float) -> CurvePoint | None:
-    """The cheapest measured operating point whose quality reaches ``quality``."""
+    """The cheapest measured operating point whose quality reaches ``quality``.
+
+    The point is picked on the curve it is given, so on a test curve it is chosen by looking at the
+    test prompts: a best case for that split, to be labelled as read off it, not a held-out setting."""
     reaching = [p for p in points if p.quality >= quality]
     return min(reaching, key=lambda p: p.cost) if reaching else None

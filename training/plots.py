@@ -33,7 +33,18 @@ def plot_report(report: Mapping[str, Any], path: str | Path) -> Path:
     tier_axis.set_xscale("log")
     tier_axis.set_xlabel("mean cost per prompt (USD, log scale)")
     tier_axis.set_ylabel("mean score")
-    tier_axis.set_title(f"all tiers, test split ({report['prompts']} prompts)")
+    tier_set = report["tier_set"]
+    target = 0.95 * tier_set["strongest_quality"]
+    tier_axis.axhline(target, color="grey", linestyle=":", linewidth=0.8)
+    tier_axis.annotate(
+        f"95 % of {tier_set['strongest']} (cost@95% is read off the {report['split']} curve)",
+        (tier_set["cost_range"][0], target),
+        fontsize=7,
+        color="grey",
+        xytext=(0, 3),
+        textcoords="offset points",
+    )
+    tier_axis.set_title(f"all tiers, {report['split']} split ({report['prompts']} prompts)")
     tier_axis.legend(fontsize=7, loc="lower right")
     tier_axis.grid(alpha=0.3)
     if "pair" in report:

@@ -4,12 +4,16 @@ at least as good as the serving one on held-out data.
 Training rows are the base data's train split plus the judged requests of the
 train split (by request-id hash), weighted by ``judgment_weight``; selection and
 calibration use the validation splits of both. The gate scores the candidate
-and the serving model on the same held-out rows: the base data's test split
-plus the held-out judged requests, with the configured metric (APGR of the
-strong/weak pair, or AIQ over every tier) under the configured decision rule,
-and keeps the serving model only when paired resamples of those rows show the
-candidate worse beyond the tolerance with the configured confidence
+and the serving model on the same rows: the base data's validation split (by
+sample id) plus the held-out judged requests, with the configured metric (APGR
+of the strong/weak pair, or AIQ over every tier) under the configured decision
+rule, and keeps the serving model only when paired resamples of those rows show
+the candidate worse beyond the tolerance with the configured confidence
 (``tierwise.training.gate``; ``gate: point`` compares the two values as they are).
+The base test split is never read here: a model chosen on it would make its test
+score (``router eval``, ``router simulate``) a selected number, not a held-out one.
+Selection reads the base validation split too, so the gate compares two models
+chosen on those rows: fair between them, not an unbiased estimate of either.
 Judged rows are scored from the features the server stored, never recomputed.
 
 Every run that trains writes ``retrain-report.json`` and ``retrain-report.png``
@@ -98,6 +102,16 @@ def metric_value(
     return held_out.value(decisions), len(held_out.scores), held_out.curve(decisions)
 
 
+def gate_rows(rows: RoutingData) -> np.ndarray:
+    """The rows the gate compares the two models on: the base data's validation split and the judged
+    requests held out of training (their hash split's third share, named ``test``). Never the base
+    test split: that one is only reported, by ``router eval`` and ``router simulate``."""
+    judged = np.array([t == JUDGED_TASK for t in rows.tasks], dtype=bool)
+    return np.asarray(
+        (~judged & (rows.splits == "validation")) | (judged & (rows.splits == "test")), dtype=bool
+    )
+
+
 def _read_state(registry: ModelRegistry) -> dict[str, Any]:
     try:
         data = json.loads((registry.root / STATE_FILE).read_text(encoding="utf-8"))
@@ -123,7 +137,7 @@ def plot_retrain(report: dict[str, Any], path: Path) -> None:
     axis.set_xlabel("strong-tier share" if report["metric"] == "apgr" else "cost per prompt (USD)")
     axis.set_ylabel("mean score")
     verdict = "promoted" if report["promoted"] else "kept serving model"
-    axis.set_title(f"retrain: {verdict} — held-out {report['held_out']}")
+    axis.set_title(f"retrain: {verdict} — gate rows {report['gate_rows']}")
     axis.legend(fontsize=8)
     save_figure(figure, path)
 
@@ -181,7 +195,7 @@ def retrain(
         )
     everything = concat(parts)
     is_judged = np.array([t == JUDGED_TASK for t in everything.tasks], dtype=bool)
-    held_out = everything.split("test")
+    gate_set = everything.subset(gate_rows(everything))
     # Judged held-out rows stay out of training's own test metrics: they have no prompt text to re-featurise.
     trainable = everything.subset(~(is_judged & (everything.splits == "test")))
     result = train(
@@ -196,21 +210,21 @@ def retrain(
     models = {"candidate": load_model(result.directory, config.tier_names, device="cpu")}
     if serving_version is not None:
         models["serving"] = load_model(registry.version_dir(serving_version), config.tier_names, device="cpu")
-    held_base = np.array([t != JUDGED_TASK for t in held_out.tasks], dtype=bool)
-    scored_held_out = scored_rows(held_out, config, settings)
-    # The base test split's rows among them: its value comes from the same decisions (each is per row).
-    base_positions = np.flatnonzero([t != JUDGED_TASK for t in scored_held_out.tasks])
+    gate_base = np.array([t != JUDGED_TASK for t in gate_set.tasks], dtype=bool)
+    scored_gate_set = scored_rows(gate_set, config, settings)
+    # The base validation rows among them: their value comes from the same decisions (each is per row).
+    base_positions = np.flatnonzero([t != JUDGED_TASK for t in scored_gate_set.tasks])
     scored: dict[str, Any] = {}
     decisions: dict[str, Decisions] = {}
     rows: HeldOut | None = None
     for name, model in models.items():
-        rows, decisions[name] = held_out_decisions(model, scored_held_out, config, settings)
+        rows, decisions[name] = held_out_decisions(model, scored_gate_set, config, settings)
         empty = len(rows.scores) == 0
         scored[name] = {
             "version": model.version,
             "value": float("nan") if empty else rows.value(decisions[name]),
             "rows": len(rows.scores),
-            "base_test_value": (
+            "base_validation_value": (
                 float("nan") if len(base_positions) == 0 else rows.value(decisions[name], base_positions)
             ),
             "curve": [] if empty else rows.curve(decisions[name]),
@@ -219,7 +233,7 @@ def retrain(
     if "serving" not in scored:
         promoted, reason = True, "no model was serving"
     elif rows is None or len(rows.scores) == 0:
-        promoted, reason = False, "no held-out row is scored for the compared tiers"
+        promoted, reason = False, "no gate row is scored for the compared tiers"
     else:
         verdict = judge(
             rows,
@@ -240,7 +254,7 @@ def retrain(
         # The comparison above is the gate (same rows, same metric); the registry's own gate compares
         # test-split AIQ only on identical data, which judged traffic never is.
         registry.promote(result.version, force=True, expected_tiers=config.tier_names)
-    judged_held_out = int((~held_base).sum())
+    judged_held_out = int((~gate_base).sum())
     report: dict[str, Any] = {
         "candidate": result.version,
         "serving_before": serving_version,
@@ -250,7 +264,7 @@ def retrain(
         "rule": config.routing.classifier.rule,
         "tolerance": settings.tolerance,
         "gate": gate,
-        "held_out": {"base_test": len(held_out) - judged_held_out, "judged": judged_held_out},
+        "gate_rows": {"base_validation": len(gate_set) - judged_held_out, "judged_held_out": judged_held_out},
         "judgments": {"read": len(judgments.records), "new": new, "since": since, "until": now},
         "training_rows": {
             "base": 0 if base is None else int((base.splits == "train").sum()),

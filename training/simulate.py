@@ -7,12 +7,13 @@ rest of the train split's prompts through ``Complete``; the server samples
 requests after answering, shadows the other tier and has the replay judge
 (recorded scores, not a model's opinion) score both answers; then ``retrain``
 trains a candidate on the slice + the judgments and promotes it behind the
-gate, and the server hot-swaps it. Reported per round: held-out APGR of the
-serving model on the base test split (never trained on), the cost per
-request, and the judge + shadow spend; against a model trained offline on every
-label of the train split. The validation split's APGR is reported next to the
-test split's: training picks among its candidates by validation, the gate reads
-the test split, so neither is untouched, and 334 test prompts are a noisy ruler
+gate, and the server hot-swaps it. Reported per round: the serving model's and
+the candidate's APGR on the base validation split (the rows the gate reads, with
+the held-out judged prompts; training selects on it too, so it is not a held-out
+number), the cost per request, and the judge + shadow spend. The base test split
+is read once per run, at the end: the final model's APGR and that of a model
+trained offline on every label of the train split. Nothing in the loop chooses on
+it, so that one number is held out; 334 test prompts are still a noisy ruler
 (models trained on as many labels differ by ~0.03; ``--repeats`` averages
 replays with other draws). Judged prompts train, but a tenth held out for the
 gate; selection and calibration use the base validation split, as they do for
@@ -134,25 +135,24 @@ async def _serve_round(
     return total, served, failed
 
 
-def _apgr(registry: Path, version: str, base: RoutingData, config: Config) -> dict[str, float]:
-    """APGR of a version on the base test split (held out from everything) and on the validation
-    split (never trained on, but training picks among its candidates by it), under the serving rule."""
+def _apgr(registry: Path, version: str, base: RoutingData, config: Config, split: str) -> float:
+    """APGR of a version on one split of the base data, under the serving rule: ``validation`` each round
+    (the gate's rows), ``test`` once per run (the final model and the offline reference)."""
     model = load_model(ModelRegistry(registry).version_dir(version), config.tier_names, device="cpu")
-    settings = config.learning.retrain
-    return {
-        split: round(metric_value(model, base.split(split), config, settings)[0], 4)
-        for split in ("test", "validation")
-    }
+    return round(metric_value(model, base.split(split), config, config.learning.retrain)[0], 4)
 
 
 def _gate(report: dict[str, Any]) -> dict[str, Any]:
-    """What the retrain gate saw: both models' metric on its held-out rows and on the base test split."""
+    """What the retrain gate saw: both models' metric on its rows and on the base validation split alone."""
     models = report.get("models", {})
     return {
-        name: {"gate_value": round(m["value"], 4), "base_test_value": round(m["base_test_value"], 4)}
+        name: {
+            "gate_value": round(m["value"], 4),
+            "base_validation_value": round(m["base_validation_value"], 4),
+        }
         for name, m in models.items()
     } | {
-        "held_out_rows": report.get("held_out", {}),
+        "gate_rows": report.get("gate_rows", {}),
         "tolerance": report.get("tolerance"),
         "verdict": report.get("gate", {}),
     }
@@ -179,7 +179,6 @@ async def _simulate(
             data_dir, config, cache_dir, "routerbench", None, None, DEFAULT_EMBEDDER_KEY, console
         )
         reference = train([], config, workdir / "reference", prepared=base, console=console).version
-        reference_apgr = _apgr(workdir / "reference", reference, base, config)
         order = np.random.default_rng(settings.seed).permutation(np.flatnonzero(base.splits == "train"))
         start_rows, traffic_rows = order[: settings.slice_rows], order[settings.slice_rows :]
         keep = np.isin(np.arange(len(base)), start_rows) | (base.splits != "train")
@@ -197,7 +196,7 @@ async def _simulate(
         serving = weak
         try:
             for number, chunk in enumerate(np.array_split(traffic_rows, settings.rounds), start=1):
-                apgr = _apgr(workdir / "models", serving, base, config)
+                apgr = _apgr(workdir / "models", serving, base, config, "validation")
                 before = dict(learning.sampler.spent_usd)
                 cost, served, failed = await _serve_round(
                     f"127.0.0.1:{port}", key, [base.texts[i] for i in chunk], settings.concurrency
@@ -216,8 +215,7 @@ async def _simulate(
                     {
                         "round": number,
                         "model": outcome.serving,
-                        "held_out_apgr": apgr["test"],
-                        "validation_apgr": apgr["validation"],
+                        "validation_apgr": apgr,
                         "requests": served,
                         "failed": failed,
                         "cost_per_request_usd": str(cost / served) if served else "nan",
@@ -225,8 +223,8 @@ async def _simulate(
                         "shadow_spend_usd": str(spent["shadow"]),
                         "judge_spend_usd": str(spent["judge"]),
                         "candidate": outcome.candidate,
-                        "candidate_apgr": (
-                            _apgr(workdir / "models", outcome.candidate, base, config)
+                        "candidate_validation_apgr": (
+                            _apgr(workdir / "models", outcome.candidate, base, config, "validation")
                             if outcome.candidate
                             else None
                         ),
@@ -236,12 +234,20 @@ async def _simulate(
                     }
                 )
                 console.print(results[-1])
-            final = _apgr(workdir / "models", serving, base, config)
+            final = {
+                split: _apgr(workdir / "models", serving, base, config, split)
+                for split in ("validation", "test")
+            }
             totals = learning.sampler.stats()
         finally:
             await server.stop(grace_s=1)
     finally:
         replay.stop()
+    # The test split's one reading per model, after the loop has made every choice it makes.
+    reference_apgr = {
+        split: _apgr(workdir / "reference", reference, base, config, split)
+        for split in ("validation", "test")
+    }
     return {
         "judge": totals["judge"],
         "pair": {"weak": DEMO_TIERS[1][1], "strong": DEMO_TIERS[3][1]},
@@ -249,20 +255,28 @@ async def _simulate(
         "start_slice_rows": settings.slice_rows,
         "tolerance": settings.tolerance,
         "seed": settings.seed,
-        "held_out": {
-            "test_rows": int((base.splits == "test").sum()),
-            "split": "RouterBench test (sample id)",
+        "splits": {
+            "test": {
+                "rows": int((base.splits == "test").sum()),
+                "split": "RouterBench test (sample id)",
+                "read": "once, after the last round: the final model and the offline reference",
+            },
+            "validation": {
+                "rows": int((base.splits == "validation").sum()),
+                "split": "RouterBench validation (sample id)",
+                "read": "every round: the gate's rows (with held-out judged prompts); training selects on it",
+            },
         },
         "reference": {
             "version": reference,
-            "held_out_apgr": reference_apgr["test"],
+            "test_apgr": reference_apgr["test"],
             "validation_apgr": reference_apgr["validation"],
             "trained_on": "every train-split label",
         },
         "rounds": results,
         "final": {
             "version": serving,
-            "held_out_apgr": final["test"],
+            "test_apgr": final["test"],
             "validation_apgr": final["validation"],
             "gap_to_reference": round(reference_apgr["test"] - final["test"], 4),
             "validation_gap_to_reference": round(reference_apgr["validation"] - final["validation"], 4),
@@ -274,47 +288,48 @@ async def _simulate(
 def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> Path:
     table = Table(
         title=f"learning loop on replayed RouterBench traffic — judge: {report['judge']}",
-        caption="APGR of the serving model (test, valid.) and of the round's candidate (c.test, c.val)",
+        caption="APGR on the validation split (the gate's rows) of the serving model and the round's candidate",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     # Short headers: the table fits an 80-column terminal (requests per round are in the JSON).
-    for column in ("round", "test", "valid.", "USD/req", "judged", "shadow $", "c.test", "c.val", "prom"):
+    for column in ("round", "valid.", "USD/req", "judged", "shadow $", "cand. valid.", "prom"):
         table.add_column(column, no_wrap=True)
     for r in report["rounds"]:
-        candidate = r.get("candidate_apgr") or {}
+        candidate = r.get("candidate_validation_apgr")
         table.add_row(
             str(r["round"]),
-            f"{r['held_out_apgr']:.4f}",
             f"{r['validation_apgr']:.4f}",
             f"{float(r['cost_per_request_usd']):.5f}",
             str(r["judgments_total"]),
             f"{float(r['shadow_spend_usd']):.3f}",
-            *(f"{candidate[k]:.4f}" if k in candidate else "-" for k in ("test", "validation")),
+            "-" if candidate is None else f"{candidate:.4f}",
             "yes" if r["promoted"] else "no",
         )
     console.print(table)
     final, reference, totals = report["final"], report["reference"], report["sampling_totals"]
     console.print(
-        f"final model APGR test {final['held_out_apgr']:.4f} / validation {final['validation_apgr']:.4f}; "
-        f"offline model on every label {reference['held_out_apgr']:.4f} / {reference['validation_apgr']:.4f}; "
-        f"gap {final['gap_to_reference']:.4f} / {final['validation_gap_to_reference']:.4f} "
-        f"(held-out: RouterBench test split, {report['held_out']['test_rows']} prompts, "
-        f"{report['pair']['strong']} vs {report['pair']['weak']}); sampling spend: shadow "
-        f"${totals['shadow_spent_usd']}, judge ${totals['judge_spent_usd']}"
+        f"test split, read once ({report['splits']['test']['rows']} prompts, "
+        f"{report['pair']['strong']} vs {report['pair']['weak']}): final model APGR {final['test_apgr']:.4f}, "
+        f"offline model on every label {reference['test_apgr']:.4f}, gap {final['gap_to_reference']:.4f}; "
+        f"validation: {final['validation_apgr']:.4f} / {reference['validation_apgr']:.4f}; "
+        f"sampling spend: shadow ${totals['shadow_spent_usd']}, judge ${totals['judge_spent_usd']}"
     )
     plt = pyplot()
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = [r["round"] for r in report["rounds"]] + [len(report["rounds"]) + 1]
-    for key, split, color in (("held_out_apgr", "test", "C0"), ("validation_apgr", "validation", "C1")):
-        ys = [r[key] for r in report["rounds"]] + [report["final"][key]]
-        left.plot(xs, ys, marker="o", color=color, label=f"serving model, {split}")
-        left.axhline(
-            report["reference"][key], color=color, linestyle="--", label=f"offline, all labels, {split}"
-        )
+    ys = [r["validation_apgr"] for r in report["rounds"]] + [final["validation_apgr"]]
+    left.plot(xs, ys, marker="o", color="C1", label="serving model, validation (gate's rows)")
+    left.axhline(
+        reference["validation_apgr"], color="C1", linestyle="--", label="offline, all labels, validation"
+    )
+    left.scatter(
+        [xs[-1]], [final["test_apgr"]], marker="*", s=140, color="C0", label="final model, test (once)"
+    )
+    left.axhline(reference["test_apgr"], color="C0", linestyle=":", label="offline, all labels, test (once)")
     left.set_xlabel("round (model serving it; last: after the final retrain)")
-    left.set_ylabel("held-out APGR")
+    left.set_ylabel("APGR")
     left.legend()
     rounds = [r["round"] for r in report["rounds"]]
     right.bar(rounds, [float(r["cost_per_request_usd"]) for r in report["rounds"]])

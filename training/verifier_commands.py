@@ -148,8 +148,12 @@ def eval_cache(
     plot: Annotated[Path | None, typer.Option(help="write precision/recall curves (PNG) here")] = None,
     model: Annotated[Path, typer.Option(help="verifier model directory")] = SHIPPED_MODEL_DIR,
     split: Annotated[
-        str, typer.Option(help="all, or the train/validation/test group split of plain-text pairs (QQP)")
-    ] = "all",
+        str,
+        typer.Option(
+            help="test (the pairs the shipped verifier never trained or chose on), validation, train, "
+            "or all (a file that is not QQP's, e.g. the traps; on QQP, all includes the training pairs)"
+        ),
+    ] = "test",
     sample: Annotated[
         int | None, typer.Option(help="evaluate this many pairs, chosen by a hash of the text")
     ] = None,
@@ -182,7 +186,9 @@ def eval_cache(
         raise typer.Exit(2) from None
     inner = SentenceEmbedder(device=device)
     embedder = DiskCachedEmbedder(inner, EmbeddingDiskCache(_cache_dir(cache_dir), inner.info))
-    console.print(f"evaluating {len(chosen)} pairs in {mode} mode at thresholds {levels}")
+    console.print(
+        f"evaluating {len(chosen)} pairs of the {split} split in {mode} mode at thresholds {levels}"
+    )
     report = asyncio.run(
         evaluate_cache(
             chosen,
@@ -223,7 +229,10 @@ def _print_table(console: object, report: dict[str, object]) -> None:
     from rich.table import Table
 
     assert isinstance(console, Console)
-    table = Table(title=f"{report['mode']} mode, {report['pairs']} pairs ({report['positives']} label 1)")
+    table = Table(
+        title=f"{report['split']} split, {report['mode']} mode, {report['pairs']} pairs "
+        f"({report['positives']} label 1)"
+    )
     for column in ("threshold", "verifier", "precision", "recall", "wrong-serve", "served"):
         table.add_column(column, justify="right")
     rows = report["thresholds"]

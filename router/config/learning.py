@@ -113,7 +113,7 @@ class RetrainConfig(StrictSection):
         0.15,
         gt=0,
         lt=1,
-        description="share of judged prompts held out for the gate, with the base test split",
+        description="share of judged prompts held out for the gate, with the base validation split (never the test split)",
     )
     quality_bar: float = Field(0.5, ge=0, le=1, description="a score at or above it is adequate")
     window_days: float | None = Field(
