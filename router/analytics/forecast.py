@@ -11,6 +11,7 @@ it follow the forecast path (never below zero). Money already spent is exact
 from __future__ import annotations
 
 import calendar
+import functools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class DailySpend:
     now: float
 
 
+@functools.lru_cache(maxsize=1024)  # one parse per day label: a report repeats each in every group
 def _day_index(bucket: str) -> int:
     return int(datetime.strptime(bucket, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()) // DAY_S
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -139,6 +140,7 @@ class HourlySeries:
         return datetime.fromtimestamp((self.start_hour + index) * HOUR_S, UTC)
 
 
+@functools.lru_cache(maxsize=4096)  # one parse per hour label: a report repeats each in every group
 def _epoch_hour(bucket: str) -> int:
     moment = datetime.strptime(bucket, _HOUR_FORMAT).replace(tzinfo=UTC)
     return int(moment.timestamp()) // HOUR_S
