@@ -12,9 +12,12 @@ from tierwise.router.outcome import Attempt
 class ServiceError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, attempts: Sequence[Attempt] = ()) -> None:
+    def __init__(self, message: str, attempts: Sequence[Attempt] = (), *, public: str | None = None) -> None:
         super().__init__(message)
-        self.message = message
+        self.message = message  # the whole story, for the log
+        # What the caller's status says: the message, unless it names infrastructure (a store's
+        # address) that is not the caller's to see.
+        self.public = message if public is None else public
         self.attempts = tuple(attempts)
 
 

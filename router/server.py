@@ -89,7 +89,7 @@ class RouterServicer:
                 "request failed",
                 extra={"request_id": request_id, "code": exc.code.name, "error": exc.message},
             )
-            await _abort(context, exc.code, f"{exc.message} (request_id={request_id})")
+            await _abort(context, exc.code, f"{exc.public} (request_id={request_id})")
         log.exception("internal error", extra={"request_id": request_id})
         await _abort(context, grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
 

@@ -228,9 +228,8 @@ class BudgetManager:
         for listener in self._fail_mode_listeners:
             listener(decision)
         if closed:
-            raise BudgetStoreUnavailable(
-                f"{error.message}; fail_mode is closed for budget {closed[0]}, so its requests are refused"
-            ) from None
+            refused = f"; fail_mode is closed for budget {closed[0]}, so its requests are refused"
+            raise BudgetStoreUnavailable(error.message + refused, public=error.public + refused) from None
         return replace(reservation, enforced=False)
 
     def _fail_mode(self, line: BudgetLine) -> Literal["open", "closed"]:
