@@ -13,6 +13,7 @@ import pytest
 
 from tests.test_ledger import spend
 from tierwise.router.ledger.spend_ledger import SpendSink
+from tierwise.router.ledger.sql import SampleQuery
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
 
 DAY1_10H = 1709288100.0  # 2024-03-01T10:15:00Z
@@ -103,15 +104,17 @@ def check_store(sink: SpendSink) -> None:
     assert sink.totals(0, 1) == []
 
     # Per-request samples: the columns asked for, each with its group, oldest first, money exact.
-    samples = sink.samples(0, 2e9, ["team"], {"tenant": "acme"}, ["request_id", "cost_usd", "fallback"])
+    samples = sink.samples(
+        SampleQuery(0, 2e9, ["team"], {"tenant": "acme"}, ["request_id", "cost_usd", "fallback"])
+    )
     assert [(s.group["team"], *s.values) for s in samples] == [
         ("search", "req-00001", Decimal("0.1"), False),
         ("search", "req-00002", Decimal("0.2"), True),
         ("ads", "req-00003", TINY, False),
     ]
-    assert len(sink.samples(0, 2e9, [], None, ["total_ms"])) == 1004
+    assert len(sink.samples(SampleQuery(0, 2e9, [], None, ["total_ms"]))) == 1004
     with pytest.raises(ValueError, match="sample columns"):
-        sink.samples(0, 2e9, [], None, ["tags"])
+        sink.samples(SampleQuery(0, 2e9, [], None, ["tags"]))
 
     with pytest.raises(ValueError, match="tag keys"):
         sink.totals(0, 2e9, ['bad"key'])

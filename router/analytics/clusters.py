@@ -34,6 +34,7 @@ from tierwise.router.analytics.quality import JudgedScores, usd_per_quality
 from tierwise.router.analytics.report import CACHE_HITS
 from tierwise.router.learning.traffic import TrafficSample
 from tierwise.router.ledger.reports import SpendSource
+from tierwise.router.ledger.sql import SampleQuery
 from tierwise.router.pricing import total_usd
 
 SPEND_TARGET = Decimal("0.8")
@@ -314,7 +315,7 @@ async def cluster_view(
     """The clusters of the ledger's requests in [since, until) matching ``filters``."""
     if not 1 <= k <= MAX_CLUSTERS:
         raise ValueError(f"clusters: must be between 1 and {MAX_CLUSTERS}, got {k}")
-    rows = await source.samples(since, until, (), filters, _LEDGER_COLUMNS)
+    rows = await source.samples(SampleQuery(since, until, (), filters, _LEDGER_COLUMNS))
     requests = [SpentRequest(*row.values) for row in rows]
     samples: dict[str, TrafficSample] = {}
     if traffic is not None and requests:

@@ -33,7 +33,7 @@ from tierwise.router.analytics.source import parse_since
 from tierwise.router.auth import Authenticator, AuthThrottled, Caller, Unauthenticated
 from tierwise.router.config import Config
 from tierwise.router.ledger.reports import SpendSource
-from tierwise.router.ledger.sql import Sample, SpendTotals
+from tierwise.router.ledger.sql import Sample, SampleQuery, SpendTotals
 from tierwise.router.observability.scrape_access import bearer_metadata
 
 _STATIC = {"chart.umd.min.js": "text/javascript", "dashboard.js": "text/javascript"}
@@ -74,15 +74,8 @@ class _OnLoop:
     ) -> list[SpendTotals]:
         return await self._run(self._source.totals(since, until, by, filters))
 
-    async def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        return await self._run(self._source.samples(since, until, by, filters, columns))
+    async def samples(self, query: SampleQuery) -> list[Sample]:
+        return await self._run(self._source.samples(query))
 
     async def mean_scores(self, requests: Iterable[tuple[str, str]]) -> dict[tuple[str, str], float]:
         assert self._scores is not None  # handed out as scores only when there are some

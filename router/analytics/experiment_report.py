@@ -29,7 +29,7 @@ from tierwise.router.experiments.stats import (
 )
 from tierwise.router.ledger.record import STATUS_OK
 from tierwise.router.ledger.reports import SpendSource
-from tierwise.router.ledger.sql import Sample
+from tierwise.router.ledger.sql import Sample, SampleQuery
 
 FORCED = f"tag:{ARM_OVERRIDE_KEY}"
 COLUMNS = ("tenant", "request_id", "cost_usd", "total_ms", "cache_result", "status", "attempts")
@@ -99,7 +99,9 @@ async def load_experiment(
     source: SpendSource, scores: JudgedScores, experiment: ExperimentConfig, since: float, until: float
 ) -> ExperimentReport:
     """The experiment's requests in [since, until) from the ledger, joined with their judged scores."""
-    samples = await source.samples(since, until, ("arm", FORCED), {"experiment": experiment.name}, COLUMNS)
+    samples = await source.samples(
+        SampleQuery(since, until, ("arm", FORCED), {"experiment": experiment.name}, COLUMNS)
+    )
     judged = await scores.mean_scores((s.values[0], s.values[1]) for s in samples)
     return build_report(experiment, samples, judged, since=since, until=until)
 

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from tierwise.router.analytics.render import cell
 from tierwise.router.ledger.reports import SpendSource
+from tierwise.router.ledger.sql import SampleQuery
 from tierwise.router.pricing import total_usd
 
 QUALITY_DIMENSIONS = ("tier", "arm")
@@ -90,9 +91,8 @@ async def cost_per_quality(
     dimensions: Sequence[str] = QUALITY_DIMENSIONS,
 ) -> list[QualityRow]:
     """Per value of each dimension (tier, arm): spend, judged share, mean quality, USD per quality unit."""
-    samples = await source.samples(
-        since, until, list(dimensions), filters, ("tenant", "request_id", "cost_usd")
-    )
+    columns = ("tenant", "request_id", "cost_usd")
+    samples = await source.samples(SampleQuery(since, until, list(dimensions), filters, columns))
     judged = await scores.mean_scores((s.values[0], s.values[1]) for s in samples)
     acc: dict[tuple[str, str], _Acc] = {}
     for sample in samples:

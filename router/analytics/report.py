@@ -17,7 +17,7 @@ from decimal import Decimal
 import numpy as np
 
 from tierwise.router.ledger.reports import SpendSource
-from tierwise.router.ledger.sql import SpendTotals
+from tierwise.router.ledger.sql import SampleQuery, SpendTotals
 from tierwise.router.pricing import total_usd
 
 CACHE_HITS = ("exact", "semantic")
@@ -165,7 +165,7 @@ async def build_report(
     filters = dict(filters or {})
     split = by if "cache_result" in by else (*by, "cache_result")
     rows = await source.totals(since, until, split, filters)
-    samples = await source.samples(since, until, by, filters, _LATENCY_COLUMNS)
+    samples = await source.samples(SampleQuery(since, until, by, filters, _LATENCY_COLUMNS))
     groups: dict[GroupKey, _Sums] = {}
     total = _Sums()
     for row in rows:

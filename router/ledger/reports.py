@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from tierwise.router.ledger.sql import Sample, SpendTotals
+from tierwise.router.ledger.sql import Sample, SampleQuery, SpendTotals
 
 
 class SpendQueries(Protocol):
@@ -21,15 +21,8 @@ class SpendQueries(Protocol):
         self, since: float, until: float, by: Sequence[str] = (), filters: Mapping[str, str] | None = None
     ) -> list[SpendTotals]: ...
 
-    def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        """Per-request ``columns`` in [since, until) with each request's group (see ``ledger.sql.samples_sql``)."""
+    def samples(self, query: SampleQuery) -> list[Sample]:
+        """Per-request values with each request's group (see ``ledger.sql.samples_sql``)."""
         ...
 
 
@@ -44,14 +37,7 @@ class SpendReports(Protocol):
 class SpendSource(SpendReports, Protocol):
     """What the analytics read: the grouped sums and the per-request samples behind percentiles."""
 
-    async def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]: ...
+    async def samples(self, query: SampleQuery) -> list[Sample]: ...
 
 
 class SinkReports:
@@ -67,13 +53,6 @@ class SinkReports:
         """Stored spend in [since, until) grouped by ``by`` (see ``ledger.sql.parse_dimension``)."""
         return await asyncio.to_thread(self.sink.totals, since, until, by, filters)
 
-    async def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        """Stored per-request values in [since, until), grouped as ``totals`` groups."""
-        return await asyncio.to_thread(self.sink.samples, since, until, by, filters, columns)
+    async def samples(self, query: SampleQuery) -> list[Sample]:
+        """Stored per-request values, grouped as ``totals`` groups."""
+        return await asyncio.to_thread(self.sink.samples, query)

@@ -244,21 +244,26 @@ class Sample:
     values: tuple[Any, ...]
 
 
-def samples_sql(
-    d: Dialect,
-    since: float,
-    until: float,
-    by: Sequence[str],
-    filters: Mapping[str, str],
-    columns: Sequence[str],
-) -> tuple[list[Dimension], str, list[Any]]:
-    """Per-request values in [since, until) with each request's group: what SQL cannot sum
-    portably (latency percentiles, joins with the feedback store) is computed from these."""
-    unknown = [c for c in columns if c not in SAMPLE_COLUMNS]
-    if unknown or not columns:
-        raise ValueError(f"sample columns must be some of {sorted(SAMPLE_COLUMNS)}, got {list(columns)}")
-    dims, selects, params, where, where_params = _grouped(d, since, until, by, filters)
-    query = f"SELECT {', '.join([*selects, *columns])} FROM {TABLE} WHERE {where} ORDER BY ts"
+@dataclass(frozen=True, slots=True)
+class SampleQuery:
+    """Which requests' values to read: [since, until), grouped by ``by`` (as ``totals`` groups),
+    those matching ``filters``, and which ``columns`` of each (some of ``SAMPLE_COLUMNS``)."""
+
+    since: float
+    until: float
+    by: Sequence[str]
+    filters: Mapping[str, str] | None
+    columns: Sequence[str]
+
+
+def samples_sql(d: Dialect, q: SampleQuery) -> tuple[list[Dimension], str, list[Any]]:
+    """Per-request values with each request's group: what SQL cannot sum portably (latency
+    percentiles, joins with the feedback store) is computed from these."""
+    unknown = [c for c in q.columns if c not in SAMPLE_COLUMNS]
+    if unknown or not q.columns:
+        raise ValueError(f"sample columns must be some of {sorted(SAMPLE_COLUMNS)}, got {list(q.columns)}")
+    dims, selects, params, where, where_params = _grouped(d, q.since, q.until, q.by, q.filters or {})
+    query = f"SELECT {', '.join([*selects, *q.columns])} FROM {TABLE} WHERE {where} ORDER BY ts"
     return dims, query, params + where_params
 
 

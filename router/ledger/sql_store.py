@@ -16,6 +16,7 @@ from tierwise.router.ledger.record import SpendRecord
 from tierwise.router.ledger.sql import (
     Dialect,
     Sample,
+    SampleQuery,
     SpendTotals,
     from_row,
     purge_sql,
@@ -50,16 +51,9 @@ class SqlSpendStore(ABC):
         dims, query, params = totals_sql(self.dialect, since, until, by, filters or {})
         return totals_from_rows(dims, self._fetch_all(query, params))
 
-    def samples(
-        self,
-        since: float,
-        until: float,
-        by: Sequence[str],
-        filters: Mapping[str, str] | None,
-        columns: Sequence[str],
-    ) -> list[Sample]:
-        dims, query, params = samples_sql(self.dialect, since, until, by, filters or {}, columns)
-        return samples_from_rows(self.dialect, dims, columns, self._fetch_all(query, params))
+    def samples(self, query: SampleQuery) -> list[Sample]:
+        dims, sql, params = samples_sql(self.dialect, query)
+        return samples_from_rows(self.dialect, dims, query.columns, self._fetch_all(sql, params))
 
     def purge_older_than(self, seconds: float, *, now: float | None = None) -> int:
         cutoff = (time.time() if now is None else now) - seconds
