@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from tierwise.router.auth import sha256_hex
 from tierwise.router.call_progress import PromptTokens
 from tierwise.router.config import ConfigError
 from tierwise.router.output_bound import worst_case
+from tierwise.router.rate_limits.limiter import Admitted, Charge, MemoryRateLimiter, RateLimiter, Refusal
+from tierwise.router.rate_limits.redis_limiter import RedisRateLimiter
 from tierwise.router.server import TierwiseServer
 from tierwise.router.service import build_service
 from tierwise.router.tokens import TokenCounter
@@ -296,3 +299,34 @@ def test_rate_limit_config_names_the_bad_field(tmp_path: Path) -> None:
         key["name"] = "same"
     with pytest.raises(ConfigError, match=r"auth\.api_keys: names .*'same'"):
         build_config(data)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.asyncio
+async def test_a_late_correction_gives_back_only_what_is_left_of_its_own_charge(
+    redis_server_factory: Callable[[], RedisServer], shared: bool
+) -> None:
+    """A call whose charge half drained before its correction landed gives back that half only:
+    the rest of the bucket is other requests' charges, never credited to it."""
+    clock = FrozenClock()
+    limiter: RateLimiter = (
+        RedisRateLimiter.from_url(redis_server_factory().url, 2.0, clock)
+        if shared
+        else MemoryRateLimiter(clock)
+    )
+    try:
+        first = Charge("tenant", "acme", "acme", "tpm", 600, 600)  # a full minute's 600 tokens
+        admitted = await limiter.acquire([first])
+        assert isinstance(admitted, Admitted)
+        clock.now += 30.0  # half of it drained
+        assert isinstance(await limiter.acquire([replace(first, cost=300)]), Admitted)  # fills the bucket
+        await limiter.adjust(first, -600, admitted.tats[0])  # the first used nothing: 300 undrained
+        refusal = await limiter.acquire([first])
+        assert isinstance(refusal, Refusal)
+        assert refusal.retry_after_s == pytest.approx(30.0)  # 300 given back, not 600
+        assert isinstance(await limiter.acquire([replace(first, cost=300)]), Admitted)
+        clock.now += 10.0  # room for 100 tokens again ...
+        await limiter.adjust(first, 100, admitted.tats[0])  # ... which a call that used more takes
+        assert isinstance(await limiter.acquire([replace(first, cost=1)]), Refusal)
+    finally:
+        await limiter.aclose()

@@ -26,6 +26,7 @@ from tierwise.router.config import Config
 from tierwise.router.errors import ServiceError
 from tierwise.router.outcome import PartialAnswer
 from tierwise.router.rate_limits.limiter import (
+    Admitted,
     Charge,
     MemoryRateLimiter,
     RateLimiter,
@@ -111,26 +112,27 @@ class RateLimitMetrics:
 
 
 class Admission:
-    """One request's charges: ``acquire`` takes them; ``settle`` gives back what the token estimate
-    overstated (a no-op when nothing was taken)."""
+    """One request's charges: ``acquire`` takes them (the token estimate is made there, so that a
+    failure to make it is the request's); ``settle`` corrects the estimate (a no-op unless taken)."""
 
-    def __init__(self, gate: RateLimitGate, charges: Sequence[Charge]) -> None:
+    def __init__(self, gate: RateLimitGate, tenant: str, key: str, tokens: Callable[[], int] | None) -> None:
         self._gate = gate
-        self._charges = tuple(charges)
-        self._taken = False
+        self._request = (tenant, key, tokens)
+        self._taken: list[tuple[Charge, float]] = []
 
     async def acquire(self) -> None:
-        if self._charges:
-            self._taken = await self._gate.acquire(self._charges)
+        charges = self._gate.charges(*self._request)
+        if charges:
+            admitted = await self._gate.acquire(charges)
+            if admitted is not None:
+                self._taken = list(zip(charges, admitted.tats, strict=True))
 
     def settle(self, billed: PartialAnswer | None) -> None:
-        if not self._taken:
-            return
-        self._taken = False
         used = 0 if billed is None else billed.usage.input_tokens + billed.usage.output_tokens
-        for charge in self._charges:
+        for charge, tat in self._taken:
             if charge.kind == "tpm" and used != charge.cost:
-                self._gate.adjust_later(charge, used - charge.cost)
+                self._gate.adjust_later(charge, used - charge.cost, tat)
+        self._taken = []
 
 
 class RateLimitGate:
@@ -157,8 +159,11 @@ class RateLimitGate:
         return cls(config, limiter, RateLimitMetrics(registry))
 
     def admission(self, tenant: str, key: str, tokens: Callable[[], int] | None) -> Admission:
-        """The charges for a request of ``tenant`` with API key ``key`` (label); ``tokens`` estimates
-        its tokens, asked only when a TPM limit applies (None: the request calls no tier)."""
+        """A request of ``tenant`` with API key ``key`` (its label); ``tokens`` estimates its tokens,
+        asked only when a TPM limit applies (None: the request calls no tier)."""
+        return Admission(self, tenant, key, tokens)
+
+    def charges(self, tenant: str, key: str, tokens: Callable[[], int] | None) -> list[Charge]:
         limits: list[tuple[Scope, str, int | None, int | None]] = []
         if key in self._keys:
             limits.append(("key", key, self._keys[key].rpm, self._keys[key].tpm))
@@ -172,24 +177,26 @@ class RateLimitGate:
             if tpm is not None and tokens is not None:
                 estimate = tokens() if estimate is None else estimate
                 charges.append(Charge(scope, name, tenant, "tpm", tpm, estimate))
-        return Admission(self, charges)
+        return charges
 
-    async def acquire(self, charges: Sequence[Charge]) -> bool:
-        """True when the charges were taken; raises when the request is refused."""
+    async def acquire(self, charges: Sequence[Charge]) -> Admitted | None:
+        """What was taken (None: the store was down and the fail mode open); raises when refused."""
         try:
-            refusal = await self._limiter.acquire(charges)
+            answer = await self._limiter.acquire(charges)
         except RateLimitStoreUnavailable as exc:
-            return self._unchecked(exc)
+            self._unchecked(exc)
+            return None
         if self._store_down:
             self._store_down = False
             log.warning("rate-limit store reachable again")
-        if refusal is None:
-            return True
+        if isinstance(answer, Admitted):
+            return answer
+        refusal = answer
         charge = refusal.charge
         self._metrics.refused.labels(charge.scope, charge.name, charge.kind).inc()
         raise RateLimited.over(refusal)
 
-    def _unchecked(self, error: RateLimitStoreUnavailable) -> bool:
+    def _unchecked(self, error: RateLimitStoreUnavailable) -> None:
         decision = "admitted" if self._fail_mode == "open" else "refused"
         self._metrics.store_failures.labels(decision).inc()
         if not self._store_down:
@@ -203,20 +210,19 @@ class RateLimitGate:
             raise RateLimitStoreDown(
                 "rate limit: the shared rate-limit store cannot be reached and rate_limits.fail_mode is closed"
             )
-        return False
 
-    def adjust_later(self, charge: Charge, tokens: int) -> None:
+    def adjust_later(self, charge: Charge, tokens: int, tat: float) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # a stream closed outside the loop: the correction is lost, harmlessly
             return
-        task = loop.create_task(self._adjust(charge, tokens))
+        task = loop.create_task(self._adjust(charge, tokens, tat))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _adjust(self, charge: Charge, tokens: int) -> None:
+    async def _adjust(self, charge: Charge, tokens: int, tat: float) -> None:
         try:
-            await self._limiter.adjust(charge, tokens)
+            await self._limiter.adjust(charge, tokens, tat)
         except RateLimitStoreUnavailable as exc:
             self._metrics.store_failures.labels("correction_lost").inc()
             log.warning("rate-limit correction lost", extra={"error": str(exc), "tokens": tokens})

@@ -7,6 +7,11 @@ period of now. So a full minute's limit may pass at once (the burst is the limit
 the limit refills evenly over the minute: in any 60 s window at most twice the limit can pass (a
 burst after an idle minute, then the refill), and over longer spans the rate tends to the limit.
 One number per bucket, no per-request log, makes it cheap in memory and in Redis alike.
+
+A TPM charge is an estimate; ``adjust`` corrects it after the call. Charging more moves the TAT
+on from now; giving back takes off at most the part of the request's own charge still in the
+bucket (its slice of the TAT not yet drained), so a correction that arrives after a long call
+never credits capacity that other requests hold.
 """
 
 from __future__ import annotations
@@ -48,17 +53,22 @@ class Refusal:
     retry_after_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    tats: tuple[float, ...]  # each bucket's TAT just after this request's charge, in the limiter's time
+
+
 class RateLimitStoreUnavailable(Exception):
     """The shared store could not be asked; the gate's fail mode decides."""
 
 
 class RateLimiter(Protocol):
-    async def acquire(self, charges: Sequence[Charge]) -> Refusal | None:
+    async def acquire(self, charges: Sequence[Charge]) -> Refusal | Admitted:
         """Take every charge, or none of them and say which one is over its limit and for how long."""
         ...
 
-    async def adjust(self, charge: Charge, tokens: int) -> None:
-        """Add ``tokens`` (negative: give back) to a charge already taken."""
+    async def adjust(self, charge: Charge, tokens: int, tat: float) -> None:
+        """Add ``tokens`` (negative: give back) to a charge taken when it left the bucket at ``tat``."""
         ...
 
     async def aclose(self) -> None: ...
@@ -70,6 +80,14 @@ def gcra_step(tat: float, now: float, charge: Charge) -> tuple[float, float]:
     return new_tat, max(0.0, new_tat - now - PERIOD_S)
 
 
+def gcra_adjust(current: float, now: float, charge: Charge, tokens: int, tat: float) -> float:
+    """The bucket's TAT after adding ``tokens`` to ``charge``, taken with TAT ``tat`` (see above)."""
+    if tokens >= 0:
+        return max(current, now) + tokens * charge.interval_s
+    undrained = max(0.0, tat - max(now, tat - charge.cost * charge.interval_s))
+    return current - min(-tokens * charge.interval_s, undrained)
+
+
 class MemoryRateLimiter:
     """One process's buckets (the embedded store). Buckets are per configured tenant and key, so
     their number is bounded by the config."""
@@ -78,7 +96,7 @@ class MemoryRateLimiter:
         self._clock = clock
         self._tats: dict[str, float] = {}
 
-    async def acquire(self, charges: Sequence[Charge]) -> Refusal | None:
+    async def acquire(self, charges: Sequence[Charge]) -> Refusal | Admitted:
         # No await between reading and writing: the event loop makes this atomic.
         now = self._clock()
         steps = [gcra_step(self._tats.get(c.bucket, now), now, c) for c in charges]
@@ -88,11 +106,11 @@ class MemoryRateLimiter:
             return Refusal(charge, wait)
         for (tat, _), charge in zip(steps, charges, strict=True):
             self._tats[charge.bucket] = tat
-        return None
+        return Admitted(tuple(tat for tat, _ in steps))
 
-    async def adjust(self, charge: Charge, tokens: int) -> None:
-        if charge.bucket in self._tats:
-            self._tats[charge.bucket] += tokens * charge.interval_s
+    async def adjust(self, charge: Charge, tokens: int, tat: float) -> None:
+        now = self._clock()
+        self._tats[charge.bucket] = gcra_adjust(self._tats.get(charge.bucket, now), now, charge, tokens, tat)
 
     async def aclose(self) -> None:
         self._tats.clear()

@@ -24,10 +24,17 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tierwise.router.rate_limits.limiter import PERIOD_S, Charge, RateLimitStoreUnavailable, Refusal
+from tierwise.router.rate_limits.limiter import (
+    PERIOD_S,
+    Admitted,
+    Charge,
+    RateLimitStoreUnavailable,
+    Refusal,
+)
 
 # KEYS: the buckets. ARGV[1]: now in ms ('' = Redis TIME), ARGV[2]: the period in ms, then each
-# bucket's cost in ms (cost x emission interval). Returns {0, ''} or {index refused, wait in ms}.
+# bucket's cost in ms (cost x emission interval). Returns {index refused, wait in ms} or {0, the
+# buckets' new TATs in ms}.
 _ACQUIRE = """
 local now
 if ARGV[1] == '' then
@@ -46,16 +53,18 @@ for i, key in ipairs(KEYS) do
   if over > wait then refused, wait = i, over end
 end
 if refused > 0 then return {refused, string.format('%.3f', wait)} end
+local out = {}
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, string.format('%.3f', tats[i]), 'PX', math.ceil(tats[i] - now) + 1000)
+  out[i] = string.format('%.3f', tats[i])
+  redis.call('SET', key, out[i], 'PX', math.ceil(tats[i] - now) + 1000)
 end
-return {0, ''}
+return {0, table.concat(out, ' ')}
 """
 
-# KEYS[1]: one bucket. ARGV[1]: now in ms ('' = Redis TIME), ARGV[2]: ms to add (negative: give back).
+# KEYS[1]: one bucket. ARGV[1]: now in ms ('' = Redis TIME), ARGV[2]: ms to add (negative: give
+# back), ARGV[3]: the bucket's TAT when the request was admitted, ARGV[4]: its charge in ms. The
+# same rule as ``limiter.gcra_adjust``: give back only the request's charge not yet drained.
 _ADJUST = """
-local tat = redis.call('GET', KEYS[1])
-if not tat then return 0 end
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -63,7 +72,15 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
-local new = tonumber(tat) + tonumber(ARGV[2])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local delta, tat = tonumber(ARGV[2]), tonumber(ARGV[3])
+local new
+if delta >= 0 then
+  new = math.max(current, now) + delta
+else
+  local undrained = math.max(0, tat - math.max(now, tat - tonumber(ARGV[4])))
+  new = current - math.min(-delta, undrained)
+end
 if new <= now then redis.call('DEL', KEYS[1]) return 1 end
 redis.call('SET', KEYS[1], string.format('%.3f', new), 'PX', math.ceil(new - now) + 1000)
 return 1
@@ -96,23 +113,28 @@ class RedisRateLimiter:
     def _now_ms(self) -> str:
         return "" if self._clock is None else f"{self._clock() * 1000:.3f}"
 
-    async def acquire(self, charges: Sequence[Charge]) -> Refusal | None:
+    async def acquire(self, charges: Sequence[Charge]) -> Refusal | Admitted:
         costs = [f"{c.cost * c.interval_s * 1000:.3f}" for c in charges]
         try:
-            refused, wait_ms = await self._acquire(
+            refused, answer = await self._acquire(
                 keys=[bucket_key(c) for c in charges], args=[self._now_ms(), PERIOD_S * 1000, *costs]
             )
         except (RedisError, OSError) as exc:
             raise RateLimitStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
         if int(refused) == 0:
-            return None
-        return Refusal(charges[int(refused) - 1], float(wait_ms) / 1000)
+            return Admitted(tuple(float(tat) / 1000 for tat in answer.split()))
+        return Refusal(charges[int(refused) - 1], float(answer) / 1000)
 
-    async def adjust(self, charge: Charge, tokens: int) -> None:
+    async def adjust(self, charge: Charge, tokens: int, tat: float) -> None:
+        interval_ms = charge.interval_s * 1000
+        args = [
+            self._now_ms(),
+            f"{tokens * interval_ms:.3f}",
+            f"{tat * 1000:.3f}",
+            f"{charge.cost * interval_ms:.3f}",
+        ]
         try:
-            await self._adjust(
-                keys=[bucket_key(charge)], args=[self._now_ms(), f"{tokens * charge.interval_s * 1000:.3f}"]
-            )
+            await self._adjust(keys=[bucket_key(charge)], args=args)
         except (RedisError, OSError) as exc:
             raise RateLimitStoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
