@@ -72,9 +72,6 @@ class Authenticator:
         self._throttle = FailureThrottle(config.throttle)
         self._on_failure = on_failure
 
-    def tenant_for(self, metadata: Metadata, source: str) -> str:
-        return self.caller_for(metadata, source).tenant
-
     def caller_for(self, metadata: Metadata, source: str) -> Caller:
         """The caller the metadata's key belongs to; ``source`` is the caller's address."""
         if self._mode == "none":
