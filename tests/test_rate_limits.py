@@ -255,16 +255,18 @@ async def test_an_unanswering_redis_fails_open_by_default_or_closed_when_configu
     upstream: ScriptedUpstream,
     redis_server_factory: Callable[[], RedisServer],
     fail_mode: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     redis = redis_server_factory()
-    sections = {
-        "rate_limits": {"redis_timeout_s": 0.2, **({"fail_mode": "closed"} if fail_mode == "closed" else {})}
-    }
+    settings = {"redis_timeout_s": 0.2, "reconnect_min_s": 0.05, "reconnect_max_s": 0.1}
+    sections = {"rate_limits": {**settings, **({"fail_mode": "closed"} if fail_mode == "closed" else {})}}
     data = key_limit(limits_config(tmp_path, upstream, redis, **sections), rpm=1)
     async with replicas([data], None) as servers:  # Redis's own clock
         assert isinstance(await complete(servers[0]), pb.CompleteResponse)
         assert isinstance(await complete(servers[0]), grpc.aio.AioRpcError)  # the limit holds
-        redis.pause()  # a hung host: every check waits one redis_timeout_s, then the fail mode decides
+        # A hung host: the first check waits one redis_timeout_s, then the fail mode decides; later
+        # ones skip Redis until reconnect_min_s has passed.
+        redis.pause()
         try:
             results = [await complete(servers[0]) for _ in range(3)]
         finally:
@@ -282,7 +284,18 @@ async def test_an_unanswering_redis_fails_open_by_default_or_closed_when_configu
             "tierwise_rate_limit_store_failures_total", {"decision": decision}
         )
         assert failures == 3
-        assert isinstance(await complete(servers[0]), grpc.aio.AioRpcError)  # enforced again
+        outage_logs = [r for r in caplog.records if "rate-limit store unreachable" in r.getMessage()]
+        assert len(outage_logs) == 1, outage_logs  # once per outage, not per request
+        for _ in range(100):  # enforced again once the gate lets a check through to Redis
+            result = await complete(servers[0])
+            if (
+                isinstance(result, grpc.aio.AioRpcError)
+                and result.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the limit was not enforced again after Redis came back")
 
 
 def test_rate_limit_config_names_the_bad_field(tmp_path: Path) -> None:

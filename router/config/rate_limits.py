@@ -26,3 +26,7 @@ class RateLimitsConfig(StrictSection):
         "open", description="when the Redis store cannot be reached: admit unmetered (open) or refuse"
     )
     redis_timeout_s: float = Field(0.25, gt=0, description="the most one limit check waits on Redis")
+    reconnect_min_s: float = Field(
+        0.5, gt=0, description="after a failed check, Redis is not asked again for this long (doubling)"
+    )
+    reconnect_max_s: float = Field(30.0, gt=0, description="the longest such wait")

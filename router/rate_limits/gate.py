@@ -22,6 +22,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CollectorRegistry, Counter
 
+from tierwise.cache.backoff import Backoff, DownGate
 from tierwise.router.config import Config
 from tierwise.router.errors import ServiceError
 from tierwise.router.outcome import PartialAnswer
@@ -142,7 +143,10 @@ class RateLimitGate:
         self._keys = {key.label: key for key in config.auth.api_keys}
         self._limiter = limiter
         self._metrics = metrics
-        self._store_down = False  # logged once per outage, not per request
+        settings = config.rate_limits
+        # After a failure the store is skipped for a while (the fail mode decides at once): an outage
+        # costs one request a timeout now and then, not every request. Real time, whatever the clock.
+        self._down = DownGate(Backoff(settings.reconnect_min_s, settings.reconnect_max_s))
         self._pending: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -181,13 +185,23 @@ class RateLimitGate:
 
     async def acquire(self, charges: Sequence[Charge]) -> Admitted | None:
         """What was taken (None: the store was down and the fail mode open); raises when refused."""
+        if not self._down.ready():
+            self._unchecked()
+            return None
         try:
             answer = await self._limiter.acquire(charges)
         except RateLimitStoreUnavailable as exc:
-            self._unchecked(exc)
+            if self._down.down_until is None:  # logged once per outage, not per request
+                log.warning(
+                    "rate-limit store unreachable (fail_mode %s): requests are %s until it answers",
+                    self._fail_mode,
+                    "admitted unmetered" if self._fail_mode == "open" else "refused",
+                    extra={"error": str(exc)},
+                )
+            self._down.failed()
+            self._unchecked()
             return None
-        if self._store_down:
-            self._store_down = False
+        if self._down.succeeded():
             log.warning("rate-limit store reachable again")
         if isinstance(answer, Admitted):
             return answer
@@ -196,16 +210,8 @@ class RateLimitGate:
         self._metrics.refused.labels(charge.scope, charge.name, charge.kind).inc()
         raise RateLimited.over(refusal)
 
-    def _unchecked(self, error: RateLimitStoreUnavailable) -> None:
-        decision = "admitted" if self._fail_mode == "open" else "refused"
-        self._metrics.store_failures.labels(decision).inc()
-        if not self._store_down:
-            self._store_down = True
-            log.warning(
-                "rate-limit store unreachable: requests are %s unmetered until it answers",
-                decision,
-                extra={"error": str(error), "fail_mode": self._fail_mode},
-            )
+    def _unchecked(self) -> None:
+        self._metrics.store_failures.labels("admitted" if self._fail_mode == "open" else "refused").inc()
         if self._fail_mode == "closed":
             raise RateLimitStoreDown(
                 "rate limit: the shared rate-limit store cannot be reached and rate_limits.fail_mode is closed"
