@@ -142,7 +142,7 @@ def retry_after_ms(error: grpc.aio.AioRpcError) -> int:
 
 
 def refused_count(servers: list[Running], scope: str, name: str, kind: str) -> float:
-    labels = {"scope": scope, "name": name, "kind": kind}
+    labels = {"tenant": "acme", "scope": scope, "name": name, "kind": kind}
     registries = [s.server.service.accounting.metrics.registry for s in servers]
     return sum(r.get_sample_value("tierwise_rate_limited_total", labels) or 0.0 for r in registries)
 

@@ -92,14 +92,15 @@ class RateLimitStoreDown(ServiceError):
 
 
 class RateLimitMetrics:
-    """``tierwise_rate_limited_total`` by scope, name (a configured tenant or key label) and kind;
+    """``tierwise_rate_limited_total`` by tenant, scope, name (the tenant or the key's label: all from
+    the config, so bounded) and kind; the tenant label lets a tenant's scrape key see its own series;
     ``tierwise_rate_limit_store_failures_total`` by what the fail mode decided (or a lost correction)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.refused = Counter(
             "tierwise_rate_limited",
-            "Requests refused for a rate limit, by scope (key, tenant), name and kind (rpm, tpm).",
-            ["scope", "name", "kind"],
+            "Requests refused for a rate limit, by tenant, scope (key, tenant), name and kind (rpm, tpm).",
+            ["tenant", "scope", "name", "kind"],
             registry=registry,
         )
         self.store_failures = Counter(
@@ -207,7 +208,7 @@ class RateLimitGate:
             return answer
         refusal = answer
         charge = refusal.charge
-        self._metrics.refused.labels(charge.scope, charge.name, charge.kind).inc()
+        self._metrics.refused.labels(charge.tenant, charge.scope, charge.name, charge.kind).inc()
         raise RateLimited.over(refusal)
 
     def _unchecked(self) -> None:
