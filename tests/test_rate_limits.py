@@ -25,6 +25,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict
 from tests.redis_server import RedisServer, redis_server_factory
+from tests.test_ledger import until
 from tests.upstream import ScriptedUpstream
 from tierwise.router.auth import sha256_hex
 from tierwise.router.call_progress import PromptTokens
@@ -296,6 +297,30 @@ async def test_an_unanswering_redis_fails_open_by_default_or_closed_when_configu
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the limit was not enforced again after Redis came back")
+
+
+@pytest.mark.asyncio
+async def test_a_correction_redis_cannot_take_is_counted_as_lost(
+    tmp_path: Path, upstream: ScriptedUpstream, redis_server_factory: Callable[[], RedisServer]
+) -> None:
+    redis, release = redis_server_factory(), asyncio.Event()
+    upstream.script(text="ok", input_tokens=1, output_tokens=1, release=release)
+    sections = {"rate_limits": {"redis_timeout_s": 0.2}}
+    data = key_limit(limits_config(tmp_path, upstream, redis, **sections), tpm=10 * estimate())
+    async with replicas([data], None) as servers:
+        call = asyncio.ensure_future(complete(servers[0]))  # admitted while Redis answers
+        await until(lambda: len(upstream.requests_for("small-model")) == 1)
+        redis.pause()
+        try:
+            release.set()
+            assert isinstance(await call, pb.CompleteResponse)  # the answer does not wait on the correction
+            registry = servers[0].server.service.accounting.metrics.registry
+            labels = {"decision": "correction_lost"}
+            await until(
+                lambda: registry.get_sample_value("tierwise_rate_limit_store_failures_total", labels) == 1
+            )
+        finally:
+            redis.resume()
 
 
 def test_rate_limit_config_names_the_bad_field(tmp_path: Path) -> None:

@@ -3,9 +3,11 @@ and the delay after which it would fit; then correct the token estimate with the
 
 A request is charged one request on each RPM bucket that applies (its key's, its tenant's) and its
 token estimate (the prompt plus the output bound, the budget's worst case) on each TPM bucket; all
-of them or none. After the call the TPM buckets get back what the estimate overstated, so a burst
-never exceeds a TPM limit by more than the input estimate's error, while steady traffic is counted
-by what it used. The correction goes off the request path (a task), so the answer does not wait
+of them or none. After the call the TPM buckets are corrected to what the call used: what the
+estimate overstated is given back (``limiter``: at most what is left of the request's own charge),
+what it understated (the input estimate's error, an upstream ignoring max_tokens) is charged then.
+So admissions never pass a TPM limit by their estimates, and steady traffic counts what it used. The
+correction goes off the request path (a task), so the answer does not wait
 on it. When the shared store cannot be reached, ``rate_limits.fail_mode`` decides: open (the
 default) admits unmetered, closed refuses with UNAVAILABLE; both are logged and counted.
 """
@@ -228,11 +230,18 @@ class RateLimitGate:
         task.add_done_callback(self._pending.discard)
 
     async def _adjust(self, charge: Charge, tokens: int, tat: float) -> None:
+        if not self._down.ready():  # an outage known already: counted, not tried, not logged again
+            self._metrics.store_failures.labels("correction_lost").inc()
+            return
         try:
             await self._limiter.adjust(charge, tokens, tat)
         except RateLimitStoreUnavailable as exc:
             self._metrics.store_failures.labels("correction_lost").inc()
-            log.warning("rate-limit correction lost", extra={"error": str(exc), "tokens": tokens})
+            if self._down.down_until is None:
+                log.warning(
+                    "rate-limit store unreachable: a token correction is lost", extra={"error": str(exc)}
+                )
+            self._down.failed()
 
     async def aclose(self) -> None:
         """Let the corrections in flight land, then close the store's connection."""
