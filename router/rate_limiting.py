@@ -8,7 +8,7 @@ from tierwise.router.auth import Caller
 from tierwise.router.call_progress import PromptTokens
 from tierwise.router.config import Config
 from tierwise.router.output_bound import worst_case
-from tierwise.router.rate_limits.gate import Admission, RateLimitGate
+from tierwise.router.rate_limits import Admission, RateLimitGate
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import RequestSpec
 

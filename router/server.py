@@ -34,7 +34,7 @@ from tierwise.router.observability.metrics import AuthFailureCounter
 from tierwise.router.observability.scrape_access import ScrapeAccess
 from tierwise.router.outcome import Completion, Decision, StreamDelta
 from tierwise.router.rate_limiting import RequestLimits
-from tierwise.router.rate_limits.gate import RateLimited, RateLimitGate
+from tierwise.router.rate_limits import RateLimited, RateLimitGate
 from tierwise.router.rpc import abort as _abort
 from tierwise.router.rpc import reject_undecodable, safe_deserializer, unary
 from tierwise.router.service import Service
