@@ -60,6 +60,7 @@ def sha256_hex(key: str) -> str:
 class Caller:
     tenant: str
     admin: bool = False
+    key: str = ""  # the key's label (its name or digest prefix) for rate limits; "" without keys
 
 
 class Authenticator:
@@ -67,12 +68,9 @@ class Authenticator:
         """``on_failure`` is told each failure's reason (the metrics counter)."""
         self._mode = config.mode
         self._open_tenant = config.tenant
-        self._keys = tuple((k.key_sha256, Caller(k.tenant, k.admin)) for k in config.api_keys)
+        self._keys = tuple((k.key_sha256, Caller(k.tenant, k.admin, k.label)) for k in config.api_keys)
         self._throttle = FailureThrottle(config.throttle)
         self._on_failure = on_failure
-
-    def tenant_for(self, metadata: Metadata, source: str) -> str:
-        return self.caller_for(metadata, source).tenant
 
     def caller_for(self, metadata: Metadata, source: str) -> Caller:
         """The caller the metadata's key belongs to; ``source`` is the caller's address."""

@@ -10,7 +10,7 @@ import math
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
 import grpc
@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tierwise.router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handlers
 from tierwise.router.analytics.dashboard_http import Dashboard
-from tierwise.router.auth import Authenticator, Unauthenticated
+from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
 from tierwise.router.call_progress import CallProgress
 from tierwise.router.config import Config, ConfigError, LimitsConfig, TlsConfig
@@ -33,6 +33,8 @@ from tierwise.router.observability.logs import prompt_field
 from tierwise.router.observability.metrics import AuthFailureCounter
 from tierwise.router.observability.scrape_access import ScrapeAccess
 from tierwise.router.outcome import Completion, Decision, StreamDelta
+from tierwise.router.rate_limiting import RequestLimits
+from tierwise.router.rate_limits import RateLimited, RateLimitGate
 from tierwise.router.rpc import abort as _abort
 from tierwise.router.rpc import reject_undecodable, safe_deserializer, unary
 from tierwise.router.service import Service
@@ -47,25 +49,28 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Router"].full_name
 
 
 class RouterServicer:
-    def __init__(self, service: Service, authenticator: Authenticator) -> None:
+    def __init__(self, service: Service, authenticator: Authenticator, limits: RequestLimits) -> None:
         self._service = service
         self._auth = authenticator
+        self._limits = limits
         self._clock = time.perf_counter
 
     # -- shared prologue ----------------------------------------------------
 
-    async def _tenant(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         try:
-            return self._auth.tenant_for(context.invocation_metadata() or (), source_address(context.peer()))
+            return self._auth.caller_for(context.invocation_metadata() or (), source_address(context.peer()))
         except Unauthenticated as exc:
             await _abort(context, exc.code, str(exc))
 
-    async def _accept(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> RequestSpec:
-        tenant = await self._tenant(context)
+    async def _accept(
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[Caller, RequestSpec]:
+        caller = await self._caller(context)
         await reject_undecodable(request, context)
         wire: WireRequest = request
         try:
-            return validate_request(wire, tenant, self._service.config)
+            return caller, validate_request(wire, caller.tenant, self._service.config)
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
@@ -85,6 +90,8 @@ class RouterServicer:
                     {"tier": a.tier, "error_type": a.error_type, "error": a.error} for a in exc.attempts
                 ]
                 context.set_trailing_metadata((("tierwise-attempts", json.dumps(attempts)),))
+            if isinstance(exc, RateLimited):  # the delay after which the request would be admitted
+                context.set_trailing_metadata(exc.trailing_metadata())
             log.warning(
                 "request failed",
                 extra={"request_id": request_id, "code": exc.code.name, "error": exc.message},
@@ -115,11 +122,12 @@ class RouterServicer:
 
     async def Route(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.RouteDecision:
         started = self._clock()
-        spec = await self._accept(request, context)
+        caller, spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
         accounting = self._service.accounting
         with accounting.request_span("Route", context.invocation_metadata()) as span:
             try:
+                await self._limits.admission(caller, spec, calls_tiers=False).acquire()
                 decision = await self._service.pipeline.route(spec, request_id)
             except Exception as exc:
                 accounting.failed(spec, request_id, exc, started, span)
@@ -131,12 +139,14 @@ class RouterServicer:
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.CompleteResponse:
         started = self._clock()
-        spec = await self._accept(request, context)
+        caller, spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
         accounting = self._service.accounting
         progress = CallProgress()
+        admission = self._limits.admission(caller, spec)
         with accounting.request_span("Complete", context.invocation_metadata()) as span:
             try:
+                await admission.acquire()
                 completion = await self._service.pipeline.complete(
                     spec,
                     request_id,
@@ -152,6 +162,8 @@ class RouterServicer:
             except Exception as exc:
                 accounting.failed(spec, request_id, exc, started, span, progress.billed())
                 await self._fail(context, request_id, exc)
+            finally:
+                admission.settle(progress.billed())  # the TPM buckets get what the estimate overstated
             accounting.completed(spec, completion, span)
         self._log_done(spec, completion)
         return response_pb(completion)
@@ -160,7 +172,7 @@ class RouterServicer:
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.CompleteChunk]:
         started = self._clock()
-        spec = await self._accept(request, context)
+        caller, spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
         accounting = self._service.accounting
         progress = CallProgress()
@@ -169,7 +181,9 @@ class RouterServicer:
         )
         with accounting.request_span("CompleteStream", context.invocation_metadata()) as span:
             booked = False  # one spend record per request, even if the caller leaves after the last one
+            admission = self._limits.admission(caller, spec)
             try:
+                await admission.acquire()
                 async with contextlib.aclosing(stream):
                     async for item in stream:
                         if isinstance(item, Decision):
@@ -190,9 +204,11 @@ class RouterServicer:
             except Exception as exc:
                 accounting.failed(spec, request_id, exc, started, span, progress.billed())
                 await self._fail(context, request_id, exc)
+            finally:
+                admission.settle(progress.billed())
 
     async def Feedback(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FeedbackAck:
-        tenant = await self._tenant(context)
+        tenant = (await self._caller(context)).tenant
         await reject_undecodable(request, context)
         try:
             record = _feedback_record(request, tenant, self._service.config.limits)
@@ -282,7 +298,8 @@ def _scrape_access(config: Config, authenticator: Authenticator) -> ScrapeAccess
 class TierwiseServer:
     """A running gRPC server over a built ``Service``."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, *, rate_clock: Callable[[], float] | None = None) -> None:
+        """``rate_clock`` (seconds) is the rate limits' clock: tests freeze it (see ``RateLimitGate``)."""
         self.service = service
         config = service.config.server
         # The limit guards what callers send. An answer is paid for before it is sent, so a long
@@ -295,9 +312,13 @@ class TierwiseServer:
         )
         auth_failures = AuthFailureCounter(service.accounting.metrics.registry)
         authenticator = Authenticator(service.config.auth, auth_failures.count)
+        registry = service.accounting.metrics.registry
+        limits = RequestLimits(
+            service.config, RateLimitGate.from_config(service.config, registry, rate_clock)
+        )
         self._server.add_generic_rpc_handlers(
             (
-                _handlers(RouterServicer(service, authenticator)),
+                _handlers(RouterServicer(service, authenticator, limits)),
                 admin_handlers(AdminServicer(service, authenticator)),
             )
         )
@@ -319,6 +340,7 @@ class TierwiseServer:
         # The server owns the service from here: it is the first thing in, the last out.
         self._stack = contextlib.AsyncExitStack()
         self._stack.push_async_callback(service.aclose)
+        self._stack.push_async_callback(limits.aclose)
         self.admin = (
             AdminServer(service.accounting.metrics, _scrape_access(service.config, authenticator))
             if config.metrics_port

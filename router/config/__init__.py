@@ -40,6 +40,7 @@ from tierwise.router.config.observability import (
     MetricsConfig,
     TracingConfig,
 )
+from tierwise.router.config.rate_limits import RateLimit, RateLimitsConfig
 from tierwise.router.config.resilience import (
     Backoff,
     BreakerConfig,
@@ -97,6 +98,8 @@ __all__ = [
     "MetricsConfig",
     "PolicyName",
     "Price",
+    "RateLimit",
+    "RateLimitsConfig",
     "ResilienceConfig",
     "RetrainConfig",
     "RetryConfig",

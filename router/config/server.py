@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tierwise.router.config.strict import TIER_NAME, StrictSection, sha256_digest
+from tierwise.router.config.strict import TIER_NAME, StrictSection, duplicate_names, sha256_digest
 
 
 class TlsConfig(StrictSection):
@@ -35,6 +35,18 @@ class ApiKey(StrictSection):
     key_sha256: str
     tenant: str = Field(min_length=1, max_length=128)
     admin: bool = Field(False, description="may use the Admin service across tenants")
+    name: str | None = Field(
+        None,
+        pattern=TIER_NAME.pattern,
+        description="names the key in metrics and logs (else its digest prefix)",
+    )
+    rpm: int | None = Field(None, gt=0, description="this key's requests per minute (rate_limits)")
+    tpm: int | None = Field(None, gt=0, description="this key's tokens per minute (rate_limits)")
+
+    @property
+    def label(self) -> str:
+        """What identifies the key outside the config: its name, else its digest's first 12 digits."""
+        return self.name or self.key_sha256[:12]
 
     @field_validator("key_sha256")
     @classmethod
@@ -63,6 +75,9 @@ class AuthConfig(StrictSection):
     def _mode_needs(self) -> AuthConfig:
         if self.mode == "none" and not self.tenant:
             raise ValueError("auth.mode 'none' needs auth.tenant")
+        duplicates = duplicate_names([k.label for k in self.api_keys])
+        if duplicates:
+            raise ValueError(f"auth.api_keys: names (or digest prefixes) {duplicates} name two keys")
         return self
 
 

@@ -31,6 +31,7 @@ from tierwise.router.config.observability import (
     MetricsConfig,
     TracingConfig,
 )
+from tierwise.router.config.rate_limits import RateLimitsConfig
 from tierwise.router.config.resilience import (
     ResilienceConfig,
 )
@@ -71,6 +72,7 @@ class Config(BaseSettings):
     anomaly: AnomalyConfig = AnomalyConfig()
     learning: LearningConfig = LearningConfig()
     experiments: tuple[ExperimentConfig, ...] = ()
+    rate_limits: RateLimitsConfig = RateLimitsConfig()
 
     @classmethod
     def settings_customise_sources(
