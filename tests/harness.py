@@ -45,6 +45,9 @@ def config_dict(store: Path, openai_url: str, anthropic_url: str, **sections: An
                 "price": SMALL_PRICE,
                 "max_output_tokens": 512,
                 "timeout_s": 5,
+                # A fake upstream answers in milliseconds, so a learned timeout is its 2 s floor,
+                # which a loaded CI machine's scheduling spike can pass; tests of it turn it on.
+                "adaptive_timeout": False,
             },
             {
                 "name": "large",
@@ -54,6 +57,7 @@ def config_dict(store: Path, openai_url: str, anthropic_url: str, **sections: An
                 "price": LARGE_PRICE,
                 "max_output_tokens": 2048,
                 "timeout_s": 5,
+                "adaptive_timeout": False,
             },
         ],
         "store": {"kind": "embedded", "path": str(store)},

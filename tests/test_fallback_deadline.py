@@ -33,6 +33,7 @@ def chain_config(store: Path, upstream: ScriptedUpstream) -> dict[str, Any]:
     data = config_dict(store, upstream.openai_url, upstream.base_url)
     for tier in data["tiers"]:
         del tier["timeout_s"]  # the default, 30 s
+        del tier["adaptive_timeout"]  # the default: on
     data["resilience"] = {"latency_window": {"min_samples": HISTORY}}
     return data
 
