@@ -58,8 +58,13 @@ class Script:
     chunks were sent, so N=0 is before any text."""
 
     text: str = "Hello from the scripted upstream."
-    # Verbatim finish_reason (OpenAI) or stop_reason (Anthropic); None: "stop" / "end_turn".
+    # Verbatim finish_reason (OpenAI) or stop_reason (Anthropic); None: "stop" / "end_turn", or
+    # "tool_calls" / "tool_use" when the reply calls tools.
     finish_reason: str | None = None
+    # Tool calls the reply makes, after its text, as (id, name, arguments JSON). Streamed, a call's
+    # first piece carries its id and name and its arguments follow in two pieces (OpenAI
+    # tool_calls deltas; Anthropic tool_use blocks with input_json_delta events).
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
     # Usage, in the protocol-neutral sense: input_tokens is the whole prompt, cached_tokens the
     # part read from the prompt cache; None counts whitespace-separated words (prompt, reply).
     # Anthropic reports input_tokens - cached - cache_creation as its input_tokens.
@@ -221,12 +226,14 @@ class ScriptedUpstream:
         cut = script.honour_max_tokens and isinstance(bound, int) and usage.output_tokens > bound
         if cut:
             usage = dataclasses.replace(usage, output_tokens=bound)
+        finish = wire.tool_finish if script.tool_calls else wire.default_finish
         reply = _Reply(
             model=str(body["model"]),
             chunks=chunks,
-            finish_reason=wire.length_finish if cut else script.finish_reason or wire.default_finish,
+            finish_reason=wire.length_finish if cut else script.finish_reason or finish,
             usage=usage if script.report_usage else None,
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            tool_calls=script.tool_calls,
         )
         if not stream:
             return _json(200, wire.message(reply), extra)
@@ -262,7 +269,7 @@ class ScriptedUpstream:
             if sent > 0 and not await self._pause(script.chunk_delay_s):
                 return response
             await response.write(wire.stream_delta(reply, reply.chunks[sent]).encode())
-        for frame in wire.stream_tail(reply):
+        for frame in [*wire.stream_tool_calls(reply), *wire.stream_tail(reply)]:
             await response.write(frame.encode())
         await response.write_eof()
         return response
@@ -314,6 +321,7 @@ class _Reply:
     finish_reason: str
     usage: _Usage | None
     include_usage: bool  # OpenAI streams: stream_options.include_usage was asked for
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def text(self) -> str:
@@ -356,6 +364,7 @@ class _Wire(Protocol):
 
     default_finish: str
     length_finish: str  # the finish of a reply cut at max_tokens
+    tool_finish: str  # the finish of a reply that calls tools
 
     def api_key(self, headers: Mapping[str, str]) -> str | None: ...
 
@@ -368,6 +377,8 @@ class _Wire(Protocol):
     def stream_head(self, reply: _Reply) -> list[str]: ...
 
     def stream_delta(self, reply: _Reply, text: str) -> str: ...
+
+    def stream_tool_calls(self, reply: _Reply) -> list[str]: ...
 
     def stream_tail(self, reply: _Reply) -> list[str]: ...
 
@@ -387,9 +398,15 @@ ANTHROPIC_ERROR_TYPES = {
 }
 
 
+def _halves(text: str) -> list[str]:
+    middle = len(text) // 2
+    return [text[:middle], text[middle:]]
+
+
 class _OpenAIWire:
     default_finish = "stop"
     length_finish = "length"
+    tool_finish = "tool_calls"
 
     def __init__(self) -> None:
         self.id = f"chatcmpl-scripted-{next(_ids)}"
@@ -439,7 +456,7 @@ class _OpenAIWire:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": reply.text},
+                    "message": {"role": "assistant", "content": reply.text or None, **self._calls(reply)},
                     "finish_reason": reply.finish_reason,
                 }
             ],
@@ -447,6 +464,23 @@ class _OpenAIWire:
         if reply.usage is not None:
             payload["usage"] = self._usage(reply.usage)
         return payload
+
+    def _calls(self, reply: _Reply) -> dict[str, Any]:
+        calls = [
+            {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+            for i, n, a in reply.tool_calls
+        ]
+        return {"tool_calls": calls} if calls else {}
+
+    def stream_tool_calls(self, reply: _Reply) -> list[str]:
+        frames = []
+        for index, (call_id, name, arguments) in enumerate(reply.tool_calls):
+            pieces = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": ""}}]
+            pieces += [{"function": {"arguments": half}} for half in _halves(arguments)]
+            for piece in pieces:
+                delta = {"tool_calls": [{"index": index, **piece}]}
+                frames.append(self._chunk(reply, [{"index": 0, "delta": delta, "finish_reason": None}]))
+        return frames
 
     def stream_head(self, reply: _Reply) -> list[str]:
         delta = {"role": "assistant", "content": ""}
@@ -470,6 +504,7 @@ class _OpenAIWire:
 class _AnthropicWire:
     default_finish = "end_turn"
     length_finish = "max_tokens"
+    tool_finish = "tool_use"
 
     def __init__(self) -> None:
         self.id = f"msg_scripted_{next(_ids)}"
@@ -483,6 +518,9 @@ class _AnthropicWire:
         for field in ("model", "messages", "max_tokens"):
             if field not in body:
                 return f"{field}: Field required"
+        for tool in body.get("tools") or ():
+            if not (isinstance(tool, dict) and "name" in tool and "input_schema" in tool):
+                return "tools: each tool needs a name and an input_schema"
         for message in body["messages"]:
             if isinstance(message, dict) and message.get("role") not in ("user", "assistant"):
                 return (
@@ -511,7 +549,8 @@ class _AnthropicWire:
             "type": "message",
             "role": "assistant",
             "model": reply.model,
-            "content": [{"type": "text", "text": text}] if text or not start else [],
+            "content": ([{"type": "text", "text": text}] if text or not start else [])
+            + ([] if start else [self._tool_use(call) for call in reply.tool_calls]),
             "stop_reason": stop_reason,
             "stop_sequence": None,
         }
@@ -538,6 +577,31 @@ class _AnthropicWire:
         delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
         return _sse(delta, "content_block_delta")
 
+    def _tool_use(self, call: tuple[str, str, str]) -> dict[str, Any]:
+        return {"type": "tool_use", "id": call[0], "name": call[1], "input": json.loads(call[2])}
+
+    def stream_tool_calls(self, reply: _Reply) -> list[str]:
+        if not reply.tool_calls:
+            return []
+        frames = [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop")]
+        for index, call in enumerate(reply.tool_calls, start=1):
+            block = {**self._tool_use(call), "input": {}}
+            frames.append(
+                _sse(
+                    {"type": "content_block_start", "index": index, "content_block": block},
+                    "content_block_start",
+                )
+            )
+            for half in _halves(call[2]):
+                delta = {"type": "input_json_delta", "partial_json": half}
+                frames.append(
+                    _sse(
+                        {"type": "content_block_delta", "index": index, "delta": delta}, "content_block_delta"
+                    )
+                )
+            frames.append(_sse({"type": "content_block_stop", "index": index}, "content_block_stop"))
+        return frames
+
     def stream_tail(self, reply: _Reply) -> list[str]:
         delta: dict[str, Any] = {
             "type": "message_delta",
@@ -545,8 +609,14 @@ class _AnthropicWire:
         }
         if reply.usage is not None:
             delta["usage"] = {"output_tokens": reply.usage.output_tokens}
+        # With tool calls, stream_tool_calls closed the text block before their blocks.
+        stop = (
+            []
+            if reply.tool_calls
+            else [_sse({"type": "content_block_stop", "index": 0}, "content_block_stop")]
+        )
         return [
-            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            *stop,
             _sse(delta, "message_delta"),
             _sse({"type": "message_stop"}, "message_stop"),
         ]
