@@ -543,13 +543,14 @@ BAD_UTF8 = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\x
 
 
 def utf8_error_pattern(path: Sequence[FieldDescriptor]) -> str:
-    """The status a bad string at ``path`` must get: its field named, with the index of a repeated
-    message (which depends on where the bad bytes went) or the map key (empty: none is encoded)."""
+    """The status a bad string at ``path`` must get: its field named, with the index of each repeated
+    field on the way (which depends on where the bad bytes went) or the map key (empty: none is
+    encoded)."""
     head, *rest = path
     if rest and head.message_type is not None and head.message_type.GetOptions().map_entry:
         name = f"{head.name} \\(a key\\)" if rest[0].name == "key" else f"{head.name}\\[''\\]"
     else:
-        name = head.name + (r"\[\d+\]" if head.is_repeated else "") + "".join(f"\\.{f.name}" for f in rest)
+        name = r"\.".join(f.name + (r"\[\d+\]" if f.is_repeated else "") for f in path)
     return name + ": is not valid UTF-8"
 
 
