@@ -31,12 +31,6 @@ TIERS = {"small": "openai", "large": "anthropic"}
 
 
 @pytest_asyncio.fixture
-async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    async with ScriptedUpstream() as scripted:
-        yield scripted
-
-
-@pytest_asyncio.fixture
 async def svc(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Running]:
     config = build_config(config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url))
     async with running_server(config) as running:
