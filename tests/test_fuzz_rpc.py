@@ -449,6 +449,12 @@ ROUTE_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] =
     "tools_json": (st.sampled_from(["", '[{"name": "lookup", "parameters": {}}]']), any_text),
     "cache_mode": (st.integers(0, 3), int32s),
     "max_age_s": (st.none() | st.integers(0, 2**63 - 1), st.none() | int64s),
+    # Valid alone (without tools, and on either tier's protocol): unset, or top_p in range.
+    "tool_choice": (st.just(""), any_text),
+    "parallel_tool_calls": (st.none(), st.none() | st.booleans()),
+    "response_format_json": (st.just(""), any_text),
+    "top_p": (st.none() | st.floats(0, 1), st.none() | doubles),
+    "seed": (st.none(), st.none() | int64s),
 }
 
 
