@@ -120,12 +120,13 @@ class ResponseCache:
 
 
 def _keyed(message: ChatMessage) -> tuple[str, str]:
-    """A turn as the cache keys it: its tool calls and a tool result's call id are part of it."""
+    """A turn as the cache keys it: its tool calls and a tool result's call id are part of it. The
+    role is marked too (no caller role has a "+"), so no plain turn's text can spell the same key."""
     if not message.tool_calls and not message.tool_call_id:
         return (message.role, message.content)
     calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
     tools = json.dumps({"tool_call_id": message.tool_call_id, "tool_calls": calls}, sort_keys=True)
-    return (message.role, f"{message.content}\n{tools}")
+    return (f"{message.role}+tool_use", f"{message.content}\n{tools}")
 
 
 def _info(hit: CacheHit) -> CacheHitInfo:

@@ -247,3 +247,20 @@ async def test_a_json_schema_answer_is_not_served_to_a_plain_request(
     plain = await complete(svc, question)
     assert not plain.decision.cache_hit and plain.content == "It has shipped."
     assert "response_format" not in upstream.requests[-1].body
+
+
+@pytest.mark.asyncio
+async def test_conversations_differing_only_in_a_tool_call_do_not_share_answers(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    def after_call(arguments: str) -> list[pb.ChatMessage]:
+        call = pb.ToolCall(id="c1", name="lookup_order", arguments_json=arguments)
+        return [
+            *msgs(("user", "Is my order there yet?")),
+            pb.ChatMessage(role="assistant", tool_calls=[call]),
+            pb.ChatMessage(role="tool", tool_call_id="c1", content="Delivered."),
+        ]
+
+    await complete(svc, after_call('{"id": 7}'), tools_json=TOOLS)
+    assert (await complete(svc, after_call('{"id": 7}'), tools_json=TOOLS)).decision.cache_hit
+    assert not (await complete(svc, after_call('{"id": 8}'), tools_json=TOOLS)).decision.cache_hit
