@@ -49,9 +49,15 @@ def json_object(field: str, text: str, max_depth: int) -> dict[str, Any]:
 
 
 def tool_calls(
-    field: str, role: str, calls: Sequence[WireToolCall], max_chars: int, max_depth: int
+    field: str,
+    role: str,
+    calls: Sequence[WireToolCall],
+    max_chars: int,
+    max_arguments_chars: int,
+    max_depth: int,
 ) -> tuple[ToolCall, ...]:
-    """An assistant turn's tool calls: each with an id, a name, and a JSON object of arguments."""
+    """An assistant turn's tool calls: each with an id and a name of at most ``max_chars``, and a
+    JSON object of arguments (at most ``max_arguments_chars``, checked before it is parsed)."""
     if calls and role != "assistant":
         raise InvalidRequest(field, f"only assistant messages carry tool calls; this one is {role!r}")
     out = []
@@ -65,6 +71,11 @@ def tool_calls(
                     f"{name}.{part}", f"is {len(value)} characters; the limit is {max_chars}"
                 )
             check_printable(f"{name}.{part}", value)
+        if len(call.arguments_json) > max_arguments_chars:
+            raise InvalidRequest(
+                f"{name}.arguments_json",
+                f"is {len(call.arguments_json)} characters; the limit is {max_arguments_chars}",
+            )
         json_object(f"{name}.arguments_json", call.arguments_json, max_depth)
         out.append(ToolCall(call.id, call.name, call.arguments_json))
     return tuple(out)

@@ -113,6 +113,7 @@ def _messages(request: WireRequest, config: Config) -> tuple[ChatMessage, ...]:
             message.role,
             message.tool_calls,
             limits.max_field_chars,
+            limits.max_content_chars,
             limits.max_tools_depth,
         )
         check_tool_turns(f"messages[{i}]", message.role, message.tool_call_id, call_ids)

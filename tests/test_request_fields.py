@@ -264,6 +264,17 @@ BAD_TURNS: list[tuple[list[pb.ChatMessage], str]] = [
         ],
         "messages[1].tool_calls[0].id: must not be empty",
     ),
+    (
+        [
+            pb.ChatMessage(role="user", content="a"),
+            pb.ChatMessage(
+                role="assistant",
+                tool_calls=[pb.ToolCall(id="c", name="f", arguments_json='{"a": "' + "x" * 200_000 + '"}')],
+            ),
+            pb.ChatMessage(role="user", content="b"),
+        ],
+        "messages[1].tool_calls[0].arguments_json: is 200009 characters; the limit is 200000",
+    ),
 ]
 
 
