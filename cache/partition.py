@@ -42,7 +42,13 @@ def _canonical_json(value: object) -> str:
 
 def tools_digest(tools_json: str) -> str:
     """SHA-256 of the tool definitions; JSON that parses is canonicalised (key order, spacing) first."""
-    text = tools_json.strip()
+    return json_digest(tools_json)
+
+
+def json_digest(json_text: str) -> str:
+    """SHA-256 of a JSON text canonicalised (key order, spacing); text that does not parse is hashed
+    as normalised text."""
+    text = json_text.strip()
     if not text:
         return sha256_hex("")
     try:
@@ -69,6 +75,11 @@ class GenerationParams:
     max_tokens: int | None = None
     temperature: float | None = None
     stop: tuple[str, ...] = ()
+    top_p: float | None = None
+    seed: int | None = None
+    tool_choice: str = ""  # a word, or a JSON object
+    parallel_tool_calls: bool | None = None
+    response_format_json: str = ""
 
     def key_parts(self) -> dict[str, object]:
         temperature: float | None = None
@@ -83,7 +94,26 @@ class GenerationParams:
             "temperature": temperature,
             # The order of stop sequences does not change the output.
             "stop": sorted(set(self.stop)),
+            **self._later_parts(),
         }
+
+    def _later_parts(self) -> dict[str, object]:
+        """Parts added after version 1, present only when set: the keys of requests without them
+        stay what they were, so entries stored before still serve them."""
+        parts: dict[str, object] = {}
+        if self.top_p is not None:
+            if not math.isfinite(self.top_p):
+                raise ValueError(f"top_p must be finite, got {self.top_p}")
+            parts["top_p"] = self.top_p + 0.0
+        if self.seed is not None:
+            parts["seed"] = self.seed
+        if self.tool_choice:
+            parts["tool_choice"] = json_digest(self.tool_choice)
+        if self.parallel_tool_calls is not None:
+            parts["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.response_format_json:
+            parts["response_format"] = json_digest(self.response_format_json)
+        return parts
 
 
 def last_user_index(messages: Sequence[Message]) -> int:

@@ -8,6 +8,7 @@ translates between the two.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from tierwise.cache.semantic_cache import CacheHit, CacheQuery, SemanticCache
 from tierwise.cache.store import CachedResponse
 from tierwise.router.config import CacheConfig
 from tierwise.router.outcome import CacheHitInfo, Completion
-from tierwise.router.types import CacheMode, RequestSpec, TokenUsage
+from tierwise.router.types import CacheMode, ChatMessage, RequestSpec, TokenUsage
 
 log = logging.getLogger("tierwise.cache")
 
@@ -58,11 +59,16 @@ class ResponseCache:
             max_tokens=spec.max_tokens,
             temperature=spec.temperature,
             stop=spec.stop,
+            top_p=spec.top_p,
+            seed=spec.seed,
+            tool_choice=spec.tool_choice,
+            parallel_tool_calls=spec.parallel_tool_calls,
+            response_format_json=spec.response_format_json,
         )
         query = CacheQuery.create(
             tenant=spec.tenant,
             namespace=spec.feature,
-            messages=[(m.role, m.content) for m in spec.messages],
+            messages=[_keyed(m) for m in spec.messages],
             embedding=embedding,
             params=params,
             tools_json=spec.tools_json,
@@ -77,8 +83,10 @@ class ResponseCache:
         return None if hit is None else _info(hit)
 
     def store(self, use: CacheUse, completion: Completion) -> None:
-        """Insert in the background: the caller already has its answer."""
-        if not use.store or completion.decision.cache_hit is not None:
+        """Insert in the background: the caller already has its answer. An answer that calls tools
+        is not stored: it is a step of one conversation (its call ids are that conversation's), and
+        a cached answer carries text only."""
+        if not use.store or completion.decision.cache_hit is not None or completion.tool_calls:
             return
         response = CachedResponse(
             content=completion.content,
@@ -109,6 +117,16 @@ class ResponseCache:
     async def aclose(self) -> None:
         await self.drain()
         await self._cache.aclose()
+
+
+def _keyed(message: ChatMessage) -> tuple[str, str]:
+    """A turn as the cache keys it: its tool calls and a tool result's call id are part of it. The
+    role is marked too (no caller role has a "+"), so no plain turn's text can spell the same key."""
+    if not message.tool_calls and not message.tool_call_id:
+        return (message.role, message.content)
+    calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
+    tools = json.dumps({"tool_call_id": message.tool_call_id, "tool_calls": calls}, sort_keys=True)
+    return (f"{message.role}+tool_use", f"{message.content}\n{tools}")
 
 
 def _info(hit: CacheHit) -> CacheHitInfo:

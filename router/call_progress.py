@@ -15,18 +15,26 @@ the spend record the server books on any later failure or cancel carries what th
 from __future__ import annotations
 
 from tierwise.router.config import TierConfig
-from tierwise.router.outcome import Completion, PartialAnswer
+from tierwise.router.outcome import Completion, PartialAnswer, StreamDelta
 from tierwise.router.pricing import cost_usd
+from tierwise.router.providers.base import ChatResult, TextDelta
+from tierwise.router.providers.tools import ToolCallAssembler
 from tierwise.router.tokens import TokenCounter
-from tierwise.router.types import RequestSpec, TokenUsage
+from tierwise.router.types import RequestSpec, TokenUsage, ToolCall, ToolCallDelta
 
 
 class PromptTokens:
-    """The prompt's token count per encoding, counted once per request (long prompts are costly to count)."""
+    """The prompt's token count per encoding, counted once per request (long prompts are costly to count).
+
+    The prompt is what the tier reads: the messages (tool calls and results included) and, where the
+    request sends them, the tool definitions, the tool choice and the response format, counted as
+    their JSON text (the providers bill their own rendering of them; this is the estimate used when
+    they report no usage)."""
 
     def __init__(self, counter: TokenCounter, spec: RequestSpec) -> None:
         self._counter = counter
         self._messages = spec.messages
+        self._extra = "".join((spec.tools_json, spec.tool_choice, spec.response_format_json))
         self._counts: dict[str, int] = {}
 
     def encoding(self, tier: TierConfig) -> str:
@@ -37,16 +45,18 @@ class PromptTokens:
         if encoding not in self._counts:
             self._counts[encoding] = self._counter.count_messages(
                 self._messages, tier.model, encoding=encoding
-            )
+            ) + (self._counter.count_text(self._extra, encoding=encoding) if self._extra else 0)
         return self._counts[encoding]
 
     def text(self, tier: TierConfig, text: str) -> int:
         return self._counter.count_text(text, encoding=self.encoding(tier))
 
-    def usage(self, tier: TierConfig, reported: TokenUsage | None, answer: str) -> TokenUsage:
-        """The upstream's reported usage, else tiktoken's count of what was sent and received."""
-        if reported is not None:
-            return reported
+    def usage(self, tier: TierConfig, result: ChatResult) -> TokenUsage:
+        """The upstream's reported usage, else tiktoken's count of what was sent and received (the
+        text and every tool call's name and arguments)."""
+        if result.usage is not None:
+            return result.usage
+        answer = result.content + "".join(c.name + c.arguments for c in result.tool_calls)
         return TokenUsage(input_tokens=self.of(tier), output_tokens=self.text(tier, answer))
 
 
@@ -57,6 +67,7 @@ class CallProgress:
         self._tier: TierConfig | None = None
         self._prompt: PromptTokens | None = None
         self._parts: list[str] = []
+        self._tool_calls = ToolCallAssembler()
         self._billed: PartialAnswer | None = None  # counted once: the budget and the spend record both ask
         self._charged = False  # the budget was charged (or released): billed() says _charge from then on
         self._charge: PartialAnswer | None = None
@@ -64,10 +75,21 @@ class CallProgress:
     def start(self, tier: TierConfig, prompt: PromptTokens) -> None:
         """The request to ``tier`` is about to be sent."""
         self._tier, self._prompt, self._parts, self._billed = tier, prompt, [], None
+        self._tool_calls = ToolCallAssembler()
 
-    def add(self, text: str) -> None:
-        self._parts.append(text)
+    def add(self, event: TextDelta | ToolCallDelta) -> StreamDelta:
+        """Keep a piece the tier streamed; what the caller is sent of it."""
         self._billed = None
+        if isinstance(event, TextDelta):
+            self._parts.append(event.text)
+            return StreamDelta(event.text)
+        self._tool_calls.add(event)
+        self._parts.append("")  # the tier has streamed: a break from here on is billed
+        return StreamDelta(tool_call=event)
+
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        """The tool calls the current tier has streamed, put together."""
+        return self._tool_calls.calls()
 
     def ended(self) -> None:
         """The tier answered or failed: no call is in flight. Text it already streamed stays billed
@@ -100,6 +122,7 @@ class CallProgress:
             return None
         if self._billed is None:
             tier, prompt = self._tier, self._prompt
-            usage = TokenUsage(prompt.of(tier), prompt.text(tier, self.text()) if self._parts else 0)
+            streamed = self.text() + self._tool_calls.arguments_text()
+            usage = TokenUsage(prompt.of(tier), prompt.text(tier, streamed) if self._parts else 0)
             self._billed = PartialAnswer(tier.name, usage, cost_usd(tier.price, usage))
         return self._billed

@@ -9,7 +9,7 @@ from decimal import Decimal
 import numpy as np
 import numpy.typing as npt
 
-from tierwise.router.types import TokenUsage
+from tierwise.router.types import TokenUsage, ToolCall, ToolCallDelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +85,10 @@ class Completion:
     latency: Latency
     attempts: tuple[Attempt, ...]
     embedding: npt.NDArray[np.float32] | None = None  # the request's one embedding (learning samples read it)
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls the model made (finish_reason tool_calls)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamDelta:
-    text: str
+    text: str = ""
+    tool_call: ToolCallDelta | None = None

@@ -48,6 +48,12 @@ def bounded_call(tier: TierConfig, spec: RequestSpec, timeout_s: float) -> ChatC
         max_tokens=output_bound(tier, spec),
         temperature=spec.temperature,
         stop=spec.stop,
+        tools_json=spec.tools_json,
+        tool_choice=spec.tool_choice,
+        parallel_tool_calls=spec.parallel_tool_calls,
+        response_format_json=spec.response_format_json,
+        top_p=spec.top_p,
+        seed=spec.seed,
     )
 
 

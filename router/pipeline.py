@@ -40,10 +40,10 @@ from tierwise.router.providers.base import (
     Provider,
     ProviderError,
     StreamFinish,
-    TextDelta,
 )
 from tierwise.router.resilience import StopReason, TierHealth
 from tierwise.router.tokens import TokenCounter
+from tierwise.router.tool_checks import admits
 from tierwise.router.types import RequestSpec, TokenUsage
 from tierwise.router.upstream_errors import attempt_from_error, circuit_open_attempt, exhausted, rejection_for
 
@@ -215,10 +215,10 @@ class Pipeline:
         options = [
             TierOption(t.name, t.model, self._expected_cost(t, spec, prompt), t.max_output_tokens)
             for t in self._config.tiers
-            if spec.max_tokens is None or spec.max_tokens <= t.max_output_tokens
+            if admits(t, spec)
         ]
-        if not options:  # validation guarantees one tier admits max_tokens
-            raise ServiceError("no tier admits the requested max_tokens")
+        if not options:  # validation guarantees one tier admits the request
+            raise ServiceError("no tier admits the request's max_tokens and fields")
         return options
 
     def _expected_output(self, tier: TierConfig, spec: RequestSpec) -> int:
@@ -274,7 +274,7 @@ class Pipeline:
         started, upstream_s, first_token_at = timing
         decision = plan.decision
         now = self._clock()
-        usage = plan.prompt.usage(tier, result.usage, result.content)
+        usage = plan.prompt.usage(tier, result)
         total_ms = (now - started) * 1000
         ttft_ms = (first_token_at - started) * 1000 if first_token_at is not None else total_ms
         after_first = (now - first_token_at) * 1000 if first_token_at is not None else 0.0
@@ -295,6 +295,7 @@ class Pipeline:
             ),
             attempts=tuple(attempts),
             embedding=plan.embedding,
+            tool_calls=result.tool_calls,
         )
 
     async def _settle(
@@ -456,13 +457,12 @@ class Pipeline:
             progress.start(tier, plan.prompt)
             try:
                 async for event in self._providers[tier.name].stream(call):
-                    if isinstance(event, TextDelta):
-                        if first_token_at is None:
-                            first_token_at = self._clock()
-                        progress.add(event.text)
-                        yield StreamDelta(event.text)
-                    else:
+                    if isinstance(event, StreamFinish):
                         finish = event
+                        continue
+                    if first_token_at is None:
+                        first_token_at = self._clock()
+                    yield progress.add(event)
             except ProviderError as exc:
                 progress.ended()
                 elapsed = self._clock() - t0
@@ -489,7 +489,9 @@ class Pipeline:
             assert finish is not None  # providers end every stream with a StreamFinish or raise
             warn_on_overrun(tier.name, call.max_tokens, finish.usage)
             attempts.append(Attempt(tier.name, tier.model, True, elapsed * 1000))
-            result = ChatResult(progress.text(), finish.finish_reason, finish.usage, finish.model)
+            result = ChatResult(
+                progress.text(), finish.finish_reason, finish.usage, finish.model, progress.tool_calls()
+            )
             yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))
             return
         raise exhausted(attempts)

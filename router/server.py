@@ -40,7 +40,7 @@ from tierwise.router.rpc import reject_undecodable, safe_deserializer, unary
 from tierwise.router.service import Service
 from tierwise.router.types import RequestSpec
 from tierwise.router.validation import InvalidRequest, WireRequest, validate_request
-from tierwise.router.wire import decision_pb, response_pb, stream_end_pb
+from tierwise.router.wire import decision_pb, delta_chunk, response_pb, stream_end_pb
 from tierwise.v1 import tierwise_pb2 as pb
 
 log = logging.getLogger("tierwise.server")
@@ -189,7 +189,7 @@ class RouterServicer:
                         if isinstance(item, Decision):
                             yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
                         elif isinstance(item, StreamDelta):
-                            yield pb.CompleteChunk(request_id=request_id, delta=item.text)
+                            yield delta_chunk(request_id, item)
                         else:
                             accounting.completed(spec, item, span)
                             booked = True

@@ -179,8 +179,13 @@ class TokenCounter:
         return len(self.encode(text, encoding=encoding, model=model))
 
     def _message_counts(self, messages: Sequence[ChatMessage], enc: tiktoken.Encoding) -> list[int]:
+        # A turn's tool calls (name, arguments) and a tool result's call id are read by the model too.
         return [
-            TOKENS_PER_MESSAGE + len(enc.encode_ordinary(m.role)) + len(enc.encode_ordinary(m.content))
+            TOKENS_PER_MESSAGE
+            + len(enc.encode_ordinary(m.role))
+            + len(enc.encode_ordinary(m.content))
+            + sum(len(enc.encode_ordinary(c.name + c.arguments)) for c in m.tool_calls)
+            + (len(enc.encode_ordinary(m.tool_call_id)) if m.tool_call_id else 0)
             for m in messages
         ]
 

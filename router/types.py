@@ -11,13 +11,35 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A function call the model asked for; ``arguments`` is a JSON object's text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: the first carries ``id`` and ``name``, later ones append
+    to ``arguments``; pieces of one call share ``index``."""
+
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant turns
+    tool_call_id: str = ""  # tool turns: the call this result answers
 
 
 class CacheMode(enum.Enum):
@@ -44,6 +66,11 @@ class RequestSpec:
     tools_json: str = ""
     cache_mode: CacheMode = CacheMode.USE
     max_age_s: int | None = None
+    tool_choice: str = ""  # auto | none | required | a JSON object naming a tool
+    parallel_tool_calls: bool | None = None
+    response_format_json: str = ""
+    top_p: float | None = None
+    seed: int | None = None
 
     @property
     def system_prompt(self) -> str:

@@ -14,6 +14,16 @@ from tierwise.router.config import Config
 from tierwise.router.experiments.assignment import ARM_OVERRIDE_KEY, Assigner, BadArmOverride
 from tierwise.router.field_checks import InvalidRequest as InvalidRequest
 from tierwise.router.field_checks import check_json, check_printable, check_tags
+from tierwise.router.tool_checks import (
+    WireToolCall,
+    check_response_format,
+    check_tier_support,
+    check_tool_choice,
+    check_tool_turns,
+    check_top_p,
+    tool_calls,
+    tool_names,
+)
 from tierwise.router.types import ROLES, CacheMode, ChatMessage, RequestSpec
 
 _CACHE_MODES = {0: CacheMode.USE, 1: CacheMode.USE, 2: CacheMode.BYPASS, 3: CacheMode.REFRESH}
@@ -22,6 +32,10 @@ _CACHE_MODES = {0: CacheMode.USE, 1: CacheMode.USE, 2: CacheMode.BYPASS, 3: Cach
 class _WireMessage(Protocol):
     role: str
     content: str
+    tool_call_id: str
+
+    @property
+    def tool_calls(self) -> Sequence[WireToolCall]: ...
 
 
 class WireRequest(Protocol):
@@ -46,6 +60,11 @@ class WireRequest(Protocol):
     tools_json: str
     cache_mode: int
     max_age_s: int
+    tool_choice: str
+    parallel_tool_calls: bool
+    response_format_json: str
+    top_p: float
+    seed: int
 
     def HasField(self, field_name: str) -> bool: ...
 
@@ -82,13 +101,25 @@ def _messages(request: WireRequest, config: Config) -> tuple[ChatMessage, ...]:
             "messages", f"has {len(request.messages)} messages; the limit is {limits.max_messages}"
         )
     total = 0
-    out = []
+    out: list[ChatMessage] = []
+    call_ids: set[str] = set()
     for i, message in enumerate(request.messages):
         if message.role not in ROLES:
             raise InvalidRequest(
                 f"messages[{i}].role", f"must be one of {', '.join(ROLES)}; got {message.role!r}"
             )
-        if not message.content.strip():
+        calls = tool_calls(
+            f"messages[{i}].tool_calls",
+            message.role,
+            message.tool_calls,
+            limits.max_field_chars,
+            limits.max_content_chars,
+            limits.max_tools_depth,
+        )
+        check_tool_turns(f"messages[{i}]", message.role, message.tool_call_id, call_ids)
+        call_ids.update(c.id for c in calls)
+        total += sum(len(c.arguments) for c in calls)
+        if not message.content.strip() and not calls:
             raise InvalidRequest(f"messages[{i}].content", "must not be empty")
         if len(message.content) > limits.max_content_chars:
             raise InvalidRequest(
@@ -96,9 +127,11 @@ def _messages(request: WireRequest, config: Config) -> tuple[ChatMessage, ...]:
                 f"is {len(message.content)} characters; the limit is {limits.max_content_chars}",
             )
         total += len(message.content)
-        out.append(ChatMessage(message.role, message.content))
+        out.append(ChatMessage(message.role, message.content, calls, message.tool_call_id))
     if total > limits.max_total_chars:
         raise InvalidRequest("messages", f"total {total} characters; the limit is {limits.max_total_chars}")
+    if out[-1].role == "tool":  # the model goes on from a tool's result
+        return tuple(out)
     if out[-1].role != "user":
         raise InvalidRequest(f"messages[{len(out) - 1}].role", "the last message must be from the user")
     return tuple(out)
@@ -154,6 +187,18 @@ def validate_request(request: WireRequest, tenant: str, config: Config) -> Reque
         _check_text(f"stop[{i}]", stop, limits.max_field_chars, printable=False)
     _check_text("tools_json", request.tools_json, limits.max_tools_chars, printable=False)
     check_json("tools_json", request.tools_json, limits.max_tools_depth)
+    tools_json = request.tools_json if request.tools_json.strip() else ""
+    names = tool_names(tools_json)
+    _check_text("tool_choice", request.tool_choice, limits.max_tools_chars, printable=False)
+    check_tool_choice(request.tool_choice, names, limits.max_tools_depth)
+    parallel = request.parallel_tool_calls if request.HasField("parallel_tool_calls") else None
+    if parallel is not None and not names:
+        raise InvalidRequest("parallel_tool_calls", "needs tools_json")
+    response_format = request.response_format_json if request.response_format_json.strip() else ""
+    _check_text("response_format_json", response_format, limits.max_tools_chars, printable=False)
+    check_response_format(response_format, limits.max_tools_depth)
+    top_p = _opt_float(request, "top_p")
+    check_top_p(top_p)
 
     if request.cache_mode not in _CACHE_MODES:
         raise InvalidRequest("cache_mode", f"unknown value {request.cache_mode}")
@@ -173,10 +218,16 @@ def validate_request(request: WireRequest, tenant: str, config: Config) -> Reque
         temperature=temperature,
         metadata=dict(request.metadata),
         stop=tuple(request.stop),
-        tools_json=request.tools_json,
+        tools_json=tools_json,
         cache_mode=_CACHE_MODES[request.cache_mode],
         max_age_s=max_age,
+        tool_choice=request.tool_choice,
+        parallel_tool_calls=parallel,
+        response_format_json=response_format,
+        top_p=top_p,
+        seed=_opt_int(request, "seed"),
     )
+    check_tier_support(spec, config)
     if ARM_OVERRIDE_KEY in spec.metadata:
         try:
             Assigner(config.experiments).forced_arm(spec)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypedDict
 
-from tierwise.router.outcome import Attempt, Completion, Decision, Latency
+from tierwise.router.outcome import Attempt, Completion, Decision, Latency, StreamDelta
 from tierwise.router.pricing import usd_str, usd_to_float
-from tierwise.router.types import TokenUsage
+from tierwise.router.types import TokenUsage, ToolCall
 from tierwise.v1 import tierwise_pb2 as pb
 
 
@@ -78,11 +78,25 @@ def attempts_pb(attempts: Sequence[Attempt]) -> list[pb.Attempt]:
     ]
 
 
+def tool_calls_pb(calls: Sequence[ToolCall]) -> list[pb.ToolCall]:
+    return [pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments) for c in calls]
+
+
+def delta_chunk(request_id: str, delta: StreamDelta) -> pb.CompleteChunk:
+    """A stream's piece of text, or of a tool call."""
+    call = delta.tool_call
+    if call is None:
+        return pb.CompleteChunk(request_id=request_id, delta=delta.text)
+    piece = pb.ToolCallDelta(index=call.index, id=call.id, name=call.name, arguments_json=call.arguments)
+    return pb.CompleteChunk(request_id=request_id, tool_call=piece)
+
+
 class _Settlement(TypedDict):
-    """What a unary response and a stream's last message both say: how the answer ended, what it
-    cost and how long it took."""
+    """What a unary response and a stream's last message both say: how the answer ended (with the
+    tool calls it made), what it cost and how long it took."""
 
     finish_reason: str
+    tool_calls: list[pb.ToolCall]
     usage: pb.Usage
     cost_usd: float
     cost_usd_exact: str
@@ -93,6 +107,7 @@ class _Settlement(TypedDict):
 def _settlement(completion: Completion) -> _Settlement:
     return _Settlement(
         finish_reason=completion.finish_reason,
+        tool_calls=tool_calls_pb(completion.tool_calls),
         usage=usage_pb(completion.usage),
         cost_usd=usd_to_float(completion.cost_usd),
         cost_usd_exact=usd_str(completion.cost_usd),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tierwise.cache.partition import (
@@ -94,3 +96,26 @@ def test_helpers() -> None:
     assert last_user_turn([("system", "s")]) == ""
     with pytest.raises(ValueError):
         GenerationParams(temperature=float("nan")).key_parts()
+
+
+def test_parameters_added_later_leave_the_keys_of_requests_without_them_unchanged() -> None:
+    # Entries stored before top_p, seed, tool_choice, parallel_tool_calls and response_format
+    # existed keep serving the requests that set none of them.
+    assert set(GenerationParams("small", 256, 0.0, ("a",)).key_parts()) == {
+        "model_class",
+        "max_tokens_bucket",
+        "temperature",
+        "stop",
+    }
+    keys = {
+        json.dumps(GenerationParams(**change).key_parts(), sort_keys=True)
+        for change in (
+            {},
+            {"top_p": 0.5},
+            {"seed": 3},
+            {"tool_choice": "auto"},
+            {"parallel_tool_calls": False},
+            {"response_format_json": '{"type": "json_object"}'},
+        )
+    }
+    assert len(keys) == 6

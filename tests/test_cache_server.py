@@ -80,6 +80,11 @@ async def test_paraphrase_hits_semantically_and_streams(svc: Running, upstream: 
     assert len(upstream.requests) == 1
 
 
+TOOLS = '[{"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object"}}}]'
+OTHER_TOOLS = '[{"type": "function", "function": {"name": "cancel_order", "parameters": {"type": "object"}}}]'
+JSON_OBJECT = '{"type": "json_object"}'
+SCHEMA = '{"type": "json_schema", "json_schema": {"name": "order", "schema": {"type": "object"}}}'
+
 ISOLATION: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("tenant", {"auth": AUTH}, {"auth": OTHER_AUTH}),
     ("feature", {"feature": "billing"}, {"feature": "support"}),
@@ -89,6 +94,19 @@ ISOLATION: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("max_tokens", {"max_tokens": 16}, {"max_tokens": 500}),
     ("stop", {"stop": ["\n"]}, {"stop": ["END"]}),
     ("pinned tier", {"tier": "small"}, {"tier": "large"}),
+    (
+        "tool_choice",
+        {"tools_json": TOOLS, "tool_choice": "auto"},
+        {"tools_json": TOOLS, "tool_choice": "required"},
+    ),
+    (
+        "parallel_tool_calls",
+        {"tools_json": TOOLS, "parallel_tool_calls": True},
+        {"tools_json": TOOLS, "parallel_tool_calls": False},
+    ),
+    ("response_format", {"response_format_json": JSON_OBJECT}, {"response_format_json": SCHEMA}),
+    ("top_p", {"top_p": 0.5}, {"top_p": 0.9}),
+    ("seed", {"seed": 1}, {"seed": 2}),
     ("conversation", {"history": "Cancel my gym membership."}, {"history": "Cancel my phone contract."}),
 ]
 
@@ -199,3 +217,50 @@ async def test_long_prompts_that_share_few_shot_examples_only_hit_exactly(
         assert (
             not short.decision.cache_hit and near.decision.cache_hit
         )  # short texts still match semantically
+
+
+@pytest.mark.asyncio
+async def test_a_tool_call_answer_is_never_served_from_the_cache(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script(text="", tool_calls=(("call_9", "lookup_order", '{"id": 7}'),))
+    question = msgs(("user", "Where is order 7?"))
+    first = await complete(svc, question, tools_json=TOOLS)
+    assert first.finish_reason == "tool_calls" and first.tool_calls[0].name == "lookup_order"
+    # Neither the same request nor one with other tools is answered with that call.
+    again = await complete(svc, question, tools_json=TOOLS)
+    other = await complete(svc, question, tools_json=OTHER_TOOLS)
+    assert not again.decision.cache_hit and not other.decision.cache_hit
+    assert len(upstream.requests) == 3
+    assert upstream.requests[-1].body["tools"][0]["function"]["name"] == "cancel_order"
+
+
+@pytest.mark.asyncio
+async def test_a_json_schema_answer_is_not_served_to_a_plain_request(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    upstream.script(text='{"status": "shipped"}')
+    question = msgs(("user", "Status of order 7?"))
+    await complete(svc, question, response_format_json=SCHEMA)
+    assert (await complete(svc, question, response_format_json=SCHEMA)).decision.cache_hit  # it was stored
+    upstream.script(text="It has shipped.")
+    plain = await complete(svc, question)
+    assert not plain.decision.cache_hit and plain.content == "It has shipped."
+    assert "response_format" not in upstream.requests[-1].body
+
+
+@pytest.mark.asyncio
+async def test_conversations_differing_only_in_a_tool_call_do_not_share_answers(
+    svc: Running, upstream: ScriptedUpstream
+) -> None:
+    def after_call(arguments: str) -> list[pb.ChatMessage]:
+        call = pb.ToolCall(id="c1", name="lookup_order", arguments_json=arguments)
+        return [
+            *msgs(("user", "Is my order there yet?")),
+            pb.ChatMessage(role="assistant", tool_calls=[call]),
+            pb.ChatMessage(role="tool", tool_call_id="c1", content="Delivered."),
+        ]
+
+    await complete(svc, after_call('{"id": 7}'), tools_json=TOOLS)
+    assert (await complete(svc, after_call('{"id": 7}'), tools_json=TOOLS)).decision.cache_hit
+    assert not (await complete(svc, after_call('{"id": 8}'), tools_json=TOOLS)).decision.cache_hit

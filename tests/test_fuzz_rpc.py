@@ -449,6 +449,12 @@ ROUTE_FIELDS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any]]] =
     "tools_json": (st.sampled_from(["", '[{"name": "lookup", "parameters": {}}]']), any_text),
     "cache_mode": (st.integers(0, 3), int32s),
     "max_age_s": (st.none() | st.integers(0, 2**63 - 1), st.none() | int64s),
+    # Valid alone (without tools, and on either tier's protocol): unset, or top_p in range.
+    "tool_choice": (st.just(""), any_text),
+    "parallel_tool_calls": (st.none(), st.none() | st.booleans()),
+    "response_format_json": (st.just(""), any_text),
+    "top_p": (st.none() | st.floats(0, 1), st.none() | doubles),
+    "seed": (st.none(), st.none() | int64s),
 }
 
 
@@ -543,13 +549,14 @@ BAD_UTF8 = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\x
 
 
 def utf8_error_pattern(path: Sequence[FieldDescriptor]) -> str:
-    """The status a bad string at ``path`` must get: its field named, with the index of a repeated
-    message (which depends on where the bad bytes went) or the map key (empty: none is encoded)."""
+    """The status a bad string at ``path`` must get: its field named, with the index of each repeated
+    field on the way (which depends on where the bad bytes went) or the map key (empty: none is
+    encoded)."""
     head, *rest = path
     if rest and head.message_type is not None and head.message_type.GetOptions().map_entry:
         name = f"{head.name} \\(a key\\)" if rest[0].name == "key" else f"{head.name}\\[''\\]"
     else:
-        name = head.name + (r"\[\d+\]" if head.is_repeated else "") + "".join(f"\\.{f.name}" for f in rest)
+        name = r"\.".join(f.name + (r"\[\d+\]" if f.is_repeated else "") for f in path)
     return name + ": is not valid UTF-8"
 
 

@@ -35,17 +35,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
 import json
 import re
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from aiohttp import web
+
+from tests.upstream_wire import AnthropicWire, OpenAIWire, Reply, Usage, Wire
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
@@ -58,8 +58,13 @@ class Script:
     chunks were sent, so N=0 is before any text."""
 
     text: str = "Hello from the scripted upstream."
-    # Verbatim finish_reason (OpenAI) or stop_reason (Anthropic); None: "stop" / "end_turn".
+    # Verbatim finish_reason (OpenAI) or stop_reason (Anthropic); None: "stop" / "end_turn", or
+    # "tool_calls" / "tool_use" when the reply calls tools.
     finish_reason: str | None = None
+    # Tool calls the reply makes, after its text, as (id, name, arguments JSON). Streamed, a call's
+    # first piece carries its id and name and its arguments follow in two pieces (OpenAI
+    # tool_calls deltas; Anthropic tool_use blocks with input_json_delta events).
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
     # Usage, in the protocol-neutral sense: input_tokens is the whole prompt, cached_tokens the
     # part read from the prompt cache; None counts whitespace-separated words (prompt, reply).
     # Anthropic reports input_tokens - cached - cache_creation as its input_tokens.
@@ -178,12 +183,12 @@ class ScriptedUpstream:
     # -- request handling ----------------------------------------------------------------------
 
     async def _handle_openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, _OpenAIWire())
+        return await self._handle(request, OpenAIWire())
 
     async def _handle_anthropic(self, request: web.Request) -> web.StreamResponse:
-        return await self._handle(request, _AnthropicWire())
+        return await self._handle(request, AnthropicWire())
 
-    async def _handle(self, request: web.Request, wire: _Wire) -> web.StreamResponse:
+    async def _handle(self, request: web.Request, wire: Wire) -> web.StreamResponse:
         raw = await request.read()
         try:
             body: Any = json.loads(raw)
@@ -221,19 +226,21 @@ class ScriptedUpstream:
         cut = script.honour_max_tokens and isinstance(bound, int) and usage.output_tokens > bound
         if cut:
             usage = dataclasses.replace(usage, output_tokens=bound)
-        reply = _Reply(
+        finish = wire.tool_finish if script.tool_calls else wire.default_finish
+        reply = Reply(
             model=str(body["model"]),
             chunks=chunks,
-            finish_reason=wire.length_finish if cut else script.finish_reason or wire.default_finish,
+            finish_reason=wire.length_finish if cut else script.finish_reason or finish,
             usage=usage if script.report_usage else None,
             include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+            tool_calls=script.tool_calls,
         )
         if not stream:
             return _json(200, wire.message(reply), extra)
         return await self._stream(request, wire, script, reply)
 
     async def _stream(
-        self, request: web.Request, wire: _Wire, script: Script, reply: _Reply
+        self, request: web.Request, wire: Wire, script: Script, reply: Reply
     ) -> web.StreamResponse:
         response = web.StreamResponse(
             headers={"content-type": "text/event-stream", "cache-control": "no-cache"}
@@ -262,7 +269,7 @@ class ScriptedUpstream:
             if sent > 0 and not await self._pause(script.chunk_delay_s):
                 return response
             await response.write(wire.stream_delta(reply, reply.chunks[sent]).encode())
-        for frame in wire.stream_tail(reply):
+        for frame in [*wire.stream_tool_calls(reply), *wire.stream_tail(reply)]:
             await response.write(frame.encode())
         await response.write_eof()
         return response
@@ -296,36 +303,15 @@ def serve_in_thread(*, api_key: str | None = None) -> Iterator[ScriptedUpstream]
             loop.close()
 
 
-# -- the two wire protocols ------------------------------------------------------------------------
+# -- the reply's usage (the protocols' reply shapes are in tests/upstream_wire.py) ----------------------
 
 
-@dataclass(frozen=True)
-class _Usage:
-    input_tokens: int
-    output_tokens: int
-    cached_tokens: int
-    cache_creation_tokens: int
-
-
-@dataclass(frozen=True)
-class _Reply:
-    model: str
-    chunks: list[str]
-    finish_reason: str
-    usage: _Usage | None
-    include_usage: bool  # OpenAI streams: stream_options.include_usage was asked for
-
-    @property
-    def text(self) -> str:
-        return "".join(self.chunks)
-
-
-def _usage(script: Script, body: dict[str, Any], chunks: list[str]) -> _Usage:
+def _usage(script: Script, body: dict[str, Any], chunks: list[str]) -> Usage:
     words = 0
     for message in body.get("messages") or []:
         words += len(_text_of(message.get("content") if isinstance(message, dict) else None).split())
     words += len(_text_of(body.get("system")).split())
-    return _Usage(
+    return Usage(
         input_tokens=words if script.input_tokens is None else script.input_tokens,
         output_tokens=len(chunks) if script.output_tokens is None else script.output_tokens,
         cached_tokens=script.cached_tokens,
@@ -344,215 +330,6 @@ def _text_of(content: Any) -> str:
 
 def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response(payload, status=status, headers=headers)
-
-
-def _sse(data: Any, event: str | None = None) -> str:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data: {data if isinstance(data, str) else json.dumps(data)}\n\n"
-
-
-class _Wire(Protocol):
-    """One wire protocol's request checks and reply shapes."""
-
-    default_finish: str
-    length_finish: str  # the finish of a reply cut at max_tokens
-
-    def api_key(self, headers: Mapping[str, str]) -> str | None: ...
-
-    def invalid(self, headers: Mapping[str, str], body: dict[str, Any]) -> str | None: ...
-
-    def error_body(self, status: int, message: str) -> dict[str, Any]: ...
-
-    def message(self, reply: _Reply) -> dict[str, Any]: ...
-
-    def stream_head(self, reply: _Reply) -> list[str]: ...
-
-    def stream_delta(self, reply: _Reply, text: str) -> str: ...
-
-    def stream_tail(self, reply: _Reply) -> list[str]: ...
-
-    def stream_error(self, status: int, message: str) -> list[str]: ...
-
-
-_ids = itertools.count(1)
-OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_exceeded"}
-ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    529: "overloaded_error",
-}
-
-
-class _OpenAIWire:
-    default_finish = "stop"
-    length_finish = "length"
-
-    def __init__(self) -> None:
-        self.id = f"chatcmpl-scripted-{next(_ids)}"
-        self.created = int(time.time())
-
-    def api_key(self, headers: Mapping[str, str]) -> str | None:
-        value = headers.get("authorization", "")
-        return value.removeprefix("Bearer ") if value.startswith("Bearer ") else None
-
-    def invalid(self, headers: Mapping[str, str], body: dict[str, Any]) -> str | None:
-        for field in ("model", "messages"):
-            if field not in body:
-                return f"you must provide a {field} parameter"
-        return None
-
-    def error_body(self, status: int, message: str) -> dict[str, Any]:
-        kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-
-    def _usage(self, usage: _Usage) -> dict[str, Any]:
-        return {
-            "prompt_tokens": usage.input_tokens,
-            "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.input_tokens + usage.output_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-        }
-
-    def _chunk(self, reply: _Reply, choices: list[dict[str, Any]], **extra: Any) -> str:
-        chunk = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": reply.model,
-            "choices": choices,
-            # With include_usage every chunk carries "usage": null until the last one.
-            **({"usage": None} if reply.include_usage else {}),
-            **extra,
-        }
-        return _sse(chunk)
-
-    def message(self, reply: _Reply) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": reply.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.text},
-                    "finish_reason": reply.finish_reason,
-                }
-            ],
-        }
-        if reply.usage is not None:
-            payload["usage"] = self._usage(reply.usage)
-        return payload
-
-    def stream_head(self, reply: _Reply) -> list[str]:
-        delta = {"role": "assistant", "content": ""}
-        return [self._chunk(reply, [{"index": 0, "delta": delta, "finish_reason": None}])]
-
-    def stream_delta(self, reply: _Reply, text: str) -> str:
-        return self._chunk(reply, [{"index": 0, "delta": {"content": text}, "finish_reason": None}])
-
-    def stream_tail(self, reply: _Reply) -> list[str]:
-        frames = [self._chunk(reply, [{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}])]
-        if reply.include_usage and reply.usage is not None:
-            frames.append(self._chunk(reply, [], usage=self._usage(reply.usage)))
-        return [*frames, _sse("[DONE]")]
-
-    def stream_error(self, status: int, message: str) -> list[str]:
-        error = self.error_body(status, message)
-        error["error"]["code"] = status  # vLLM puts the status in "code"
-        return [_sse(error), _sse("[DONE]")]
-
-
-class _AnthropicWire:
-    default_finish = "end_turn"
-    length_finish = "max_tokens"
-
-    def __init__(self) -> None:
-        self.id = f"msg_scripted_{next(_ids)}"
-
-    def api_key(self, headers: Mapping[str, str]) -> str | None:
-        return headers.get("x-api-key")
-
-    def invalid(self, headers: Mapping[str, str], body: dict[str, Any]) -> str | None:
-        if "anthropic-version" not in headers:
-            return "anthropic-version: header is required"
-        for field in ("model", "messages", "max_tokens"):
-            if field not in body:
-                return f"{field}: Field required"
-        for message in body["messages"]:
-            if isinstance(message, dict) and message.get("role") not in ("user", "assistant"):
-                return (
-                    f"messages: Unexpected role {message.get('role')!r}. The Messages API accepts a "
-                    'top-level `system` parameter, not "system" as an input message role.'
-                )
-        return None
-
-    def error_body(self, status: int, message: str) -> dict[str, Any]:
-        kind = ANTHROPIC_ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
-        return {"type": "error", "error": {"type": kind, "message": message}}
-
-    def _usage(self, usage: _Usage, *, start: bool) -> dict[str, Any]:
-        uncached = usage.input_tokens - usage.cached_tokens - usage.cache_creation_tokens
-        return {
-            "input_tokens": max(0, uncached),
-            "cache_creation_input_tokens": usage.cache_creation_tokens,
-            "cache_read_input_tokens": usage.cached_tokens,
-            # message_start reports the output so far (the API sends a small number there).
-            "output_tokens": 1 if start else usage.output_tokens,
-        }
-
-    def _message(self, reply: _Reply, *, text: str, stop_reason: str | None, start: bool) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "id": self.id,
-            "type": "message",
-            "role": "assistant",
-            "model": reply.model,
-            "content": [{"type": "text", "text": text}] if text or not start else [],
-            "stop_reason": stop_reason,
-            "stop_sequence": None,
-        }
-        if reply.usage is not None:
-            payload["usage"] = self._usage(reply.usage, start=start)
-        return payload
-
-    def message(self, reply: _Reply) -> dict[str, Any]:
-        return self._message(reply, text=reply.text, stop_reason=reply.finish_reason, start=False)
-
-    def stream_head(self, reply: _Reply) -> list[str]:
-        start = {
-            "type": "message_start",
-            "message": self._message(reply, text="", stop_reason=None, start=True),
-        }
-        block = {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
-        return [
-            _sse(start, "message_start"),
-            _sse(block, "content_block_start"),
-            _sse({"type": "ping"}, "ping"),
-        ]
-
-    def stream_delta(self, reply: _Reply, text: str) -> str:
-        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
-        return _sse(delta, "content_block_delta")
-
-    def stream_tail(self, reply: _Reply) -> list[str]:
-        delta: dict[str, Any] = {
-            "type": "message_delta",
-            "delta": {"stop_reason": reply.finish_reason, "stop_sequence": None},
-        }
-        if reply.usage is not None:
-            delta["usage"] = {"output_tokens": reply.usage.output_tokens}
-        return [
-            _sse({"type": "content_block_stop", "index": 0}, "content_block_stop"),
-            _sse(delta, "message_delta"),
-            _sse({"type": "message_stop"}, "message_stop"),
-        ]
-
-    def stream_error(self, status: int, message: str) -> list[str]:
-        return [_sse(self.error_body(status, message), "error")]
 
 
 __all__ = ["RecordedRequest", "Script", "ScriptedUpstream", "serve_in_thread"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -16,12 +17,16 @@ from tierwise.router.providers.base import (
     TextDelta,
 )
 from tierwise.router.providers.http import HttpProvider, error_message, parse_json_object
-from tierwise.router.types import TokenUsage
+from tierwise.router.providers.tools import chosen_tool, function_of
+from tierwise.router.types import ChatMessage, TokenUsage, ToolCall, ToolCallDelta
 
 ANTHROPIC_VERSION = "2023-06-01"
 
 # Anthropic stop_reason -> the OpenAI-style finish_reason the rest of tierwise speaks;
 # unknown reasons pass through unchanged.
+# OpenAI's tool_choice words -> the Messages API's tool_choice types.
+TOOL_CHOICE_TYPES = {"auto": "auto", "required": "any", "none": "none"}
+
 FINISH_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -80,6 +85,11 @@ class AnthropicProvider(HttpProvider):
             text = "".join(block["text"] for block in data["content"] if block.get("type") == "text")
             return ChatResult(
                 content=text,
+                tool_calls=tuple(
+                    ToolCall(str(block["id"]), str(block["name"]), json.dumps(block.get("input") or {}))
+                    for block in data["content"]
+                    if block.get("type") == "tool_use"
+                ),
                 finish_reason=_finish_reason(data["stop_reason"]),
                 usage=_usage(data.get("usage")),
                 model=data.get("model") or call.model,
@@ -92,6 +102,7 @@ class AnthropicProvider(HttpProvider):
         # message_start carries the input counts, message_delta the (cumulative) output count.
         raw_usage: dict[str, Any] = {}
         model = call.model
+        tool_blocks: dict[int, int] = {}  # content block index -> the tool call's index among calls
         events = self._http.post_sse(self._path, body, call.model, call.timeout_s)
         async with aclosing(events):
             async for event in events:
@@ -105,10 +116,17 @@ class AnthropicProvider(HttpProvider):
                         message = payload["message"]
                         model = message.get("model") or model
                         raw_usage.update(message.get("usage") or {})
+                    elif kind == "content_block_start" and payload["content_block"].get("type") == "tool_use":
+                        block = payload["content_block"]
+                        tool_blocks[int(payload["index"])] = index = len(tool_blocks)
+                        yield ToolCallDelta(index, str(block["id"]), str(block["name"]))
                     elif kind == "content_block_delta":
                         delta = payload["delta"]
                         if delta.get("type") == "text_delta" and delta["text"]:
                             yield TextDelta(str(delta["text"]))
+                        elif delta.get("type") == "input_json_delta" and delta["partial_json"]:
+                            index = tool_blocks[int(payload["index"])]
+                            yield ToolCallDelta(index, arguments=str(delta["partial_json"]))
                     elif kind == "message_delta":
                         stop_reason = payload["delta"].get("stop_reason") or stop_reason
                         raw_usage.update(payload.get("usage") or {})
@@ -124,11 +142,18 @@ class AnthropicProvider(HttpProvider):
         yield StreamFinish(finish_reason=_finish_reason(stop_reason), usage=usage, model=model)
 
     def _request_body(self, call: ChatCall) -> dict[str, Any]:
+        # Validation keeps these from Anthropic tiers; a call that carries one anyway is refused, not
+        # sent without it.
+        if call.seed is not None or call.response_format_json:
+            field = "seed" if call.seed is not None else "response_format_json"
+            raise self._http.failure(
+                call.model, ErrorType.CLIENT_ERROR, f"{field}: the Messages API has no counterpart"
+            )
         # The Messages API takes the system prompt as a top-level field, not as a turn.
         system = "\n\n".join(m.content for m in call.messages if m.role == "system")
         body: dict[str, Any] = {
             "model": call.model,
-            "messages": [{"role": m.role, "content": m.content} for m in call.messages if m.role != "system"],
+            "messages": _messages(call.messages),
             "max_tokens": call.max_tokens if call.max_tokens is not None else self.default_max_tokens,
         }
         if system:
@@ -137,6 +162,13 @@ class AnthropicProvider(HttpProvider):
             body["temperature"] = call.temperature
         if call.stop:
             body["stop_sequences"] = list(call.stop)
+        if call.top_p is not None:
+            body["top_p"] = call.top_p
+        if call.tools_json:
+            body["tools"] = [_tool(t) for t in json.loads(call.tools_json)]
+        choice = _tool_choice(call.tool_choice, call.parallel_tool_calls)
+        if choice is not None:
+            body["tool_choice"] = choice
         return body
 
     def _error_payload(self, model: str, payload: dict[str, Any]) -> ProviderError:
@@ -166,3 +198,61 @@ def _usage(raw: object) -> TokenUsage | None:
         output_tokens=int(raw.get("output_tokens") or 0),
         cached_input_tokens=cache_read,
     )
+
+
+def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """The non-system turns as the Messages API takes them: an assistant's tool calls become
+    ``tool_use`` blocks, tool results ``tool_result`` blocks of a user turn (consecutive results
+    share one turn, as the API asks)."""
+    out: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] | None = None  # the blocks of the user turn holding tool results
+    for message in messages:
+        if message.role == "tool":
+            block = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": message.content}
+            if results is None:
+                results = []
+                out.append({"role": "user", "content": results})
+            results.append(block)
+            continue
+        results = None
+        if message.role == "system":
+            continue
+        if not message.tool_calls:
+            out.append({"role": message.role, "content": message.content})
+            continue
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": message.content}] if message.content else []
+        blocks += [
+            {"type": "tool_use", "id": c.id, "name": c.name, "input": json.loads(c.arguments)}
+            for c in message.tool_calls
+        ]
+        out.append({"role": "assistant", "content": blocks})
+    return out
+
+
+def _tool(tool: object) -> dict[str, Any]:
+    """One OpenAI-style tool definition as an Anthropic tool (``parameters`` -> ``input_schema``)."""
+    function = function_of(tool)
+    if function is None:
+        raise ValueError(f"not a tool definition: {tool!r:.80}")  # validation refuses these
+    if "input_schema" in function:  # already written for the Messages API
+        return function
+    out: dict[str, Any] = {
+        "name": function["name"],
+        "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+    }
+    if function.get("description"):
+        out["description"] = function["description"]
+    return out
+
+
+def _tool_choice(choice: str, parallel: bool | None) -> dict[str, Any] | None:
+    """OpenAI's tool_choice and parallel_tool_calls as the Messages API's one tool_choice object."""
+    if not choice and parallel is None:
+        return None
+    if choice.startswith("{"):
+        out: dict[str, Any] = {"type": "tool", "name": chosen_tool(json.loads(choice))}
+    else:
+        out = {"type": TOOL_CHOICE_TYPES[choice or "auto"]}
+    if parallel is not None and out["type"] != "none":
+        out["disable_parallel_tool_use"] = not parallel
+    return out

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tierwise.router.types import ChatMessage, TokenUsage
+from tierwise.router.types import ChatMessage, TokenUsage, ToolCall, ToolCallDelta
 
 
 class ErrorType(enum.Enum):
@@ -61,6 +61,13 @@ class ChatCall:
     max_tokens: int | None = None
     temperature: float | None = None
     stop: Sequence[str] = ()
+    # Passed on as the caller sent them (JSON texts are parsed by the client); "" / None: unset.
+    tools_json: str = ""
+    tool_choice: str = ""
+    parallel_tool_calls: bool | None = None
+    response_format_json: str = ""
+    top_p: float | None = None
+    seed: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,7 @@ class ChatResult:
     finish_reason: str
     usage: TokenUsage | None  # None when the upstream did not report usage
     model: str
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,13 +91,13 @@ class StreamFinish:
     model: str
 
 
-StreamEvent = TextDelta | StreamFinish
+StreamEvent = TextDelta | ToolCallDelta | StreamFinish
 
 
 class Provider(Protocol):
     """An upstream chat model endpoint.
 
-    ``stream`` yields text deltas and ends with exactly one ``StreamFinish``;
+    ``stream`` yields text and tool-call deltas and ends with exactly one ``StreamFinish``;
     a stream that ends without one raises ``ProviderError(PROTOCOL)``.
     """
 

@@ -3,6 +3,7 @@ llama.cpp server, TGI): ``POST {base_url}/chat/completions``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -17,7 +18,7 @@ from tierwise.router.providers.base import (
     TextDelta,
 )
 from tierwise.router.providers.http import HttpProvider, error_message, parse_json_object
-from tierwise.router.types import TokenUsage
+from tierwise.router.types import ChatMessage, TokenUsage, ToolCall, ToolCallDelta
 
 
 class OpenAIProvider(HttpProvider):
@@ -39,6 +40,7 @@ class OpenAIProvider(HttpProvider):
             choice = data["choices"][0]
             return ChatResult(
                 content=choice["message"].get("content") or "",
+                tool_calls=tuple(_tool_call(c) for c in choice["message"].get("tool_calls") or ()),
                 # A non-streaming answer that arrived is finished; a few servers leave this null.
                 finish_reason=choice.get("finish_reason") or "stop",
                 usage=_usage(data.get("usage")),
@@ -64,9 +66,11 @@ class OpenAIProvider(HttpProvider):
                     # With include_usage the usage arrives in a last chunk whose choices are empty.
                     usage = _usage(chunk.get("usage")) or usage
                     for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            yield TextDelta(str(text))
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            yield TextDelta(str(delta["content"]))
+                        for piece in delta.get("tool_calls") or ():
+                            yield _tool_call_delta(piece)
                         finish_reason = choice.get("finish_reason") or finish_reason
         # Servers that omit [DONE] are accepted once a finish_reason has arrived.
         if finish_reason is None:
@@ -84,7 +88,7 @@ class OpenAIProvider(HttpProvider):
 def _request_body(call: ChatCall) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": call.model,
-        "messages": [{"role": m.role, "content": m.content} for m in call.messages],
+        "messages": [_message(m) for m in call.messages],
     }
     if call.max_tokens is not None:
         body["max_tokens"] = call.max_tokens
@@ -92,7 +96,50 @@ def _request_body(call: ChatCall) -> dict[str, Any]:
         body["temperature"] = call.temperature
     if call.stop:
         body["stop"] = list(call.stop)
+    if call.tools_json:
+        body["tools"] = json.loads(call.tools_json)
+    if call.tool_choice:
+        # A word (auto, none, required) goes as a string, a named tool as its object.
+        body["tool_choice"] = (
+            json.loads(call.tool_choice) if call.tool_choice.startswith("{") else call.tool_choice
+        )
+    if call.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = call.parallel_tool_calls
+    if call.response_format_json:
+        body["response_format"] = json.loads(call.response_format_json)
+    if call.top_p is not None:
+        body["top_p"] = call.top_p
+    if call.seed is not None:
+        body["seed"] = call.seed
     return body
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    if message.role == "tool":
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["content"] = message.content or None  # a turn of only tool calls has no content
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    return out
+
+
+def _tool_call(raw: dict[str, Any]) -> ToolCall:
+    function = raw["function"]
+    return ToolCall(str(raw["id"]), str(function["name"]), str(function.get("arguments") or "{}"))
+
+
+def _tool_call_delta(raw: dict[str, Any]) -> ToolCallDelta:
+    function = raw.get("function") or {}
+    return ToolCallDelta(
+        index=int(raw.get("index") or 0),
+        id=str(raw.get("id") or ""),
+        name=str(function.get("name") or ""),
+        arguments=str(function.get("arguments") or ""),
+    )
 
 
 def _usage(raw: object) -> TokenUsage | None:

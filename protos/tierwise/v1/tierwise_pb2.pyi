@@ -76,22 +76,93 @@ class ChatMessage(_message.Message):
 
     ROLE_FIELD_NUMBER: _builtins.int
     CONTENT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     role: _builtins.str
-    """system | user | assistant"""
+    """system | user | assistant | tool"""
     content: _builtins.str
+    """may be empty on an assistant turn that carries tool_calls"""
+    tool_call_id: _builtins.str
+    """tool turns only (required there): the call this result answers"""
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """assistant turns only: the calls the model made"""
+
     def __init__(
         self,
         *,
         role: _builtins.str = ...,
         content: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        tool_call_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """A function call the model asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    arguments_json: _builtins.str
+    """the arguments, a JSON object"""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
+
+@_typing.final
+class ToolCallDelta(_message.Message):
+    """A piece of a streamed tool call. The first piece of a call carries its id and name; later
+    pieces append to its arguments. Pieces of one call share its index.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    arguments_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "index", b"index", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallDelta: _TypeAlias = ToolCallDelta  # noqa: Y015
 
 @_typing.final
 class RouteRequest(_message.Message):
@@ -134,6 +205,11 @@ class RouteRequest(_message.Message):
     TOOLS_JSON_FIELD_NUMBER: _builtins.int
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     MAX_AGE_S_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_JSON_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     feature: _builtins.str
     """attribution tag"""
     user: _builtins.str
@@ -149,10 +225,23 @@ class RouteRequest(_message.Message):
     temperature: _builtins.float
     """[0, 2]"""
     tools_json: _builtins.str
-    """tool definitions (JSON); part of the cache partition"""
+    """the tools array (JSON), sent to the tier; part of the cache partition"""
     cache_mode: Global___CacheMode.ValueType
     max_age_s: _builtins.int
     """serve a cached answer only if younger than this"""
+    tool_choice: _builtins.str
+    """Tool use and output shape, sent to the tier as asked. A field a tier's protocol cannot
+    honour is refused (INVALID_ARGUMENT naming the field and the tier), or, when routing, such
+    tiers are left out of the choice.
+    auto | none | required, or a JSON object naming a tool
+    """
+    parallel_tool_calls: _builtins.bool
+    """needs tools_json"""
+    response_format_json: _builtins.str
+    """{"type":"json_object"} or {"type":"json_schema","json_schema":{...}}"""
+    top_p: _builtins.float
+    """[0, 1]"""
+    seed: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     @_builtins.property
@@ -177,10 +266,15 @@ class RouteRequest(_message.Message):
         tools_json: _builtins.str = ...,
         cache_mode: Global___CacheMode.ValueType = ...,
         max_age_s: _builtins.int | None = ...,
+        tool_choice: _builtins.str = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        response_format_json: _builtins.str = ...,
+        top_p: _builtins.float | None = ...,
+        seed: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms", "_max_age_s", b"_max_age_s", "_max_tokens", b"_max_tokens", "_quality_target", b"_quality_target", "_temperature", b"_temperature", "_tier", b"_tier", "latency_budget_ms", b"latency_budget_ms", "max_age_s", b"max_age_s", "max_tokens", b"max_tokens", "quality_target", b"quality_target", "temperature", b"temperature", "tier", b"tier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms", "_max_age_s", b"_max_age_s", "_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_quality_target", b"_quality_target", "_seed", b"_seed", "_temperature", b"_temperature", "_tier", b"_tier", "_top_p", b"_top_p", "latency_budget_ms", b"latency_budget_ms", "max_age_s", b"max_age_s", "max_tokens", b"max_tokens", "parallel_tool_calls", b"parallel_tool_calls", "quality_target", b"quality_target", "seed", b"seed", "temperature", b"temperature", "tier", b"tier", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms", "_max_age_s", b"_max_age_s", "_max_tokens", b"_max_tokens", "_quality_target", b"_quality_target", "_temperature", b"_temperature", "_tier", b"_tier", "cache_mode", b"cache_mode", "feature", b"feature", "latency_budget_ms", b"latency_budget_ms", "max_age_s", b"max_age_s", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "quality_target", b"quality_target", "stop", b"stop", "temperature", b"temperature", "tier", b"tier", "tools_json", b"tools_json", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms", "_max_age_s", b"_max_age_s", "_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_quality_target", b"_quality_target", "_seed", b"_seed", "_temperature", b"_temperature", "_tier", b"_tier", "_top_p", b"_top_p", "cache_mode", b"cache_mode", "feature", b"feature", "latency_budget_ms", b"latency_budget_ms", "max_age_s", b"max_age_s", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "parallel_tool_calls", b"parallel_tool_calls", "quality_target", b"quality_target", "response_format_json", b"response_format_json", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tier", b"tier", "tool_choice", b"tool_choice", "tools_json", b"tools_json", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__latency_budget_ms: _TypeAlias = _typing.Literal["latency_budget_ms"]  # noqa: Y015
     _WhichOneofArgType__latency_budget_ms: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms"]  # noqa: Y015
@@ -188,12 +282,18 @@ class RouteRequest(_message.Message):
     _WhichOneofArgType__max_age_s: _TypeAlias = _typing.Literal["_max_age_s", b"_max_age_s"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__quality_target: _TypeAlias = _typing.Literal["quality_target"]  # noqa: Y015
     _WhichOneofArgType__quality_target: _TypeAlias = _typing.Literal["_quality_target", b"_quality_target"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_budget_ms) -> _WhichOneofReturnType__latency_budget_ms | None: ...
     @_typing.overload
@@ -201,11 +301,17 @@ class RouteRequest(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__quality_target) -> _WhichOneofReturnType__quality_target | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___RouteRequest: _TypeAlias = RouteRequest  # noqa: Y015
 
@@ -246,6 +352,11 @@ class CompleteRequest(_message.Message):
     TOOLS_JSON_FIELD_NUMBER: _builtins.int
     CACHE_MODE_FIELD_NUMBER: _builtins.int
     MAX_AGE_S_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    PARALLEL_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_JSON_FIELD_NUMBER: _builtins.int
+    TOP_P_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
     feature: _builtins.str
     user: _builtins.str
     tier: _builtins.str
@@ -256,6 +367,11 @@ class CompleteRequest(_message.Message):
     tools_json: _builtins.str
     cache_mode: Global___CacheMode.ValueType
     max_age_s: _builtins.int
+    tool_choice: _builtins.str
+    parallel_tool_calls: _builtins.bool
+    response_format_json: _builtins.str
+    top_p: _builtins.float
+    seed: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     @_builtins.property
@@ -278,10 +394,15 @@ class CompleteRequest(_message.Message):
         tools_json: _builtins.str = ...,
         cache_mode: Global___CacheMode.ValueType = ...,
         max_age_s: _builtins.int | None = ...,
+        tool_choice: _builtins.str = ...,
+        parallel_tool_calls: _builtins.bool | None = ...,
+        response_format_json: _builtins.str = ...,
+        top_p: _builtins.float | None = ...,
+        seed: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms", "_max_age_s", b"_max_age_s", "_max_tokens", b"_max_tokens", "_quality_target", b"_quality_target", "_temperature", b"_temperature", "_tier", b"_tier", "latency_budget_ms", b"latency_budget_ms", "max_age_s", b"max_age_s", "max_tokens", b"max_tokens", "quality_target", b"quality_target", "temperature", b"temperature", "tier", b"tier"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms", "_max_age_s", b"_max_age_s", "_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_quality_target", b"_quality_target", "_seed", b"_seed", "_temperature", b"_temperature", "_tier", b"_tier", "_top_p", b"_top_p", "latency_budget_ms", b"latency_budget_ms", "max_age_s", b"max_age_s", "max_tokens", b"max_tokens", "parallel_tool_calls", b"parallel_tool_calls", "quality_target", b"quality_target", "seed", b"seed", "temperature", b"temperature", "tier", b"tier", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms", "_max_age_s", b"_max_age_s", "_max_tokens", b"_max_tokens", "_quality_target", b"_quality_target", "_temperature", b"_temperature", "_tier", b"_tier", "cache_mode", b"cache_mode", "feature", b"feature", "latency_budget_ms", b"latency_budget_ms", "max_age_s", b"max_age_s", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "quality_target", b"quality_target", "stop", b"stop", "temperature", b"temperature", "tier", b"tier", "tools_json", b"tools_json", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms", "_max_age_s", b"_max_age_s", "_max_tokens", b"_max_tokens", "_parallel_tool_calls", b"_parallel_tool_calls", "_quality_target", b"_quality_target", "_seed", b"_seed", "_temperature", b"_temperature", "_tier", b"_tier", "_top_p", b"_top_p", "cache_mode", b"cache_mode", "feature", b"feature", "latency_budget_ms", b"latency_budget_ms", "max_age_s", b"max_age_s", "max_tokens", b"max_tokens", "messages", b"messages", "metadata", b"metadata", "parallel_tool_calls", b"parallel_tool_calls", "quality_target", b"quality_target", "response_format_json", b"response_format_json", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "tier", b"tier", "tool_choice", b"tool_choice", "tools_json", b"tools_json", "top_p", b"top_p", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__latency_budget_ms: _TypeAlias = _typing.Literal["latency_budget_ms"]  # noqa: Y015
     _WhichOneofArgType__latency_budget_ms: _TypeAlias = _typing.Literal["_latency_budget_ms", b"_latency_budget_ms"]  # noqa: Y015
@@ -289,12 +410,18 @@ class CompleteRequest(_message.Message):
     _WhichOneofArgType__max_age_s: _TypeAlias = _typing.Literal["_max_age_s", b"_max_age_s"]  # noqa: Y015
     _WhichOneofReturnType__max_tokens: _TypeAlias = _typing.Literal["max_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_tokens: _TypeAlias = _typing.Literal["_max_tokens", b"_max_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__parallel_tool_calls: _TypeAlias = _typing.Literal["parallel_tool_calls"]  # noqa: Y015
+    _WhichOneofArgType__parallel_tool_calls: _TypeAlias = _typing.Literal["_parallel_tool_calls", b"_parallel_tool_calls"]  # noqa: Y015
     _WhichOneofReturnType__quality_target: _TypeAlias = _typing.Literal["quality_target"]  # noqa: Y015
     _WhichOneofArgType__quality_target: _TypeAlias = _typing.Literal["_quality_target", b"_quality_target"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     _WhichOneofReturnType__tier: _TypeAlias = _typing.Literal["tier"]  # noqa: Y015
     _WhichOneofArgType__tier: _TypeAlias = _typing.Literal["_tier", b"_tier"]  # noqa: Y015
+    _WhichOneofReturnType__top_p: _TypeAlias = _typing.Literal["top_p"]  # noqa: Y015
+    _WhichOneofArgType__top_p: _TypeAlias = _typing.Literal["_top_p", b"_top_p"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__latency_budget_ms) -> _WhichOneofReturnType__latency_budget_ms | None: ...
     @_typing.overload
@@ -302,11 +429,17 @@ class CompleteRequest(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_tokens) -> _WhichOneofReturnType__max_tokens | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parallel_tool_calls) -> _WhichOneofReturnType__parallel_tool_calls | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__quality_target) -> _WhichOneofReturnType__quality_target | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__tier) -> _WhichOneofReturnType__tier | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_p) -> _WhichOneofReturnType__top_p | None: ...
 
 Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
 
@@ -559,6 +692,7 @@ class CompleteResponse(_message.Message):
     LATENCY_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     COST_USD_EXACT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     content: _builtins.str
     finish_reason: _builtins.str
@@ -573,6 +707,10 @@ class CompleteResponse(_message.Message):
     def latency(self) -> Global___Latency: ...
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """the calls the model made (finish_reason tool_calls)"""
+
     def __init__(
         self,
         *,
@@ -585,10 +723,11 @@ class CompleteResponse(_message.Message):
         latency: Global___Latency | None = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         cost_usd_exact: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "latency", b"latency", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "content", b"content", "cost_usd", b"cost_usd", "cost_usd_exact", b"cost_usd_exact", "decision", b"decision", "finish_reason", b"finish_reason", "latency", b"latency", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "content", b"content", "cost_usd", b"cost_usd", "cost_usd_exact", b"cost_usd_exact", "decision", b"decision", "finish_reason", b"finish_reason", "latency", b"latency", "request_id", b"request_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -604,6 +743,7 @@ class StreamEnd(_message.Message):
     LATENCY_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     COST_USD_EXACT_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     finish_reason: _builtins.str
     cost_usd: _builtins.float
     cost_usd_exact: _builtins.str
@@ -613,6 +753,10 @@ class StreamEnd(_message.Message):
     def latency(self) -> Global___Latency: ...
     @_builtins.property
     def attempts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Attempt]: ...
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """the streamed tool calls, assembled"""
+
     def __init__(
         self,
         *,
@@ -622,10 +766,11 @@ class StreamEnd(_message.Message):
         latency: Global___Latency | None = ...,
         attempts: _abc.Iterable[Global___Attempt] | None = ...,
         cost_usd_exact: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_usd", b"cost_usd", "cost_usd_exact", b"cost_usd_exact", "finish_reason", b"finish_reason", "latency", b"latency", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cost_usd", b"cost_usd", "cost_usd_exact", b"cost_usd_exact", "finish_reason", b"finish_reason", "latency", b"latency", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -639,6 +784,7 @@ class CompleteChunk(_message.Message):
     DECISION_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     END_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     delta: _builtins.str
     """content deltas"""
@@ -650,6 +796,10 @@ class CompleteChunk(_message.Message):
     def end(self) -> Global___StreamEnd:
         """last chunk"""
 
+    @_builtins.property
+    def tool_call(self) -> Global___ToolCallDelta:
+        """tool-call deltas"""
+
     def __init__(
         self,
         *,
@@ -657,12 +807,13 @@ class CompleteChunk(_message.Message):
         decision: Global___RouteDecision | None = ...,
         delta: _builtins.str = ...,
         end: Global___StreamEnd | None = ...,
+        tool_call: Global___ToolCallDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decision", b"decision", "delta", b"delta", "end", b"end"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decision", b"decision", "delta", b"delta", "end", b"end", "tool_call", b"tool_call"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decision", b"decision", "delta", b"delta", "end", b"end", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decision", b"decision", "delta", b"delta", "end", b"end", "request_id", b"request_id", "tool_call", b"tool_call"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["decision", "delta", "end"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["decision", "delta", "end", "tool_call"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
