@@ -190,3 +190,24 @@ async def test_rates_per_tier_and_arm_choose_what_is_sampled(tmp_path: Path) -> 
             sampler = sampler_of(svc)
             await sampler.drain()
             assert sampler.stats()["sampled"] == 1 and sampler.stats()["judgments"] == 1
+
+
+@pytest.mark.asyncio
+async def test_a_request_with_tools_is_not_shadowed_or_judged(tmp_path: Path) -> None:
+    """A shadow call replays messages and sampling settings only, and the judge reads text: a
+    request with tools (or a response format) has no answer a shadow tier would give alike."""
+    tools = '[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]'
+    async with ScriptedUpstream() as upstream:
+        upstream.script("small-model", text="Paris.", input_tokens=10, output_tokens=2)
+        async with running_server(build_config(sampled_config(tmp_path, upstream))) as svc:
+            request = pb.CompleteRequest(
+                messages=[pb.ChatMessage(role="user", content="Capital of France?")],
+                feature="chat",
+                tools_json=tools,
+            )
+            reply = await svc.stub.Complete(request, metadata=AUTH, timeout=30)
+            assert reply.content == "Paris."
+            await sampler_of(svc).drain()
+            stats = sampler_of(svc).stats()
+    assert [r.model for r in upstream.requests] == ["small-model"]  # no shadow, no judge call
+    assert stats["sampled"] == 0 and stats["skipped_tools"] == 1

@@ -89,6 +89,15 @@ class _Sampled:
     completion: Completion
 
 
+def _comparable_text(spec: RequestSpec, completion: Completion) -> bool:
+    """A shadow call replays the messages and sampling settings, and a judge reads text: a request
+    with tools, tool turns or a response format, or an answer that is a tool call, has no answer a
+    shadow tier would give alike, so it is not judged (counted as ``skipped_tools``)."""
+    if completion.tool_calls or spec.tools_json or spec.response_format_json:
+        return False
+    return not any(m.tool_calls or m.tool_call_id for m in spec.messages)
+
+
 def _draw(request_id: str) -> float:
     """A uniform number in [0, 1) from the request id: the same request is always in or out."""
     return (
@@ -133,6 +142,9 @@ class Sampler:
         """Queue the request for judging if it is drawn; never blocks."""
         decision = completion.decision
         if decision.cache_hit is not None or _draw(decision.request_id) >= self.rate(decision):
+            return
+        if not _comparable_text(spec, completion):
+            self.counts["skipped_tools"] += 1
             return
         try:
             self._queue.put_nowait(_Sampled(spec, completion))
@@ -307,6 +319,7 @@ class Sampler:
         return {
             **{k: self.counts[k] for k in ("sampled", "judgments", "judge_failures", "shadow_calls")},
             **{k: self.counts[k] for k in ("shadow_failures", "skipped_budget", "skipped_queue_full")},
+            "skipped_tools": self.counts["skipped_tools"],
             "spent_usd": str(self.budget.spent_usd),
             "shadow_spent_usd": str(self.spent_usd["shadow"]),
             "judge_spent_usd": str(self.spent_usd["judge"]),

@@ -95,6 +95,11 @@ SAMPLING_COUNTERS = (
     ("judge_failures", "tierwise_sampling_judge_failures", "Judge calls that gave no usable score."),
     ("skipped_budget", "tierwise_sampling_skipped_budget", "Shadow or judge calls skipped: over the budget."),
     ("skipped_queue_full", "tierwise_sampling_skipped_queue_full", "Drawn requests dropped: queue full."),
+    (
+        "skipped_tools",
+        "tierwise_sampling_skipped_tools",
+        "Drawn requests not judged: tools or a response format.",
+    ),
     ("shadow_calls", "tierwise_sampling_shadow_calls", "Shadow calls to a stronger tier that answered."),
     ("shadow_failures", "tierwise_sampling_shadow_failures", "Shadow calls that failed."),
 )
