@@ -54,3 +54,9 @@ class NotFound(ServiceError):
 
 class BudgetExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class EmbedderOverloaded(ServiceError):
+    """The embedding queue is full: the request was refused before any work, and may be retried."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
