@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 
 import grpc
 import pytest
 
 from tests.gated_embedder import GatedEmbedder
+from tests.harness import build_config, config_dict
 from tests.test_cache_embedding import load_sentence_embedder
 from tierwise.cache.batching import BatchingEmbedder, EmbedderBusy
+from tierwise.router.config import ConfigError
 from tierwise.router.errors import EmbedderOverloaded
 from tierwise.router.service import ServingEmbedder
 
@@ -92,3 +96,18 @@ async def test_the_serving_batcher_refuses_with_resource_exhausted() -> None:
 def test_a_queue_without_room_is_refused() -> None:
     with pytest.raises(ValueError, match="max_queue"):
         BatchingEmbedder(load_sentence_embedder(), max_queue=0)
+
+
+@pytest.mark.parametrize(
+    ("cache", "named"),
+    [
+        ({"embedder": "tensorflow"}, "cache.embedder"),
+        ({"max_queue": 0}, "cache.max_queue"),
+        ({"onnx_embedder_dir": 3.5}, "cache.onnx_embedder_dir"),
+    ],
+)
+def test_bad_embedder_settings_name_their_key(cache: dict[str, object], named: str) -> None:
+    data = config_dict(Path("var"), "http://127.0.0.1:9/v1", "http://127.0.0.1:9")
+    data["cache"] = cache
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        build_config(data)
