@@ -57,6 +57,6 @@ class BudgetExhausted(ServiceError):
 
 
 class EmbedderOverloaded(ServiceError):
-    """The embedding queue is full: the request was refused before any work, and may be retried."""
+    """The embedding queue is full: the request was refused before any upstream call, and may be retried."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
