@@ -169,19 +169,25 @@ def ask(text: str) -> pb.CompleteRequest:
 
 
 @pytest.mark.asyncio
-async def test_the_server_serves_paraphrases_from_the_onnx_embedder(export_dir: Path, tmp_path: Path) -> None:
+async def test_entries_cached_with_torch_are_served_by_the_onnx_embedder(
+    export_dir: Path, tmp_path: Path
+) -> None:
+    """One vector space: a cache filled on the torch backend keeps serving paraphrases after a restart
+    on the ONNX export (the snapshot and the verifier are tied to the shared embedder key)."""
     async with ScriptedUpstream() as upstream:
         upstream.script(text="The answer.", input_tokens=40, output_tokens=20)
-        async with running_server(onnx_cache_config(tmp_path, upstream, export_dir)) as svc:
-            assert svc.server.service.embedder is not None
-            assert isinstance(svc.server.service.embedder._embedder, OnnxEmbedder)
+        on_torch = onnx_cache_config(tmp_path, upstream, export_dir, embedder="torch")
+        async with running_server(on_torch) as svc:
             first = await svc.stub.Complete(ask("How can I reset my password?"), metadata=AUTH)
             assert not first.decision.cache_hit
             assert svc.server.service.cache is not None
             await svc.server.service.cache.drain()
+        async with running_server(onnx_cache_config(tmp_path, upstream, export_dir)) as svc:
+            assert svc.server.service.embedder is not None
+            assert isinstance(svc.server.service.embedder._embedder, OnnxEmbedder)
             second = await svc.stub.Complete(ask("How can I reset my password ?"), metadata=AUTH)
             assert second.decision.cache_hit and second.decision.cached.kind == "semantic"
-            assert len(upstream.requests) == 1
+        assert len(upstream.requests) == 1
 
 
 @pytest.mark.asyncio
