@@ -5,7 +5,8 @@ concurrent ``embed()`` calls are queued and encoded together: a batch leaves
 when it is full or when its oldest request has waited ``max_wait_us``. While one
 batch is encoding (in a worker thread, never on the event loop) the next one
 fills, so batches grow with load. An ``encode()`` failure is raised in every
-request of that batch.
+request of that batch. The queue is bounded (``max_queue``): past it ``embed()`` fails at once
+with :class:`EmbedderBusy`, and requests cancelled while queued are dropped before encoding.
 """
 
 from __future__ import annotations
@@ -99,6 +100,21 @@ class EmbedderClosed(RuntimeError):
     """``embed()`` after ``aclose()``."""
 
 
+class EmbedderBusy(RuntimeError):
+    """``embed()`` while ``max_queue`` requests already wait: retry after ``retry_after_s``."""
+
+    def __init__(self, waiting: int, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"the embedding queue is full ({waiting} requests waiting); retry in {retry_after_s:.2f}s"
+        )
+
+
+MIN_RETRY_AFTER_S = 0.05
+# A first guess at one batch's encode time, until one was measured.
+INITIAL_BATCH_S = 0.05
+
+
 @dataclass(slots=True)
 class _Request:
     text: str
@@ -109,14 +125,20 @@ class _Request:
 class BatchingEmbedder:
     """Queue concurrent ``embed()`` calls and encode them together in one ``encode()`` call."""
 
-    def __init__(self, embedder: TextEmbedder, max_batch: int = 64, max_wait_us: int = 2000) -> None:
+    def __init__(
+        self, embedder: TextEmbedder, max_batch: int = 64, max_wait_us: int = 2000, max_queue: int = 1024
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         if max_wait_us < 0:
             raise ValueError(f"max_wait_us must not be negative, got {max_wait_us}")
         self._embedder = embedder
         self._max_batch = max_batch
         self._max_wait_s = max_wait_us / 1_000_000
+        self._max_queue = max_queue
+        self._batch_s = INITIAL_BATCH_S  # moving average of one encode() call, for the retry hint
         self._pending: list[_Request] = []
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
@@ -127,6 +149,7 @@ class BatchingEmbedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierwise-embed")
         self.batches = 0
         self.encoded = 0
+        self.dropped = 0  # requests cancelled while queued, never encoded
 
     @property
     def info(self) -> EmbedderInfo:
@@ -136,6 +159,11 @@ class BatchingEmbedder:
         """The L2-normalised float32 embedding of ``text`` (a row of ``encode([text])``)."""
         if self._closing:
             raise EmbedderClosed("the batching embedder is closed")
+        if len(self._pending) >= self._max_queue:
+            self._drop_cancelled()
+            if len(self._pending) >= self._max_queue:
+                batches_ahead = math.ceil(len(self._pending) / self._max_batch)
+                raise EmbedderBusy(len(self._pending), max(MIN_RETRY_AFTER_S, batches_ahead * self._batch_s))
         loop = asyncio.get_running_loop()
         request = _Request(text, loop.create_future(), loop.time())
         self._pending.append(request)
@@ -163,6 +191,9 @@ class BatchingEmbedder:
                     await self._arrived.wait()
                     continue
                 await self._wait_for_batch()
+                self._drop_cancelled()
+                if not self._pending:
+                    continue
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 if len(self._pending) < self._max_batch:
@@ -177,6 +208,12 @@ class BatchingEmbedder:
             self._pending.clear()
             raise
 
+    def _drop_cancelled(self) -> None:
+        """Forget requests whose callers stopped waiting, so no pass is spent on them."""
+        live = [request for request in self._pending if not request.future.done()]
+        self.dropped += len(self._pending) - len(live)
+        self._pending = live
+
     async def _wait_for_batch(self) -> None:
         if len(self._pending) >= self._max_batch or self._closing:
             return
@@ -190,6 +227,7 @@ class BatchingEmbedder:
     async def _encode(self, batch: list[_Request]) -> None:
         texts = [request.text for request in batch]
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             vectors: Matrix = await loop.run_in_executor(self._executor, self._embedder.encode, texts)
             if vectors.shape != (len(texts), self.info.dim):
@@ -201,6 +239,7 @@ class BatchingEmbedder:
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
+        self._batch_s = 0.8 * self._batch_s + 0.2 * (loop.time() - started)
         self.batches += 1
         self.encoded += len(batch)
         for row, request in enumerate(batch):

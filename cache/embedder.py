@@ -2,6 +2,7 @@
 
 This is the one place that turns text into vectors, for the cache and the
 classifier alike (training embeds through it too, so train and serve agree).
+``cache/onnx_embedder.py`` serves the same model, exported to ONNX, without torch.
 """
 
 from __future__ import annotations

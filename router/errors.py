@@ -57,3 +57,9 @@ class NotFound(ServiceError):
 
 class BudgetExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class EmbedderOverloaded(ServiceError):
+    """The embedding queue is full: the request was refused before any upstream call, and may be retried."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED

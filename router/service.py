@@ -8,8 +8,9 @@ import functools
 import logging
 from dataclasses import dataclass, field
 
-from tierwise.cache.batching import BatchingEmbedder
-from tierwise.cache.embedder import SentenceEmbedder
+from tierwise.cache.batching import BatchingEmbedder, EmbedderBusy
+from tierwise.cache.embedder import SentenceEmbedder, TextEmbedder, Vector
+from tierwise.cache.onnx_embedder import OnnxEmbedderError, shared_onnx_embedder
 from tierwise.cache.redis_store import RedisEntryStore
 from tierwise.cache.semantic_cache import SemanticCache
 from tierwise.cache.sqlite_store import SqliteEntryStore
@@ -22,6 +23,7 @@ from tierwise.router.accounting import Accounting
 from tierwise.router.budgets.manager import BudgetManager, build_budget_manager
 from tierwise.router.caching import ResponseCache
 from tierwise.router.config import CacheConfig, Config, ConfigError
+from tierwise.router.errors import EmbedderOverloaded
 from tierwise.router.experiments.arms import build_experiment_router, needs_serving_model
 from tierwise.router.experiments.store import check_and_record
 from tierwise.router.feedback.factory import open_feedback_store
@@ -52,6 +54,25 @@ def shared_embedder(device: str, torch_threads: int = 0) -> SentenceEmbedder:
 
         torch.set_num_threads(torch_threads)  # process-wide, as torch's setting is
     return SentenceEmbedder(device=device)
+
+
+def _text_embedder(settings: CacheConfig) -> TextEmbedder:
+    if settings.embedder == "torch":
+        return shared_embedder(settings.device, settings.torch_threads)
+    try:
+        return shared_onnx_embedder(settings.onnx_embedder_dir, settings.device, settings.torch_threads)
+    except OnnxEmbedderError as exc:
+        raise ConfigError(f"cache.onnx_embedder_dir: {exc}") from None
+
+
+class ServingEmbedder(BatchingEmbedder):
+    """The request path's batcher: a full queue refuses the caller with RESOURCE_EXHAUSTED."""
+
+    async def embed(self, text: str) -> Vector:
+        try:
+            return await super().embed(text)
+        except EmbedderBusy as exc:
+            raise EmbedderOverloaded(str(exc)) from None
 
 
 @dataclass
@@ -157,8 +178,8 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
         or (experiments is not None and experiments.needs_embedding)
     ):
         settings = config.cache
-        embedder = BatchingEmbedder(
-            shared_embedder(settings.device, settings.torch_threads), settings.max_batch, settings.max_wait_us
+        embedder = ServingEmbedder(
+            _text_embedder(settings), settings.max_batch, settings.max_wait_us, settings.max_queue
         )
         stack.push_async_callback(embedder.aclose)
     cache = None

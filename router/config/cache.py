@@ -37,8 +37,8 @@ class CacheConfig(CacheSettings):
     torch_threads: int = Field(
         0,
         ge=0,
-        description="CPU threads of the embedding forward pass (0: torch's default); 1 is faster on small, busy "
-        "machines, where threads spin-wait on each other",
+        description="CPU threads of the embedding forward pass: torch's, or onnxruntime's with embedder onnx "
+        "(0: the library's default); 1 is faster on small, busy machines, where threads spin-wait on each other",
     )
     verifier: Literal["guarded", "cosine"] = Field(
         "guarded",

@@ -18,7 +18,7 @@ from tierwise.router.observability.logs import configure_logging
 from tierwise.router.service import Service, build_service
 from tierwise.router.types import ChatMessage, RequestSpec
 from tierwise.training import commands as training_commands
-from tierwise.training import learning_commands, verifier_commands
+from tierwise.training import embedder_export, learning_commands, verifier_commands
 from tierwise.training.cli.anomalies import anomalies
 from tierwise.training.cli.estimate import estimate
 from tierwise.training.cli.experiment import experiment_app
@@ -184,10 +184,13 @@ router_app.command()(learning_commands.simulate)
 router_app.command()(training_commands.calibrate)
 router_app.command()(learning_commands.retrain)
 
-cache_app = _group("The semantic cache's offline jobs: train its verifier, evaluate it.")
+cache_app = _group(
+    "The semantic cache's offline jobs: train its verifier, evaluate it, export its embedder to ONNX."
+)
 cache_app.command("train-verifier")(verifier_commands.train_verifier)
 cache_app.command("train-cross-encoder")(verifier_commands.train_cross_encoder)
 cache_app.command("eval")(verifier_commands.eval_cache)
+cache_app.command("export-embedder")(embedder_export.export_embedder_command)
 
 app.add_typer(training_commands.models_app(), name="models", rich_help_panel=MODELS)
 app.add_typer(router_app, name="router", rich_help_panel=MODELS)

@@ -1,0 +1,113 @@
+"""The embedding queue is bounded, and requests cancelled while queued are never encoded."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.gated_embedder import GatedEmbedder
+from tests.harness import build_config, config_dict
+from tests.test_cache_embedding import load_sentence_embedder
+from tierwise.cache.batching import BatchingEmbedder, EmbedderBusy
+from tierwise.router.config import ConfigError
+from tierwise.router.errors import EmbedderOverloaded
+from tierwise.router.service import ServingEmbedder
+
+
+async def _one_encoding(batcher: BatchingEmbedder, gated: GatedEmbedder) -> asyncio.Future[object]:
+    """Start a request and wait until its batch is held inside encode(): later requests queue."""
+    first: asyncio.Future[object] = asyncio.ensure_future(batcher.embed("held in the encoder"))
+    await gated.wait_until_encoding()
+    return first
+
+
+@pytest.mark.asyncio
+async def test_past_capacity_a_new_request_fails_at_once_with_a_retry_hint() -> None:
+    gated = GatedEmbedder(load_sentence_embedder())
+    batcher = BatchingEmbedder(gated, max_batch=1, max_wait_us=0, max_queue=2)
+    first = await _one_encoding(batcher, gated)
+    queued = [asyncio.ensure_future(batcher.embed(f"queued {i}")) for i in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(EmbedderBusy, match=r"queue is full \(2 requests waiting\); retry in") as refused:
+        await batcher.embed("one too many")
+    assert refused.value.retry_after_s > 0
+    gated.release()
+    await asyncio.wait_for(asyncio.gather(first, *queued), timeout=60)
+    assert "one too many" not in gated.encoded
+    # Once the queue drained, requests are accepted again.
+    assert (await batcher.embed("later")).shape == (gated.info.dim,)
+    await batcher.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_request_cancelled_while_queued_is_not_encoded() -> None:
+    gated = GatedEmbedder(load_sentence_embedder())
+    batcher = BatchingEmbedder(gated, max_batch=4, max_wait_us=0, max_queue=16)
+    first = await _one_encoding(batcher, gated)
+    doomed = asyncio.ensure_future(batcher.embed("cancel me"))
+    kept = asyncio.ensure_future(batcher.embed("keep me"))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    gated.release()
+    await asyncio.wait_for(asyncio.gather(first, kept), timeout=60)
+    await batcher.aclose()
+    assert doomed.cancelled()
+    assert gated.encoded == ["held in the encoder", "keep me"]
+    assert batcher.dropped == 1
+
+
+@pytest.mark.asyncio
+async def test_a_request_cancelled_while_queued_frees_its_place() -> None:
+    gated = GatedEmbedder(load_sentence_embedder())
+    batcher = BatchingEmbedder(gated, max_batch=4, max_wait_us=0, max_queue=2)
+    first = await _one_encoding(batcher, gated)
+    doomed = asyncio.ensure_future(batcher.embed("cancel me"))
+    kept = asyncio.ensure_future(batcher.embed("keep me"))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    await asyncio.sleep(0)
+    # The queue is at capacity, but one place belongs to a cancelled caller: it is given up.
+    late = asyncio.ensure_future(batcher.embed("arrived late"))
+    gated.release()
+    await asyncio.wait_for(asyncio.gather(first, kept, late), timeout=60)
+    await batcher.aclose()
+    assert sorted(gated.encoded) == ["arrived late", "held in the encoder", "keep me"]
+
+
+@pytest.mark.asyncio
+async def test_the_serving_batcher_refuses_with_resource_exhausted() -> None:
+    gated = GatedEmbedder(load_sentence_embedder())
+    batcher = ServingEmbedder(gated, max_batch=1, max_wait_us=0, max_queue=1)
+    first = await _one_encoding(batcher, gated)
+    queued = asyncio.ensure_future(batcher.embed("queued"))
+    await asyncio.sleep(0)
+    with pytest.raises(EmbedderOverloaded, match="retry in") as refused:
+        await batcher.embed("one too many")
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    gated.release()
+    await asyncio.wait_for(asyncio.gather(first, queued), timeout=60)
+    await batcher.aclose()
+
+
+def test_a_queue_without_room_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_queue"):
+        BatchingEmbedder(load_sentence_embedder(), max_queue=0)
+
+
+@pytest.mark.parametrize(
+    ("cache", "named"),
+    [
+        ({"embedder": "tensorflow"}, "cache.embedder"),
+        ({"max_queue": 0}, "cache.max_queue"),
+        ({"onnx_embedder_dir": 3.5}, "cache.onnx_embedder_dir"),
+    ],
+)
+def test_bad_embedder_settings_name_their_key(cache: dict[str, object], named: str) -> None:
+    data = config_dict(Path("var"), "http://127.0.0.1:9/v1", "http://127.0.0.1:9")
+    data["cache"] = cache
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        build_config(data)
