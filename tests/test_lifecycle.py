@@ -12,7 +12,6 @@ import pytest
 
 from tests.harness import build_config, config_dict
 from tests.upstream import ScriptedUpstream
-from tierwise.cache.batching import BatchingEmbedder
 from tierwise.cache.sqlite_store import SqliteEntryStore
 from tierwise.router.budgets.manager import BudgetManager
 from tierwise.router.caching import ResponseCache
@@ -27,14 +26,14 @@ from tierwise.router.observability.tracing import Tracing
 from tierwise.router.providers.anthropic import AnthropicProvider
 from tierwise.router.providers.openai import OpenAIProvider
 from tierwise.router.server import TierwiseServer
-from tierwise.router.service import Service, build_service
+from tierwise.router.service import Service, ServingEmbedder, build_service
 
 # What build_service opens (constructor) and how each is closed.
 SERVICE_PARTS: list[tuple[type[Any], str]] = [
     (Tracing, "shutdown"),
     (OpenAIProvider, "aclose"),
     (AnthropicProvider, "aclose"),
-    (BatchingEmbedder, "aclose"),
+    (ServingEmbedder, "aclose"),  # the batcher the request path uses
     (SqliteEntryStore, "aclose"),
     (ResponseCache, "aclose"),
     (SpendLedger, "aclose"),
@@ -126,7 +125,7 @@ async def test_a_start_that_fails_late_closes_what_it_opened_in_reverse(
         "Tracing",
         "OpenAIProvider",
         "AnthropicProvider",
-        "BatchingEmbedder",
+        "ServingEmbedder",
         "SqliteEntryStore",
         "ResponseCache",
         "SpendLedger",
