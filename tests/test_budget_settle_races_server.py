@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import pytest
 import pytest_asyncio
+from prometheus_client import CollectorRegistry
 
 from tests.harness import AUTH, Running, running_server
 from tests.redis_server import redis_server_factory
@@ -20,6 +21,8 @@ from tests.settle_gate import REPEATS, Point, SettleGate, gated_store, race_conf
 from tierwise.router.auth import Authenticator
 from tierwise.router.config import Config
 from tierwise.router.ledger.spend_ledger import SpendLedger
+from tierwise.router.rate_limiting import RequestLimits
+from tierwise.router.rate_limits import RateLimitGate
 from tierwise.router.server import RouterServicer
 from tierwise.v1 import tierwise_pb2 as pb
 
@@ -128,7 +131,9 @@ class CallContext:
 async def test_a_stream_closed_at_its_last_chunk_is_booked_once(svc: Running) -> None:
     """gRPC closes a handler's generator at the yield it waits on when the caller leaves; at the
     last chunk, the answer was already booked (and charged), so nothing more is booked."""
-    servicer = RouterServicer(svc.server.service, Authenticator(svc.config.auth))
+    service = svc.server.service
+    gate = RateLimitGate.from_config(service.config, CollectorRegistry(), None)  # no limits configured
+    servicer = RouterServicer(service, Authenticator(svc.config.auth), RequestLimits(service.config, gate))
     handler = servicer.CompleteStream(REQUEST, cast(Any, CallContext()))
     async for chunk in handler:
         if chunk.HasField("end"):
