@@ -200,6 +200,7 @@ async def test_the_deployment_defaults_to_the_model(
         ({"api_version": "latest"}, "tiers.0.api_version: String should match pattern"),
         ({"deployment": "my deployment"}, "tiers.0.deployment: String should match pattern"),
         ({"model": "org/model"}, "deployment: the model 'org/model' cannot name a deployment"),
+        ({"model": "gpt-4o\n"}, "deployment: the model 'gpt-4o\\n' cannot name a deployment"),
         ({"provider": "openai"}, "api_version: only provider azure_openai takes it (this is openai)"),
         ({"provider": "anthropic", "api_version": None, "deployment": "d"}, "deployment: only provider"),
     ],

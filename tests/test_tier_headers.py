@@ -93,6 +93,7 @@ async def test_a_variable_that_cannot_be_a_header_is_refused_without_quoting_it(
         ({"X-Org": f"{SECRET}\n"}, "the value of X-Org holds a character other than printable ASCII"),
         ({"X-Org": f" {SECRET}"}, "the value of X-Org has leading or trailing whitespace"),
         ({"X Org": SECRET}, "'X Org' is not a header name"),
+        ({"X-Org\n": SECRET}, "'X-Org\\n' is not a header name"),
         ({"X-Org": SECRET, "x-org": SECRET}, "header names are case-insensitive: ['x-org'] appear twice"),
         ({"X-Org": {"env": "not a name"}}, "tiers.0.headers.X-Org.from_env.env: String should match pattern"),
         ({"X-Org": {"variable": ORG_ENV}}, "tiers.0.headers.X-Org.from_env.variable: Extra inputs"),

@@ -180,7 +180,7 @@ class TierConfig(StrictSection):
     @classmethod
     def _headers(cls, value: dict[str, HeaderValue]) -> dict[str, HeaderValue]:
         for name, header in value.items():
-            if not HEADER_NAME.match(name):
+            if not HEADER_NAME.fullmatch(name):
                 raise ValueError(f"{name!r} is not a header name (letters, digits, and !#$%&'*+.^_`|~-)")
             problem = (
                 header_value_problem(header.get_secret_value()) if isinstance(header, SecretStr) else None
@@ -203,7 +203,7 @@ class TierConfig(StrictSection):
             return self
         if self.api_version is None:
             raise ValueError("api_version: provider azure_openai needs it (YYYY-MM-DD[-preview])")
-        if not TIER_NAME.match(self.azure_deployment):
+        if not TIER_NAME.fullmatch(self.azure_deployment):
             raise ValueError(
                 f"deployment: the model {self.model!r} cannot name a deployment (letters, digits, "
                 "'_', '.', '-'); set deployment"
