@@ -3,7 +3,9 @@
 
 - OpenAI Chat Completions: ``POST /v1/chat/completions`` (JSON, or SSE with ``stream``;
   the usage chunk only when ``stream_options.include_usage`` asks for it);
-- Anthropic Messages: ``POST /v1/messages`` (JSON, or SSE events with ``stream``).
+- Anthropic Messages: ``POST /v1/messages`` (JSON, or SSE events with ``stream``);
+- Azure OpenAI: ``POST /openai/deployments/{deployment}/chat/completions?api-version=...``
+  (the OpenAI shapes; like Azure, 404 without ``api-version``, which is then not recorded).
 
 Each reply follows a ``Script`` chosen by the request's model name (or the default one):
 its text, its usage numbers, or a failure — an HTTP error status, a 429 with Retry-After,
@@ -27,7 +29,7 @@ In a sync test (the server runs in its own thread and event loop)::
 Like the real APIs it rejects malformed requests with 400 (OpenAI: no model/messages;
 Anthropic: no ``max_tokens``, no ``anthropic-version`` header, a ``system`` role inside
 ``messages``) and, when built with ``api_key``, a wrong or missing key with 401
-(``Authorization: Bearer`` for OpenAI, ``x-api-key`` for Anthropic).
+(``Authorization: Bearer`` for OpenAI, ``x-api-key`` for Anthropic, ``api-key`` for Azure).
 """
 
 from __future__ import annotations
@@ -39,16 +41,17 @@ import json
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 
-from tests.upstream_wire import AnthropicWire, OpenAIWire, Reply, Usage, Wire
+from tests.upstream_wire import AnthropicWire, AzureOpenAIWire, OpenAIWire, Reply, Usage, Wire
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+AZURE_PATH = "/openai/deployments/{deployment}/chat/completions"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class RecordedRequest:
     path: str
     headers: Mapping[str, str]  # names lower-cased
     body: Any  # the parsed JSON body (None when it was not JSON)
+    query: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def model(self) -> str | None:
@@ -158,6 +162,7 @@ class ScriptedUpstream:
         app = web.Application()
         app.router.add_post(OPENAI_PATH, self._handle_openai)
         app.router.add_post(ANTHROPIC_PATH, self._handle_anthropic)
+        app.router.add_post(AZURE_PATH, self._handle_azure)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -188,6 +193,11 @@ class ScriptedUpstream:
     async def _handle_anthropic(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, AnthropicWire())
 
+    async def _handle_azure(self, request: web.Request) -> web.StreamResponse:
+        if "api-version" not in request.query:
+            return _json(404, {"error": {"code": "404", "message": "Resource not found"}})
+        return await self._handle(request, AzureOpenAIWire())
+
     async def _handle(self, request: web.Request, wire: Wire) -> web.StreamResponse:
         raw = await request.read()
         try:
@@ -195,7 +205,7 @@ class ScriptedUpstream:
         except ValueError:
             body = None
         headers = {k.lower(): v for k, v in request.headers.items()}
-        self.requests.append(RecordedRequest(request.path, headers, body))
+        self.requests.append(RecordedRequest(request.path, headers, body, dict(request.query)))
         if not isinstance(body, dict):
             return _json(400, wire.error_body(400, "the request body is not a JSON object"))
         if self.api_key is not None and wire.api_key(headers) != self.api_key:

@@ -1,4 +1,4 @@
-"""The two wire protocols the scripted upstream (``tests/upstream.py``) speaks: each one's error
+"""The wire protocols the scripted upstream (``tests/upstream.py``) speaks: each one's error
 bodies and reply shapes, unary and streamed (text, usage, tool calls)."""
 
 from __future__ import annotations
@@ -178,6 +178,13 @@ class OpenAIWire:
         error = self.error_body(status, message)
         error["error"]["code"] = status  # vLLM puts the status in "code"
         return [_sse(error), _sse("[DONE]")]
+
+
+class AzureOpenAIWire(OpenAIWire):
+    """Azure OpenAI: the OpenAI shapes, with the key in an ``api-key`` header."""
+
+    def api_key(self, headers: Mapping[str, str]) -> str | None:
+        return headers.get("api-key")
 
 
 class AnthropicWire:

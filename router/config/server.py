@@ -5,11 +5,15 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator
 
 from tierwise.router.config.strict import TIER_NAME, StrictSection, duplicate_names, sha256_digest
+
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+AZURE_API_VERSION = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$")
 
 
 class TlsConfig(StrictSection):
@@ -93,12 +97,48 @@ class Price(StrictSection):
         return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
 
 
+def header_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot go out as a header value, in words that never quote it (it may be a
+    secret, and the HTTP client's own refusal would repeat it in an error that reaches callers)."""
+    if not value.isascii() or not value.isprintable():
+        return "holds a character other than printable ASCII (a line break?)"
+    if value != value.strip():
+        return "has leading or trailing whitespace"
+    return None
+
+
+class HeaderFromEnv(StrictSection):
+    """A header value read from an environment variable at start, so a secret stays out of the file."""
+
+    env: str = Field(pattern=ENV_NAME.pattern)
+
+
+def _header_kind(value: object) -> str:
+    return "from_env" if isinstance(value, dict | HeaderFromEnv) else "plain"
+
+
+# Chosen by shape, so a bad value gets one error (its own kind's), not one per kind it is not.
+HeaderValue = Annotated[
+    Annotated[SecretStr, Tag("plain")] | Annotated[HeaderFromEnv, Tag("from_env")],
+    Discriminator(_header_kind),
+]
+
+
 class TierConfig(StrictSection):
+    # A rejected value stays out of the error's text: header values may be secrets.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     name: str
-    provider: Literal["openai", "anthropic"]
-    base_url: str
+    provider: Literal["openai", "anthropic", "azure_openai"]
+    base_url: str = Field(description="azure_openai: the resource endpoint, https://NAME.openai.azure.com")
     model: str = Field(min_length=1)
     api_key_env: str | None = None
+    deployment: str | None = Field(
+        None, pattern=TIER_NAME.pattern, description="azure_openai: the deployment (default: the model)"
+    )
+    api_version: str | None = Field(
+        None, pattern=AZURE_API_VERSION.pattern, description="azure_openai (required): YYYY-MM-DD[-preview]"
+    )
     price: Price = Price()
     max_output_tokens: int = Field(
         1024, gt=0, description="sent upstream as max_tokens when the caller sets none: every call is bounded"
@@ -117,7 +157,10 @@ class TierConfig(StrictSection):
         None, gt=0, description="calls slower than this count as slow for the circuit breaker"
     )
     encoding: str | None = Field(None, description="tiktoken encoding; chosen by model family when unset")
-    headers: dict[str, str] = Field(default_factory=dict)
+    # SecretStr: a plain value may be a secret too; repr and dumps show it masked.
+    headers: dict[str, HeaderValue] = Field(
+        default_factory=dict, description="sent on every call; a value {env: VAR} is read from VAR at start"
+    )
 
     @field_validator("name")
     @classmethod
@@ -132,6 +175,45 @@ class TierConfig(StrictSection):
         if not re.match(r"^https?://", value):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, HeaderValue]) -> dict[str, HeaderValue]:
+        for name, header in value.items():
+            if not HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a header name (letters, digits, and !#$%&'*+.^_`|~-)")
+            problem = (
+                header_value_problem(header.get_secret_value()) if isinstance(header, SecretStr) else None
+            )
+            if problem:
+                raise ValueError(f"the value of {name} {problem}")
+        duplicates = duplicate_names([name.lower() for name in value])
+        if duplicates:
+            raise ValueError(f"header names are case-insensitive: {duplicates} appear twice")
+        return value
+
+    @model_validator(mode="after")
+    def _azure_fields(self) -> TierConfig:
+        if self.provider != "azure_openai":
+            for field in ("deployment", "api_version"):
+                if getattr(self, field) is not None:
+                    raise ValueError(
+                        f"{field}: only provider azure_openai takes it (this is {self.provider})"
+                    )
+            return self
+        if self.api_version is None:
+            raise ValueError("api_version: provider azure_openai needs it (YYYY-MM-DD[-preview])")
+        if not TIER_NAME.fullmatch(self.azure_deployment):
+            raise ValueError(
+                f"deployment: the model {self.model!r} cannot name a deployment (letters, digits, "
+                "'_', '.', '-'); set deployment"
+            )
+        return self
+
+    @property
+    def azure_deployment(self) -> str:
+        """The Azure OpenAI deployment a call goes to: ``deployment``, else the model's name."""
+        return self.deployment or self.model
 
 
 PolicyName = Literal["cheapest", "strongest", "random", "length", "classifier"]

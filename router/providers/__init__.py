@@ -1,5 +1,5 @@
-"""Upstream model clients behind one ``Provider`` protocol: OpenAI-compatible Chat Completions and
-the Anthropic Messages API, over one shared HTTP client."""
+"""Upstream model clients behind one ``Provider`` protocol: OpenAI-compatible Chat Completions (Azure
+OpenAI's deployments too) and the Anthropic Messages API, over one shared HTTP client."""
 
 from tierwise.router.providers.base import (
     ChatCall,

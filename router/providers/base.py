@@ -101,7 +101,7 @@ class Provider(Protocol):
     a stream that ends without one raises ``ProviderError(PROTOCOL)``.
     """
 
-    kind: str  # "openai", "anthropic": the gen_ai.provider.name of the wire protocol
+    kind: str  # "openai", "anthropic", "azure_openai": the gen_ai.provider.name, as tiers name it
 
     async def complete(self, call: ChatCall) -> ChatResult: ...
 

@@ -157,7 +157,7 @@ def _tls_context() -> ssl.SSLContext:
 class UpstreamHttp:
     """One provider's pooled HTTP client; every method raises only ``ProviderError``.
 
-    ``kind`` ("openai", "anthropic") starts every error message, followed by the model; the
+    ``kind`` ("openai", "anthropic", "azure_openai") starts every error message, followed by the model; the
     base URL is not in the message but in the error's ``upstream``.
     """
 

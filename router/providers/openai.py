@@ -26,14 +26,14 @@ class OpenAIProvider(HttpProvider):
     (``https://api.openai.com/v1``, ``http://127.0.0.1:8000/v1``)."""
 
     kind = "openai"
+    # Where chat completions are posted, under base_url (a subclass may add a query).
+    _chat_path = "/chat/completions"
 
     def _protocol_headers(self, api_key: str | None) -> dict[str, str]:
         return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def complete(self, call: ChatCall) -> ChatResult:
-        data = await self._http.post_json(
-            "/chat/completions", _request_body(call), call.model, call.timeout_s
-        )
+        data = await self._http.post_json(self._chat_path, _request_body(call), call.model, call.timeout_s)
         if "choices" not in data and "error" in data:
             raise self._error_payload(call.model, data)
         with self._http.reading(call.model, "chat completion"):
@@ -52,7 +52,7 @@ class OpenAIProvider(HttpProvider):
         finish_reason: str | None = None
         usage: TokenUsage | None = None
         model = call.model
-        events = self._http.post_sse("/chat/completions", body, call.model, call.timeout_s)
+        events = self._http.post_sse(self._chat_path, body, call.model, call.timeout_s)
         async with aclosing(events):
             async for event in events:
                 if event.data.strip() == "[DONE]":
