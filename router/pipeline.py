@@ -254,13 +254,13 @@ class Pipeline:
         later: Sequence[TierConfig],
         streamed: bool = False,
     ) -> ChatCall:
-        """One try's call: bounded in output, and timed out so that the ``later`` tiers of the chain
-        keep time to answer inside the deadline (``resilience.timeouts``). A stream's timeout bounds
-        the wait for each piece, so it follows the tiers' time to first token."""
+        """One try's call: output bounded, timeout by ``resilience.timeouts`` (``later``: rest of the chain)."""
         left = None if deadline is None else deadline - self._clock()
         if left is not None and left <= 0:
             raise UpstreamDeadline(f"the request deadline passed before tier {tier.name!r} could answer")
-        timeout = self._health.try_timeout_s(tier.name, [t.name for t in later], left, streamed=streamed)
+        timeout = self._health.try_timeout_s(
+            tier.name, [t.name for t in later], left, streamed=streamed, bound=lambda t: output_bound(t, spec)
+        )
         return bounded_call(tier, spec, timeout)
 
     def _finish(
@@ -367,6 +367,7 @@ class Pipeline:
                 outcome = await self._health.call(
                     tier.name,
                     lambda: self._attempt(tier, later, spec, deadline, plan.prompt, progress),  # noqa: B023 - awaited here
+                    output_tokens=lambda result: plan.prompt.usage(tier, result).output_tokens,  # noqa: B023
                     deadline=deadline,
                     clock=self._clock,
                 )
@@ -484,14 +485,15 @@ class Pipeline:
                 raise
             elapsed = self._clock() - t0
             upstream_s += elapsed
-            ttft_s = None if first_token_at is None else first_token_at - t0
-            self._health.observe(tier.name, elapsed, None, ttft_s=ttft_s)
+            ttft = None if first_token_at is None else first_token_at - t0
             assert finish is not None  # providers end every stream with a StreamFinish or raise
             warn_on_overrun(tier.name, call.max_tokens, finish.usage)
             attempts.append(Attempt(tier.name, tier.model, True, elapsed * 1000))
             result = ChatResult(
                 progress.text(), finish.finish_reason, finish.usage, finish.model, progress.tool_calls()
             )
+            usage = plan.prompt.usage(tier, result)  # the unary timeout projects its duration to a bound
+            self._health.observe(tier.name, elapsed, None, ttft, usage.output_tokens)
             yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))
             return
         raise exhausted(attempts)

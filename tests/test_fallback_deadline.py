@@ -20,6 +20,7 @@ from tests.upstream import ScriptedUpstream
 from tierwise.v1 import tierwise_pb2 as pb
 
 HISTORY = 5  # successful calls that give a tier a latency history in these tests
+SHORT_BOUND = 16  # max_tokens of a request whose answer is as long as the tier's usual ones
 
 
 @pytest_asyncio.fixture
@@ -48,8 +49,10 @@ def check_answered_by_large(response: pb.CompleteResponse | pb.StreamEnd) -> Non
     ]
 
 
-async def complete(svc: Running, deadline_s: float | None) -> pb.CompleteResponse:
-    response: pb.CompleteResponse = await svc.stub.Complete(REQUEST, metadata=AUTH, timeout=deadline_s)
+async def complete(
+    svc: Running, deadline_s: float | None, request: pb.CompleteRequest = REQUEST
+) -> pb.CompleteResponse:
+    response: pb.CompleteResponse = await svc.stub.Complete(request, metadata=AUTH, timeout=deadline_s)
     return response
 
 
@@ -81,13 +84,17 @@ async def test_a_hanging_tier_leaves_the_next_one_time_in_a_stream(
 async def test_with_a_latency_history_a_hanging_tier_is_left_after_the_floor_not_timeout_s(
     upstream: ScriptedUpstream, tmp_path: Path
 ) -> None:
+    # The small tier's usual answers are as long as the requests' bound, so a try's timeout is 3 x
+    # their p99, not scaled up for a longer output (tests/test_output_scaled_timeout.py scales it).
+    upstream.script(text="Paris.", output_tokens=SHORT_BOUND)
+    short = pb.CompleteRequest(messages=REQUEST.messages, max_tokens=SHORT_BOUND)
     async with running_server(build_config(chain_config(tmp_path, upstream))) as svc:
         for _ in range(HISTORY):
-            assert (await complete(svc, None)).decision.tier == "small"
+            assert (await complete(svc, None, short)).decision.tier == "small"
         upstream.script("small-model", hang=True)
         # No caller deadline: the server's default of 60 s, and the small tier answered in
         # milliseconds, so its timeout is the 2 s floor (3 x p99 is below it).
-        response = await complete(svc, None)
+        response = await complete(svc, None, short)
         check_answered_by_large(response)
         assert (response.decision.tier, response.decision.reason) == ("large", "fallback")
         assert "no response within 2s" in response.attempts[0].error

@@ -7,6 +7,10 @@ slows down within that many calls and costs microseconds to query, which a
 decayed quantile sketch would not improve on at per-tier call rates; the age
 limit lets a tier that was judged too slow go cold, and so be tried again,
 instead of being excluded forever on stale numbers.
+
+For the unary timeout (``resilience.timeouts``) the same window of calls is also
+kept with each call's output tokens and fixed part (time to first token when it
+streamed), so its duration can be projected to a request's output bound.
 """
 
 from __future__ import annotations
@@ -63,6 +67,34 @@ class _Window:
         return Quantiles(len(self._values), float(p50), float(p95), float(p99))
 
 
+class _Calls:
+    """Recent successful calls as (when, fixed part, generating part, output tokens or 0: unknown)."""
+
+    def __init__(self, size: int) -> None:
+        self._calls: deque[tuple[float, float, float, int]] = deque(maxlen=size)
+        self._arrays: np.ndarray[tuple[int, int], np.dtype[np.float64]] | None = None
+
+    def add(self, at: float, fixed_ms: float, generating_ms: float, output_tokens: int) -> None:
+        self._calls.append((at, fixed_ms, generating_ms, output_tokens))
+        self._arrays = None
+
+    def expire(self, oldest: float) -> None:
+        while self._calls and self._calls[0][0] < oldest:
+            self._calls.popleft()
+            self._arrays = None
+
+    def projected_p99_ms(self, output_bound: int, min_samples: int) -> float | None:
+        """p99 over the calls of each one's fixed part plus its generating part scaled to
+        ``output_bound`` tokens (never scaled down; a call of unknown output is taken as it is)."""
+        if len(self._calls) < min_samples:
+            return None
+        if self._arrays is None:
+            self._arrays = np.array([c[1:] for c in self._calls], dtype=np.float64)
+        fixed, generating, tokens = self._arrays[:, 0], self._arrays[:, 1], self._arrays[:, 2]
+        scale = np.where(tokens > 0, np.maximum(1.0, output_bound / np.maximum(tokens, 1.0)), 1.0)
+        return float(np.quantile(fixed + generating * scale, 0.99))
+
+
 class LatencyTracker:
     def __init__(
         self, tier: str, config: LatencyWindowConfig, *, clock: Callable[[], float] = time.monotonic
@@ -75,13 +107,18 @@ class LatencyTracker:
             "total": _Window(config.samples),
             "ttft": _Window(config.samples),
         }
+        self._calls = _Calls(config.samples)
 
-    def record(self, total_ms: float, ttft_ms: float | None = None) -> None:
-        """One successful call; ``ttft_ms`` when it streamed (a non-streamed call's TTFT is its total)."""
+    def record(self, total_ms: float, ttft_ms: float | None = None, output_tokens: int | None = None) -> None:
+        """One successful call; ``ttft_ms`` when it streamed (a non-streamed call's TTFT is its total);
+        ``output_tokens`` when counted. A unary call's fixed part is unknown: all of it counts as
+        generating, which errs on the long side when it is projected to a larger output."""
         now = self._clock()
         with self._lock:
             self._windows["total"].add(now, total_ms)
             self._windows["ttft"].add(now, total_ms if ttft_ms is None else ttft_ms)
+            fixed_ms = 0.0 if ttft_ms is None else min(ttft_ms, total_ms)
+            self._calls.add(now, fixed_ms, total_ms - fixed_ms, output_tokens or 0)
 
     def quantiles(self, metric: Metric = "total") -> Quantiles | None:
         oldest = self._clock() - self._config.max_age_s
@@ -89,6 +126,14 @@ class LatencyTracker:
             window = self._windows[metric]
             window.expire(oldest)
             return window.quantiles(self._config.min_samples)
+
+    def projected_p99_ms(self, output_bound: int) -> float | None:
+        """The recent p99 of the calls' durations, each projected to ``output_bound`` output tokens
+        (``_Calls.projected_p99_ms``); None while cold."""
+        oldest = self._clock() - self._config.max_age_s
+        with self._lock:
+            self._calls.expire(oldest)
+            return self._calls.projected_p99_ms(output_bound, self._config.min_samples)
 
     def cold(self, metric: Metric = "total") -> bool:
         return self.quantiles(metric) is None

@@ -52,21 +52,34 @@ class TierHealth:
     def latency(self, tier: str) -> LatencyTracker:
         return self._latency[tier]
 
-    def timeout_s(self, tier: str, metric: Metric = "total") -> float:
+    def timeout_s(self, tier: str, metric: Metric = "total", output_bound: int | None = None) -> float:
         """``tier``'s own timeout for one try (``resilience.timeouts``): by its recent p99 of ``metric``
-        (``ttft`` for a stream, whose timeout bounds the wait for each piece, not the whole)."""
+        (``ttft`` for a stream, whose timeout bounds the wait for each piece, not the whole); a unary
+        try's with its ``output_bound`` (the max_tokens sent) follows the calls projected to it."""
+        config = self._tiers[tier]
+        if metric == "total" and output_bound is not None:
+            return tier_timeout_s(config, self._latency[tier].projected_p99_ms(output_bound))
         estimate = self._latency[tier].quantiles(metric)
-        return tier_timeout_s(self._tiers[tier], None if estimate is None else estimate.p99_ms)
+        return tier_timeout_s(config, None if estimate is None else estimate.p99_ms)
 
     def try_timeout_s(
-        self, tier: str, later: Sequence[str], remaining_s: float | None, *, streamed: bool = False
+        self,
+        tier: str,
+        later: Sequence[str],
+        remaining_s: float | None,
+        *,
+        streamed: bool = False,
+        bound: Callable[[TierConfig], int] | None = None,
     ) -> float:
         """One try's timeout on ``tier``, the ``later`` tiers of the chain keeping their time within
-        ``remaining_s`` (what is left of the caller's deadline; None: no deadline)."""
+        ``remaining_s`` (what is left of the caller's deadline; None: no deadline). ``bound`` gives
+        each tier's output bound (the max_tokens it is sent), which a unary try's timeout scales with."""
         metric: Metric = "ttft" if streamed else "total"
-        return try_timeout_s(
-            self.timeout_s(tier, metric), [self.timeout_s(t, metric) for t in later], remaining_s
-        )
+
+        def own(name: str) -> float:
+            return self.timeout_s(name, metric, None if bound is None else bound(self._tiers[name]))
+
+        return try_timeout_s(own(tier), [own(t) for t in later], remaining_s)
 
     def add_listener(self, listener: Listener) -> None:
         """Hear every tier's breaker state changes (the metrics exporter)."""
@@ -80,13 +93,20 @@ class TierHealth:
         return latency_budget_ms is None or self._latency[tier].fits(latency_budget_ms, metric)
 
     def observe(
-        self, tier: str, duration_s: float, error: ProviderError | None, ttft_s: float | None = None
+        self,
+        tier: str,
+        duration_s: float,
+        error: ProviderError | None,
+        ttft_s: float | None = None,
+        output_tokens: int | None = None,
     ) -> None:
-        """One permitted call's outcome; a client error says nothing about the tier's health."""
+        """One permitted call's outcome (a success's ``output_tokens`` when counted); a client error
+        says nothing about the tier's health."""
         breaker = self._breakers[tier]
         if error is None:
             breaker.record_success(duration_s)
-            self._latency[tier].record(duration_s * 1000, None if ttft_s is None else ttft_s * 1000)
+            ttft_ms = None if ttft_s is None else ttft_s * 1000
+            self._latency[tier].record(duration_s * 1000, ttft_ms, output_tokens)
         elif error.error_type is ErrorType.CLIENT_ERROR:
             breaker.release()
         else:
@@ -100,13 +120,20 @@ class TierHealth:
         deadline: float | None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        output_tokens: Callable[[T], int] | None = None,
     ) -> RetryOutcome[T]:
-        """``call`` with retries, each try permitted by the tier's breaker and reported to it."""
+        """``call`` with retries, each try permitted by the tier's breaker and reported to it (with
+        its answer's ``output_tokens``, for the unary timeout's projection to an output bound)."""
         breaker = self._breakers[tier]
+        counted: list[int | None] = [None]  # the output tokens of the try that just succeeded
 
         async def guarded() -> T:
+            counted[0] = None
             try:
-                return await call()
+                value = await call()
+                if output_tokens is not None:
+                    counted[0] = output_tokens(value)
+                return value
             except ProviderError:
                 raise
             except BaseException:
@@ -119,7 +146,7 @@ class TierHealth:
             clock=clock,
             sleep=sleep,
             permit=breaker.allow,
-            observe=lambda duration, error: self.observe(tier, duration, error),
+            observe=lambda duration, error: self.observe(tier, duration, error, output_tokens=counted[0]),
         )
 
     def snapshot(self) -> list[TierSnapshot]:
