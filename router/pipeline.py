@@ -386,7 +386,7 @@ class Pipeline:
                 attempts.append(circuit_open_attempt(tier))
             elif outcome.stop is StopReason.NOT_RETRYABLE and outcome.error is not None:
                 raise rejection_for(tier, outcome.error, attempts)
-        raise exhausted(attempts)
+        raise exhausted(attempts, None if deadline is None else deadline - self._clock())
 
     async def _attempt(
         self,
@@ -496,4 +496,4 @@ class Pipeline:
             self._health.observe(tier.name, elapsed, None, ttft, usage.output_tokens)
             yield self._finish(plan, tier, result, attempts, (started, upstream_s, first_token_at))
             return
-        raise exhausted(attempts)
+        raise exhausted(attempts, None if deadline is None else deadline - self._clock())

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import grpc
 
 from tierwise.router.config import TierConfig
-from tierwise.router.errors import UpstreamRejected, UpstreamUnavailable
+from tierwise.router.errors import ServiceError, UpstreamDeadline, UpstreamRejected, UpstreamUnavailable
 from tierwise.router.outcome import Attempt
 from tierwise.router.providers.base import ProviderError
 
@@ -62,7 +62,17 @@ def circuit_open_attempt(tier: TierConfig) -> Attempt:
     )
 
 
-def exhausted(attempts: Sequence[Attempt]) -> UpstreamUnavailable:
-    """Every tier of the chain was tried (or skipped): name each and why."""
+# Less than this left of the caller's deadline when the chain ends: the deadline ended it.
+DEADLINE_SPENT_S = 0.05
+
+
+def exhausted(attempts: Sequence[Attempt], deadline_left_s: float | None = None) -> ServiceError:
+    """Every tier of the chain was tried (or skipped): name each and why. When the caller's deadline
+    is (all but) spent, the last tier was given what was left of it and timed out with it: that is
+    the deadline's doing (DEADLINE_EXCEEDED), not a sign that no tier is up (UNAVAILABLE)."""
     detail = "; ".join(f"tier {a.tier!r}: {a.error_type}: {a.error}" for a in attempts)
+    if deadline_left_s is not None and deadline_left_s < DEADLINE_SPENT_S:
+        return UpstreamDeadline(
+            f"the request deadline passed while the tiers were tried ({detail})", attempts
+        )
     return UpstreamUnavailable(f"no tier could answer ({detail})", attempts)

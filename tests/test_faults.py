@@ -12,6 +12,8 @@ import pytest
 
 from tests.harness import AUTH, OTHER_AUTH, build_config, config_dict, running_server, unavailable_details
 from tests.upstream import ScriptedUpstream
+from tierwise.router.outcome import Attempt
+from tierwise.router.upstream_errors import exhausted
 from tierwise.v1 import tierwise_pb2 as pb
 
 
@@ -143,3 +145,13 @@ async def test_soft_budget_degrades_to_the_capped_tier(upstream: ScriptedUpstrea
         assert first.decision.tier == "large"
         second = await svc.stub.Complete(pb.CompleteRequest(messages=user("hi"), tier="large"), metadata=AUTH)
         assert second.decision.tier == "small" and second.decision.reason == "budget-degrade"
+
+
+def test_a_chain_that_ends_with_the_deadline_spent_is_deadline_exceeded() -> None:
+    """The last tier of a chain is given what is left of the deadline: when it times out with it,
+    the caller's deadline ended the request, whichever of the two timers fired first."""
+    attempts = [Attempt("small", "small-model", False, 500.0, "timeout", "no response within 0.5s")]
+    assert exhausted(attempts, 0.004).code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert exhausted(attempts, -0.01).code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert exhausted(attempts, 0.4).code is grpc.StatusCode.UNAVAILABLE  # time was left: tiers are down
+    assert exhausted(attempts).code is grpc.StatusCode.UNAVAILABLE  # no deadline
