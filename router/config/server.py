@@ -147,7 +147,9 @@ class TierConfig(StrictSection):
         30.0, gt=0, description="the most one try may wait; every try's timeout while the tier has no history"
     )
     adaptive_timeout: bool = Field(
-        True, description="with a latency history, a try waits timeout_p99_factor x the recent p99 instead"
+        True,
+        description="with a latency history, a try waits timeout_p99_factor x the recent p99 of the tier's"
+        " calls projected to the try's output bound (resilience/timeouts.py), instead of timeout_s",
     )
     timeout_p99_factor: float = Field(3.0, ge=1, description="adaptive timeout: this many times the p99")
     min_timeout_s: float = Field(

@@ -51,7 +51,12 @@ class ConfigError(ValueError):
 
 class Config(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="TIERWISE_", env_nested_delimiter="__", extra="forbid", frozen=True
+        env_prefix="TIERWISE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        # A rejected value may be a secret (a tier header, a key): errors name the key, not the value.
+        hide_input_in_errors=True,
     )
 
     server: ServerConfig = ServerConfig()
