@@ -19,13 +19,18 @@ import pytest_asyncio
 
 from tests.budget_support import Clock, StoreFactory, make_manager, redis_server_factory, store_factory
 from tests.harness import API_KEY, AUTH, OTHER_KEY, build_config, config_dict, running_server
+from tests.redis_server import RedisServer
+from tests.test_budgets_rebuild import ledger, outage_then_empty_restart, record_today, redis, replica
 from tests.test_budgets_servers import MAX_TOKENS, OUTPUT_TOKENS, burst, check_bound, complete, spent
 from tests.upstream import ScriptedUpstream
 from tierwise.router.auth import sha256_hex
+from tierwise.router.budgets.alerts import BudgetAlert
 from tierwise.router.config import ConfigError, parse_config
+from tierwise.router.errors import BudgetExhausted
+from tierwise.router.ledger.spend_ledger import SpendLedger
 from tierwise.v1 import tierwise_pb2 as pb
 
-__all__ = ["redis_server_factory", "store_factory"]
+__all__ = ["ledger", "redis", "redis_server_factory", "store_factory"]
 
 BOB_KEY = "test-key-acme-bob"
 BOB_AUTH = (("authorization", f"Bearer {BOB_KEY}"),)
@@ -119,6 +124,37 @@ async def test_key_tenant_and_feature_budgets_keep_separate_usage(store_factory:
         "acme/key:alice/day": Decimal(3),
         "acme/chat/key:alice/day": Decimal(1),
     }
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_key_budget_alert_names_the_key(store_factory: StoreFactory) -> None:
+    alerts: list[BudgetAlert] = []
+    budget = {"tenant": "acme", "key": "alice", "window": "day", "usd": "1", "alerts": [0.5]}
+    manager = make_manager(store_factory(), [budget], Clock(), alerts=alerts)
+    for key in ("bob", "alice"):  # bob's spend does not count towards alice's alert
+        reservation = await manager.reserve("acme", "chat", Decimal("0.6"), 10, key=key)
+        await manager.settle(reservation, Decimal("0.6"), 10)
+    await manager.drain()
+    [alert] = alerts
+    assert (alert.budget, alert.key, alert.level, alert.used) == (ALICE_BUDGET, "alice", 0.5, Decimal("0.6"))
+    assert alert.as_json()["key"] == "alice"
+    await manager.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_key_budget_redis_lost_is_rebuilt_from_the_tenants_spend(
+    redis: RedisServer, ledger: SpendLedger
+) -> None:
+    clock = Clock()
+    budget = {"tenant": "acme", "key": "alice", "window": "day", "usd": "1.00"}
+    manager = replica(redis, clock, ledger, budgets=[budget])
+    record_today(ledger, 4, "0.2", 200)  # 0.8 USD of acme today, by whichever key
+    await outage_then_empty_restart(redis, clock, [manager], key="alice")
+    # The ledger records no key: alice's budget counts all of acme's spend, never less than hers.
+    with pytest.raises(BudgetExhausted, match=r"acme/key:alice/day .* used 0\.8"):
+        await manager.reserve("acme", "chat", Decimal("0.3"), 10, key="alice")
+    assert (await manager.reserve("acme", "chat", Decimal("0.3"), 10, key="bob")).lines == ()
     await manager.aclose()
 
 

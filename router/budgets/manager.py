@@ -1,6 +1,6 @@
 """Budgets: reserve a request's estimated cost before the call, settle the actual cost after it.
 
-A reservation checks every budget that matches the tenant (and feature) in
+A reservation checks every budget that matches the tenant (feature, API key) in
 one atomic store operation: used + in flight + this estimate must stay within
 each hard limit, so concurrent requests, on any replica, can overspend a limit
 by no more than what the requests already in flight spend beyond their
@@ -348,8 +348,7 @@ class BudgetManager:
 
     def _to_seed(self, line: BudgetLine) -> LineToSeed:
         budget = self._budgets[line.budget]
-        # The ledger records no API key: a key budget is rebuilt from all of its tenant's (and
-        # feature's) spend, an upper bound, so a lost period never hands a key a fresh budget.
+        # A key budget is rebuilt from its tenant's (and feature's) spend (rebuild.py says why).
         return LineToSeed(line, budget.tenant, budget.feature, self._period(line))
 
     def _period(self, line: BudgetLine) -> Period:
