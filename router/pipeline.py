@@ -234,7 +234,7 @@ class Pipeline:
         if spec.tier is not None:
             options = [o for o in options if o.name == spec.tier] or options
         usd, tokens = worst_case([self._config.tier(o.name) for o in options], spec, prompt)
-        return await self._budgets.reserve(spec.tenant, spec.feature, usd, tokens)
+        return await self._budgets.reserve(spec.tenant, spec.feature, usd, tokens, key=spec.api_key)
 
     def _chain(self, chosen: str, spec: RequestSpec, candidates: list[TierOption]) -> tuple[TierConfig, ...]:
         """The chosen tier, then (unless pinned) every stronger candidate tier."""

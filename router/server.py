@@ -11,6 +11,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, NoReturn
 
 import grpc
@@ -70,7 +71,8 @@ class RouterServicer:
         await reject_undecodable(request, context)
         wire: WireRequest = request
         try:
-            return caller, validate_request(wire, caller.tenant, self._service.config)
+            spec = validate_request(wire, caller.tenant, self._service.config)
+            return caller, replace(spec, api_key=caller.key)  # the key's own budgets
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 

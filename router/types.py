@@ -71,6 +71,7 @@ class RequestSpec:
     response_format_json: str = ""
     top_p: float | None = None
     seed: int | None = None
+    api_key: str = ""  # the label of the caller's API key (budgets per key); "" without keys
 
     @property
     def system_prompt(self) -> str:

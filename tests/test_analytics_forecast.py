@@ -102,6 +102,10 @@ async def test_budget_run_out_day(linear_store: SqliteSpendSink) -> None:
     day = project_budget(spend_, BudgetConfig(tenant="acme", feature="chat", window="day", usd=Decimal(3)))
     assert day is not None and day.used_usd == Decimal(4) and day.runs_out == date(2024, 3, 15)
     assert project_budget(spend_, BudgetConfig(tenant="acme", window="day", tokens=5)) is None
+    # A key's budget: the ledger cannot tell its spend from the tenant's, so no projection.
+    assert (
+        project_budget(spend_, BudgetConfig(tenant="acme", key="alice", window="day", usd=Decimal(3))) is None
+    )
 
 
 @pytest.mark.asyncio

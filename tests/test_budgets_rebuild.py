@@ -64,12 +64,15 @@ def replica(redis: RedisServer, clock: Clock, ledger: SpendLedger | None, **sett
     return make_manager(store, budgets, clock, usage_source=source, **settings)
 
 
-async def outage_then_empty_restart(redis: RedisServer, clock: Clock, replicas: list[BudgetManager]) -> None:
-    """Redis dies (each replica's next request is refused: fail mode closed) and comes back empty."""
+async def outage_then_empty_restart(
+    redis: RedisServer, clock: Clock, replicas: list[BudgetManager], key: str = ""
+) -> None:
+    """Redis dies (each replica's next request, made with ``key``, is refused: fail mode closed) and
+    comes back empty."""
     redis.kill()
     for manager in replicas:
         with pytest.raises(BudgetStoreUnavailable, match="fail_mode is closed"):
-            await manager.reserve("acme", "chat", D("0.01"), 1)
+            await manager.reserve("acme", "chat", D("0.01"), 1, key=key)
     redis.start()  # same port, no data
     clock.advance(1)  # past the first backoff
 

@@ -32,6 +32,7 @@ from tierwise.v1 import tierwise_pb2 as pb
 
 __all__ = ["redis_server_factory"]
 
+Metadata = tuple[tuple[str, str], ...]
 BURST = 64
 LIMIT = Decimal("0.002")
 MAX_TOKENS = 100  # the estimate assumes at most this many output tokens ...
@@ -54,31 +55,35 @@ def budget_config(store: Path, upstream: ScriptedUpstream, redis: RedisServer | 
     return data
 
 
-async def complete(svc: Running) -> pb.CompleteResponse | grpc.aio.AioRpcError:
+async def complete(svc: Running, auth: Metadata = AUTH) -> pb.CompleteResponse | grpc.aio.AioRpcError:
     request = pb.CompleteRequest(
         messages=[pb.ChatMessage(role="user", content="Summarise the quarterly report.")],
         tier="small",
         max_tokens=MAX_TOKENS,
     )
     try:
-        response: pb.CompleteResponse = await svc.stub.Complete(request, metadata=AUTH, timeout=30)
+        response: pb.CompleteResponse = await svc.stub.Complete(request, metadata=auth, timeout=30)
     except grpc.aio.AioRpcError as exc:
         return exc
     return response
 
 
-async def burst(servers: list[Running]) -> tuple[list[pb.CompleteResponse], list[grpc.aio.AioRpcError]]:
-    results = await asyncio.gather(*(complete(servers[i % len(servers)]) for i in range(BURST)))
+async def burst(
+    servers: list[Running], auth: Metadata = AUTH
+) -> tuple[list[pb.CompleteResponse], list[grpc.aio.AioRpcError]]:
+    results = await asyncio.gather(*(complete(servers[i % len(servers)], auth) for i in range(BURST)))
     answered = [r for r in results if isinstance(r, pb.CompleteResponse)]
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     return answered, refused
 
 
-def check_bound(answered: list[pb.CompleteResponse], refused: list[grpc.aio.AioRpcError]) -> None:
+def check_bound(
+    answered: list[pb.CompleteResponse], refused: list[grpc.aio.AioRpcError], budget: str = "acme/*/day"
+) -> None:
     assert answered and refused, (len(answered), len(refused))
     for error in refused:
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-        assert "acme/*/day" in (error.details() or "") and "resets" in (error.details() or "")
+        assert budget in (error.details() or "") and "resets" in (error.details() or "")
     estimates = [Decimal(str(r.decision.estimated_cost_usd)) for r in answered]
     costs = [Decimal(r.cost_usd_exact) for r in answered]
     assert all(c > e for c, e in zip(costs, estimates, strict=True))  # each one overran its estimate

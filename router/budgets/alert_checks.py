@@ -96,6 +96,7 @@ class AlertChecks:
                 budget=budget.name,
                 tenant=budget.tenant,
                 feature=budget.feature,
+                key=budget.key,
                 period=line.period,
                 kind=kind,
                 unit=unit,

@@ -29,7 +29,7 @@ Unit = Literal["usd", "tokens"]
 
 @dataclass(frozen=True, slots=True)
 class BudgetAlert:
-    budget: str  # "tenant/feature-or-*/window"
+    budget: str  # "tenant/feature-or-*/window", or "tenant/key:NAME/window" for a key's budget
     tenant: str
     feature: str | None
     period: str
@@ -41,6 +41,7 @@ class BudgetAlert:
     used: Decimal  # USD or tokens
     limit: Decimal
     resets_at: datetime
+    key: str | None = None  # the API key's name, for a key's budget
 
     def describe(self) -> str:
         amount = f"{_text(self.used, self.unit)} of {_text(self.limit, self.unit)}"
@@ -57,6 +58,7 @@ class BudgetAlert:
             "budget": self.budget,
             "tenant": self.tenant,
             "feature": self.feature,
+            "key": self.key,
             "period": self.period,
             "kind": self.kind,
             "unit": self.unit,

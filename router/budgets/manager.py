@@ -1,6 +1,6 @@
 """Budgets: reserve a request's estimated cost before the call, settle the actual cost after it.
 
-A reservation checks every budget that matches the tenant (and feature) in
+A reservation checks every budget that matches the tenant (feature, API key) in
 one atomic store operation: used + in flight + this estimate must stay within
 each hard limit, so concurrent requests, on any replica, can overspend a limit
 by no more than what the requests already in flight spend beyond their
@@ -164,14 +164,15 @@ class BudgetManager:
     # -- the request path ---------------------------------------------------
 
     async def reserve(
-        self, tenant: str, feature: str, estimated_usd: Decimal, estimated_tokens: int
+        self, tenant: str, feature: str, estimated_usd: Decimal, estimated_tokens: int, *, key: str = ""
     ) -> BudgetReservation:
-        """Reserve the estimate on every matching budget, or raise ``BudgetExhausted``."""
+        """Reserve the estimate on every matching budget, or raise ``BudgetExhausted``; ``key`` is the
+        label of the caller's API key (its budgets match only its requests)."""
         if estimated_usd < 0 or estimated_tokens < 0:
             raise ValueError("estimates must not be negative")
         amount = Amount(usd_to_nanos(estimated_usd, round_up=True), estimated_tokens)
         now = self._wall_clock()
-        lines = tuple(self._line(b, now) for b in self._matching(tenant, feature))
+        lines = tuple(self._line(b, now) for b in self._matching(tenant, feature, key))
         reservation = BudgetReservation(uuid.uuid4().hex, tenant, feature, lines, amount)
         if not lines:
             return reservation
@@ -329,11 +330,13 @@ class BudgetManager:
 
     # -- inside ---------------------------------------------------------------
 
-    def _matching(self, tenant: str, feature: str) -> list[BudgetConfig]:
+    def _matching(self, tenant: str, feature: str, key: str) -> list[BudgetConfig]:
         return [
             b
             for b in self._budgets.values()
-            if b.tenant == tenant and (b.feature is None or b.feature == feature)
+            if b.tenant == tenant
+            and (b.feature is None or b.feature == feature)
+            and (b.key is None or b.key == key)
         ]
 
     def _line(self, budget: BudgetConfig, now: datetime) -> BudgetLine:
@@ -345,6 +348,7 @@ class BudgetManager:
 
     def _to_seed(self, line: BudgetLine) -> LineToSeed:
         budget = self._budgets[line.budget]
+        # A key budget is rebuilt from its tenant's (and feature's) spend (rebuild.py says why).
         return LineToSeed(line, budget.tenant, budget.feature, self._period(line))
 
     def _period(self, line: BudgetLine) -> Period:
@@ -414,6 +418,7 @@ class BudgetManager:
     def _exhausted_message(self, line: BudgetLine, state: LineState, amount: Amount) -> str:
         budget = self._budgets[line.budget]
         scope = f"tenant {budget.tenant!r}" + (f", feature {budget.feature!r}" if budget.feature else "")
+        scope += f", API key {budget.key!r}" if budget.key else ""
         if self._refused_unit(line, state, amount) == "usd":
             numbers = (
                 f"limit {usd_str(nanos_to_usd(line.hard.usd_nanos or 0))} USD, "

@@ -18,6 +18,9 @@ while the ledger's database is up; the rebuilding replica writes its own journal
 out first), and requests in flight when Redis lost the data that settle before
 the rebuild and reach the ledger after it (the seed keeps the larger of the two
 counts, never their sum, so those are not double-counted either).
+
+The ledger records no API key, so a key's budget is rebuilt from all of its tenant's (and
+feature's) spend in the period: more than the key spent, never less.
 """
 
 from __future__ import annotations

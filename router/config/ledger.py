@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tierwise.router.config.strict import StrictSection
+from tierwise.router.config.strict import TIER_NAME, StrictSection
 
 
 class LedgerConfig(StrictSection):
@@ -72,10 +72,15 @@ class BudgetDegrade(StrictSection):
 
 
 class BudgetConfig(StrictSection):
-    """A spending limit per tenant (or tenant + feature) and calendar window (UTC)."""
+    """A spending limit per tenant (or tenant + feature, + API key) and calendar window (UTC)."""
 
     tenant: str = Field(min_length=1, max_length=128)
     feature: str | None = Field(None, min_length=1, description="unset: all of the tenant's features")
+    key: str | None = Field(
+        None,
+        pattern=TIER_NAME.pattern,
+        description="the name of one of the tenant's auth.api_keys: only requests made with that key",
+    )
     window: Literal["day", "month"]
     usd: Decimal | None = Field(None, gt=0, description="hard limit: requests beyond it are refused")
     tokens: int | None = Field(None, gt=0)
@@ -103,7 +108,12 @@ class BudgetConfig(StrictSection):
 
     @property
     def name(self) -> str:
-        return f"{self.tenant}/{self.feature or '*'}/{self.window}"
+        """``tenant/feature-or-*/window``; a key budget ``tenant/key:NAME/window`` (with a feature,
+        ``tenant/feature/key:NAME/window``), so its store rows and Redis keys are its own."""
+        if self.key is None:
+            return f"{self.tenant}/{self.feature or '*'}/{self.window}"
+        feature = "" if self.feature is None else f"{self.feature}/"
+        return f"{self.tenant}/{feature}key:{self.key}/{self.window}"
 
 
 class BudgetStoreConfig(StrictSection):

@@ -109,12 +109,27 @@ class Config(BaseSettings):
             if budget.name in seen:
                 raise ValueError(f"budgets[{index}]: a second budget for {budget.name}")
             seen.add(budget.name)
+            if budget.key is not None:
+                self._budget_key(index, budget)
             if budget.degrade.max_tier is not None and budget.degrade.max_tier not in self.tier_names:
                 raise ValueError(
                     f"budgets[{index}].degrade.max_tier: unknown tier {budget.degrade.max_tier!r}; "
                     f"configured: {list(self.tier_names)}"
                 )
         return self
+
+    def _budget_key(self, index: int, budget: BudgetConfig) -> None:
+        tenants = {k.name: k.tenant for k in self.auth.api_keys if k.name is not None}
+        if budget.key not in tenants:
+            raise ValueError(
+                f"budgets[{index}].key: no API key named {budget.key!r} in auth.api_keys; "
+                f"named keys: {sorted(tenants)}"
+            )
+        if tenants[budget.key] != budget.tenant:
+            raise ValueError(
+                f"budgets[{index}].key: API key {budget.key!r} belongs to tenant "
+                f"{tenants[budget.key]!r}, not to the budget's tenant {budget.tenant!r}"
+            )
 
     @model_validator(mode="after")
     def _learning_tiers(self) -> Config:
