@@ -261,3 +261,8 @@ class LimitsConfig(StrictSection):
     max_tools_depth: int = Field(
         32, ge=1, le=200, description="how deeply tools_json may nest arrays and objects"
     )
+    max_images: int = Field(8, ge=0, description="images in one request, all turns together")
+    max_image_bytes: int = Field(
+        5_000_000, gt=0, description="decoded size of one data: URI image (https images are fetched upstream)"
+    )
+    max_image_url_chars: int = Field(2048, gt=0, description="length of one https image URL")
