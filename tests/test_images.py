@@ -218,3 +218,22 @@ async def test_an_image_counts_as_a_fixed_estimate_without_reported_usage(
     assert with_images.usage.input_tokens - text_only.usage.input_tokens == 2 * IMAGE_TOKENS_DEFAULT
     low = await complete(svc, image_turn(QUESTION, pb.ImagePart(url=PHOTO_URL, detail="low")), **bypass)
     assert low.usage.input_tokens - text_only.usage.input_tokens == 85
+
+
+@pytest.mark.asyncio
+async def test_a_tier_without_images_is_skipped_or_refuses_by_name(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
+    data["tiers"][0]["images"] = False  # the cheap openai tier is a text-only model
+    async with running_server(build_config(data)) as svc:
+        ask = svc.stub.Complete
+        routed = await ask(pb.CompleteRequest(messages=image_turn("Read it.", PARTS["url"])), metadata=AUTH)
+        assert routed.decision.tier == "large" and upstream.requests[-1].model == "large-model"
+        text_only = await ask(pb.CompleteRequest(messages=image_turn("Read it.")), metadata=AUTH)
+        assert text_only.decision.tier == "small"
+        pinned = pb.CompleteRequest(messages=image_turn("Read it.", PARTS["data"]), tier="small")
+        error = await rpc_error(svc.stub.Complete(pinned, metadata=AUTH))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "messages[0].images: tier 'small' (openai) cannot honour it"
+    assert len(upstream.requests) == 2

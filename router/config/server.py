@@ -159,6 +159,9 @@ class TierConfig(StrictSection):
         None, gt=0, description="calls slower than this count as slow for the circuit breaker"
     )
     encoding: str | None = Field(None, description="tiktoken encoding; chosen by model family when unset")
+    images: bool = Field(
+        True, description="the model reads images in user turns; false routes requests with images elsewhere"
+    )
     # SecretStr: a plain value may be a secret too; repr and dumps show it masked.
     headers: dict[str, HeaderValue] = Field(
         default_factory=dict, description="sent on every call; a value {env: VAR} is read from VAR at start"
