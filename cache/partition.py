@@ -162,8 +162,11 @@ def build_partition(
     messages: Sequence[Message],
     params: GenerationParams | None = None,
     tools_json: str = "",
+    attachments: str = "",
 ) -> Partition:
-    parts = {
+    """``attachments`` names the request's non-text inputs (a digest of its images): part of the
+    key only when set, so text-only keys stay what they were."""
+    parts: dict[str, object] = {
         "v": KEY_VERSION,
         "tenant": tenant,
         "namespace": namespace,
@@ -172,6 +175,8 @@ def build_partition(
         "params": (params or GenerationParams()).key_parts(),
         "context": context_digest(messages),
     }
+    if attachments:
+        parts["attachments"] = attachments
     return Partition(tenant, namespace, sha256_hex(_canonical_json(parts)))
 
 

@@ -26,7 +26,7 @@ class CacheLookup(CacheCore):
         self._maybe_purge(now)
         try:
             hit = await self._exact_hit(query, now)
-            if hit is None and whole_text_embedded(query.query_text):
+            if hit is None and not query.exact_only and whole_text_embedded(query.query_text):
                 hit = await self._semantic_hit(query, now)
         except CacheStoreError as exc:
             self._store_failed(exc)

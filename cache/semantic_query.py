@@ -33,6 +33,9 @@ class CacheQuery:
     query_text: str
     embedding: Vector
     max_age_s: float | None = None
+    # A request with attachments (images) is answered by its exact key only: the embedding reads
+    # its text alone, so a similar text says nothing of whether the images match.
+    exact_only: bool = False
 
     @classmethod
     def create(
@@ -45,11 +48,15 @@ class CacheQuery:
         params: GenerationParams | None = None,
         tools_json: str = "",
         max_age_s: float | None = None,
+        attachments: str = "",
     ) -> CacheQuery:
-        """``embedding`` must be of ``embedding_text(last_user_turn(messages))``."""
+        """``embedding`` must be of ``embedding_text(last_user_turn(messages))``; ``attachments`` (a
+        digest of the request's images) keys the partition and makes the query exact-only."""
         messages = tuple((str(role), str(content)) for role, content in messages)
-        partition = build_partition(tenant, namespace, messages, params, tools_json)
-        return cls(partition, messages, last_user_turn(messages), embedding, max_age_s)
+        partition = build_partition(tenant, namespace, messages, params, tools_json, attachments)
+        return cls(
+            partition, messages, last_user_turn(messages), embedding, max_age_s, exact_only=bool(attachments)
+        )
 
     @property
     def exact_key(self) -> str:

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from tierwise.cache.embedder import Vector
-from tierwise.cache.partition import GenerationParams
+from tierwise.cache.partition import GenerationParams, sha256_hex
 from tierwise.cache.semantic_cache import CacheHit, CacheQuery, SemanticCache
 from tierwise.cache.store import CachedResponse
 from tierwise.router.config import CacheConfig
@@ -73,6 +73,7 @@ class ResponseCache:
             params=params,
             tools_json=spec.tools_json,
             max_age_s=spec.max_age_s,
+            attachments=_images_digest(spec),
         )
         return CacheUse(query, lookup=spec.cache_mode is CacheMode.USE, store=True)
 
@@ -127,6 +128,14 @@ def _keyed(message: ChatMessage) -> tuple[str, str]:
     calls = [[c.id, c.name, c.arguments] for c in message.tool_calls]
     tools = json.dumps({"tool_call_id": message.tool_call_id, "tool_calls": calls}, sort_keys=True)
     return (f"{message.role}+tool_use", f"{message.content}\n{tools}")
+
+
+def _images_digest(spec: RequestSpec) -> str:
+    """SHA-256 of every image with its turn's position and detail ("" without images)."""
+    if not spec.has_images:
+        return ""
+    images = [[i, image.url, image.detail] for i, m in enumerate(spec.messages) for image in m.images]
+    return sha256_hex(json.dumps(images, separators=(",", ":")))
 
 
 def _info(hit: CacheHit) -> CacheHitInfo:

@@ -57,6 +57,13 @@ _O200K_MODELS = re.compile(r"^(chatgpt-4o|gpt-4o|gpt-4\.1|gpt-4\.5|gpt-5|o1|o3|o
 # <|start|>assistant<|message|>, 3 more tokens.
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
+# An image's prompt tokens cannot be known without decoding and sizing it, and an https image is
+# never fetched here. Each counts as a fixed estimate: 85 at low detail (OpenAI's flat price) and
+# otherwise 1,600, about what both OpenAI (765 for 1024x1024 at high detail) and Anthropic
+# (width x height / 750, ~1,600 at its 1.15-megapixel cap) charge for a large image, so estimates
+# err high rather than low. Only an estimate: the upstream's reported usage wins when it has one.
+IMAGE_TOKENS = {"low": 85}
+IMAGE_TOKENS_DEFAULT = 1600
 
 
 class TokenizerSetupError(RuntimeError):
@@ -186,6 +193,7 @@ class TokenCounter:
             + len(enc.encode_ordinary(m.content))
             + sum(len(enc.encode_ordinary(c.name + c.arguments)) for c in m.tool_calls)
             + (len(enc.encode_ordinary(m.tool_call_id)) if m.tool_call_id else 0)
+            + sum(IMAGE_TOKENS.get(image.detail, IMAGE_TOKENS_DEFAULT) for image in m.images)
             for m in messages
         ]
 

@@ -162,8 +162,11 @@ def check_top_p(top_p: float | None) -> None:
 
 
 def refused_fields(tier: TierConfig, spec: RequestSpec) -> list[str]:
-    """The fields ``spec`` sets that ``tier``'s wire protocol cannot carry."""
-    return [name for name, is_set in UNSUPPORTED.get(tier.provider, {}).items() if is_set(spec)]
+    """The fields ``spec`` sets that ``tier``'s wire protocol (or, for images, its model) cannot carry."""
+    refused = [name for name, is_set in UNSUPPORTED.get(tier.provider, {}).items() if is_set(spec)]
+    if not tier.images:
+        refused += [f"messages[{i}].images" for i, m in enumerate(spec.messages) if m.images][:1]
+    return refused
 
 
 def admits(tier: TierConfig, spec: RequestSpec) -> bool:

@@ -35,11 +35,21 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagePart:
+    """An image in a user turn: ``url`` is https or a ``data:image/...;base64,`` URI; ``detail`` is
+    auto, low or high."""
+
+    url: str
+    detail: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     role: str
     content: str
     tool_calls: tuple[ToolCall, ...] = ()  # assistant turns
     tool_call_id: str = ""  # tool turns: the call this result answers
+    images: tuple[ImagePart, ...] = ()  # user turns
 
 
 class CacheMode(enum.Enum):
@@ -72,6 +82,10 @@ class RequestSpec:
     top_p: float | None = None
     seed: int | None = None
     api_key: str = ""  # the label of the caller's API key (budgets per key); "" without keys
+
+    @property
+    def has_images(self) -> bool:
+        return any(m.images for m in self.messages)
 
     @property
     def system_prompt(self) -> str:

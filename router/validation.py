@@ -14,6 +14,7 @@ from tierwise.router.config import Config
 from tierwise.router.experiments.assignment import ARM_OVERRIDE_KEY, Assigner, BadArmOverride
 from tierwise.router.field_checks import InvalidRequest as InvalidRequest
 from tierwise.router.field_checks import check_json, check_printable, check_tags
+from tierwise.router.image_checks import WireImagePart, images
 from tierwise.router.tool_checks import (
     WireToolCall,
     check_response_format,
@@ -36,6 +37,8 @@ class _WireMessage(Protocol):
 
     @property
     def tool_calls(self) -> Sequence[WireToolCall]: ...
+    @property
+    def images(self) -> Sequence[WireImagePart]: ...
 
 
 class WireRequest(Protocol):
@@ -103,6 +106,7 @@ def _messages(request: WireRequest, config: Config) -> tuple[ChatMessage, ...]:
     total = 0
     out: list[ChatMessage] = []
     call_ids: set[str] = set()
+    image_count = 0
     for i, message in enumerate(request.messages):
         if message.role not in ROLES:
             raise InvalidRequest(
@@ -119,7 +123,14 @@ def _messages(request: WireRequest, config: Config) -> tuple[ChatMessage, ...]:
         check_tool_turns(f"messages[{i}]", message.role, message.tool_call_id, call_ids)
         call_ids.update(c.id for c in calls)
         total += sum(len(c.arguments) for c in calls)
-        if not message.content.strip() and not calls:
+        pictures = images(f"messages[{i}].images", message.role, message.images, limits)
+        image_count += len(pictures)
+        if image_count > limits.max_images:
+            raise InvalidRequest(
+                f"messages[{i}].images",
+                f"brings the request to {image_count} images; the limit is {limits.max_images}",
+            )
+        if not message.content.strip() and not calls and not pictures:
             raise InvalidRequest(f"messages[{i}].content", "must not be empty")
         if len(message.content) > limits.max_content_chars:
             raise InvalidRequest(
@@ -127,7 +138,7 @@ def _messages(request: WireRequest, config: Config) -> tuple[ChatMessage, ...]:
                 f"is {len(message.content)} characters; the limit is {limits.max_content_chars}",
             )
         total += len(message.content)
-        out.append(ChatMessage(message.role, message.content, calls, message.tool_call_id))
+        out.append(ChatMessage(message.role, message.content, calls, message.tool_call_id, pictures))
     if total > limits.max_total_chars:
         raise InvalidRequest("messages", f"total {total} characters; the limit is {limits.max_total_chars}")
     if out[-1].role == "tool":  # the model goes on from a tool's result

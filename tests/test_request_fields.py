@@ -90,7 +90,7 @@ CASES: dict[str, tuple[dict[str, Any], dict[str, Check]]] = {
     "seed": ({"seed": 42}, {"openai": lambda b: b["seed"] == 42, "anthropic": "refused"}),
 }
 
-# ChatMessage's fields, each set in a conversation with a tool turn.
+# ChatMessage's fields, each set in a conversation with an image and a tool turn.
 MESSAGE_CASES: dict[str, dict[str, Check]] = {
     "role": {
         "openai": lambda b: b["messages"][-1]["role"] == "tool",
@@ -108,7 +108,12 @@ MESSAGE_CASES: dict[str, dict[str, Check]] = {
         "openai": lambda b: b["messages"][-1]["tool_call_id"] == "c1",
         "anthropic": lambda b: b["messages"][-1]["content"][0]["tool_use_id"] == "c1",
     },
+    "images": {
+        "openai": lambda b: b["messages"][0]["content"][1]["image_url"]["url"] == IMAGE_URL,
+        "anthropic": lambda b: b["messages"][0]["content"][1]["source"]["url"] == IMAGE_URL,
+    },
 }
+IMAGE_URL = "https://images.example.com/order-7.png"
 TIER_OF = {"openai": "small", "anthropic": "large"}
 
 
@@ -160,7 +165,7 @@ async def test_each_message_field_reaches_the_upstream(
     svc: Running, upstream: ScriptedUpstream, field: str, kind: str
 ) -> None:
     messages = [
-        pb.ChatMessage(role="user", content="Find order 7."),
+        pb.ChatMessage(role="user", content="Find order 7.", images=[pb.ImagePart(url=IMAGE_URL)]),
         pb.ChatMessage(
             role="assistant", tool_calls=[pb.ToolCall(id="c1", name="lookup", arguments_json="{}")]
         ),

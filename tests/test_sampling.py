@@ -192,18 +192,27 @@ async def test_rates_per_tier_and_arm_choose_what_is_sampled(tmp_path: Path) -> 
             assert sampler.stats()["sampled"] == 1 and sampler.stats()["judgments"] == 1
 
 
+TOOLS = '[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]'
+PHOTO = pb.ImagePart(url="https://images.example.com/map.png")
+
+
 @pytest.mark.asyncio
-async def test_a_request_with_tools_is_not_shadowed_or_judged(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("fields", "images"), [({"tools_json": TOOLS}, []), ({}, [PHOTO])], ids=["tools", "images"]
+)
+async def test_a_request_with_tools_or_images_is_not_shadowed_or_judged(
+    tmp_path: Path, fields: dict[str, str], images: list[pb.ImagePart]
+) -> None:
     """A shadow call replays messages and sampling settings only, and the judge reads text: a
-    request with tools (or a response format) has no answer a shadow tier would give alike."""
-    tools = '[{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]'
+    request with tools (or a response format) has no answer a shadow tier would give alike, and
+    one with images asks about what the judge cannot see."""
     async with ScriptedUpstream() as upstream:
         upstream.script("small-model", text="Paris.", input_tokens=10, output_tokens=2)
         async with running_server(build_config(sampled_config(tmp_path, upstream))) as svc:
             request = pb.CompleteRequest(
-                messages=[pb.ChatMessage(role="user", content="Capital of France?")],
+                messages=[pb.ChatMessage(role="user", content="Capital of France?", images=images)],
                 feature="chat",
-                tools_json=tools,
+                **fields,
             )
             reply = await svc.stub.Complete(request, metadata=AUTH, timeout=30)
             assert reply.content == "Paris."

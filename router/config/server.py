@@ -159,6 +159,9 @@ class TierConfig(StrictSection):
         None, gt=0, description="calls slower than this count as slow for the circuit breaker"
     )
     encoding: str | None = Field(None, description="tiktoken encoding; chosen by model family when unset")
+    images: bool = Field(
+        True, description="the model reads images in user turns; false routes requests with images elsewhere"
+    )
     # SecretStr: a plain value may be a secret too; repr and dumps show it masked.
     headers: dict[str, HeaderValue] = Field(
         default_factory=dict, description="sent on every call; a value {env: VAR} is read from VAR at start"
@@ -261,3 +264,8 @@ class LimitsConfig(StrictSection):
     max_tools_depth: int = Field(
         32, ge=1, le=200, description="how deeply tools_json may nest arrays and objects"
     )
+    max_images: int = Field(8, ge=0, description="images in one request, all turns together")
+    max_image_bytes: int = Field(
+        5_000_000, gt=0, description="decoded size of one data: URI image (https images are fetched upstream)"
+    )
+    max_image_url_chars: int = Field(2048, gt=0, description="length of one https image URL")

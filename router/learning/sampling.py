@@ -92,8 +92,9 @@ class _Sampled:
 def _comparable_text(spec: RequestSpec, completion: Completion) -> bool:
     """A shadow call replays the messages and sampling settings, and a judge reads text: a request
     with tools, tool turns or a response format, or an answer that is a tool call, has no answer a
-    shadow tier would give alike, so it is not judged (counted as ``skipped_tools``)."""
-    if completion.tool_calls or spec.tools_json or spec.response_format_json:
+    shadow tier would give alike, and a request with images asks about what the judge's prompt
+    cannot show, so neither is judged (counted as ``skipped_tools``)."""
+    if completion.tool_calls or spec.tools_json or spec.response_format_json or spec.has_images:
         return False
     return not any(m.tool_calls or m.tool_call_id for m in spec.messages)
 

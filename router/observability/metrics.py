@@ -98,7 +98,7 @@ SAMPLING_COUNTERS = (
     (
         "skipped_tools",
         "tierwise_sampling_skipped_tools",
-        "Drawn requests not judged: tools or a response format.",
+        "Drawn requests not judged: tools, a response format or images.",
     ),
     ("shadow_calls", "tierwise_sampling_shadow_calls", "Shadow calls to a stronger tier that answered."),
     ("shadow_failures", "tierwise_sampling_shadow_failures", "Shadow calls that failed."),

@@ -17,6 +17,7 @@ from tierwise.router.providers.base import (
     TextDelta,
 )
 from tierwise.router.providers.http import HttpProvider, error_message, parse_json_object
+from tierwise.router.providers.images import image_blocks
 from tierwise.router.providers.tools import chosen_tool, function_of
 from tierwise.router.types import ChatMessage, TokenUsage, ToolCall, ToolCallDelta
 
@@ -216,6 +217,9 @@ def _messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
             continue
         results = None
         if message.role == "system":
+            continue
+        if message.images:
+            out.append({"role": message.role, "content": image_blocks(message)})
             continue
         if not message.tool_calls:
             out.append({"role": message.role, "content": message.content})

@@ -18,6 +18,7 @@ from tierwise.router.providers.base import (
     TextDelta,
 )
 from tierwise.router.providers.http import HttpProvider, error_message, parse_json_object
+from tierwise.router.providers.images import content_parts
 from tierwise.router.types import ChatMessage, TokenUsage, ToolCall, ToolCallDelta
 
 
@@ -118,6 +119,8 @@ def _message(message: ChatMessage) -> dict[str, Any]:
     if message.role == "tool":
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
     out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images:
+        out["content"] = content_parts(message)
     if message.tool_calls:
         out["content"] = message.content or None  # a turn of only tool calls has no content
         out["tool_calls"] = [
