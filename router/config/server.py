@@ -266,6 +266,9 @@ class LimitsConfig(StrictSection):
     )
     max_images: int = Field(8, ge=0, description="images in one request, all turns together")
     max_image_bytes: int = Field(
-        5_000_000, gt=0, description="decoded size of one data: URI image (https images are fetched upstream)"
+        # Its base64 text (4/3 of it) must fit server.max_message_bytes (4 MiB) with the rest of the request.
+        3_000_000,
+        gt=0,
+        description="decoded size of one data: URI image (https images are fetched upstream)",
     )
     max_image_url_chars: int = Field(2048, gt=0, description="length of one https image URL")
