@@ -22,7 +22,8 @@ from tierwise.router.config import parse_config
 from tierwise.router.ledger.record import SpendRecord
 from tierwise.router.ledger.spend_ledger import SpendLedger
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
-from tierwise.router.observability.metrics import OVERHEAD_BUCKETS, Metrics
+from tierwise.router.observability.metrics import OVERHEAD_BUCKETS, AuthFailureCounter, Metrics
+from tierwise.router.rate_limits.gate import RateLimitMetrics
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 RULES = DEPLOY / "prometheus" / "alerts.yml"
@@ -123,6 +124,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, se
     metrics.set_circuit_state("small", "open")
     metrics.set_budget("acme/*/month", Decimal("12.5"), Decimal("87.5"))
     metrics.observe_anomaly("acme", "chat")
+    metrics.observe_budget_fail_mode("refused")
+    # Counters other parts of the server register on the same registry.
+    AuthFailureCounter(metrics.registry).count("unknown_key")
+    rate_limits = RateLimitMetrics(metrics.registry)
+    rate_limits.refused.labels("acme", "key", "alice", "rpm").inc()
+    rate_limits.store_failures.labels("admitted").inc()
     directory = tmp_path_factory.mktemp("ledger")
     metrics.watch_ledger(SpendLedger(directory / "journal", SqliteSpendSink(directory / "spend.sqlite3")))
 
