@@ -10,6 +10,7 @@ from tierwise.router.config import Config
 from tierwise.router.output_bound import worst_case
 from tierwise.router.rate_limits import Admission, RateLimitGate
 from tierwise.router.tokens import TokenCounter
+from tierwise.router.tool_checks import admits
 from tierwise.router.types import RequestSpec
 
 
@@ -28,12 +29,8 @@ class RequestLimits:
     def _estimate(self, spec: RequestSpec) -> int:
         if spec.tier is not None:
             tiers = [self._config.tier(spec.tier)]
-        else:
-            tiers = [
-                t
-                for t in self._config.tiers
-                if spec.max_tokens is None or spec.max_tokens <= t.max_output_tokens
-            ]
+        else:  # the tiers the pipeline may route the request to (``Pipeline._options``)
+            tiers = [t for t in self._config.tiers if admits(t, spec)]
         return worst_case(tiers, spec, PromptTokens(self._tokens, spec))[1]
 
     async def aclose(self) -> None:
