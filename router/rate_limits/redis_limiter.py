@@ -32,10 +32,8 @@ from tierwise.router.rate_limits.limiter import (
     Refusal,
 )
 
-# KEYS: the buckets. ARGV[1]: now in ms ('' = Redis TIME), ARGV[2]: the period in ms, then each
-# bucket's cost in ms (cost x emission interval). Returns {index refused, wait in ms} or {0, the
-# buckets' new TATs in ms}.
-_ACQUIRE = """
+# Both scripts start here: ARGV[1] is now in ms, or '' for Redis's own clock (TIME).
+_NOW = """
 local now
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -43,6 +41,14 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
 end
+"""
+
+# KEYS: the buckets. ARGV[1]: now in ms ('' = Redis TIME), ARGV[2]: the period in ms, then each
+# bucket's cost in ms (cost x emission interval). Returns {index refused, wait in ms} or {0, the
+# buckets' new TATs in ms}.
+_ACQUIRE = (
+    _NOW
+    + """
 local period = tonumber(ARGV[2])
 local tats, refused, wait = {}, 0, 0
 for i, key in ipairs(KEYS) do
@@ -60,18 +66,14 @@ for i, key in ipairs(KEYS) do
 end
 return {0, table.concat(out, ' ')}
 """
+)
 
 # KEYS[1]: one bucket. ARGV[1]: now in ms ('' = Redis TIME), ARGV[2]: ms to add (negative: give
 # back), ARGV[3]: the bucket's TAT when the request was admitted, ARGV[4]: its charge in ms. The
 # same rule as ``limiter.gcra_adjust``: give back only the request's charge not yet drained.
-_ADJUST = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
-else
-  now = tonumber(ARGV[1])
-end
+_ADJUST = (
+    _NOW
+    + """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local delta, tat = tonumber(ARGV[2]), tonumber(ARGV[3])
 local new
@@ -85,6 +87,7 @@ if new <= now then redis.call('DEL', KEYS[1]) return 1 end
 redis.call('SET', KEYS[1], string.format('%.3f', new), 'PX', math.ceil(new - now) + 1000)
 return 1
 """
+)
 
 
 def bucket_key(charge: Charge) -> str:
