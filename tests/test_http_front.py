@@ -42,13 +42,15 @@ def client(svc: Running, key: str = API_KEY) -> openai.AsyncOpenAI:
 async def post(
     svc: Running, body: bytes | str, headers: dict[str, str] | None = None
 ) -> tuple[int, Any, Any]:
-    """A raw POST to /chat/completions: the status, the JSON body and the headers."""
+    """A raw POST to /chat/completions: the status, the body (parsed when it is JSON; an event
+    stream's text) and the headers."""
     sent = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json", **(headers or {})}
     async with (
         aiohttp.ClientSession() as session,
         session.post(svc.http_url + "/chat/completions", data=body, headers=sent) as response,
     ):
-        return response.status, await response.json(), response.headers
+        json = response.content_type == "application/json"
+        return response.status, await (response.json() if json else response.text()), response.headers
 
 
 @pytest.mark.asyncio
