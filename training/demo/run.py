@@ -16,6 +16,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from tierwise.router.config import Price
 from tierwise.router.pricing import cost_usd
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import ChatMessage, TokenUsage
+from tierwise.training.demo.http_leg import Answer, LegResult, Sent, drive_http, leg_table, the_slice
 from tierwise.training.demo.reconcile import ResponseCosts, ledger_costs, reconcile, scrape_costs
 from tierwise.training.process import free_port, stop_process, wait_serving
 from tierwise.training.routerbench import RouterBenchRow, csv_files, load_rows, split_of
@@ -129,6 +131,7 @@ def demo_config(
             "host": "127.0.0.1",
             "port": free_port(),
             "metrics_port": metrics_port,
+            "http_port": free_port(),  # the OpenAI-compatible front, for the HTTP leg
             "grace_period_s": 5,
         },
         "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": t} for t, key in keys.items()]},
@@ -165,6 +168,7 @@ class Tally:
     cache_hits: int = 0
     cache_saved: Decimal = Decimal(0)
     by_group: ResponseCosts = field(default_factory=lambda: ResponseCosts(("tenant", "feature", "team")))
+    answers: dict[str, Answer] = field(default_factory=dict)  # by sample id, answered without the cache
 
 
 def _pick(sample_id: str, choices: Sequence[str], salt: str) -> str:
@@ -234,6 +238,9 @@ async def _drive(
                             Decimal(response.cost_usd_exact),
                         )
                         tally.overhead_ms.append(response.latency.overhead_ms)
+                        if not decision.cache_hit:
+                            answer = Answer(tier, decision.model, Decimal(response.cost_usd_exact))
+                            tally.answers.setdefault(row.sample_id, answer)
                         # a cached answer was written by the model that answered first
                         answered_by = decision.cached.model if decision.cache_hit else models[tier]
                         score = row.scores.get(answered_by)
@@ -357,6 +364,7 @@ def run_demo(
     try:
         wait_serving(target, server)
         asyncio.run(_drive(target, keys, [*rows, *repeats], concurrency, tally, experiment))
+        leg = None if experiment else _http_leg(config, keys, rows, tally, concurrency)
         metrics = scrape_costs(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         stop_process(server)  # a graceful stop flushes the ledger
@@ -365,6 +373,7 @@ def run_demo(
     ledger = ledger_costs(workdir / "var" / "spend.sqlite3", tally.by_group.dimensions)
     table, mismatches = reconcile(tally.by_group, ledger, metrics)
     console.print(table)
+    disagreements = [] if leg is None else _print_leg(leg)
     console.print(
         f"config for [bold]tierwise report[/bold] and the dashboard: {config_path} "
         "(e.g. tierwise report --config " + str(config_path) + " --since 1d --by tenant,feature,team)"
@@ -380,4 +389,36 @@ def run_demo(
         from tierwise.training.demo.experiment import run_experiment_report
 
         run_experiment_report(data_dir, config_path, workdir, console)
-    return 0 if not tally.errors and not mismatches else 1
+    return 0 if not tally.errors and not mismatches and not disagreements else 1
+
+
+def _http_leg(
+    config: Mapping[str, object],
+    keys: Mapping[str, str],
+    rows: Sequence[RouterBenchRow],
+    tally: Tally,
+    concurrency: int,
+) -> LegResult:
+    """A slice of the traffic again, through the openai SDK and the HTTP front (``http_leg``)."""
+    sent = [
+        Sent(r, _pick(r.sample_id, DEMO_TENANTS, "tenant"), _pick(r.sample_id, DEMO_TEAMS, "team"))
+        for r in rows
+    ]
+    base_url = f"http://127.0.0.1:{config['server']['http_port']}/v1"  # type: ignore[index]
+    prompts = the_slice(sent, tally.answers)
+    started = time.perf_counter()
+    leg = asyncio.run(drive_http(base_url, keys, prompts, tally.answers, tally.by_group, concurrency))
+    console.print(
+        f"HTTP leg: {len(prompts)} of those prompts again through the openai SDK at {base_url} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    return leg
+
+
+def _print_leg(leg: LegResult) -> list[str]:
+    table, disagreements = leg_table(leg)
+    console.print(table)
+    console.print("the reconciliation above adds up both fronts' responses: the gRPC pass and the HTTP leg")
+    for problem in disagreements:
+        console.print(f"[red]the fronts disagree:[/red] {problem}")
+    return disagreements
