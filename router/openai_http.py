@@ -57,6 +57,8 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
         if tls.client_ca_file is not None:
             context.load_verify_locations(tls.client_ca_file)
             context.verify_mode = ssl.CERT_REQUIRED
+    except ssl.SSLError as exc:  # before OSError, its base: a file that is not a certificate or key
+        raise ConfigError(f"server.tls: the certificate or key is unusable: {exc.reason}") from None
     except OSError as exc:
         raise ConfigError(f"server.tls: cannot read {exc.filename}: {exc.strerror}") from None
     return context
