@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,29 @@ async def test_curl_gets_json_and_events(svc: Running, upstream: ScriptedUpstrea
     refused = await asyncio.to_thread(curl, svc, {"model": "small", "messages": QUESTION, "top_k": 5})
     assert refused.stdout.startswith("HTTP/1.1 400")
     assert json.loads(refused.stdout.partition("\n\n")[2])["error"]["param"] == "top_k"
+
+
+@pytest.mark.asyncio
+async def test_a_repeat_is_a_cache_hit_unless_the_cache_is_bypassed(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    upstream.script(text="Four.", input_tokens=12, output_tokens=2)
+    async with running_server(build_config(http_config(tmp_path, upstream, cache={"enabled": True}))) as svc:
+        sdk = client(svc)
+        first = await sdk.chat.completions.create(model="small", messages=QUESTION)
+        raw = await sdk.chat.completions.with_raw_response.create(model="small", messages=QUESTION)
+        again = raw.parse()
+        own = again.model_extra["tierwise"]  # type: ignore[index]
+        assert again.choices[0].message.content == "Four."
+        assert (own["cache_hit"], own["cache_kind"], own["cost_usd"]) == (True, "exact", "0")
+        assert Decimal(own["saved_cost_usd"]) > 0  # what the tier would have cost
+        assert first.model_extra["tierwise"]["cache_hit"] is False  # type: ignore[index]
+        assert raw.headers["x-tierwise-cache"] == "exact"
+        assert len(upstream.requests) == 1
+        text, *_ = await streamed(sdk, model="small", messages=QUESTION)  # a hit streams too
+        assert text == "Four." and len(upstream.requests) == 1
+        bypass = await sdk.chat.completions.create(
+            model="small", messages=QUESTION, extra_headers={"x-tierwise-cache-mode": "bypass"}
+        )
+        assert bypass.model_extra["tierwise"]["cache_hit"] is False  # type: ignore[index]
+        assert len(upstream.requests) == 2
