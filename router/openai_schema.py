@@ -146,7 +146,7 @@ _TYPE_LABELS = frozenset({"str", "int", "float", "bool", "none"})
 _OWN = {name: f"tierwise.{name}" for name in ("quality_target", "latency_budget_ms", "feature", "max_age_s")}
 _RENAMED = {"tools_json": "tools", "response_format_json": "response_format", "tier": "model", **_OWN}
 _RENAMED["cache_mode"] = "tierwise.cache_mode"
-_RENAMED[f"metadata[{ARM_OVERRIDE_KEY!r}]"] = "tierwise.arm"
+_ARM = f"metadata[{ARM_OVERRIDE_KEY!r}]"
 _PROTO_WORDS = re.compile(r"\b(tools_json|response_format_json)\b")
 _TOOL_CALL = re.compile(r"^(messages\[\d+\]\.tool_calls\[\d+\])\.(arguments_json|name)$")
 _IMAGE = re.compile(r"^messages\[(\d+)\]\.images(?:\[(\d+)\](.*))?$")
@@ -162,6 +162,7 @@ class FieldNames:
     """How the body spelt what the proto names differently, for error messages."""
 
     max_tokens: str = "max_tokens"
+    arm: str = _ARM  # tierwise.arm when the control set it, else the metadata entry the caller sent
     # (message, image) -> the content part the image came from
     image_parts: dict[tuple[int, int], int] = field(default_factory=dict)
 
@@ -172,6 +173,8 @@ class FieldNames:
     def _name(self, name: str) -> str:
         if name == "max_tokens":
             return self.max_tokens
+        if name == _ARM:
+            return self.arm
         if name in _RENAMED:
             return _RENAMED[name]
         if name.startswith("tools_json["):
@@ -216,10 +219,14 @@ def read_chat(body: object, headers: Mapping[str, str], tiers: Sequence[str]) ->
         raise InvalidRequest("stream_options", "is only allowed with stream: true")
     if chat.max_tokens is not None and chat.max_completion_tokens is not None:
         raise InvalidRequest("max_completion_tokens", "set max_tokens or max_completion_tokens, not both")
-    names = FieldNames("max_tokens" if chat.max_completion_tokens is None else "max_completion_tokens")
+    controls = _controls(chat.tierwise, headers)
+    names = FieldNames(
+        "max_tokens" if chat.max_completion_tokens is None else "max_completion_tokens",
+        "tierwise.arm" if controls.arm is not None else _ARM,
+    )
     request = pb.CompleteRequest(messages=[_message(i, m, names) for i, m in enumerate(chat.messages)])
     _fill_generation(request, chat)
-    _fill_controls(request, _controls(chat.tierwise, headers))
+    _fill_controls(request, controls)
     if chat.model != AUTO_MODEL:
         request.tier = chat.model
     include_usage = chat.stream_options is not None and chat.stream_options.include_usage

@@ -224,3 +224,30 @@ def test_http_port_must_be_its_own(upstream: ScriptedUpstream, tmp_path: Path) -
     data["server"].update(port=50051, http_port=50051)
     with pytest.raises(ConfigError, match=r"http_port: 50051 is also server\.port"):
         build_config(data)
+
+
+@pytest.mark.asyncio
+async def test_an_arm_is_forced_by_the_tierwise_object_and_named_when_wrong(
+    upstream: ScriptedUpstream, tmp_path: Path
+) -> None:
+    experiment = {
+        "name": "cheap-vs-strong",
+        "unit": "user",
+        "control": "cheap",
+        "arms": [
+            {"name": "cheap", "weight": 1, "policy": "cheapest"},
+            {"name": "strong", "weight": 1, "policy": "strongest"},
+        ],
+    }
+    async with running_server(build_config(http_config(tmp_path, upstream, experiments=[experiment]))) as svc:
+        sdk = client(svc)
+        raw = await sdk.chat.completions.with_raw_response.create(
+            model="tierwise-auto", messages=QUESTION, extra_body={"tierwise": {"arm": "strong"}}
+        )
+        assert raw.headers["x-tierwise-arm"] == "strong" and raw.headers["x-tierwise-tier"] == "large"
+        for extra in ({"extra_body": {"tierwise": {"arm": "nope"}}}, {"metadata": {"tierwise-arm": "nope"}}):
+            with pytest.raises(openai.BadRequestError) as wrong:
+                await sdk.chat.completions.create(model="tierwise-auto", messages=QUESTION, **extra)  # type: ignore[arg-type]
+            param = "tierwise.arm" if "extra_body" in extra else "metadata['tierwise-arm']"
+            assert wrong.value.body["param"] == param  # type: ignore[index]
+            assert "has no arm 'nope'" in wrong.value.body["message"]  # type: ignore[index]
