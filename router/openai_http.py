@@ -76,7 +76,8 @@ async def _openai_errors(request: web.Request, handler: Handler) -> web.StreamRe
             raise
         kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
         message = f"{request.method} {request.path}: {exc.reason}"
-        return web.json_response(error(kind, message), status=exc.status, headers=exc.headers)
+        allow = {"allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # 405 says what would do
+        return web.json_response(error(kind, message), status=exc.status, headers=allow)
 
 
 class OpenAIFront:

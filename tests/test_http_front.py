@@ -251,3 +251,15 @@ async def test_an_arm_is_forced_by_the_tierwise_object_and_named_when_wrong(
             param = "tierwise.arm" if "extra_body" in extra else "metadata['tierwise-arm']"
             assert wrong.value.body["param"] == param  # type: ignore[index]
             assert "has no arm 'nope'" in wrong.value.body["message"]  # type: ignore[index]
+
+
+@pytest.mark.asyncio
+async def test_other_paths_and_methods_get_openai_shaped_errors(svc: Running) -> None:
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.get(svc.http_url + "/chat/completions") as wrong_method:
+            assert (wrong_method.status, wrong_method.headers["allow"]) == (405, "POST")
+            assert (await wrong_method.json())["error"]["message"].startswith("GET /v1/chat/completions:")
+        async with session.post(svc.http_url + "/embeddings", json={}) as unknown:
+            assert unknown.status == 404
+            assert (await unknown.json())["error"]["type"] == "not_found_error"
