@@ -59,7 +59,8 @@ def unauthenticated(exc: Exception) -> HttpFailure:
     if isinstance(exc, AuthThrottled):
         retry = {"retry-after": str(exc.retry_after_s)}
         return HttpFailure(429, error("rate_limit_error", str(exc), code="auth_throttled"), retry)
-    return HttpFailure(401, error("authentication_error", str(exc), code="invalid_api_key"))
+    message = str(exc).replace("metadata", "header")  # the authenticator speaks gRPC's word for it
+    return HttpFailure(401, error("authentication_error", message, code="invalid_api_key"))
 
 
 def failure(exc: BaseException, request_id: str) -> HttpFailure:
