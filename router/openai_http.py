@@ -180,7 +180,8 @@ class OpenAIFront:
         spec = replace(spec, api_key=caller.key)  # the key's own budgets
         metadata = [(name.lower(), value) for name, value in request.headers.items()]  # trace context
         deadline = self._calls.deadline(started, None)
-        accepted = Call("ChatCompletions", metadata, caller, spec, uuid.uuid4().hex, started, deadline, _fail)
+        name = "ChatCompletionsStream" if call.stream else "ChatCompletions"  # the request's span
+        accepted = Call(name, metadata, caller, spec, uuid.uuid4().hex, started, deadline, _fail)
         if not call.stream:
             completion = await self._calls.complete(accepted)
             return web.json_response(

@@ -16,8 +16,10 @@ import aiohttp
 import grpc
 import openai
 import pytest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.harness import API_KEY, AUTH, build_config, rpc_error, running_server
+from tests.otlp_collector import Collector, collector  # noqa: F401 - the fixture
 from tests.test_http_front import QUESTION, client, http_config, post
 from tests.test_tls import make_pki
 from tests.upstream import ScriptedUpstream
@@ -164,3 +166,27 @@ async def test_with_tls_the_http_front_uses_the_grpc_certificate(
                     pass
     finally:
         await server.stop(grace_s=1)
+
+
+TRACE_ID, PARENT_ID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+@pytest.mark.asyncio
+async def test_a_callers_traceparent_makes_the_request_a_child_of_its_trace(
+    upstream: ScriptedUpstream,
+    tmp_path: Path,
+    collector: Collector,  # noqa: F811
+) -> None:
+    tracing = {"otlp_endpoint": collector.endpoint, "service_name": "tierwise-test"}
+    async with running_server(build_config(http_config(tmp_path, upstream, tracing=tracing))) as svc:
+        status, _, _ = await post(
+            svc,
+            '{"model": "small", "messages": [{"role": "user", "content": "hi"}], "stream": true}',
+            {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"},
+        )
+        assert status == 200
+    (root,) = [s for s in collector.spans if s.name == "tierwise.ChatCompletionsStream"]
+    assert (root.trace_id, root.parent_span_id) == (TRACE_ID, PARENT_ID)
+    (attempt,) = [s for s in collector.spans if s.kind == Span.SPAN_KIND_CLIENT]
+    assert attempt.parent_span_id == root.span_id
+    assert attempt.attributes["tierwise.tier"] == "small"
