@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import os
 import secrets
 import shutil
@@ -22,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -34,7 +36,7 @@ from tierwise.router.config import Price
 from tierwise.router.pricing import cost_usd
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import ChatMessage, TokenUsage
-from tierwise.training.demo.http_leg import Answer, LegResult, Sent, drive_http, leg_table, the_slice
+from tierwise.training.demo.http_leg import HTTP_SLICE, LegResult, Sent, drive_http, leg_table
 from tierwise.training.demo.reconcile import ResponseCosts, ledger_costs, reconcile, scrape_costs
 from tierwise.training.process import free_port, stop_process, wait_serving
 from tierwise.training.routerbench import RouterBenchRow, csv_files, load_rows, split_of
@@ -168,7 +170,6 @@ class Tally:
     cache_hits: int = 0
     cache_saved: Decimal = Decimal(0)
     by_group: ResponseCosts = field(default_factory=lambda: ResponseCosts(("tenant", "feature", "team")))
-    answers: dict[str, Answer] = field(default_factory=dict)  # by sample id, answered without the cache
 
 
 def _pick(sample_id: str, choices: Sequence[str], salt: str) -> str:
@@ -238,9 +239,6 @@ async def _drive(
                             Decimal(response.cost_usd_exact),
                         )
                         tally.overhead_ms.append(response.latency.overhead_ms)
-                        if not decision.cache_hit:
-                            answer = Answer(tier, decision.model, Decimal(response.cost_usd_exact))
-                            tally.answers.setdefault(row.sample_id, answer)
                         # a cached answer was written by the model that answered first
                         answered_by = decision.cached.model if decision.cache_hit else models[tier]
                         score = row.scores.get(answered_by)
@@ -364,7 +362,7 @@ def run_demo(
     try:
         wait_serving(target, server)
         asyncio.run(_drive(target, keys, [*rows, *repeats], concurrency, tally, experiment))
-        leg = None if experiment else _http_leg(config, keys, rows, tally, concurrency)
+        leg = None if experiment else _http_leg(config, keys, rows, tally)
         metrics = scrape_costs(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         stop_process(server)  # a graceful stop flushes the ledger
@@ -393,24 +391,26 @@ def run_demo(
 
 
 def _http_leg(
-    config: Mapping[str, object],
-    keys: Mapping[str, str],
-    rows: Sequence[RouterBenchRow],
-    tally: Tally,
-    concurrency: int,
-) -> LegResult:
-    """A slice of the traffic again, through the openai SDK and the HTTP front (``http_leg``)."""
-    sent = [
-        Sent(r, _pick(r.sample_id, DEMO_TENANTS, "tenant"), _pick(r.sample_id, DEMO_TEAMS, "team"))
-        for r in rows
+    config: Mapping[str, Any], keys: Mapping[str, str], rows: Sequence[RouterBenchRow], tally: Tally
+) -> LegResult | None:
+    """A slice of the traffic again over both fronts, the HTTP one through the openai SDK (``http_leg``);
+    None, said so, when the SDK (the dev extra's, which ``make demo`` installs) is missing."""
+    if importlib.util.find_spec("openai") is None:
+        console.print(
+            "[yellow]HTTP leg skipped:[/yellow] the openai package is not installed (pip install openai)"
+        )
+        return None
+    prompts = [
+        Sent(row, _pick(row.sample_id, DEMO_TENANTS, "tenant"), _pick(row.sample_id, DEMO_TEAMS, "team"))
+        for row in rows[:HTTP_SLICE]
     ]
-    base_url = f"http://127.0.0.1:{config['server']['http_port']}/v1"  # type: ignore[index]
-    prompts = the_slice(sent, tally.answers)
+    server = config["server"]
+    target, base_url = f"127.0.0.1:{server['port']}", f"http://127.0.0.1:{server['http_port']}/v1"
     started = time.perf_counter()
-    leg = asyncio.run(drive_http(base_url, keys, prompts, tally.answers, tally.by_group, concurrency))
+    leg = asyncio.run(drive_http(target, base_url, keys, prompts, tally.by_group))
     console.print(
-        f"HTTP leg: {len(prompts)} of those prompts again through the openai SDK at {base_url} "
-        f"in {time.perf_counter() - started:.1f} s"
+        f"HTTP leg: {len(prompts)} prompts over gRPC and through the openai SDK at {base_url}, one at a "
+        f"time, cache bypassed, in {time.perf_counter() - started:.1f} s"
     )
     return leg
 
