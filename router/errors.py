@@ -20,6 +20,10 @@ class ServiceError(Exception):
         self.public = message if public is None else public
         self.attempts = tuple(attempts)
 
+    def attempts_summary(self) -> list[dict[str, str]]:
+        """Each try's tier and why it failed, as both fronts report them to the caller."""
+        return [{"tier": a.tier, "error_type": a.error_type, "error": a.error} for a in self.attempts]
+
 
 class UpstreamUnavailable(ServiceError):
     """Every tier tried failed (or none could be tried)."""

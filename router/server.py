@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -23,17 +24,17 @@ from tierwise.router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handle
 from tierwise.router.analytics.dashboard_http import Dashboard
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
-from tierwise.router.call_progress import CallProgress
+from tierwise.router.calls import Call, Calls, log_failure
 from tierwise.router.config import Config, ConfigError, LimitsConfig, TlsConfig
-from tierwise.router.errors import RequestCancelled, ServiceError
+from tierwise.router.errors import ServiceError
 from tierwise.router.feedback.store import SOURCES, FeedbackRecord
 from tierwise.router.field_checks import check_printable, check_tags
 from tierwise.router.observability.admin_http import AdminServer
 from tierwise.router.observability.anomaly import AnomalyChecker
-from tierwise.router.observability.logs import prompt_field
 from tierwise.router.observability.metrics import AuthFailureCounter
 from tierwise.router.observability.scrape_access import ScrapeAccess
-from tierwise.router.outcome import Completion, Decision, StreamDelta
+from tierwise.router.openai_http import OpenAIFront
+from tierwise.router.outcome import Decision, StreamDelta
 from tierwise.router.rate_limiting import RequestLimits
 from tierwise.router.rate_limits import RateLimited, RateLimitGate
 from tierwise.router.rpc import abort as _abort
@@ -54,6 +55,7 @@ class RouterServicer:
         self._service = service
         self._auth = authenticator
         self._limits = limits
+        self.calls = Calls(service, limits)
         self._clock = time.perf_counter
 
     # -- shared prologue ----------------------------------------------------
@@ -76,49 +78,30 @@ class RouterServicer:
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any], started: float) -> float:
-        remaining = context.time_remaining()
-        default = self._service.config.server.default_timeout_s
-        if remaining is None or math.isinf(remaining):
-            return started + default
-        return started + min(float(remaining), default)
+    def _call(
+        self,
+        name: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        caller: Caller,
+        spec: RequestSpec,
+        request_id: str,
+        started: float,
+    ) -> Call:
+        deadline = self.calls.deadline(started, context.time_remaining())
+        fail = functools.partial(self._fail, context)
+        return Call(name, context.invocation_metadata(), caller, spec, request_id, started, deadline, fail)
 
     async def _fail(
         self, context: grpc.aio.ServicerContext[Any, Any], request_id: str, exc: BaseException
     ) -> NoReturn:
-        if isinstance(exc, ServiceError):
-            if exc.attempts:
-                attempts = [
-                    {"tier": a.tier, "error_type": a.error_type, "error": a.error} for a in exc.attempts
-                ]
-                context.set_trailing_metadata((("tierwise-attempts", json.dumps(attempts)),))
-            if isinstance(exc, RateLimited):  # the delay after which the request would be admitted
-                context.set_trailing_metadata(exc.trailing_metadata())
-            log.warning(
-                "request failed",
-                extra={"request_id": request_id, "code": exc.code.name, "error": exc.message},
-            )
-            await _abort(context, exc.code, f"{exc.public} (request_id={request_id})")
-        log.exception("internal error", extra={"request_id": request_id})
-        await _abort(context, grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
-
-    def _log_done(self, spec: RequestSpec, completion: Completion) -> None:
-        log.info(
-            "completed",
-            extra={
-                "request_id": completion.decision.request_id,
-                "tenant": spec.tenant,
-                "feature": spec.feature,
-                "tier": completion.decision.tier,
-                "reason": completion.decision.reason,
-                "input_tokens": completion.usage.input_tokens,
-                "output_tokens": completion.usage.output_tokens,
-                "cost_usd": str(completion.cost_usd),
-                "total_ms": round(completion.latency.total_ms, 3),
-                "overhead_ms": round(completion.latency.overhead_ms, 3),
-                **prompt_field(spec.last_user_text, self._service.config.server.log_prompts),
-            },
-        )
+        log_failure(request_id, exc)
+        if not isinstance(exc, ServiceError):
+            await _abort(context, grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
+        if exc.attempts:
+            context.set_trailing_metadata((("tierwise-attempts", json.dumps(exc.attempts_summary())),))
+        if isinstance(exc, RateLimited):  # the delay after which the request would be admitted
+            context.set_trailing_metadata(exc.trailing_metadata())
+        await _abort(context, exc.code, f"{exc.public} (request_id={request_id})")
 
     # -- RPCs ---------------------------------------------------------------
 
@@ -142,33 +125,8 @@ class RouterServicer:
     ) -> pb.CompleteResponse:
         started = self._clock()
         caller, spec = await self._accept(request, context)
-        request_id = uuid.uuid4().hex
-        accounting = self._service.accounting
-        progress = CallProgress()
-        admission = self._limits.admission(caller, spec)
-        with accounting.request_span("Complete", context.invocation_metadata()) as span:
-            try:
-                await admission.acquire()
-                completion = await self._service.pipeline.complete(
-                    spec,
-                    request_id,
-                    started=started,
-                    deadline=self._deadline(context, started),
-                    progress=progress,
-                )
-            except asyncio.CancelledError:
-                # The caller left: the upstream call in flight still costs its prompt, and an answer
-                # already charged to the budget costs what it was charged (progress says which).
-                accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
-                raise
-            except Exception as exc:
-                accounting.failed(spec, request_id, exc, started, span, progress.billed())
-                await self._fail(context, request_id, exc)
-            finally:
-                admission.settle(progress.billed())  # the TPM buckets get what the estimate overstated
-            accounting.completed(spec, completion, span)
-        self._log_done(spec, completion)
-        return response_pb(completion)
+        call = self._call("Complete", context, caller, spec, uuid.uuid4().hex, started)
+        return response_pb(await self.calls.complete(call))
 
     async def CompleteStream(
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -176,38 +134,15 @@ class RouterServicer:
         started = self._clock()
         caller, spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
-        accounting = self._service.accounting
-        progress = CallProgress()
-        stream = self._service.pipeline.stream(
-            spec, request_id, started=started, deadline=self._deadline(context, started), progress=progress
-        )
-        with accounting.request_span("CompleteStream", context.invocation_metadata()) as span:
-            booked = False  # one spend record per request, even if the caller leaves after the last one
-            admission = self._limits.admission(caller, spec)
-            try:
-                await admission.acquire()
-                async with contextlib.aclosing(stream):
-                    async for item in stream:
-                        if isinstance(item, Decision):
-                            yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
-                        elif isinstance(item, StreamDelta):
-                            yield delta_chunk(request_id, item)
-                        else:
-                            accounting.completed(spec, item, span)
-                            booked = True
-                            self._log_done(spec, item)
-                            yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
-            except (asyncio.CancelledError, GeneratorExit):
-                # The caller left mid-stream: what the tier streamed until then is billed, or what
-                # the budget was charged if the answer was complete (progress says which).
-                if not booked:
-                    accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
-                raise
-            except Exception as exc:
-                accounting.failed(spec, request_id, exc, started, span, progress.billed())
-                await self._fail(context, request_id, exc)
-            finally:
-                admission.settle(progress.billed())
+        stream = self.calls.stream(self._call("CompleteStream", context, caller, spec, request_id, started))
+        async with contextlib.aclosing(stream):  # a caller that leaves closes it: what streamed is billed
+            async for item in stream:
+                if isinstance(item, Decision):
+                    yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
+                elif isinstance(item, StreamDelta):
+                    yield delta_chunk(request_id, item)
+                else:
+                    yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
 
     async def Feedback(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FeedbackAck:
         tenant = (await self._caller(context)).tenant
@@ -269,10 +204,6 @@ def _handlers(servicer: RouterServicer) -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
-def _cancelled() -> RequestCancelled:
-    return RequestCancelled("the caller cancelled the call")
-
-
 async def _stop_watcher(stop: asyncio.Event, watcher: asyncio.Task[None]) -> None:
     stop.set()
     await watcher
@@ -318,9 +249,13 @@ class TierwiseServer:
         limits = RequestLimits(
             service.config, RateLimitGate.from_config(service.config, registry, rate_clock)
         )
+        servicer = RouterServicer(service, authenticator, limits)
+        self.http = (
+            None if config.http_port is None else OpenAIFront(service.config, authenticator, servicer.calls)
+        )
         self._server.add_generic_rpc_handlers(
             (
-                _handlers(RouterServicer(service, authenticator, limits)),
+                _handlers(servicer),
                 admin_handlers(AdminServicer(service, authenticator)),
             )
         )
@@ -337,6 +272,7 @@ class TierwiseServer:
         )
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
         self._stopped = False
         self._grace_s = 0.0  # a failed start waits for no call: none was taken
         # The server owns the service from here: it is the first thing in, the last out.
@@ -402,6 +338,9 @@ class TierwiseServer:
             watch_stop = asyncio.Event()
             watcher = asyncio.create_task(serving.watch(interval, watch_stop))
             stack.push_async_callback(_stop_watcher, watch_stop, watcher)
+        if self.http is not None:  # stopped before the rest, as gRPC is
+            self.http_port = await self.http.start(config.host, config.http_port or 0)
+            stack.push_async_callback(self.http.stop)
         # Bound last, so that it is stopped first: no call arrives while the rest closes.
         stack.push_async_callback(self._stop_grpc)  # also releases a port a later step failed after
         address = f"{config.host}:{config.port}"
