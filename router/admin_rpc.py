@@ -1,4 +1,4 @@
-"""The Admin gRPC service: cache invalidation, tier health, budget usage."""
+"""The Admin gRPC service: cache invalidation, tier health, budget usage (stored keys: ``key_rpc``)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class AdminServicer:
 
     async def _caller(self, request: Any, context: Context) -> Caller:
         try:
-            caller = self._auth.caller_for(
+            caller = await self._auth.authenticate(
                 context.invocation_metadata() or (), source_address(context.peer())
             )
         except Unauthenticated as exc:
@@ -124,10 +124,14 @@ class AdminServicer:
         return pb.BudgetStatusResponse(budgets=out)
 
 
-def admin_handlers(servicer: AdminServicer) -> grpc.GenericRpcHandler[Any, Any]:
+def admin_handlers(
+    servicer: AdminServicer, more: dict[str, grpc.RpcMethodHandler[Any, Any]]
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """``more``: the Admin methods other modules serve (``key_rpc``)."""
     return grpc.method_handlers_generic_handler(
         ADMIN_SERVICE,
         {
+            **more,
             "InvalidateCache": unary(
                 servicer.InvalidateCache, pb.InvalidateCacheRequest, pb.InvalidateCacheResponse
             ),

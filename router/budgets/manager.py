@@ -122,7 +122,8 @@ class BudgetManager:
         clock: Callable[[], float] = time.monotonic,
         usage_source: UsageSource | None = None,
     ) -> None:
-        self._budgets = {b.name: b for b in budgets}
+        self._budgets = {b.name: b for b in budgets}  # shared with AlertChecks: changed in place
+        self._stored_key_budgets: set[str] = set()
         self._store = store
         self._settings = settings or BudgetStoreConfig()
         self._tier_order = list(tier_order)
@@ -302,6 +303,15 @@ class BudgetManager:
         )
         for listener in self._duplicate_listeners:
             listener(operation)
+
+    def set_key_budgets(self, budgets: Sequence[BudgetConfig]) -> None:
+        """The budgets of the keys kept as data (``tierwise keys``), replacing the last set given;
+        the config's budgets stay. A key's new limit applies from its next reservation."""
+        for name in self._stored_key_budgets - {b.name for b in budgets}:
+            del self._budgets[name]
+        for budget in budgets:
+            self._budgets[budget.name] = budget
+        self._stored_key_budgets = {b.name for b in budgets}
 
     # -- reporting ------------------------------------------------------------
 

@@ -376,7 +376,16 @@ class Metrics:
         return generate_latest(self.view(self.watched()))
 
 
-AUTH_FAILURE_REASONS = ("missing", "malformed", "duplicate", "unknown_key", "throttled")
+AUTH_FAILURE_REASONS = (
+    "missing",
+    "malformed",
+    "duplicate",
+    "unknown_key",
+    "revoked",
+    "expired",
+    "store_down",
+    "throttled",
+)
 
 
 class AuthFailureCounter:

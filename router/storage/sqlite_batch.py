@@ -1,11 +1,13 @@
-"""One batch of rows into SQLite as one transaction, shared by the embedded stores that write in batches."""
+"""SQLite transactions the embedded stores share: one batch of rows at once, one write transaction."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def insert_batch(
@@ -25,3 +27,19 @@ def insert_batch(
             db.execute("ROLLBACK")
             raise
         return db.total_changes - before
+
+
+def in_transaction(
+    db: sqlite3.Connection, lock: threading.Lock, body: Callable[[sqlite3.Connection], T]
+) -> T:
+    """``body`` inside one write transaction, taken at once (BEGIN IMMEDIATE, so two writers never
+    deadlock upgrading a read), rolled back if it raises. ``db`` in autocommit mode, as above."""
+    with lock:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(db)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
