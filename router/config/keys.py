@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tierwise.router.config.strict import StrictSection
 
@@ -26,3 +26,12 @@ class KeysConfig(StrictSection):
         30.0, ge=0, description="closed: the longest the last keys read keep serving while the store is down"
     )
     timeout_s: float = Field(2.0, gt=0, description="the most one read of the key store waits")
+
+    @model_validator(mode="after")
+    def _stale_covers_a_poll(self) -> KeysConfig:
+        # Closed with a window shorter than a poll would refuse stored keys between healthy polls.
+        if self.fail_mode == "closed" and self.max_stale_s < self.poll_interval_s:
+            raise ValueError(
+                f"keys.max_stale_s ({self.max_stale_s}) must be at least keys.poll_interval_s ({self.poll_interval_s})"
+            )
+        return self

@@ -1,7 +1,8 @@
 """The stored keys a replica serves from: a snapshot read from the ``KeyStore``, refreshed by polling
 its version (one cheap read every ``keys.poll_interval_s``), on SIGHUP, and when a request brings a
 key the snapshot does not know (so a key made a moment ago works at once; such reads are spaced at
-least ``MISS_REFRESH_S`` apart, so a flood of unknown keys costs the store a few reads a second).
+least ``MISS_REFRESH_S`` apart, so a flood of unknown keys costs the store a few reads a second,
+and a new key arriving within that spacing of an unknown one is refused once, until the next read).
 
 A request is authenticated once, when it starts: revoking its key does not cut a call in flight.
 
@@ -55,7 +56,7 @@ class StoredKeys:
         self._wall_clock = wall_clock
         self._snapshot: _Snapshot | None = None
         self._read_at = -float("inf")  # the last successful read of the store (clock)
-        self._tried_at = -float("inf")  # the last read tried
+        self._missed_at = -float("inf")  # the last read an unknown key asked for
         self._listeners: list[ChangeListener] = []
         self._refreshing: asyncio.Task[bool] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -111,9 +112,15 @@ class StoredKeys:
                 self._refreshing = None
 
     async def refresh_on_miss(self) -> bool:
-        """An unknown key arrived: read the store unless it was read a moment ago."""
-        if self._clock() - self._tried_at < MISS_REFRESH_S:
+        """An unknown key arrived: join a read under way (it may bring the key), then read the
+        store unless another unknown key made it read a moment ago (polls do not count: one may
+        have started just before the key was made)."""
+        if self._refreshing is not None and await self.refresh():
+            return True
+        now = self._clock()
+        if now - self._missed_at < MISS_REFRESH_S:
             return False
+        self._missed_at = now
         return await self.refresh()
 
     def request_refresh(self) -> None:
@@ -123,7 +130,6 @@ class StoredKeys:
         task.add_done_callback(self._requested.discard)
 
     async def _refresh(self) -> bool:
-        self._tried_at = self._clock()
         known = None if self._snapshot is None else self._snapshot.version
         try:
             read = await asyncio.wait_for(asyncio.to_thread(self._read, known), self._config.timeout_s)
