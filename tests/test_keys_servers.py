@@ -11,10 +11,9 @@ stored key hold across both replicas as the config's do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.harness import AUTH, Running, build_config, config_dict
+from tests.harness import AUTH, Running, config_dict
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_budgets_servers import check_bound
 from tests.test_ledger_postgres import Database, database
-from tests.test_rate_limits import FrozenClock, retry_after_ms
+from tests.test_rate_limits import FrozenClock, replicas, retry_after_ms
 from tests.upstream import ScriptedUpstream
-from tierwise.router.server import TierwiseServer
-from tierwise.router.service import build_service
 from tierwise.training.cli.app import app
 from tierwise.v1 import tierwise_pb2 as pb
-from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 __all__ = ["database", "redis_server_factory"]
 
@@ -79,23 +75,6 @@ def bearer(secret: str) -> Metadata:
     return (("authorization", f"Bearer {secret}"),)
 
 
-@contextlib.asynccontextmanager
-async def replicas(
-    configs: list[dict[str, Any]], clock: Callable[[], float] | None = None
-) -> AsyncIterator[list[Running]]:
-    async with contextlib.AsyncExitStack() as stack:
-        running = []
-        for data in configs:
-            config = build_config(data)
-            server = TierwiseServer(await build_service(config), rate_clock=clock)
-            port = await server.start()
-            stack.push_async_callback(server.stop, 1)
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-            stack.push_async_callback(channel.close, None)
-            running.append(Running(server, channel, pb_grpc.RouterStub(channel), config))
-        yield running
-
-
 def request(max_tokens: int = 100) -> pb.CompleteRequest:
     return pb.CompleteRequest(
         messages=[pb.ChatMessage(role="user", content=PROMPT)], tier="small", max_tokens=max_tokens
@@ -129,7 +108,7 @@ async def test_a_cli_key_works_at_once_on_two_replicas_and_revoked_is_refused_on
     upstream.script(text="one two three four five six seven eight", chunk_delay_s=0.4)
     configs = [shared_config(tmp_path / n, upstream, redis, database.dsn) for n in "ab"]
     config_file = write_config(tmp_path / "tierwise.yaml", configs[0])
-    async with replicas(configs) as servers:
+    async with replicas(configs, None) as servers:
         secret = await create_key(config_file, "--tenant", "acme", "--name", "team-app", "--rpm", "1000")
         assert secret.startswith("twk_")
         for svc in servers:  # no restart, no wait for a poll
@@ -201,7 +180,7 @@ async def test_the_key_store_down_fails_per_setting_and_config_keys_keep_working
     keys = {"poll_interval_s": 0.2, "max_stale_s": 1.0, "timeout_s": 0.3, "fail_mode": fail_mode}
     data = shared_config(tmp_path / "a", upstream, redis, None, keys=keys)
     config_file = write_config(tmp_path / "tierwise.yaml", data)
-    async with replicas([data]) as [svc]:
+    async with replicas([data], None) as [svc]:
         secret = await create_key(config_file, "--tenant", "acme")
         assert isinstance(await complete(svc, bearer(secret)), pb.CompleteResponse)
         redis.kill()
@@ -253,7 +232,7 @@ async def test_a_stored_keys_budget_holds_across_two_replicas_within_the_in_flig
     for data in configs:
         data["budget_store"] = {"fail_mode": "closed", "redis_timeout_s": 2.0}
     config_file = write_config(tmp_path / "tierwise.yaml", configs[0])
-    async with replicas(configs) as servers:
+    async with replicas(configs, None) as servers:
         secret = await create_key(
             config_file, "--tenant", "acme", "--name", "capped", "--budget-usd", "0.002/day"
         )
