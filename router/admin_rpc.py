@@ -23,7 +23,6 @@ class AdminServicer:
     def __init__(self, service: Service, authenticator: Authenticator) -> None:
         self._service = service
         self._auth = authenticator
-        self._budget_tenants = {b.name: b.tenant for b in service.config.budgets}
 
     async def _caller(self, request: Any, context: Context) -> Caller:
         try:
@@ -105,7 +104,7 @@ class AdminServicer:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"budget store: {exc}")
         out = []
         for u in usage:
-            tenant = self._budget_tenants.get(u.budget, "")
+            tenant = self._service.budgets.tenant_of(u.budget)  # stored keys' budgets too
             if tenant != caller.tenant and not caller.admin:
                 continue
             out.append(

@@ -313,6 +313,11 @@ class BudgetManager:
             self._budgets[budget.name] = budget
         self._stored_key_budgets = {b.name for b in budgets}
 
+    def tenant_of(self, budget: str) -> str:
+        """The tenant a budget (by name, as ``usage`` names it) belongs to; "" when unknown."""
+        known = self._budgets.get(budget)
+        return "" if known is None else known.tenant
+
     # -- reporting ------------------------------------------------------------
 
     async def usage(self) -> list[BudgetUsage]:
