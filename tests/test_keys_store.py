@@ -34,6 +34,8 @@ from tierwise.router.keys.record import KeyConflict, KeyNotFound, KeyRecord
 from tierwise.router.keys.redis_store import RedisKeyStore
 from tierwise.router.keys.sqlite_store import SqliteKeyStore
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
+from tierwise.router.observability.label_values import BoundedLabelValues
+from tierwise.router.observability.metrics import Metrics
 
 __all__ = ["database", "redis_server_factory"]
 
@@ -286,3 +288,16 @@ def test_a_spend_table_an_older_release_made_gets_the_api_key_column(tmp_path: P
         assert new is not None and new.api_key == "app"
     finally:
         sink.close()
+
+
+def test_the_api_key_metric_label_is_opt_in_and_bounded() -> None:
+    assert "api_key" not in Metrics().labels
+    metrics = Metrics(("tenant", "api_key"), api_keys=BoundedLabelValues(max_values=1))
+    for i, key in enumerate(["app", "batch", "app"]):
+        metrics.observe_spend(spend(i, api_key=key))
+
+    def requests(key: str) -> float | None:
+        labels = {"tenant": "acme", "api_key": key, "status": "OK", "cache_result": "miss"}
+        return metrics.registry.get_sample_value("tierwise_requests_total", labels)
+
+    assert (requests("app"), requests("other"), requests("batch")) == (2.0, 1.0, None)
