@@ -19,8 +19,9 @@ out first), and requests in flight when Redis lost the data that settle before
 the rebuild and reach the ledger after it (the seed keeps the larger of the two
 counts, never their sum, so those are not double-counted either).
 
-The ledger records no API key, so a key's budget is rebuilt from all of its tenant's (and
-feature's) spend in the period: more than the key spent, never less.
+A key's budget is rebuilt from all of its tenant's (and feature's) spend in the period: more
+than the key spent, never less (spend records written before the ledger had an ``api_key``
+column carry no key, so filtering by it could count less).
 """
 
 from __future__ import annotations
