@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,14 +24,18 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.harness import AUTH, Running, config_dict
+from tests.harness import AUTH, Running, build_config, config_dict
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_budgets_servers import check_bound
 from tests.test_ledger_postgres import Database, database
-from tests.test_rate_limits import FrozenClock, replicas, retry_after_ms
+from tests.test_rate_limits import FrozenClock, estimate, replicas, retry_after_ms
 from tests.upstream import ScriptedUpstream
+from tierwise.router.server import serve_forever
+from tierwise.router.service import build_service
 from tierwise.training.cli.app import app
+from tierwise.training.process import free_port
 from tierwise.v1 import tierwise_pb2 as pb
+from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
 __all__ = ["database", "redis_server_factory"]
 
@@ -81,15 +87,18 @@ def request(max_tokens: int = 100) -> pb.CompleteRequest:
     )
 
 
-async def complete(svc: Running, auth: Metadata) -> pb.CompleteResponse | grpc.aio.AioRpcError:
+async def complete(
+    svc: Running | pb_grpc.RouterStub, auth: Metadata
+) -> pb.CompleteResponse | grpc.aio.AioRpcError:
+    stub = svc.stub if isinstance(svc, Running) else svc
     try:
-        response: pb.CompleteResponse = await svc.stub.Complete(request(), metadata=auth, timeout=30)
+        response: pb.CompleteResponse = await stub.Complete(request(), metadata=auth, timeout=30)
     except grpc.aio.AioRpcError as exc:
         return exc
     return response
 
 
-async def refused(svc: Running, auth: Metadata, code: grpc.StatusCode) -> str:
+async def refused(svc: Running | pb_grpc.RouterStub, auth: Metadata, code: grpc.StatusCode) -> str:
     answer = await complete(svc, auth)
     assert isinstance(answer, grpc.aio.AioRpcError), "the call was answered"
     assert answer.code() == code, answer.details()
@@ -223,6 +232,28 @@ async def test_64_callers_against_a_stored_keys_60_rpm_on_two_replicas(
 
 
 @pytest.mark.asyncio
+async def test_64_callers_against_a_stored_keys_tpm_on_two_replicas(
+    tmp_path: Path, upstream: ScriptedUpstream, redis_server_factory: Callable[[], RedisServer]
+) -> None:
+    """The TPM holds the same way: each admission charges its estimate (prompt + max_tokens), so
+    exactly the estimates that fit are admitted; usage equal to the estimate leaves nothing to correct."""
+    upstream.script(text="ok", input_tokens=estimate() - 100, output_tokens=100)
+    redis, clock = redis_server_factory(), FrozenClock()
+    configs = [shared_config(tmp_path / n, upstream, redis, None) for n in "ab"]
+    config_file = write_config(tmp_path / "tierwise.yaml", configs[0])
+    async with replicas(configs, clock) as servers:
+        tpm = str(10 * estimate())
+        secret = await create_key(config_file, "--tenant", "acme", "--name", "tokens", "--tpm", tpm)
+        results = await asyncio.gather(*(complete(servers[i % 2], bearer(secret)) for i in range(64)))
+        errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert (64 - len(errors), len(errors)) == (10, 54)
+        for error in errors:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+            assert f"API key 'tokens' is over its limit of {tpm} tokens per minute" in (error.details() or "")
+            assert retry_after_ms(error) > 0
+
+
+@pytest.mark.asyncio
 async def test_a_stored_keys_budget_holds_across_two_replicas_within_the_in_flight_bound(
     tmp_path: Path, upstream: ScriptedUpstream, redis_server_factory: Callable[[], RedisServer]
 ) -> None:
@@ -265,3 +296,36 @@ def test_bad_cli_inputs_exit_2_naming_the_option(tmp_path: Path, args: list[str]
     assert code == 2, (out, err)
     assert named in err, err
     assert "twk_" not in out  # nothing was created
+
+
+@pytest.mark.asyncio
+async def test_sighup_makes_tierwise_serve_read_the_stored_keys_now(
+    tmp_path: Path, upstream: ScriptedUpstream
+) -> None:
+    """``serve_forever`` (what ``tierwise serve`` runs) in this process: with an hour between polls,
+    a revocation is seen only when SIGHUP asks for a read."""
+    data = config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url)
+    port = free_port()
+    data["server"]["port"] = port
+    data["keys"] = {"poll_interval_s": 3600, "max_stale_s": 3600}
+    config_file = write_config(tmp_path / "tierwise.yaml", data)
+    serving = asyncio.create_task(serve_forever(await build_service(build_config(data))))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        svc = pb_grpc.RouterStub(channel)
+        secret = await create_key(config_file, "--tenant", "acme", "--name", "hup")
+        assert isinstance(await complete(svc, bearer(secret)), pb.CompleteResponse)
+        code, _, err = await run_cli("keys", "revoke", "--config", str(config_file), "hup")
+        assert code == 0, err
+        assert isinstance(await complete(svc, bearer(secret)), pb.CompleteResponse)  # not read yet
+        os.kill(os.getpid(), signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while isinstance(await complete(svc, bearer(secret)), pb.CompleteResponse):
+            assert time.monotonic() < deadline, "SIGHUP did not make the server read the keys"
+            await asyncio.sleep(0.05)
+        assert await refused(svc, bearer(secret), grpc.StatusCode.UNAUTHENTICATED) == "key revoked"
+    finally:
+        await channel.close(None)
+        os.kill(os.getpid(), signal.SIGTERM)  # serve_forever's own way out
+        await asyncio.wait_for(serving, 30)

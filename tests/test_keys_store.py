@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.redis_server import RedisServer, redis_server_factory
@@ -33,6 +34,7 @@ from tierwise.router.keys.postgres_store import PostgresKeyStore
 from tierwise.router.keys.record import KeyConflict, KeyNotFound, KeyRecord
 from tierwise.router.keys.redis_store import RedisKeyStore
 from tierwise.router.keys.sqlite_store import SqliteKeyStore
+from tierwise.router.ledger.postgres_sink import PostgresSpendSink
 from tierwise.router.ledger.sqlite_sink import SqliteSpendSink
 from tierwise.router.observability.label_values import BoundedLabelValues
 from tierwise.router.observability.metrics import Metrics
@@ -301,3 +303,25 @@ def test_the_api_key_metric_label_is_opt_in_and_bounded() -> None:
         return metrics.registry.get_sample_value("tierwise_requests_total", labels)
 
     assert (requests("app"), requests("other"), requests("batch")) == (2.0, 1.0, None)
+
+
+def test_an_older_postgres_spend_table_gets_the_api_key_column(database: Database) -> None:
+    database.create()
+    first = PostgresSpendSink(database.dsn)
+    assert first.get("none") is None  # the first call makes the table (the session is lazy)
+    first.close()
+    with psycopg.connect(database.dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE tierwise_spend DROP COLUMN api_key")
+        conn.execute(
+            "INSERT INTO tierwise_spend SELECT * FROM (SELECT 'old', 1.0::float8, 'acme', '', '{}'::jsonb,"
+            " '', '', '', '', '', '', 'miss', 0, 0, 0, 0::numeric, 0::numeric, 0::numeric, 0::float8,"
+            " 0::float8, 0::float8, 0::float8, 'OK', '', 0, false, '') AS old_row"
+        )
+    sink = PostgresSpendSink(database.dsn)
+    try:
+        assert sink.write([spend(1, api_key="app")]) == 1
+        old, new = sink.get("old"), sink.get("req-00001")
+        assert old is not None and old.api_key == ""
+        assert new is not None and new.api_key == "app"
+    finally:
+        sink.close()

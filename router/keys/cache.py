@@ -133,7 +133,9 @@ class StoredKeys:
         known = None if self._snapshot is None else self._snapshot.version
         try:
             read = await asyncio.wait_for(asyncio.to_thread(self._read, known), self._config.timeout_s)
-        except (KeyStoreUnavailable, TimeoutError) as exc:
+        except Exception as exc:  # unreachable, timed out, or a store answering nonsense: all "down"
+            if not isinstance(exc, (KeyStoreUnavailable, TimeoutError)):
+                log.exception("key store %s: unexpected error reading keys", self.store.name)
             if not self._down:
                 self._down = True
                 log.warning(
