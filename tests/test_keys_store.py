@@ -270,6 +270,17 @@ async def test_a_revocation_is_seen_at_the_next_read_and_a_rotated_secret_lasts_
     await keys.aclose()
 
 
+def check_migrated(sink: SqliteSpendSink | PostgresSpendSink) -> None:
+    """The old row reads back with no key; a new record keeps its key."""
+    try:
+        assert sink.write([spend(1, api_key="app")]) == 1
+        old, new = sink.get("old"), sink.get("req-00001")
+        assert old is not None and old.api_key == ""
+        assert new is not None and new.api_key == "app"
+    finally:
+        sink.close()
+
+
 def test_a_spend_table_an_older_release_made_gets_the_api_key_column(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     SqliteSpendSink(path).close()
@@ -282,14 +293,7 @@ def test_a_spend_table_an_older_release_made_gets_the_api_key_column(tmp_path: P
             " error_type, attempts, fallback, reason) SELECT 'old', 1.0, 'acme', '', '{}', '', '', '', '',"
             " '', '', 'miss', 0, 0, 0, '0', '0', '0', 0, 0, 0, 0, 'OK', '', 0, 0, ''"
         )
-    sink = SqliteSpendSink(path)
-    try:
-        assert sink.write([spend(1, api_key="app")]) == 1
-        old, new = sink.get("old"), sink.get("req-00001")
-        assert old is not None and old.api_key == ""
-        assert new is not None and new.api_key == "app"
-    finally:
-        sink.close()
+    check_migrated(SqliteSpendSink(path))
 
 
 def test_the_api_key_metric_label_is_opt_in_and_bounded() -> None:
@@ -317,11 +321,4 @@ def test_an_older_postgres_spend_table_gets_the_api_key_column(database: Databas
             " '', '', '', '', '', '', 'miss', 0, 0, 0, 0::numeric, 0::numeric, 0::numeric, 0::float8,"
             " 0::float8, 0::float8, 0::float8, 'OK', '', 0, false, '') AS old_row"
         )
-    sink = PostgresSpendSink(database.dsn)
-    try:
-        assert sink.write([spend(1, api_key="app")]) == 1
-        old, new = sink.get("old"), sink.get("req-00001")
-        assert old is not None and old.api_key == ""
-        assert new is not None and new.api_key == "app"
-    finally:
-        sink.close()
+    check_migrated(PostgresSpendSink(database.dsn))
