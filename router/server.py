@@ -24,7 +24,7 @@ from tierwise.router.analytics.dashboard_http import Dashboard
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
 from tierwise.router.call_progress import CallProgress
-from tierwise.router.config import Config, ConfigError, LimitsConfig, TlsConfig
+from tierwise.router.config import ConfigError, LimitsConfig, TlsConfig
 from tierwise.router.errors import RequestCancelled, ServiceError
 from tierwise.router.feedback.store import SOURCES, FeedbackRecord
 from tierwise.router.field_checks import check_printable, check_tags
@@ -293,11 +293,12 @@ def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
-def _scrape_access(config: Config, authenticator: Authenticator) -> ScrapeAccess:
+def _scrape_access(service: Service, authenticator: Authenticator) -> ScrapeAccess:
+    config = service.config
     return ScrapeAccess(
         config.metrics.scrape_key_sha256,
         authenticator if config.auth.mode == "api_key" else None,
-        {budget.name: budget.tenant for budget in config.budgets},
+        service.budgets.budget_tenants,  # the stored keys' budgets too
     )
 
 
@@ -355,7 +356,7 @@ class TierwiseServer:
         if self.keys is not None:
             self._stack.push_async_callback(self.keys.aclose)
         self.admin = (
-            AdminServer(service.accounting.metrics, _scrape_access(service.config, authenticator))
+            AdminServer(service.accounting.metrics, _scrape_access(service, authenticator))
             if config.metrics_port
             else None
         )

@@ -6,15 +6,19 @@ budget shows in BudgetStatus under its tenant."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 
-from tests.harness import AUTH, Running, build_config, config_dict, rpc_error, running_server
+from tests.harness import AUTH, OTHER_AUTH, Running, build_config, config_dict, rpc_error, running_server
+from tests.test_metrics_access import series, serving
 from tests.upstream import ScriptedUpstream
 from tierwise.router.auth import sha256_hex
+from tierwise.router.keys import KeyBudget, KeyManager
 from tierwise.v1 import tierwise_pb2 as pb
 from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
 
@@ -92,3 +96,18 @@ async def test_tenant_keys_are_refused_and_bad_fields_are_named(svc: Running) ->
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and (error.details() or "").startswith("key: ")
     error = await rpc_error(admin.RotateKey(pb.RotateKeyRequest(key="x", grace_s=-1), metadata=ADMIN_AUTH))
     assert (error.details() or "").startswith("grace_s: ")
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_scraping_metrics_sees_its_stored_keys_budget_and_no_other_tenant_does(
+    tmp_path: Path,
+) -> None:
+    async with serving(tmp_path) as (svc, base), httpx.AsyncClient() as client:
+        keys = svc.server.keys
+        assert keys is not None
+        KeyManager(keys.store).create("acme", name="app", budget=KeyBudget(Decimal(3), "month"))
+        await keys.refresh()
+        own = series((await client.get(f"{base}/metrics", headers=dict(AUTH))).text)
+        assert {s["budget"] for s in own if "budget" in s} == {"acme/*/month", "acme/key:app/month"}
+        other = (await client.get(f"{base}/metrics", headers=dict(OTHER_AUTH))).text
+        assert "key:app" not in other

@@ -313,6 +313,10 @@ class BudgetManager:
             self._budgets[budget.name] = budget
         self._stored_key_budgets = {b.name for b in budgets}
 
+    def budget_tenants(self) -> dict[str, str]:
+        """Every budget's name -> its tenant (the config's and the stored keys')."""
+        return {name: budget.tenant for name, budget in self._budgets.items()}
+
     def tenant_of(self, budget: str) -> str:
         """The tenant a budget (by name, as ``usage`` names it) belongs to; "" when unknown."""
         known = self._budgets.get(budget)
