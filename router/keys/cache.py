@@ -102,7 +102,7 @@ class StoredKeys:
     async def refresh(self) -> bool:
         """Read the version and, if it moved, the keys; True when something changed. Concurrent
         callers share one read. Never raises: a failed read is logged once per outage."""
-        if self._refreshing is None:
+        if self._refreshing is None or self._refreshing.done():  # done: its waiter was cancelled
             self._refreshing = asyncio.create_task(self._refresh())
         task = self._refreshing
         try:
@@ -115,7 +115,7 @@ class StoredKeys:
         """An unknown key arrived: join a read under way (it may bring the key), then read the
         store unless another unknown key made it read a moment ago (polls do not count: one may
         have started just before the key was made)."""
-        if self._refreshing is not None and await self.refresh():
+        if self._refreshing is not None and not self._refreshing.done() and await self.refresh():
             return True
         now = self._clock()
         if now - self._missed_at < MISS_REFRESH_S:
