@@ -158,7 +158,10 @@ class StoredKeys:
             {r.previous_sha256: r for r in records if r.previous_sha256 is not None},
         )
         for listener in self._listeners:
-            listener(records)
+            try:
+                listener(records)
+            except Exception:  # one bad record must not stop the keys being served or polled
+                log.exception("key store %s: a listener refused the keys read", self.store.name)
         return True
 
     def _read(self, known: int | None) -> tuple[int, list[KeyRecord]] | None:
