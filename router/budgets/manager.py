@@ -367,8 +367,8 @@ class BudgetManager:
 
     def _to_seed(self, line: BudgetLine) -> LineToSeed:
         budget = self._budgets[line.budget]
-        # A key budget is rebuilt from its tenant's (and feature's) spend (rebuild.py says why).
-        return LineToSeed(line, budget.tenant, budget.feature, self._period(line))
+        # A key budget: from the key's spend and what carries no key (rebuild.py says why).
+        return LineToSeed(line, budget.tenant, budget.feature, self._period(line), budget.key)
 
     def _period(self, line: BudgetLine) -> Period:
         budget = self._budgets[line.budget]
