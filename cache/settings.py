@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tierwise.cache.entry_state import EvictionOrder
 from tierwise.cache.index import IndexParams
 from tierwise.cache.onnx_embedder import DEFAULT_DIR
-from tierwise.cache.store import EvictionOrder
 
 
 class CacheSettings(BaseModel):

@@ -18,19 +18,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from tierwise.cache.entry_columns import decode_vector, entry_columns
-from tierwise.cache.store import (
-    CachedResponse,
-    CacheEntry,
-    CacheStoreError,
-    EntryFilter,
-    EntryRef,
-    EntryUsage,
-    EvictionOrder,
-    EvictionPlan,
-    FeedbackState,
-    StoreIdentity,
-    VectorRow,
-)
+from tierwise.cache.entry_state import EntryUsage, EvictionOrder, EvictionPlan, FeedbackState
+from tierwise.cache.errors import CacheStoreError
+from tierwise.cache.store import CachedResponse, CacheEntry, EntryFilter, EntryRef, StoreIdentity, VectorRow
 
 T = TypeVar("T")
 

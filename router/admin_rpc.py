@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from tierwise.cache.store import CacheStoreError
+from tierwise.cache.errors import CacheStoreError
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
 from tierwise.router.field_checks import InvalidRequest, check_printable

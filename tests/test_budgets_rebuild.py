@@ -19,9 +19,9 @@ import pytest_asyncio
 from tests.budget_support import START, Clock, make_manager
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_ledger import spend
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
 from tierwise.router.budgets.manager import BudgetManager
 from tierwise.router.budgets.redis_store import RedisBudgetStore
-from tierwise.router.budgets.store import BudgetStoreUnavailable
 from tierwise.router.errors import BudgetExhausted
 from tierwise.router.ledger.budget_usage import LedgerBudgetUsage
 from tierwise.router.ledger.postgres_sink import PostgresSpendSink

@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeVar
 from tierwise.cache.backoff import Backoff, DownGate
 from tierwise.router.budgets.alert_checks import AlertChecks
 from tierwise.router.budgets.alerts import AlertDispatcher, Unit
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
 from tierwise.router.budgets.rebuild import LineToSeed, UsageRebuilder, UsageSource
 from tierwise.router.budgets.redis_store import RedisBudgetStore
 from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
@@ -48,7 +49,6 @@ from tierwise.router.budgets.store import (
     Amount,
     BudgetLine,
     BudgetStore,
-    BudgetStoreUnavailable,
     Limit,
     LineState,
     Period,

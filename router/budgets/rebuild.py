@@ -36,10 +36,10 @@ from decimal import Decimal
 from typing import Protocol
 
 from tierwise.cache.backoff import DownGate
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
 from tierwise.router.budgets.store import (
     Amount,
     BudgetLine,
-    BudgetStoreUnavailable,
     Period,
     SeededBudgetStore,
     nanos_to_usd,

@@ -16,14 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from tierwise.router.budgets.store import (
-    Amount,
-    BudgetLine,
-    BudgetStoreUnavailable,
-    LineState,
-    ReserveResult,
-    SettleResult,
-)
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
+from tierwise.router.budgets.store import Amount, BudgetLine, LineState, ReserveResult, SettleResult
 from tierwise.router.storage import in_transaction
 
 T = TypeVar("T")
