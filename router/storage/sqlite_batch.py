@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from tierwise.cache.sqlite_tx import write_transaction
+
 T = TypeVar("T")
 
 
@@ -32,14 +34,6 @@ def insert_batch(
 def in_transaction(
     db: sqlite3.Connection, lock: threading.Lock, body: Callable[[sqlite3.Connection], T]
 ) -> T:
-    """``body`` inside one write transaction, taken at once (BEGIN IMMEDIATE, so two writers never
-    deadlock upgrading a read), rolled back if it raises. ``db`` in autocommit mode, as above."""
+    """``body`` in one write transaction (``cache.sqlite_tx``) on a connection that ``lock`` guards."""
     with lock:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            result = body(db)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-        return result
+        return write_transaction(db, body)
