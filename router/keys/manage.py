@@ -175,7 +175,7 @@ class KeyManager:
 
 
 def _iso(ts: float | None) -> str:
-    return "" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class KeyDescription(TypedDict):
@@ -197,13 +197,14 @@ class KeyDescription(TypedDict):
 def describe(record: KeyRecord, now: float) -> KeyDescription:
     """What a listing shows of a key (never a secret or its digest), shaped as ``ApiKeyInfo``."""
     budget = record.budget
-    rotated = record.previous_until is not None and record.previous_until > now
+    state = record.state(now)
+    rotated = state == "active" and record.previous_until is not None and record.previous_until > now
     return KeyDescription(
         id=record.id,
         name=record.name,
         tenant=record.tenant,
         admin=record.admin,
-        state=record.state(now),
+        state=state,
         created_at=_iso(record.created_at),
         expires_at=_iso(record.expires_at),
         revoked_at=_iso(record.revoked_at),
