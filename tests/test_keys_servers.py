@@ -187,7 +187,8 @@ async def test_the_key_store_down_fails_per_setting_and_config_keys_keep_working
 ) -> None:
     redis = redis_server_factory()
     keys = {"poll_interval_s": 0.2, "max_stale_s": 1.0, "timeout_s": 0.3, "fail_mode": fail_mode}
-    data = shared_config(tmp_path / "a", upstream, redis, None, keys=keys)
+    limits = {"tenants": {"acme": {"rpm": 1000}}, "redis_timeout_s": 0.2}  # checked in the same Redis
+    data = shared_config(tmp_path / "a", upstream, redis, None, keys=keys, rate_limits=limits)
     config_file = write_config(tmp_path / "tierwise.yaml", data)
     async with replicas([data], None) as [svc]:
         secret = await create_key(config_file, "--tenant", "acme")
@@ -199,9 +200,11 @@ async def test_the_key_store_down_fails_per_setting_and_config_keys_keep_working
             assert "key store cannot be read" in details
         else:
             assert isinstance(await complete(svc, bearer(secret)), pb.CompleteResponse)
-        # A config key needs no store (and rate limits fail open, their default).
+        # A config key needs no store, and the tenant's rate limit fails open (its default).
         assert isinstance(await complete(svc, AUTH), pb.CompleteResponse)
         registry = svc.server.service.accounting.metrics.registry
+        unmetered = {"decision": "admitted"}
+        assert (registry.get_sample_value("tierwise_rate_limit_store_failures_total", unmetered) or 0) >= 1
         down = registry.get_sample_value("tierwise_auth_failures_total", {"reason": "store_down"})
         assert down == (1.0 if fail_mode == "closed" else 0.0)
         code, _, err = await run_cli("keys", "list", "--config", str(config_file))
