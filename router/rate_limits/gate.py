@@ -104,8 +104,8 @@ class RateLimitStoreDown(ServiceError):
 
 
 class RateLimitMetrics:
-    """``tierwise_rate_limited_total`` by tenant, scope, name (the tenant or the key's label: all from
-    the config, so bounded) and kind; the tenant label lets a tenant's scrape key see its own series;
+    """``tierwise_rate_limited_total`` by tenant, scope, name (the tenant or the key's label: from the
+    config, or a stored key that has limits, which admins create: bounded) and kind; the tenant label lets a tenant's scrape key see its own series;
     ``tierwise_rate_limit_store_failures_total`` by what the fail mode decided (or a lost correction)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
