@@ -125,10 +125,11 @@ class OpenAIFront:
 
     # -- the prologue every route shares -------------------------------------
 
-    def _caller(self, request: web.Request) -> Caller:
+    async def _caller(self, request: web.Request) -> Caller:
         metadata = [("authorization", value) for value in request.headers.getall("Authorization", [])]
         try:
-            return self._auth.caller_for(metadata, request.remote or "")
+            # authenticate, not caller_for: a stored key created a moment ago works at once here too
+            return await self._auth.authenticate(metadata, request.remote or "")
         except Unauthenticated as exc:
             raise unauthenticated(exc) from None
 
@@ -148,11 +149,11 @@ class OpenAIFront:
     # -- routes ---------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.Response:
-        self._caller(request)
+        await self._caller(request)
         return web.json_response({"object": "list", "data": [_model(m) for m in self._model_names()]})
 
     async def _model(self, request: web.Request) -> web.Response:
-        self._caller(request)
+        await self._caller(request)
         name = request.match_info["model"]
         if name not in self._model_names():
             raise _unknown_model(UnknownModel(name, self._model_names()))
@@ -163,7 +164,7 @@ class OpenAIFront:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         started = self._clock()
-        caller = self._caller(request)
+        caller = await self._caller(request)
         body = await self._body(request)
         try:
             call = read_chat(body, request.headers, self._config.tier_names)

@@ -8,7 +8,7 @@ from tierwise.router.auth import Caller
 from tierwise.router.call_progress import PromptTokens
 from tierwise.router.config import Config
 from tierwise.router.output_bound import worst_case
-from tierwise.router.rate_limits import Admission, RateLimitGate
+from tierwise.router.rate_limits import Admission, KeyLimits, RateLimitGate
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.tool_checks import admits
 from tierwise.router.types import RequestSpec
@@ -23,7 +23,9 @@ class RequestLimits:
     def admission(self, caller: Caller, spec: RequestSpec, *, calls_tiers: bool = True) -> Admission:
         """``calls_tiers`` False (Route): the request counts against RPM limits only."""
         return self._gate.admission(
-            spec.tenant, caller.key, (lambda: self._estimate(spec)) if calls_tiers else None
+            spec.tenant,
+            KeyLimits(caller.key, caller.rpm, caller.tpm),
+            (lambda: self._estimate(spec)) if calls_tiers else None,
         )
 
     def _estimate(self, spec: RequestSpec) -> int:

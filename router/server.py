@@ -25,10 +25,12 @@ from tierwise.router.analytics.dashboard_http import Dashboard
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
 from tierwise.router.calls import Call, Calls, log_failure
-from tierwise.router.config import Config, ConfigError, LimitsConfig, TlsConfig
+from tierwise.router.config import ConfigError, LimitsConfig, TlsConfig
 from tierwise.router.errors import ServiceError
 from tierwise.router.feedback.store import SOURCES, FeedbackRecord
 from tierwise.router.field_checks import check_printable, check_tags
+from tierwise.router.key_rpc import KeyAdminServicer, key_handlers
+from tierwise.router.keys import open_stored_keys
 from tierwise.router.observability.admin_http import AdminServer
 from tierwise.router.observability.anomaly import AnomalyChecker
 from tierwise.router.observability.metrics import AuthFailureCounter
@@ -62,7 +64,9 @@ class RouterServicer:
 
     async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         try:
-            return self._auth.caller_for(context.invocation_metadata() or (), source_address(context.peer()))
+            return await self._auth.authenticate(
+                context.invocation_metadata() or (), source_address(context.peer())
+            )
         except Unauthenticated as exc:
             await _abort(context, exc.code, str(exc))
 
@@ -220,11 +224,12 @@ def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
-def _scrape_access(config: Config, authenticator: Authenticator) -> ScrapeAccess:
+def _scrape_access(service: Service, authenticator: Authenticator) -> ScrapeAccess:
+    config = service.config
     return ScrapeAccess(
         config.metrics.scrape_key_sha256,
         authenticator if config.auth.mode == "api_key" else None,
-        {budget.name: budget.tenant for budget in config.budgets},
+        service.budgets.budget_tenants,  # the stored keys' budgets too
     )
 
 
@@ -244,7 +249,9 @@ class TierwiseServer:
             ]
         )
         auth_failures = AuthFailureCounter(service.accounting.metrics.registry)
-        authenticator = Authenticator(service.config.auth, auth_failures.count)
+        self.keys = open_stored_keys(service.config, service.budgets)
+        authenticator = Authenticator(service.config.auth, auth_failures.count, self.keys)
+        config_keys = {key.label for key in service.config.auth.api_keys}
         registry = service.accounting.metrics.registry
         limits = RequestLimits(
             service.config, RateLimitGate.from_config(service.config, registry, rate_clock)
@@ -256,7 +263,10 @@ class TierwiseServer:
         self._server.add_generic_rpc_handlers(
             (
                 _handlers(servicer),
-                admin_handlers(AdminServicer(service, authenticator)),
+                admin_handlers(
+                    AdminServicer(service, authenticator),
+                    key_handlers(KeyAdminServicer(self.keys, authenticator, config_keys)),
+                ),
             )
         )
         self._health = health_aio.HealthServicer()
@@ -279,8 +289,10 @@ class TierwiseServer:
         self._stack = contextlib.AsyncExitStack()
         self._stack.push_async_callback(service.aclose)
         self._stack.push_async_callback(limits.aclose)
+        if self.keys is not None:
+            self._stack.push_async_callback(self.keys.aclose)
         self.admin = (
-            AdminServer(service.accounting.metrics, _scrape_access(service.config, authenticator))
+            AdminServer(service.accounting.metrics, _scrape_access(service, authenticator))
             if config.metrics_port
             else None
         )
@@ -327,6 +339,8 @@ class TierwiseServer:
                 anomalies.start()
                 stack.push_async_callback(anomalies.aclose)
         await self.service.accounting.learning.start()  # stopped by service.aclose too
+        if self.keys is not None:
+            await self.keys.start()  # stopped by keys.aclose, pushed in __init__
         if self.admin is not None:
             self.metrics_port = await self.admin.start(config.host, config.metrics_port)
             stack.push_async_callback(self._stop_admin)
@@ -384,6 +398,8 @@ async def serve_forever(service: Service) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if server.keys is not None:  # SIGHUP: read the stored keys now
+        loop.add_signal_handler(signal.SIGHUP, server.keys.request_refresh)
     await stopping.wait()
     log.info("shutting down", extra={"grace_s": service.config.server.grace_period_s})
     await server.stop()

@@ -118,6 +118,7 @@ REQUEST_PATH = frozenset(
         "openai_http",
         "openai_schema",
         "openai_render",
+        "key_rpc",
     }
 )
 

@@ -23,6 +23,7 @@ from tierwise.training.cli.anomalies import anomalies
 from tierwise.training.cli.estimate import estimate
 from tierwise.training.cli.experiment import experiment_app
 from tierwise.training.cli.help_format import CACHE, DEMO, MODELS, REPORTS, SERVING, TierwiseGroup
+from tierwise.training.cli.keys import keys_app
 from tierwise.training.cli.report import report
 
 app = typer.Typer(
@@ -192,6 +193,7 @@ cache_app.command("train-cross-encoder")(verifier_commands.train_cross_encoder)
 cache_app.command("eval")(verifier_commands.eval_cache)
 cache_app.command("export-embedder")(embedder_export.export_embedder_command)
 
+app.add_typer(keys_app(), name="keys", rich_help_panel=SERVING)
 app.add_typer(training_commands.models_app(), name="models", rich_help_panel=MODELS)
 app.add_typer(router_app, name="router", rich_help_panel=MODELS)
 app.add_typer(cache_app, name="cache", rich_help_panel=CACHE)
