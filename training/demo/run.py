@@ -34,6 +34,7 @@ from tierwise.router.pricing import cost_usd
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import ChatMessage, TokenUsage
 from tierwise.training.demo.reconcile import ResponseCosts, ledger_costs, reconcile, scrape_costs
+from tierwise.training.embedder_export import ensure_export
 from tierwise.training.process import free_port, stop_process, wait_serving
 from tierwise.training.routerbench import RouterBenchRow, csv_files, load_rows, split_of
 from tierwise.v1 import tierwise_pb2 as pb
@@ -343,6 +344,7 @@ def run_demo(
     )
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    ensure_export(log=console.print)  # the ONNX embedder the demo's server reads (cache.onnx_embedder_dir)
     if policy == "classifier":
         ensure_model(data_dir, config_path, workdir / "models")
     console.print(
