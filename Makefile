@@ -80,4 +80,4 @@ upgrade:
 	$(MAKE) protos test
 
 clean:
-	rm -rf $(VENV) $(UPGRADE_VENV) .demo var .mypy_cache .ruff_cache .pytest_cache $(TYPECHECK_ROOT)
+	rm -rf $(VENV) $(UPGRADE_VENV) .venv-core .demo var .mypy_cache .ruff_cache .pytest_cache $(TYPECHECK_ROOT)
