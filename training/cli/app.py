@@ -11,8 +11,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tierwise import __version__
+from tierwise.cache.extras import as_missing_extra
 from tierwise.router.config import Config, ConfigError, load_config
 from tierwise.router.observability.logs import configure_logging
 from tierwise.router.service import Service, build_service
@@ -33,7 +35,14 @@ app = typer.Typer(
     add_completion=False,
     cls=TierwiseGroup,
 )
-err = Console(stderr=True)
+# soft_wrap: an error message stays one line a caller can grep, whatever the terminal's width.
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _error(message: object) -> None:
+    """``message`` verbatim: config errors and extras' names ("tierwise[train]") are not rich markup."""
+    err.print(f"[red]error:[/red] {escape(str(message))}")
+
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=False)]
 
@@ -42,7 +51,7 @@ def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise typer.Exit(2) from None
 
 
@@ -66,7 +75,7 @@ async def _build(config: Config) -> Service:
     try:
         return await build_service(config)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise typer.Exit(2) from None
 
 
@@ -204,7 +213,15 @@ app.add_typer(experiment_app(), name="experiment", rich_help_panel=REPORTS)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ImportError as exc:
+        # An offline job run by an install without its extra: say which extra, not a traceback.
+        missing = as_missing_extra(exc, f"`tierwise {' '.join(sys.argv[1:3])}`")
+        if missing is None:
+            raise
+        _error(missing)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

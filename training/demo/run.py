@@ -38,6 +38,7 @@ from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import ChatMessage, TokenUsage
 from tierwise.training.demo.http_leg import HTTP_SLICE, LegResult, Sent, drive_http, leg_table
 from tierwise.training.demo.reconcile import ResponseCosts, ledger_costs, reconcile, scrape_costs
+from tierwise.training.embedder_export import ensure_export
 from tierwise.training.process import free_port, stop_process, wait_serving
 from tierwise.training.routerbench import RouterBenchRow, csv_files, load_rows, split_of
 from tierwise.v1 import tierwise_pb2 as pb
@@ -348,6 +349,7 @@ def run_demo(
     )
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    ensure_export(log=console.print)  # the ONNX embedder the demo's server reads (cache.onnx_embedder_dir)
     if policy == "classifier":
         ensure_model(data_dir, config_path, workdir / "models")
     console.print(
