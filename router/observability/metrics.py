@@ -29,6 +29,7 @@ from tierwise.router.config import MetricLabel, MetricsConfig
 from tierwise.router.ledger.record import CACHE_RESULTS, SpendRecord
 from tierwise.router.ledger.spend_ledger import LedgerStats, SpendLedger
 from tierwise.router.observability.label_values import BoundedLabelValues
+from tierwise.router.outcome import UNFAMILIAR_PREFIX
 
 OPERATION = "chat"
 ALLOWED_LABELS: tuple[str, ...] = get_args(MetricLabel)
@@ -270,6 +271,12 @@ class Metrics:
             registry=r,
         )
         self._anomaly_labels = tuple(name for name in ("tenant", "feature") if name in self.labels)
+        self.unfamiliar = Counter(
+            "tierwise_unfamiliar_requests",
+            "Requests whose prompt the classifier found unfamiliar, routed on the safe prior.",
+            self._anomaly_labels,  # tenant and feature, where configured
+            registry=r,
+        )
         self.cost_anomalies = Counter(
             "tierwise_cost_anomalies",
             "Hours whose spend was flagged as anomalous (feature '*': the tenant's total).",
@@ -296,6 +303,12 @@ class Metrics:
         self.requests.labels(*values, rec.status, rec.cache_result).inc()
         if rec.fallback:
             self.fallbacks.labels(*values).inc()
+        if rec.reason.startswith(UNFAMILIAR_PREFIX):
+            by = dict(zip(self.labels, values, strict=True))
+            if self._anomaly_labels:
+                self.unfamiliar.labels(*(by[name] for name in self._anomaly_labels)).inc()
+            else:
+                self.unfamiliar.inc()
         self.overhead.labels(rec.cache_result).observe(rec.overhead_ms / 1000)
         if rec.upstream_ms <= 0:
             return  # no upstream call: a cache hit, or refused (budget, open circuits) before one
