@@ -92,6 +92,11 @@ class SamplingCounts(Protocol):
 # (sampler count key, series name, help)
 SAMPLING_COUNTERS = (
     ("sampled", "tierwise_sampling_sampled", "Served requests drawn for judging."),
+    (
+        "sampled_active",
+        "tierwise_sampling_sampled_active",
+        "Of those, drawn as informative (active learning).",
+    ),
     ("judgments", "tierwise_sampling_judgments", "Scores stored by the judge (served and shadow answers)."),
     ("judge_failures", "tierwise_sampling_judge_failures", "Judge calls that gave no usable score."),
     ("skipped_budget", "tierwise_sampling_skipped_budget", "Shadow or judge calls skipped: over the budget."),
