@@ -125,17 +125,21 @@ def _mean_over_tasks(per_task: dict[str, Any]) -> dict[str, float]:
 
 def summary_lines(result: dict[str, Any]) -> str:
     split = "train+validation rows" if result["left_out"] == "pool" else "test split"
+    widths = [max(len(name), 15) for name in SHOWN]
     lines = [
         f"leave one task out: pair APGR on each left-out task's {split}, mean ± sd over "
         f"{result['repeats']} LightGBM seed(s)",
-        f"{'left-out task':16s} {'prompts':>7s} " + " ".join(f"{name:>20s}" for name in SHOWN),
+        f"{'left-out task':16s} {'prompts':>7s} "
+        + " ".join(f"{n:>{w}s}" for n, w in zip(SHOWN, widths, strict=True)),
     ]
     for task, entry in result["per_task"].items():
         summary = entry["summary"]
         cells = []
-        for name in SHOWN:
+        for name, width in zip(SHOWN, widths, strict=True):
             apgr = summary.get(name, {}).get("apgr")
-            cells.append(f"{'':>20s}" if apgr is None else f"{apgr['mean']:12.4f} ±{apgr['sd']:.3f}")
+            cells.append(
+                f"{'':>{width}s}" if apgr is None else f"{apgr['mean']:.4f} ±{apgr['sd']:.3f}".rjust(width)
+            )
         random = summary["random"]["apgr"]["mean"]
         verdict = (
             "" if summary["classifier-utility"]["apgr"]["mean"] >= random - RANDOM_TOLERANCE else "  < random"
@@ -144,6 +148,12 @@ def summary_lines(result: dict[str, Any]) -> str:
     means = result["mean_over_tasks"]
     lines.append(
         f"{'mean':16s} {'':>7s} "
-        + " ".join(f"{means[name]:12.4f}{'':8s}" if name in means else f"{'':>20s}" for name in SHOWN)
+        + " ".join(
+            (f"{means[n]:.4f}{'':7s}".rjust(width) if n in means else " " * width)
+            for n, width in zip(SHOWN, widths, strict=True)
+        )
+    )
+    lines.append(
+        f"< random: classifier-utility below random's APGR - {RANDOM_TOLERANCE} (random: 10 seeds' curves)"
     )
     return "\n".join(lines)
