@@ -17,6 +17,7 @@ from typing import Any
 
 from tierwise.classifier.features import FeatureSpec
 from tierwise.classifier.neighbours import NeighbourSpec
+from tierwise.classifier.unfamiliarity import UnfamiliaritySpec
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -84,6 +85,7 @@ class Manifest:
     calibration: UtilityCalibration | None = None
     training: Mapping[str, Any] = field(default_factory=dict)
     neighbours: NeighbourSpec | None = None  # None: the trees alone
+    unfamiliarity: UnfamiliaritySpec | None = None  # None: the version cannot say when it is out of its depth
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class Manifest:
             "calibration": None if self.calibration is None else self.calibration.to_json(),
             "training": dict(self.training),
             "neighbours": None if self.neighbours is None else self.neighbours.to_json(),
+            "unfamiliarity": None if self.unfamiliarity is None else self.unfamiliarity.to_json(),
         }
 
     @classmethod
@@ -116,6 +119,9 @@ class Manifest:
             neighbours = data.get("neighbours")
             if neighbours is not None and not isinstance(neighbours, dict):
                 raise ManifestError(f"{where}: 'neighbours' must be an object or null")
+            unfamiliarity = data.get("unfamiliarity")
+            if unfamiliarity is not None and not isinstance(unfamiliarity, dict):
+                raise ManifestError(f"{where}: 'unfamiliarity' must be an object or null")
             return cls(
                 version=str(data["version"]),
                 tiers=tuple(str(t) for t in data["tiers"]),
@@ -129,6 +135,7 @@ class Manifest:
                 calibration=None if calibration is None else UtilityCalibration.from_json(calibration),
                 training=dict(data.get("training") or {}),
                 neighbours=None if neighbours is None else NeighbourSpec.from_json(neighbours),
+                unfamiliarity=None if unfamiliarity is None else UnfamiliaritySpec.from_json(unfamiliarity),
             )
         except ManifestError:
             raise

@@ -1,13 +1,16 @@
 """Loading a model version and predicting P(adequate) per tier with onnxruntime.
 
 A version is refused, never half-loaded, when a file's SHA-256 differs from
-the manifest, when it was trained on other features or another embedder, or
-when its tiers are not the configured ones.
+the manifest, when it was trained on other features or another embedder, when
+its tiers are not the configured ones, or, where the server acts on
+unfamiliar prompts, when it has no unfamiliarity calibration or one that its
+manifest does not vouch for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,7 @@ from tierwise.classifier.manifest import (
     sha256_file,
 )
 from tierwise.classifier.neighbours import NEIGHBOURS_FILE, NeighbourVote, blend
+from tierwise.classifier.unfamiliarity import UNFAMILIARITY_FILE, UnfamiliarityCalibration, measure_scores
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -93,6 +97,14 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """One prompt as the model sees it: P(adequate) per tier, and how unfamiliar the prompt is."""
+
+    p_adequate: dict[str, float]
+    unfamiliarity: float | None  # the calibrated measure's score; None when the version has no calibration
+
+
 def pick_providers(device: str = "auto") -> list[str]:
     """onnxruntime execution providers: CUDA first when it is available (or asked for), CPU always."""
     import onnxruntime
@@ -120,14 +132,20 @@ class ClassifierModel:
         manifest: Manifest,
         session: onnxruntime.InferenceSession,
         neighbours: NeighbourVote | None = None,
+        unfamiliarity: UnfamiliarityCalibration | None = None,
     ) -> None:
         if (neighbours is None) != (manifest.neighbours is None):
             raise ValueError("a neighbour memory comes with, and only with, a manifest 'neighbours' section")
+        if (unfamiliarity is None) != (manifest.unfamiliarity is None):
+            raise ValueError("a calibration comes with, and only with, a manifest 'unfamiliarity' section")
+        if unfamiliarity is not None and neighbours is None:
+            raise ValueError("an unfamiliarity calibration needs the neighbour memory it measures against")
         self.directory = directory
         self.manifest = manifest
         self._session = session
         self._neighbours = neighbours
         self._vote_weight = 0.0 if manifest.neighbours is None else manifest.neighbours.weight
+        self.unfamiliarity = unfamiliarity
         self._width = manifest.feature_spec.size
         self._embedding_dim = manifest.feature_spec.embedding_dim
         self.providers: tuple[str, ...] = tuple(session.get_providers())
@@ -175,6 +193,29 @@ class ClassifierModel:
             raise ValueError(f"predict takes one feature vector, got {row.shape[0]}; use predict_batch")
         return dict(zip(self.tiers, (float(p) for p in row[0]), strict=True))
 
+    def assess_matrix(
+        self, features: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64] | None]:
+        """P(adequate) (rows, tiers) and, with a calibration, each row's unfamiliarity score."""
+        calibration = self.unfamiliarity
+        if calibration is None or self._neighbours is None:
+            return self.predict_matrix(features), None
+        batch = self._batch(features)
+        trees = self._trees(batch)
+        vote, closeness = self._neighbours.predict_with_closeness(
+            batch[:, : self._embedding_dim], calibration.k
+        )
+        scores = measure_scores(calibration.measure, trees, vote, closeness)
+        return blend(trees, vote, self._vote_weight), scores
+
+    def assess(self, features: npt.ArrayLike) -> Assessment:
+        """P(adequate) per tier and the unfamiliarity score of one feature vector."""
+        matrix, scores = self.assess_matrix(features)
+        if matrix.shape[0] != 1:
+            raise ValueError(f"assess takes one feature vector, got {matrix.shape[0]}")
+        p = dict(zip(self.tiers, (float(v) for v in matrix[0]), strict=True))
+        return Assessment(p, None if scores is None else float(scores[0]))
+
     def predict_batch(self, features: npt.ArrayLike) -> list[dict[str, float]]:
         matrix = self.predict_matrix(features)
         return [dict(zip(self.tiers, (float(p) for p in row), strict=True)) for row in matrix]
@@ -186,8 +227,10 @@ def load_model(
     embedder_key: str = DEFAULT_EMBEDDER_KEY,
     device: str = "auto",
     feature_spec: FeatureSpec = FEATURE_SPEC,
+    require_unfamiliarity: bool = False,
 ) -> ClassifierModel:
-    """Verify and load the model version in ``directory``; raise ModelRefused when anything is off."""
+    """Verify and load the model version in ``directory``; raise ModelRefused when anything is off
+    (``require_unfamiliarity``: also when it has no unfamiliarity calibration)."""
     import onnxruntime
 
     directory = Path(directory)
@@ -196,6 +239,12 @@ def load_model(
     except ManifestError as exc:
         raise ModelRefused(str(exc)) from None
     verify_manifest(manifest, expected_tiers, embedder_key, feature_spec)
+    if require_unfamiliarity and manifest.unfamiliarity is None:
+        raise ModelRefused(
+            f"model version {manifest.version!r} has no unfamiliarity calibration (no 'unfamiliarity' "
+            "section in its manifest): retrain it with `tierwise router train`, or set "
+            "routing.classifier.unfamiliar.action: trust_model"
+        )
     verify_files(directory, manifest)
     options = onnxruntime.SessionOptions()
     # Single rows are the common case: one thread avoids handoff costs and oversubscription.
@@ -213,7 +262,53 @@ def load_model(
     except Exception as exc:  # onnxruntime raises its own exception types for a bad graph
         raise ModelRefused(f"model version {manifest.version!r}: onnxruntime cannot load it: {exc}") from None
     _check_graph(manifest, session)
-    return ClassifierModel(directory, manifest, session, _load_neighbours(directory, manifest))
+    neighbours = _load_neighbours(directory, manifest)
+    return ClassifierModel(
+        directory, manifest, session, neighbours, _load_unfamiliarity(directory, manifest, neighbours)
+    )
+
+
+def _section_file(directory: Path, manifest: Manifest, section: str, name: str) -> bytes:
+    """The bytes of the file a manifest section names, read once and checked against its listed digest."""
+    where = f"model version {manifest.version!r}"
+    if name not in manifest.files:
+        raise ModelRefused(f"{where}: the manifest has a {section} section but does not list {name}")
+    try:
+        payload = (directory / name).read_bytes()
+    except OSError as exc:
+        raise ModelRefused(f"{where}: cannot read {name}: {exc}") from None
+    if sha256_bytes(payload) != manifest.files[name]:
+        raise ModelRefused(f"{where}: {name} changed while loading")
+    return payload
+
+
+def _load_unfamiliarity(
+    directory: Path, manifest: Manifest, neighbours: NeighbourVote | None
+) -> UnfamiliarityCalibration | None:
+    spec = manifest.unfamiliarity
+    if spec is None:
+        return None
+    where = f"model version {manifest.version!r}"
+    payload = _section_file(directory, manifest, "unfamiliarity", UNFAMILIARITY_FILE)
+    try:
+        calibration = UnfamiliarityCalibration.from_bytes(payload)
+    except ValueError as exc:
+        raise ModelRefused(f"{where}: {UNFAMILIARITY_FILE}: {exc}") from None
+    if not spec.matches(calibration):
+        raise ModelRefused(
+            f"{where}: {UNFAMILIARITY_FILE} holds measure {calibration.measure!r} with threshold "
+            f"{calibration.threshold}, the manifest says {spec.measure!r} with {spec.threshold}"
+        )
+    if neighbours is None:
+        raise ModelRefused(
+            f"{where}: an unfamiliarity calibration needs the neighbour memory, which it lacks"
+        )
+    if len(calibration.base_rates) != len(manifest.tiers):
+        raise ModelRefused(
+            f"{where}: {UNFAMILIARITY_FILE} has {len(calibration.base_rates)} base rates for "
+            f"{len(manifest.tiers)} tiers"
+        )
+    return calibration
 
 
 def _load_neighbours(directory: Path, manifest: Manifest) -> NeighbourVote | None:
@@ -221,16 +316,7 @@ def _load_neighbours(directory: Path, manifest: Manifest) -> NeighbourVote | Non
     if spec is None:
         return None
     where = f"model version {manifest.version!r}"
-    if NEIGHBOURS_FILE not in manifest.files:
-        raise ModelRefused(
-            f"{where}: the manifest has a neighbours section but does not list {NEIGHBOURS_FILE}"
-        )
-    try:
-        payload = (directory / NEIGHBOURS_FILE).read_bytes()
-    except OSError as exc:
-        raise ModelRefused(f"{where}: cannot read {NEIGHBOURS_FILE}: {exc}") from None
-    if sha256_bytes(payload) != manifest.files[NEIGHBOURS_FILE]:
-        raise ModelRefused(f"{where}: {NEIGHBOURS_FILE} changed while loading")
+    payload = _section_file(directory, manifest, "neighbours", NEIGHBOURS_FILE)
     try:
         vote = NeighbourVote.from_bytes(payload)
     except ValueError as exc:

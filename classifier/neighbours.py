@@ -69,12 +69,30 @@ class NeighbourVote:
 
     def predict(self, embeddings: npt.ArrayLike) -> FloatMatrix:
         """(rows, tiers) estimates for a batch of unit embeddings."""
+        return self._rates(self._similarity(embeddings))
+
+    def predict_with_closeness(
+        self, embeddings: npt.ArrayLike, nearest: int
+    ) -> tuple[FloatMatrix, npt.NDArray[np.float64]]:
+        """The estimates, and per row the mean similarity of its ``nearest`` memory prompts (how close
+        the prompt lies to what the memory has seen), from one pass over the memory."""
+        if nearest < 1:
+            raise ValueError(f"nearest must be at least 1, got {nearest}")
+        similarity = self._similarity(embeddings)
+        count = min(nearest, self.size)
+        top = -np.partition(-similarity, count - 1, axis=1)[:, :count]
+        return self._rates(similarity), top.astype(np.float64).mean(axis=1)
+
+    def _similarity(self, embeddings: npt.ArrayLike) -> npt.NDArray[np.float32]:
         batch = np.asarray(embeddings, dtype=np.float32)
         if batch.ndim == 1:
             batch = batch.reshape(1, -1)
         if batch.ndim != 2 or batch.shape[1] != self.dimension:
             raise ValueError(f"embeddings must have {self.dimension} columns, got shape {batch.shape}")
-        similarity = batch @ self._embeddings.T
+        similarity: npt.NDArray[np.float32] = batch @ self._embeddings.T
+        return similarity
+
+    def _rates(self, similarity: npt.NDArray[np.float32]) -> FloatMatrix:
         nearest = np.argpartition(-similarity, self.k - 1, axis=1)[:, : self.k]
         neighbour_labels = self._labels[nearest]  # (rows, k, tiers)
         known = ~np.isnan(neighbour_labels)

@@ -224,11 +224,16 @@ class ServingModel:
         embedder_key: str = DEFAULT_EMBEDDER_KEY,
         device: str = "auto",
         loader: Loader | None = None,
+        require_unfamiliarity: bool = False,
     ) -> None:
+        """``require_unfamiliarity``: refuse versions without an unfamiliarity calibration (the server
+        acts on unfamiliar prompts)."""
         self.registry = registry
         self.expected_tiers = tuple(expected_tiers)
         self._loader: Loader = loader or (
-            lambda path: load_model(path, self.expected_tiers, embedder_key, device)
+            lambda path: load_model(
+                path, self.expected_tiers, embedder_key, device, require_unfamiliarity=require_unfamiliarity
+            )
         )
         self._model: ClassifierModel | None = None
         self._reload_lock = threading.Lock()

@@ -11,6 +11,10 @@ import numpy.typing as npt
 
 from tierwise.router.types import TokenUsage, ToolCall, ToolCallDelta
 
+# A decision's reason starts with this when the classifier found the prompt unfamiliar and leaned on the
+# safe prior (router/policies/unfamiliar.py); metrics and reports count such requests by it.
+UNFAMILIAR_PREFIX = "unfamiliar:"
+
 
 @dataclass(frozen=True, slots=True)
 class CacheHitInfo:

@@ -15,7 +15,7 @@ from tierwise.cache.embedder import SentenceEmbedder
 from tierwise.classifier import ModelRegistry, load_model
 from tierwise.router.config import Config
 from tierwise.training.commands import parse_score_cols
-from tierwise.training.crossval import cross_validate, summary_lines
+from tierwise.training.crossval import FoldTraining, cross_validate, summary_lines
 from tierwise.training.dataset import load_routing_data
 from tierwise.training.evaluate import evaluate, summary_table
 from tierwise.training.fit import Candidate
@@ -149,9 +149,8 @@ def test_cross_validation_runs_the_pipeline_per_fold_without_the_test_split(
     routerbench_dir, _ = slices
     config = slice_config()
     data = load_routing_data(routerbench_dir, config, lambda: embedder, KEY, tmp_path / "embeddings")
-    result = cross_validate(
-        data, config, folds=3, candidates=[Candidate("per_tier", 8, rounds=30)], strong="large", weak="medium"
-    )
+    training = FoldTraining(candidates=[Candidate("per_tier", 8, rounds=30)], strong="large", weak="medium")
+    result = cross_validate(data, config, folds=3, training=training)
     pool = int(np.isin(data.splits, ["train", "validation"]).sum())
     assert pool < len(data) and result["prompts"] == pool  # the test split's rows are never dealt
     assert result["folds"] == 3 and len(result["per_fold"]) == 3

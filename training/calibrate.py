@@ -22,7 +22,8 @@ from tierwise.router.config import Config
 from tierwise.router.policies.base import RoutingContext
 from tierwise.router.policies.classifier import Rule, max_utility
 from tierwise.training.dataset import RoutingData
-from tierwise.training.evaluate import COST_WEIGHTS, Scorer, classifier_sweeps, routing_contexts
+from tierwise.training.evaluate import Scorer, routing_contexts
+from tierwise.training.policy_sweeps import COST_WEIGHTS, classifier_sweeps
 
 FloatMatrix = npt.NDArray[np.float64]
 CALIBRATION_TARGETS: tuple[float, ...] = tuple(float(x) for x in np.round(np.linspace(0.0, 1.0, 101), 4))

@@ -12,9 +12,11 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from tierwise.training.routerbench import LAYOUTS, Layout
 
 if TYPE_CHECKING:
     from tierwise.classifier.model import ClassifierModel
@@ -32,7 +34,9 @@ ConfigOption = Annotated[
     Path, typer.Option(help="tierwise config whose tiers (names, models, prices) to use")
 ]
 RegistryOption = Annotated[Path, typer.Option(help="model registry directory")]
-FormatOption = Annotated[str, typer.Option("--format", help="data layout: routerbench or wide")]
+FormatOption = Annotated[
+    str, typer.Option("--format", help="data layout: routerbench, wide, or auto (decided per file)")
+]
 ScoreColOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -62,12 +66,11 @@ def parse_score_cols(items: list[str] | None) -> dict[str, str] | None:
     return mapping
 
 
-def _layout(value: str) -> Literal["routerbench", "wide"]:
-    if value == "routerbench":
-        return "routerbench"
-    if value == "wide":
-        return "wide"
-    raise typer.BadParameter("must be 'routerbench' or 'wide'", param_hint="--format")
+def _layout(value: str) -> Layout:
+    for layout in LAYOUTS:
+        if value == layout:
+            return layout
+    raise typer.BadParameter(f"must be one of {', '.join(LAYOUTS)}", param_hint="--format")
 
 
 def _cache(path: Path | None) -> Path:
@@ -251,27 +254,37 @@ def eval_router(
     score_col: ScoreColOption = None,
     cache_dir: CacheOption = None,
     split: Annotated[
-        str, typer.Option(help="held-out split: test (results) or validation (while tuning)")
+        str,
+        typer.Option(
+            help="held-out split: test (results), validation (while tuning), or all (every row of a set "
+            "the model never saw; needs --fit-data)"
+        ),
     ] = "test",
+    fit_data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--fit-data", help="fit the baselines on this set's train split instead (repeatable; --split all)"
+        ),
+    ] = None,
 ) -> None:
     """Cost-quality report of the router and the baselines on the held-out (test) split."""
-    from tierwise.training.evaluate import evaluate, summary_table
+    from tierwise.training.evaluate import EVAL_SPLITS, evaluate, summary_table
     from tierwise.training.plots import plot_report
 
-    if split not in ("test", "validation"):
-        raise typer.BadParameter("must be 'test' or 'validation'", param_hint="--split")
+    chosen = next((s for s in EVAL_SPLITS if s == split), None)
+    if chosen is None:
+        raise typer.BadParameter(f"must be one of {', '.join(EVAL_SPLITS)}", param_hint="--split")
+    if chosen == "all" and not fit_data:
+        raise typer.BadParameter(
+            "--split all scores every row: name the set to fit the baselines on with --fit-data",
+            param_hint="--fit-data",
+        )
     with _exit_2_on_evaluation_errors():
         settings, model, dataset = load_evaluation_inputs(
             data, config, registry, version, layout, score_col, cache_dir
         )
-        report = evaluate(
-            model,
-            dataset,
-            settings,
-            strong=strong,
-            weak=weak,
-            split="test" if split == "test" else "validation",
-        )
+        fit_on = load_dataset(fit_data, settings, layout, score_col, cache_dir) if fit_data else None
+        report = evaluate(model, dataset, settings, strong=strong, weak=weak, split=chosen, fit_on=fit_on)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     plot_report(report, out / "report.png")
@@ -295,28 +308,52 @@ def cv_router(
     cache_dir: CacheOption = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full result here")] = None,
     neighbour_weight: NeighbourWeightOption = 0.5,
+    by: Annotated[
+        str, typer.Option(help="fold: k folds dealt by sample id; task: leave one task out in turn")
+    ] = "fold",
+    task: Annotated[
+        list[str] | None, typer.Option(help="--by task: leave out only this task (repeatable; default all)")
+    ] = None,
+    left_out: Annotated[
+        str,
+        typer.Option(
+            help="--by task: score the left-out task's train+validation rows (pool) or its test split (test)"
+        ),
+    ] = "pool",
+    repeats: Annotated[int, typer.Option(help="--by task: LightGBM seeds per left-out task")] = 1,
 ) -> None:
     """Cross-validate training + evaluation on the train and validation splits (the test split is unused)."""
     from tierwise.router.config import ConfigError, load_config
-    from tierwise.training.crossval import cross_validate, summary_lines
+    from tierwise.training import crossval, task_crossval
 
+    if by not in ("fold", "task"):
+        raise typer.BadParameter("must be 'fold' or 'task'", param_hint="--by")
+    side = next((s for s in task_crossval.LEFT_OUT if s == left_out), None)
+    if side is None:
+        raise typer.BadParameter("must be 'pool' or 'test'", param_hint="--left-out")
     with _exit_2_on(ConfigError, FileNotFoundError, ValueError):
         settings = load_config(config)
         dataset = load_dataset(data, settings, layout, score_col, cache_dir)
-        result = cross_validate(
-            dataset,
-            settings,
-            folds=folds,
-            seed=fold_seed,
+        training = crossval.FoldTraining(
             quality_bar=quality_bar,
             strong=strong,
             weak=weak,
             lightgbm_seed=seed,
             neighbour_weight=neighbour_weight,
         )
+        if by == "task":
+            result = task_crossval.leave_one_task_out(
+                dataset, settings, tasks=task, left_out=side, repeats=repeats, training=training
+            )
+            lines = task_crossval.summary_lines(result)
+        else:
+            result = crossval.cross_validate(
+                dataset, settings, folds=folds, seed=fold_seed, training=training
+            )
+            lines = crossval.summary_lines(result)
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    typer.echo(summary_lines(result))
+    typer.echo(lines)
 
 
 def models_list(registry: RegistryOption = DEFAULT_REGISTRY) -> None:

@@ -33,8 +33,6 @@ from tierwise.router.policies.base import RoutingContext, TierOption
 from tierwise.router.policies.baselines import LengthPolicy
 from tierwise.router.policies.classifier import (
     RULES,
-    AdequacyModel,
-    ClassifierPolicy,
     Rule,
     cheapest_adequate,
     max_utility,
@@ -43,30 +41,23 @@ from tierwise.router.types import ChatMessage, RequestSpec
 from tierwise.training.baselines import TaskPrior, fit_vote
 from tierwise.training.dataset import RoutingData
 from tierwise.training.metrics import CurvePoint, aiq, apgr, cost_to_reach, cpt
+from tierwise.training.policy_sweeps import (
+    COST_WEIGHTS,
+    QUALITY_TARGETS,
+    Choices,
+    Sweep,
+    classifier_sweeps,
+    guard_summary,
+    serving_guard,
+)
 
 FloatMatrix = npt.NDArray[np.float64]
-Choices = npt.NDArray[np.int64]  # per prompt, the index of the chosen tier (in the data's tier order)
 
-QUALITY_TARGETS: tuple[float, ...] = tuple(float(x) for x in np.round(np.linspace(0.0, 1.0, 201), 4))
-# lambda (per USD) of the utility rule: 30 steps a decade, so no router's curve skips an operating point
-COST_WEIGHTS: tuple[float, ...] = (0.0, *(float(x) for x in np.logspace(-1, 6, 211)))
 RANDOM_SEEDS = 10
 SHARES: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.0, 1.0, 21))
-EvalSplit = Literal["validation", "test"]
+EvalSplit = Literal["validation", "test", "all"]
+EVAL_SPLITS: tuple[EvalSplit, ...] = ("validation", "test", "all")
 DEFAULT_PAIR_MODELS = ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")
-
-
-@dataclass(frozen=True)
-class _FixedSource:
-    model: ClassifierModel
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """A router's operating points: one choice vector per parameter value."""
-
-    name: str
-    runs: list[tuple[float, Choices]]
 
 
 class Scorer:
@@ -112,49 +103,6 @@ def routing_contexts(data: RoutingData, config: Config, candidates: Sequence[int
         )
         for i in range(len(data))
     ]
-
-
-def classifier_sweeps(
-    model: ClassifierModel,
-    contexts: Sequence[RoutingContext],
-    tier_names: Sequence[str],
-    rules: Sequence[Rule] = RULES,
-    targets: Sequence[float] = QUALITY_TARGETS,
-    via_calibration: bool = False,
-) -> list[Sweep]:
-    """``ClassifierPolicy``'s decision rules, one prediction per prompt: the threshold rule over the
-    quality ``targets``; the utility rule over ``COST_WEIGHTS`` (as the baselines' utility rule), or over
-    ``targets`` through the model's calibration table when ``via_calibration``."""
-    index = {name: i for i, name in enumerate(tier_names)}
-    policies = {rule: ClassifierPolicy(_FixedSource(model), list(tier_names), rule) for rule in rules}
-    first = next(iter(policies.values()))
-    predictions: list[tuple[dict[str, float], AdequacyModel]] = []
-    for context in contexts:
-        predicted = first.p_adequate(context)
-        if predicted is None:
-            raise ValueError("an evaluation context has no embedding")
-        predictions.append(predicted)
-    sweeps = []
-    for rule, policy in policies.items():
-        runs = []
-        if rule == "utility" and not via_calibration:
-            # The rule over the same lambda grid as every baseline's utility sweep: the calibration
-            # table only maps a quality target to one of these lambdas.
-            for weight in COST_WEIGHTS:
-                chosen = [
-                    index[max_utility(p, context.candidates, weight)[0]]
-                    for context, (p, _) in zip(contexts, predictions, strict=True)
-                ]
-                runs.append((weight, np.array(chosen, dtype=np.int64)))
-        else:
-            for target in targets:
-                choices = [
-                    index[policy.decide(replace(context, quality_target=target), p, used).tier]
-                    for context, (p, used) in zip(contexts, predictions, strict=True)
-                ]
-                runs.append((target, np.array(choices, dtype=np.int64)))
-        sweeps.append(Sweep(f"classifier-{rule}", runs))
-    return sweeps
 
 
 def by_target_curve(rule: Rule) -> str:
@@ -343,8 +291,11 @@ def evaluate_view(
     scorer = Scorer(held_out.scores, held_out.realized_costs(), strongest)
     contexts = routing_contexts(held_out, config, candidates)
     tier_names = config.tier_names
-    sweeps = classifier_sweeps(model, contexts, tier_names)
-    (by_target,) = classifier_sweeps(model, contexts, tier_names, rules=("utility",), via_calibration=True)
+    guard = serving_guard(model, config)
+    sweeps = classifier_sweeps(model, contexts, tier_names, unfamiliar=guard)
+    (by_target,) = classifier_sweeps(
+        model, contexts, tier_names, rules=("utility",), via_calibration=True, unfamiliar=guard
+    )
     sweeps.append(replace(by_target, name=by_target_curve("utility")))
     columns = list(candidates)
     sweeps += probability_sweeps(
@@ -379,27 +330,35 @@ def evaluate(
     weak: str | None = None,
     quality_bar: float | None = None,
     split: EvalSplit = "test",
+    fit_on: RoutingData | None = None,
 ) -> dict[str, Any]:
     """The full report (JSON-ready) for one held-out split of ``data``: ``test`` for results,
-    ``validation`` while tuning (the classifier chose among its candidates there, so it is not a result)."""
-    if split not in ("validation", "test"):
-        raise ValueError(f"evaluate on 'validation' or 'test', not {split!r}")
+    ``validation`` while tuning (the classifier chose among its candidates there, so it is not a result),
+    ``all`` for every row of a set the model never saw. The baselines fit on ``fit_on``'s train split
+    (kNN's k on its validation split), ``data``'s by default; ``all`` needs another set to fit them on."""
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"evaluate on one of {EVAL_SPLITS}, not {split!r}")
+    if split == "all" and fit_on is None:
+        raise ValueError("scoring every row needs another data set to fit the baselines on (fit_on)")
     bar = model.manifest.quality_bar if quality_bar is None else quality_bar
-    held_out = data.split(split)
+    held_out = data if split == "all" else data.split(split)
     held_out = held_out.subset(held_out.complete())
     if len(held_out) == 0:
         raise ValueError(f"the {split} split has no prompt scored for every tier")
-    baselines = fit_baselines(data, bar)
+    fit_rows = data if fit_on is None else fit_on
+    baselines = fit_baselines(fit_rows, bar)
     all_tiers = list(range(len(config.tiers)))
     names = config.tier_names
-    curves, singles, _ = evaluate_view(model, data, held_out, config, all_tiers, baselines, bar)
+    curves, singles, _ = evaluate_view(model, fit_rows, held_out, config, all_tiers, baselines, bar)
     report: dict[str, Any] = {
         "model_version": model.version,
         "data_hash": data.data_hash,
         "split": split,
+        "baselines_fit_on": {"data_hash": fit_rows.data_hash, "split": "train"},
         "prompts": len(held_out),
         "quality_bar": bar,
         "knn_k": baselines.knn.k,
+        "unfamiliar": guard_summary(model, config, held_out.features),
         "tiers": {
             name: {"quality": round(p.quality, 6), "cost": round(p.cost, 9)} for name, p in singles.items()
         },
@@ -409,7 +368,7 @@ def evaluate(
     if pair is not None:
         weak_index, strong_index = pair
         pair_curves, pair_singles, scorer = evaluate_view(
-            model, data, held_out, config, [weak_index, strong_index], baselines, bar
+            model, fit_rows, held_out, config, [weak_index, strong_index], baselines, bar
         )
         pair_curves["oracle"] = oracle_pair_points(scorer, weak_index, strong_index)
         report["pair"] = {

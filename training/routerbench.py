@@ -6,7 +6,10 @@ list literal of prompt strings), ``eval_name``, and per model M the columns
 ``M|total_cost`` (USD). Wide layout: a ``prompt`` column, optional
 ``sample_id``/``id`` and ``eval_name``/``task`` columns, and one score or
 boolean column per model, with the same optional ``|`` companions.
-An empty score or cost cell is missing, never 0.
+An empty score or cost cell is missing, never 0. ``auto`` decides per file: a
+header with ``sample_id``, ``eval_name`` and a ``|total_cost`` column is
+RouterBench's, any other is wide (so RouterBench's tasks and GSM8K's wide
+file load together).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-Layout = Literal["routerbench", "wide"]
+Layout = Literal["routerbench", "wide", "auto"]
+FileLayout = Literal["routerbench", "wide"]
+LAYOUTS: tuple[Layout, ...] = ("routerbench", "wide", "auto")
 Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 DEFAULT_SPLIT_SEED = "tierwise-v1"
@@ -93,8 +98,8 @@ def load_rows(
     ``score_col_map`` renames and selects models: {tier or name: score column};
     without it every model column of each file is read under its own name.
     """
-    if format not in ("routerbench", "wide"):
-        raise ValueError(f"format must be 'routerbench' or 'wide', got {format!r}")
+    if format not in LAYOUTS:
+        raise ValueError(f"format must be one of {LAYOUTS}, got {format!r}")
     csv.field_size_limit(max(csv.field_size_limit(), _FIELD_SIZE_LIMIT))
     rows: list[RouterBenchRow] = []
     for path in csv_files(paths):
@@ -102,11 +107,20 @@ def load_rows(
     return rows
 
 
+def file_layout(header: Sequence[str], layout: Layout) -> FileLayout:
+    """The layout of a file with this header: ``layout`` itself unless it is ``auto``."""
+    if layout != "auto":
+        return layout
+    recorded_costs = any(c.endswith(COST_SUFFIX) for c in header)
+    return "routerbench" if {"sample_id", "eval_name"} <= set(header) and recorded_costs else "wide"
+
+
 def _read_file(
-    path: Path, layout: Layout, score_col_map: Mapping[str, str] | None
+    path: Path, format: Layout, score_col_map: Mapping[str, str] | None
 ) -> Iterator[RouterBenchRow]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
+        layout = file_layout(reader.fieldnames or [], format)
         columns = _columns(path, reader.fieldnames or [], layout, score_col_map)
         for record in reader:
             where = f"{path}:{reader.line_num}"
@@ -114,7 +128,7 @@ def _read_file(
 
 
 def _columns(
-    path: Path, header: Sequence[str], layout: Layout, score_col_map: Mapping[str, str] | None
+    path: Path, header: Sequence[str], layout: FileLayout, score_col_map: Mapping[str, str] | None
 ) -> _Columns:
     present = set(header)
     required = ("sample_id", "prompt") if layout == "routerbench" else ("prompt",)
@@ -139,7 +153,7 @@ def _columns(
 
 
 def _row(
-    record: Mapping[str, str | None], columns: _Columns, layout: Layout, path: Path, where: str
+    record: Mapping[str, str | None], columns: _Columns, layout: FileLayout, path: Path, where: str
 ) -> RouterBenchRow:
     def cell(column: str) -> str:
         return record.get(column) or ""

@@ -33,7 +33,7 @@ from tierwise.router.policies.classifier import Rule
 from tierwise.training.baselines import fit_vote
 from tierwise.training.calibrate import utility_calibration
 from tierwise.training.dataset import RoutingData, load_routing_data
-from tierwise.training.evaluate import Scorer, classifier_sweeps, routing_contexts, tier_set_aiq
+from tierwise.training.evaluate import Scorer, routing_contexts, tier_set_aiq
 from tierwise.training.fit import (
     DEFAULT_GRID,
     Candidate,
@@ -44,7 +44,9 @@ from tierwise.training.fit import (
     select,
 )
 from tierwise.training.metrics import aiq
+from tierwise.training.policy_sweeps import classifier_sweeps
 from tierwise.training.routerbench import Layout
+from tierwise.training.unfamiliarity_fit import DEFAULT_QUANTILE, attach_unfamiliarity, fit_unfamiliarity
 
 PARITY_TOLERANCE = 1e-5
 # The served P is this mix of the trees' and the kNN vote's (tierwise.classifier.neighbours): chosen by three
@@ -274,11 +276,14 @@ def train(
     console: Console | None = None,
     prepared: RoutingData | None = None,
     neighbour_weight: float = DEFAULT_NEIGHBOUR_WEIGHT,
+    unfamiliar_quantile: float = DEFAULT_QUANTILE,
 ) -> TrainResult:
     """Fit, select on validation, export, verify, calibrate and register a new model version.
 
     ``prepared`` skips loading when the caller already holds the data; ``neighbour_weight`` is the
-    kNN vote's share of the served P (0: the trees alone).
+    kNN vote's share of the served P (0: the trees alone, and no unfamiliarity calibration, which
+    measures against the vote's memory); ``unfamiliar_quantile``: the share of validation prompts
+    below the unfamiliarity threshold.
     """
     if not 0.0 <= quality_bar <= 1.0:
         raise ValueError(f"quality_bar must lie in [0, 1], got {quality_bar}")
@@ -361,6 +366,17 @@ def train(
         calibration = utility_calibration(probabilities, contexts, complete.adequate(quality_bar))
         metrics = _metrics(model, dataset, settings, quality_bar, parity)
         manifest = replace(manifest, calibration=calibration, metrics=metrics)
+        if neighbours is not None:
+            unfamiliarity = fit_unfamiliarity(
+                model.tree_matrix(validation.features),
+                neighbours.vote,
+                neighbour_weight,
+                validation.embeddings,
+                validation.adequate(quality_bar),
+                train_rows.adequate(quality_bar),
+                unfamiliar_quantile,
+            )
+            manifest = attach_unfamiliarity(staging, manifest, unfamiliarity)
         write_manifest(staging, manifest)
         final = registry.version_dir(version)
         os.replace(staging, final)

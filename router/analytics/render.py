@@ -54,6 +54,7 @@ METRICS: tuple[tuple[str, Callable[[GroupReport], Value]], ...] = (
     ("net_saved_usd", lambda g: g.net_saved_usd),
     ("error_rate", lambda g: _share(g.error_rate)),
     ("fallback_rate", lambda g: _share(g.fallback_rate)),
+    ("unfamiliar_share", lambda g: _share(g.unfamiliar_share)),
     ("cache_hit_rate", lambda g: _share(g.cache_hit_rate)),
     *_percentiles("latency", lambda g: g.latency_ms),
     *_percentiles("ttft", lambda g: g.ttft_ms),

@@ -66,6 +66,7 @@ class GroupReport(CacheHitRate):
     errors: int
     fallbacks: int
     cache_hits: int
+    unfamiliar: int  # routed on the safe prior: the classifier found the prompt unfamiliar
     latency_ms: Percentiles  # every request's total latency, as its caller saw it
     ttft_ms: Percentiles  # successful requests that produced a first token
 
@@ -84,6 +85,10 @@ class GroupReport(CacheHitRate):
     @property
     def fallback_rate(self) -> float:
         return self.fallbacks / self.requests if self.requests else 0.0
+
+    @property
+    def unfamiliar_share(self) -> float:
+        return self.unfamiliar / self.requests if self.requests else 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,7 @@ class _Sums:
     errors: int = 0
     fallbacks: int = 0
     cache_hits: int = 0
+    unfamiliar: int = 0
 
     def __post_init__(self) -> None:
         self.spend: list[Decimal] = []
@@ -122,6 +128,7 @@ class _Sums:
         self.errors += row.errors
         self.fallbacks += row.fallbacks
         self.cache_hits += row.cache_hits
+        self.unfamiliar += row.unfamiliar
         self.spend.append(row.cost_usd)
         (self.cache_saved if cache_result in CACHE_HITS else self.routing_saved).append(row.saved_usd)
         self.router_cost.append(row.router_cost_usd)
@@ -140,6 +147,7 @@ class _Sums:
             errors=self.errors,
             fallbacks=self.fallbacks,
             cache_hits=self.cache_hits,
+            unfamiliar=self.unfamiliar,
             latency_ms=Percentiles.of(self.latency),
             ttft_ms=Percentiles.of(self.ttft),
         )

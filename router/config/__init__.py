@@ -67,6 +67,7 @@ from tierwise.router.config.settings import Config, ConfigError, load_config, pa
 from tierwise.router.config.strict import (
     TIER_NAME,
 )
+from tierwise.router.config.unfamiliar import UnfamiliarAction, UnfamiliarConfig
 
 __all__ = [
     "COSINE_ONLY_THRESHOLD",
@@ -115,6 +116,8 @@ __all__ = [
     "TlsConfig",
     "TracingConfig",
     "TrafficConfig",
+    "UnfamiliarAction",
+    "UnfamiliarConfig",
     "load_config",
     "parse_config",
 ]

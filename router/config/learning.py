@@ -55,6 +55,17 @@ class SamplingConfig(StrictSection):
         1000, gt=0, description="sampled requests waiting; beyond it new ones are skipped"
     )
     timeout_s: float = Field(60.0, gt=0, description="deadline of each shadow or judge call")
+    active_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="beside the uniform draw, the share of informative requests judged (unfamiliar to the "
+        "classifier, or its P(adequate) for the served tier within uncertain_margin of 0.5): active learning",
+    )
+    uncertain_margin: float = Field(0.1, ge=0, le=0.5, description="|P(adequate) - 0.5| counted uncertain")
+    uniform_budget_share: float = Field(
+        0.25, ge=0, le=1, description="share of budget_usd active draws may not take (the uniform sample's)"
+    )
 
     @field_validator("rate_by_tier", "rate_by_arm")
     @classmethod

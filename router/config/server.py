@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Discriminator, Field, SecretStr, Tag, field_validator, model_validator
 
 from tierwise.router.config.strict import TIER_NAME, StrictSection, duplicate_names, sha256_digest
+from tierwise.router.config.unfamiliar import UnfamiliarConfig
 
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 token
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -253,6 +254,7 @@ class ClassifierConfig(StrictSection):
     watch_interval_s: float = Field(
         2.0, ge=0, description="how often the registry pointer is checked for a promoted version (0: never)"
     )
+    unfamiliar: UnfamiliarConfig = UnfamiliarConfig()
 
 
 class RoutingConfig(StrictSection):

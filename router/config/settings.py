@@ -102,6 +102,11 @@ class Config(BaseSettings):
         unknown = sorted(set(self.routing.length_thresholds) - set(names))
         if unknown:
             raise ValueError(f"routing.length_thresholds: unknown tiers {unknown}; configured: {names}")
+        unfamiliar_tier = self.routing.classifier.unfamiliar.tier
+        if unfamiliar_tier is not None and unfamiliar_tier not in names:
+            raise ValueError(
+                f"routing.classifier.unfamiliar.tier: unknown tier {unfamiliar_tier!r}; configured: {names}"
+            )
         return self
 
     @model_validator(mode="after")

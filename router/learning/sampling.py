@@ -11,23 +11,23 @@ book every call's spend in the ledger under the sampling feature.
 Every shadow and judge call first reserves the most it can cost (its token
 cap at the tier's price) against ``JudgeBudget``; a call that does not fit is
 skipped, so the sampling spend of a window never exceeds ``budget_usd``.
+Beside the uniform draw, ``active_rate`` draws informative requests (unfamiliar
+or uncertain; ``active.py``), within their share of the budget.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Literal
 
 from tierwise.router.config import Config, TierConfig
 from tierwise.router.feedback.store import FeedbackRecord, FeedbackStore
+from tierwise.router.learning.active import SAMPLE_KINDS, JudgeBudget, SampleKind, sample_kind
 from tierwise.router.learning.judge import Judge, JudgeItem, Judgment
 from tierwise.router.ledger.record import SpendRecord
 from tierwise.router.ledger.spend_ledger import SpendLedger
@@ -41,53 +41,11 @@ from tierwise.router.types import RequestSpec, TokenUsage
 log = logging.getLogger("tierwise.sampling")
 
 
-def window_start(window: Literal["day", "month"], now: float) -> float:
-    moment = datetime.fromtimestamp(now, UTC)
-    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    if window == "month":
-        start = start.replace(day=1)
-    return start.timestamp()
-
-
-class JudgeBudget:
-    """The sampling spend of the current window: spent + reserved never exceeds the limit."""
-
-    def __init__(self, limit_usd: Decimal, window: Literal["day", "month"]) -> None:
-        self.limit_usd = limit_usd
-        self._window = window
-        self._period = window_start(window, time.time())
-        self.spent_usd = Decimal(0)
-        self.reserved_usd = Decimal(0)
-
-    def _roll(self) -> None:
-        period = window_start(self._window, time.time())
-        if period != self._period:
-            self._period, self.spent_usd = period, Decimal(0)
-
-    @property
-    def period_start(self) -> float:
-        return self._period
-
-    def seed(self, spent_usd: Decimal) -> None:
-        """What this window already spent (read from the ledger at start: a restart does not reset it)."""
-        self.spent_usd = spent_usd
-
-    def reserve(self, amount: Decimal) -> bool:
-        self._roll()
-        if self.spent_usd + self.reserved_usd + amount > self.limit_usd:
-            return False
-        self.reserved_usd += amount
-        return True
-
-    def settle(self, reserved: Decimal, actual: Decimal) -> None:
-        self.reserved_usd -= reserved
-        self.spent_usd += actual
-
-
 @dataclass(frozen=True, slots=True)
 class _Sampled:
     spec: RequestSpec
     completion: Completion
+    kind: SampleKind = "uniform"
 
 
 def _comparable_text(spec: RequestSpec, completion: Completion) -> bool:
@@ -98,13 +56,6 @@ def _comparable_text(spec: RequestSpec, completion: Completion) -> bool:
     if completion.tool_calls or spec.tools_json or spec.response_format_json or spec.has_images:
         return False
     return not any(m.tool_calls or m.tool_call_id for m in spec.messages)
-
-
-def _draw(request_id: str) -> float:
-    """A uniform number in [0, 1) from the request id: the same request is always in or out."""
-    return (
-        int.from_bytes(hashlib.sha256(f"tierwise-sample:{request_id}".encode()).digest()[:8], "big") / 2**64
-    )
 
 
 class Sampler:
@@ -124,7 +75,8 @@ class Sampler:
         self._feedback = feedback
         self._ledger = ledger
         self._tokens = tokens
-        self.budget = JudgeBudget(self._settings.budget_usd, self._settings.window)
+        active_share = Decimal(1) - Decimal(repr(self._settings.uniform_budget_share))
+        self.budget = JudgeBudget(self._settings.budget_usd, self._settings.window, active_share)
         self._rank = {t.name: i for i, t in enumerate(config.tiers)}
         self._queue: asyncio.Queue[_Sampled] = asyncio.Queue(self._settings.max_queued)
         self._workers: list[asyncio.Task[None]] = []
@@ -143,17 +95,21 @@ class Sampler:
     def offer(self, spec: RequestSpec, completion: Completion) -> None:
         """Queue the request for judging if it is drawn; never blocks."""
         decision = completion.decision
-        if decision.cache_hit is not None or _draw(decision.request_id) >= self.rate(decision):
+        if decision.cache_hit is not None:
+            return
+        kind = sample_kind(decision, self.rate(decision), self._settings)
+        if kind is None:
             return
         if not _comparable_text(spec, completion):
             self.counts["skipped_tools"] += 1
             return
         try:
-            self._queue.put_nowait(_Sampled(spec, completion))
+            self._queue.put_nowait(_Sampled(spec, completion, kind))
         except asyncio.QueueFull:
             self.counts["skipped_queue_full"] += 1
             return
         self.counts["sampled"] += 1
+        self.counts[f"sampled_{kind}"] += 1
 
     # -- life cycle ----------------------------------------------------------
 
@@ -161,9 +117,12 @@ class Sampler:
         if self._ledger is not None:
             since = self.budget.period_start
             totals = await self._ledger.totals(
-                since, time.time() + 1, filters={"feature": self._settings.feature}
+                since, time.time() + 1, ["sample"], filters={"feature": self._settings.feature}
             )
-            self.budget.seed(sum((t.cost_usd for t in totals), Decimal(0)))
+            spent = dict.fromkeys(SAMPLE_KINDS, Decimal(0))
+            for row in totals:  # spend booked before draws were told apart counts as uniform
+                spent["active" if row.group["sample"] == "active" else "uniform"] += row.cost_usd
+            self.budget.seed(spent)
         self._workers = [
             asyncio.create_task(self._work(), name=f"sampling-{i}") for i in range(self._settings.concurrency)
         ]
@@ -215,11 +174,11 @@ class Sampler:
         for tier, text, role in answers:
             judge_item = JudgeItem(decision.request_id, item.spec.messages, text, tier.name, tier.model)
             reserved = self.judge.max_cost_usd(judge_item)
-            if not self.budget.reserve(reserved):
+            if not self.budget.reserve(reserved, item.kind):
                 self.counts["skipped_budget"] += 1
                 continue
             judgment = await self.judge.judge(judge_item)
-            self.budget.settle(reserved, judgment.cost_usd)
+            self.budget.settle(reserved, judgment.cost_usd, item.kind)
             self.spent_usd["judge"] += judgment.cost_usd
             self._book_judge(item, judgment, role, tier)
             if judgment.score is None:
@@ -236,7 +195,7 @@ class Sampler:
         max_output = min(spec.max_tokens or tier.max_output_tokens, tier.max_output_tokens)
         input_tokens = self._tokens.count_messages(spec.messages, tier.model, encoding=tier.encoding)
         reserved = expected_cost_usd(tier.price, input_tokens, max_output)
-        if not self.budget.reserve(reserved):
+        if not self.budget.reserve(reserved, item.kind):
             self.counts["skipped_budget"] += 1
             return None
         call = ChatCall(
@@ -245,7 +204,7 @@ class Sampler:
         try:
             result = await self._providers[tier.name].complete(call)
         except ProviderError as exc:
-            self.budget.settle(reserved, Decimal(0))
+            self.budget.settle(reserved, Decimal(0), item.kind)
             self.counts["shadow_failures"] += 1
             log.warning("shadow call failed", extra={"tier": tier.name, "error": exc.message})
             return None
@@ -253,7 +212,7 @@ class Sampler:
             input_tokens, self._tokens.count_text(result.content, model=tier.model)
         )
         spent = cost_usd(tier.price, usage)
-        self.budget.settle(reserved, spent)
+        self.budget.settle(reserved, spent, item.kind)
         self.spent_usd["shadow"] += spent
         self.counts["shadow_calls"] += 1
         self._book(item, "shadow", tier, usage, spent)
@@ -279,7 +238,7 @@ class Sampler:
                 ts=time.time(),
                 tenant=item.spec.tenant,
                 feature=self._settings.feature,
-                tags={"learning": kind, "for_request": decision.request_id},
+                tags={"learning": kind, "for_request": decision.request_id, "sample": item.kind},
                 experiment=decision.experiment,
                 arm=decision.arm,
                 tier=tier.name,
@@ -314,12 +273,15 @@ class Sampler:
                 "judge": judgment.judge,
                 "experiment": decision.experiment,
                 "arm": decision.arm,
+                "sample": item.kind,  # uniform: an unbiased draw; active: drawn for being informative
             },
         )
 
     def stats(self) -> dict[str, object]:
         return {
             **{k: self.counts[k] for k in ("sampled", "judgments", "judge_failures", "shadow_calls")},
+            **{k: self.counts[k] for k in ("sampled_uniform", "sampled_active")},
+            "active_spent_usd": str(self.budget.spent["active"]),
             **{k: self.counts[k] for k in ("shadow_failures", "skipped_budget", "skipped_queue_full")},
             "skipped_tools": self.counts["skipped_tools"],
             "spent_usd": str(self.budget.spent_usd),

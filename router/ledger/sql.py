@@ -16,6 +16,7 @@ from operator import attrgetter
 from typing import Any, Literal
 
 from tierwise.router.ledger.record import FIELD_NAMES, SpendRecord
+from tierwise.router.outcome import UNFAMILIAR_PREFIX
 
 TABLE = "tierwise_spend"
 
@@ -91,6 +92,7 @@ class SpendTotals:
     errors: int
     fallbacks: int
     cache_hits: int
+    unfamiliar: int = 0  # routed on the safe prior: the classifier found the prompt unfamiliar
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,8 @@ def totals_sql(
         "SUM(CASE WHEN status <> 'OK' THEN 1 ELSE 0 END)",
         "SUM(CASE WHEN fallback THEN 1 ELSE 0 END)",
         "SUM(CASE WHEN cache_result IN ('exact', 'semantic') THEN 1 ELSE 0 END)",
+        # The reason column predates the unfamiliar guard, so older stores need no migration.
+        f"SUM(CASE WHEN reason LIKE '{UNFAMILIAR_PREFIX}%' THEN 1 ELSE 0 END)",
     ]
     query = f"SELECT {', '.join(selects)} FROM {TABLE} WHERE {where}"
     if dims:
@@ -302,7 +306,10 @@ def totals_from_rows(dims: Sequence[Dimension], rows: Sequence[Sequence[Any]]) -
         requests = int(row[n])
         if requests == 0:  # an ungrouped query over no rows still returns one row
             continue
-        ints = [int(v or 0) for v in (row[n + 1], row[n + 2], row[n + 3], row[n + 7], row[n + 8], row[n + 9])]
+        ints = [
+            int(v or 0)
+            for v in (row[n + 1], row[n + 2], row[n + 3], row[n + 7], row[n + 8], row[n + 9], row[n + 10])
+        ]
         money = [Decimal(v or 0) for v in (row[n + 4], row[n + 5], row[n + 6])]
         out.append(
             SpendTotals(
@@ -317,6 +324,7 @@ def totals_from_rows(dims: Sequence[Dimension], rows: Sequence[Sequence[Any]]) -
                 errors=ints[3],
                 fallbacks=ints[4],
                 cache_hits=ints[5],
+                unfamiliar=ints[6],
             )
         )
     return out

@@ -29,6 +29,7 @@ from tierwise.router.config import MetricLabel, MetricsConfig
 from tierwise.router.ledger.record import CACHE_RESULTS, SpendRecord
 from tierwise.router.ledger.spend_ledger import LedgerStats, SpendLedger
 from tierwise.router.observability.label_values import BoundedLabelValues
+from tierwise.router.outcome import UNFAMILIAR_PREFIX
 
 OPERATION = "chat"
 ALLOWED_LABELS: tuple[str, ...] = get_args(MetricLabel)
@@ -91,6 +92,11 @@ class SamplingCounts(Protocol):
 # (sampler count key, series name, help)
 SAMPLING_COUNTERS = (
     ("sampled", "tierwise_sampling_sampled", "Served requests drawn for judging."),
+    (
+        "sampled_active",
+        "tierwise_sampling_sampled_active",
+        "Of those, drawn as informative (active learning).",
+    ),
     ("judgments", "tierwise_sampling_judgments", "Scores stored by the judge (served and shadow answers)."),
     ("judge_failures", "tierwise_sampling_judge_failures", "Judge calls that gave no usable score."),
     ("skipped_budget", "tierwise_sampling_skipped_budget", "Shadow or judge calls skipped: over the budget."),
@@ -274,6 +280,12 @@ class Metrics:
             registry=r,
         )
         self._anomaly_labels = tuple(name for name in ("tenant", "feature") if name in self.labels)
+        self.unfamiliar = Counter(
+            "tierwise_unfamiliar_requests",
+            "Requests whose prompt the classifier found unfamiliar, routed on the safe prior.",
+            self._anomaly_labels,  # tenant and feature, where configured
+            registry=r,
+        )
         self.cost_anomalies = Counter(
             "tierwise_cost_anomalies",
             "Hours whose spend was flagged as anomalous (feature '*': the tenant's total).",
@@ -304,6 +316,12 @@ class Metrics:
         self.requests.labels(*values, rec.status, rec.cache_result).inc()
         if rec.fallback:
             self.fallbacks.labels(*values).inc()
+        if rec.reason.startswith(UNFAMILIAR_PREFIX):
+            by = dict(zip(self.labels, values, strict=True))
+            if self._anomaly_labels:
+                self.unfamiliar.labels(*(by[name] for name in self._anomaly_labels)).inc()
+            else:
+                self.unfamiliar.inc()
         self.overhead.labels(rec.cache_result).observe(rec.overhead_ms / 1000)
         if rec.upstream_ms <= 0:
             return  # no upstream call: a cache hit, or refused (budget, open circuits) before one

@@ -9,7 +9,9 @@ Two rules read the same probabilities:
   largest lambda that still reached that adequacy on the validation split).
 
 Without an embedding, or when the model fails, the fallback policy decides and
-the reason says so.
+the reason says so. With ``routing.classifier.unfamiliar`` on, the model also
+says how unfamiliar the prompt is, and past its calibrated threshold the
+policy leans on the safe prior (``unfamiliar.py``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from tierwise.classifier import UtilityCalibration, prompt_features
+from tierwise.classifier.model import Assessment
+from tierwise.classifier.unfamiliarity import UnfamiliarityCalibration
+from tierwise.router.config import UnfamiliarConfig
 from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierChoice, TierOption
 from tierwise.router.policies.baselines import StrongestPolicy
+from tierwise.router.policies.unfamiliar import UNFAMILIAR_PREFIX, Judgement, UnfamiliarGuard
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,12 @@ class AdequacyModel(Protocol):
     @property
     def calibration(self) -> UtilityCalibration | None: ...
 
+    @property
+    def unfamiliarity(self) -> UnfamiliarityCalibration | None: ...
+
     def predict(self, features: npt.NDArray[np.float32]) -> dict[str, float]: ...
+
+    def assess(self, features: npt.NDArray[np.float32]) -> Assessment: ...
 
 
 class ModelSource(Protocol):
@@ -102,6 +113,7 @@ class ClassifierPolicy:
         configured_tiers: Sequence[str],
         rule: Rule = "threshold",
         fallback: RoutingPolicy | None = None,
+        unfamiliar: UnfamiliarConfig | None = None,
     ) -> None:
         if rule not in RULES:
             raise ValueError(f"unknown decision rule {rule!r}; choose one of {RULES}")
@@ -116,37 +128,56 @@ class ClassifierPolicy:
             raise ValueError(
                 f"classifier model {model.version!r} has no utility calibration; use rule 'threshold'"
             )
+        guarded = unfamiliar is not None and unfamiliar.action != "trust_model"
+        if guarded and model.unfamiliarity is None:
+            raise ValueError(
+                f"classifier model {model.version!r} has no unfamiliarity calibration; retrain it, or set "
+                "unfamiliar.action: trust_model"
+            )
         self._source = source
         self.rule: Rule = rule
         self._fallback = fallback or StrongestPolicy()
+        self._guard = UnfamiliarGuard(unfamiliar, configured_tiers) if guarded and unfamiliar else None
 
-    def p_adequate(self, context: RoutingContext) -> tuple[dict[str, float], AdequacyModel] | None:
-        """P(adequate) for every tier the model knows, and the model that said so; None without an embedding."""
+    def p_adequate(self, context: RoutingContext) -> Judgement | None:
+        """P(adequate) for every tier the model knows (moved toward the base rates when the prompt is
+        unfamiliar), and the model that said so; None without an embedding."""
         features = context_features(context)
         if features is None:
             return None
         model = self._source.model  # held for the whole request, whatever a reload does meanwhile
-        return model.predict(features), model
+        if self._guard is not None:
+            return self._guard.judge(model, features)
+        return Judgement(model.predict(features), model)
 
     def decide(
-        self, context: RoutingContext, p_adequate: Mapping[str, float], model: AdequacyModel
+        self, context: RoutingContext, judged: Judgement, cost_weight: float | None = None
     ) -> TierChoice:
-        if self.rule == "threshold":
+        """The rule's choice on ``judged``; ``cost_weight`` replaces the utility rule's calibrated lambda."""
+        model, p_adequate = judged.model, judged.p_adequate
+        acted = self._guard.decide(context, p_adequate) if self._guard and judged.unfamiliar else None
+        if acted is not None:
+            tier, reason = acted
+        elif self.rule == "threshold" and cost_weight is None:
             tier, reason = cheapest_adequate(p_adequate, context.candidates, context.quality_target)
         else:
-            calibration = model.calibration
-            if calibration is None:
-                raise ValueError(f"classifier model {model.version!r} has no utility calibration")
-            weight = calibration.lambda_for(context.quality_target)
+            weight = cost_weight
+            if weight is None:
+                calibration = model.calibration
+                if calibration is None:
+                    raise ValueError(f"classifier model {model.version!r} has no utility calibration")
+                weight = calibration.lambda_for(context.quality_target)
             tier, reason = max_utility(p_adequate, context.candidates, weight)
+        if judged.unfamiliar and acted is None:
+            reason = UNFAMILIAR_PREFIX + reason
         return TierChoice(tier, reason, dict(p_adequate), model.version)
 
     def choose(self, context: RoutingContext) -> TierChoice:
         try:
-            predicted = self.p_adequate(context)
-            if predicted is None:
+            judged = self.p_adequate(context)
+            if judged is None:
                 return self._fall_back(context, "no-embedding")
-            return self.decide(context, *predicted)
+            return self.decide(context, judged)
         except Exception as exc:  # the model must never take a request down with it
             log.warning("classifier policy failed, falling back to %s: %s", self._fallback.name, exc)
             return self._fall_back(context, "model-error")

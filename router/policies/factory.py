@@ -32,7 +32,12 @@ def load_serving_model(routing: RoutingConfig, tiers: Sequence[str], device: str
     from tierwise.classifier.registry import ModelRegistry, ServingModel
     from tierwise.router.config import ConfigError
 
-    serving = ServingModel(ModelRegistry(routing.classifier.registry), tiers, device=device)
+    serving = ServingModel(
+        ModelRegistry(routing.classifier.registry),
+        tiers,
+        device=device,
+        require_unfamiliarity=routing.classifier.unfamiliar.action != "trust_model",
+    )
     loaded = serving.reload()
     if not serving.loaded:
         raise ConfigError(f"routing.classifier.registry: no usable model version: {loaded.error}")
@@ -55,7 +60,11 @@ def load_model_version(
 
     registry = ModelRegistry(routing.classifier.registry)
     try:
-        return PinnedModel(load_model(registry.version_dir(version), tiers, device=device))
+        required = routing.classifier.unfamiliar.action != "trust_model"
+        model = load_model(
+            registry.version_dir(version), tiers, device=device, require_unfamiliarity=required
+        )
+        return PinnedModel(model)
     except (ModelRefused, RegistryError, OSError) as exc:
         raise ConfigError(f"model version {version!r} in {registry.root}: {exc}") from None
 
@@ -72,6 +81,8 @@ def build_policy(
     if serving is None:
         raise ValueError("the classifier policy needs a serving model (load_serving_model)")
     try:
-        return ClassifierPolicy(serving, tiers, routing.classifier.rule)
+        return ClassifierPolicy(
+            serving, tiers, routing.classifier.rule, unfamiliar=routing.classifier.unfamiliar
+        )
     except ValueError as exc:
         raise ConfigError(f"routing.classifier: {exc}") from None

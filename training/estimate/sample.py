@@ -26,7 +26,8 @@ from tierwise.router.config import Config
 from tierwise.router.policies.classifier import Rule
 from tierwise.router.tokens import TokenCounter
 from tierwise.training.dataset import RoutingData, prompt_tokens_by_tier
-from tierwise.training.evaluate import classifier_sweeps, routing_contexts
+from tierwise.training.evaluate import routing_contexts
+from tierwise.training.policy_sweeps import classifier_sweeps
 from tierwise.training.routerbench import RouterBenchRow
 
 IntMatrix = npt.NDArray[np.int64]
