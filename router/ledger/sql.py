@@ -242,8 +242,9 @@ def totals_sql(
         "SUM(CASE WHEN status <> 'OK' THEN 1 ELSE 0 END)",
         "SUM(CASE WHEN fallback THEN 1 ELSE 0 END)",
         "SUM(CASE WHEN cache_result IN ('exact', 'semantic') THEN 1 ELSE 0 END)",
-        # The reason column predates the unfamiliar guard, so older stores need no migration.
-        f"SUM(CASE WHEN reason LIKE '{UNFAMILIAR_PREFIX}%' THEN 1 ELSE 0 END)",
+        # The reason column predates the unfamiliar guard, so older stores need no migration. A
+        # prefix compare, not LIKE '…%': psycopg reads a bare % in the query as a placeholder.
+        f"SUM(CASE WHEN SUBSTR(reason, 1, {len(UNFAMILIAR_PREFIX)}) = '{UNFAMILIAR_PREFIX}' THEN 1 ELSE 0 END)",
     ]
     query = f"SELECT {', '.join(selects)} FROM {TABLE} WHERE {where}"
     if dims:
