@@ -23,9 +23,9 @@ from tierwise.router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handle
 from tierwise.router.analytics.dashboard_http import Dashboard
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
-from tierwise.router.call_progress import CallProgress
+from tierwise.router.call_progress import CallProgress, PromptTokens
 from tierwise.router.config import Config, ConfigError, LimitsConfig, TlsConfig
-from tierwise.router.errors import RequestCancelled, ServiceError
+from tierwise.router.errors import RequestCancelled, RetryLater, ServiceError
 from tierwise.router.feedback.store import SOURCES, FeedbackRecord
 from tierwise.router.field_checks import check_printable, check_tags
 from tierwise.router.observability.admin_http import AdminServer
@@ -35,7 +35,7 @@ from tierwise.router.observability.metrics import AuthFailureCounter
 from tierwise.router.observability.scrape_access import ScrapeAccess
 from tierwise.router.outcome import Completion, Decision, StreamDelta
 from tierwise.router.rate_limiting import RequestLimits
-from tierwise.router.rate_limits import RateLimited, RateLimitGate
+from tierwise.router.rate_limits import RateLimitGate
 from tierwise.router.rpc import abort as _abort
 from tierwise.router.rpc import reject_undecodable, safe_deserializer, unary
 from tierwise.router.service import Service
@@ -76,6 +76,16 @@ class RouterServicer:
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
+    async def _prompt(
+        self, spec: RequestSpec, context: grpc.aio.ServicerContext[Any, Any], request_id: str
+    ) -> PromptTokens:
+        """Counted by the request workers before the rate limits' token estimate reads it. Too long
+        (INVALID_ARGUMENT) or no worker free (RESOURCE_EXHAUSTED): refused like a bad field, unbooked."""
+        try:
+            return await self._service.pipeline.prompt(spec)
+        except ServiceError as exc:
+            await self._fail(context, request_id, exc)
+
     def _deadline(self, context: grpc.aio.ServicerContext[Any, Any], started: float) -> float:
         remaining = context.time_remaining()
         default = self._service.config.server.default_timeout_s
@@ -92,7 +102,7 @@ class RouterServicer:
                     {"tier": a.tier, "error_type": a.error_type, "error": a.error} for a in exc.attempts
                 ]
                 context.set_trailing_metadata((("tierwise-attempts", json.dumps(attempts)),))
-            if isinstance(exc, RateLimited):  # the delay after which the request would be admitted
+            if isinstance(exc, RetryLater):  # the delay after which the request would be admitted
                 context.set_trailing_metadata(exc.trailing_metadata())
             log.warning(
                 "request failed",
@@ -130,7 +140,8 @@ class RouterServicer:
         with accounting.request_span("Route", context.invocation_metadata()) as span:
             try:
                 await self._limits.admission(caller, spec, calls_tiers=False).acquire()
-                decision = await self._service.pipeline.route(spec, request_id)
+                prompt = await self._service.pipeline.prompt(spec)
+                decision = await self._service.pipeline.route(spec, request_id, prompt)
             except Exception as exc:
                 accounting.failed(spec, request_id, exc, started, span)
                 await self._fail(context, request_id, exc)
@@ -145,7 +156,8 @@ class RouterServicer:
         request_id = uuid.uuid4().hex
         accounting = self._service.accounting
         progress = CallProgress()
-        admission = self._limits.admission(caller, spec)
+        prompt = await self._prompt(spec, context, request_id)
+        admission = self._limits.admission(caller, spec, prompt)
         with accounting.request_span("Complete", context.invocation_metadata()) as span:
             try:
                 await admission.acquire()
@@ -155,6 +167,7 @@ class RouterServicer:
                     started=started,
                     deadline=self._deadline(context, started),
                     progress=progress,
+                    prompt=prompt,
                 )
             except asyncio.CancelledError:
                 # The caller left: the upstream call in flight still costs its prompt, and an answer
@@ -178,12 +191,14 @@ class RouterServicer:
         request_id = uuid.uuid4().hex
         accounting = self._service.accounting
         progress = CallProgress()
+        prompt = await self._prompt(spec, context, request_id)
+        deadline = self._deadline(context, started)
         stream = self._service.pipeline.stream(
-            spec, request_id, started=started, deadline=self._deadline(context, started), progress=progress
+            spec, request_id, started=started, deadline=deadline, progress=progress, prompt=prompt
         )
         with accounting.request_span("CompleteStream", context.invocation_metadata()) as span:
             booked = False  # one spend record per request, even if the caller leaves after the last one
-            admission = self._limits.admission(caller, spec)
+            admission = self._limits.admission(caller, spec, prompt)
             try:
                 await admission.acquire()
                 async with contextlib.aclosing(stream):

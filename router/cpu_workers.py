@@ -1,0 +1,85 @@
+"""A bounded pool of threads for the CPU-bound steps of requests, off the event loop.
+
+Token counting (tiktoken), the classifier's features, its ONNX call and kNN vote take from
+microseconds to a few hundred milliseconds (a 1M-character prompt). On the event loop they would
+stall every other request for that long; here they run in ``threads`` threads (tiktoken and
+onnxruntime release the GIL while they work). At most ``max_queue`` jobs wait for a thread: past
+that a new one is refused at once with :class:`WorkersBusy` (RESOURCE_EXHAUSTED and a retry hint),
+never queued without bound. A job whose caller is cancelled before a thread takes it never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import ParamSpec, TypeVar
+
+from tierwise.router.errors import WorkersBusy
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+MIN_RETRY_AFTER_S = 0.05
+INITIAL_JOB_S = 0.005  # a first guess at one job's time, until one was measured
+
+
+class CpuWorkers:
+    def __init__(self, threads: int, max_queue: int) -> None:
+        if threads < 1 or max_queue < 1:
+            raise ValueError(f"threads and max_queue must be at least 1, got {threads} and {max_queue}")
+        self._threads = threads
+        self._limit = threads + max_queue  # running and waiting
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierwise-cpu")
+        self._in_flight = 0  # submitted and not finished (a cancelled job that never ran is finished)
+        self._job_s = INITIAL_JOB_S  # moving average of one job's run time, for the retry hint
+        self.refused = 0
+        self.skipped = 0  # jobs cancelled before a thread took them, never run
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def retry_after_s(self) -> float:
+        """About how long until the jobs ahead of a new one are done."""
+        return max(MIN_RETRY_AFTER_S, self._in_flight * self._job_s / self._threads)
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread; :class:`WorkersBusy` when the queue is full."""
+        if self._in_flight >= self._limit:
+            self.refused += 1
+            waiting = self._in_flight - self._threads
+            raise WorkersBusy(
+                f"server busy: {waiting} requests wait for a worker (server.work_queue);"
+                f" retry in {self.retry_after_s():.2f}s",
+                self.retry_after_s(),
+            )
+        loop = asyncio.get_running_loop()
+        started: list[float] = []
+
+        def job() -> T:
+            started.append(time.perf_counter())
+            return fn(*args, **kwargs)
+
+        future: Future[T] = self._executor.submit(job)
+        self._in_flight += 1
+
+        def finished(done: Future[T]) -> None:
+            ran = time.perf_counter() - started[0] if started else None
+            loop.call_soon_threadsafe(self._finished, ran)
+
+        future.add_done_callback(finished)
+        # Cancelling the caller cancels ``future``: a job no thread has taken yet is dropped.
+        return await asyncio.wrap_future(future, loop=loop)
+
+    def _finished(self, ran_s: float | None) -> None:
+        self._in_flight -= 1
+        if ran_s is None:
+            self.skipped += 1
+        else:
+            self._job_s = 0.9 * self._job_s + 0.1 * ran_s
+
+    async def aclose(self) -> None:
+        """Drop the jobs no thread has taken and wait for the running ones."""
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
