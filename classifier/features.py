@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -260,8 +261,12 @@ def prompt_features(
     the prompt (non-system turns joined by newlines), ``input_tokens`` its token
     count, ``turns`` its number of non-system messages.
     """
+    return features_of(embedding, prompt_statistics(text, input_tokens, turns))
+
+
+def features_of(embedding: npt.NDArray[np.float32], statistics: Sequence[float]) -> FloatVector:
+    """The feature vector from the embedding and ``prompt_statistics`` made beforehand (elsewhere)."""
     vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
     if vector.shape[0] != EMBEDDING_DIM:
         raise ValueError(f"embedding has {vector.shape[0]} dimensions, the features expect {EMBEDDING_DIM}")
-    statistics = np.asarray(prompt_statistics(text, input_tokens, turns), dtype=np.float32)
-    return np.concatenate([vector, statistics])
+    return np.concatenate([vector, np.asarray(statistics, dtype=np.float32)])

@@ -6,14 +6,22 @@ vote). Short texts are counted and clipped on the loop: that takes less than the
 
 from __future__ import annotations
 
+import logging
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+
 from tierwise.cache.batching import embedding_text
+from tierwise.classifier.features import prompt_statistics
 from tierwise.router.call_progress import PromptTokens
 from tierwise.router.config import Config
 from tierwise.router.cpu_workers import CpuWorkers
 from tierwise.router.errors import PromptTooLong
 from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierChoice
+from tierwise.router.policies.classifier import conversation_turns
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import RequestSpec
+
+log = logging.getLogger("tierwise.work")
 
 MAX_CHARS_PER_TOKEN = 128
 """The longest token of cl100k_base and o200k_base is 128 bytes and a character is at least one, so
@@ -21,6 +29,10 @@ a prompt of more than 128 x N characters cannot fit in N tokens: it is refused w
 
 INLINE_CHARS = 2_000
 """Texts up to this length are counted and clipped on the event loop (tens of microseconds)."""
+
+ISOLATE_CHARS = 50_000
+"""Prompts longer than this get their text statistics from the worker process: in a thread they
+would hold the GIL in stretches of milliseconds (86 ms at a time for 1M characters)."""
 
 
 def prompt_chars(spec: RequestSpec) -> int:
@@ -78,7 +90,18 @@ class RequestWork:
         return await self._workers.run(embedding_text, text)
 
     async def choose(self, policy: RoutingPolicy, context: RoutingContext) -> TierChoice:
-        """A policy that reads the embedding runs a model: in a worker. The baselines decide on the loop."""
+        """A policy that reads the embedding runs a model: in a worker. The baselines decide on the loop.
+        A long prompt's text statistics (pure Python, GIL-bound) are made in the worker process first."""
         if self._workers is None or not policy.needs_embedding:
             return policy.choose(context)
+        text = context.request.prompt_text
+        if len(text) > ISOLATE_CHARS and context.embedding is not None:
+            turns = conversation_turns(context)
+            try:
+                statistics = await self._workers.run_isolated(
+                    prompt_statistics, text, context.input_tokens, turns
+                )
+                context = replace(context, statistics=statistics)
+            except BrokenProcessPool:
+                log.warning("the worker process died; the prompt's statistics are made in a thread")
         return await self._workers.run(policy.choose, context)

@@ -8,20 +8,24 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from tests.harness import AUTH, build_config, config_dict, rpc_error, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.classifier.features import prompt_statistics
 from tierwise.router.config import Config, ConfigError
 from tierwise.router.cpu_workers import CpuWorkers
 from tierwise.router.errors import PromptTooLong, WorkersBusy
 from tierwise.router.policies.base import RoutingContext, TierChoice, TierOption
-from tierwise.router.request_work import INLINE_CHARS, MAX_CHARS_PER_TOKEN, RequestWork
+from tierwise.router.policies.classifier import context_features, conversation_turns
+from tierwise.router.request_work import INLINE_CHARS, ISOLATE_CHARS, MAX_CHARS_PER_TOKEN, RequestWork
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import ChatMessage, RequestSpec
 from tierwise.v1 import tierwise_pb2 as pb
@@ -207,3 +211,32 @@ async def test_the_server_sheds_past_its_workers_and_refuses_long_prompts(tmp_pa
             await asyncio.wait_for(asyncio.gather(*held), WAIT_S)
             decision = await svc.stub.Route(long_enough, metadata=AUTH)
             assert decision.tier
+
+
+@pytest.mark.asyncio
+async def test_a_long_prompts_statistics_are_made_in_the_worker_process_as_in_a_thread() -> None:
+    workers = CpuWorkers(1, 4)
+    text = "Example: what is 2 + 2?\nAnswer: 4\n\n" * 2_000 + "Which is larger, 7 or 9?"
+    assert len(text) > ISOLATE_CHARS
+    assert await workers.run_isolated(prompt_statistics, text, 20_000, 1) == prompt_statistics(
+        text, 20_000, 1
+    )
+    await workers.aclose()
+
+
+def test_features_from_statistics_made_beforehand_equal_the_policys_own() -> None:
+    embedding = np.random.default_rng(0).standard_normal(384).astype(np.float32)
+    spec = RequestSpec(
+        tenant="acme",
+        messages=(
+            ChatMessage("user", "Name a prime."),
+            ChatMessage("assistant", "7"),
+            ChatMessage("user", "Why?"),
+        ),
+    )
+    option = TierOption("small", "small-model", Decimal(0), 512)
+    context = RoutingContext(spec, 30, [option], 0.8, embedding)
+    made = replace(context, statistics=prompt_statistics(spec.prompt_text, 30, conversation_turns(context)))
+    own, given = context_features(context), context_features(made)
+    assert own is not None and given is not None
+    assert np.array_equal(own, given)

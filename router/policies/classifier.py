@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tierwise.classifier import UtilityCalibration, prompt_features
+from tierwise.classifier.features import features_of
 from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierChoice, TierOption
 from tierwise.router.policies.baselines import StrongestPolicy
 
@@ -87,6 +88,8 @@ def context_features(context: RoutingContext) -> npt.NDArray[np.float32] | None:
     """The feature vector of the request, from its shared embedding; None without one."""
     if context.embedding is None:
         return None
+    if context.statistics is not None:
+        return features_of(context.embedding, context.statistics)
     return prompt_features(
         context.embedding, context.request.prompt_text, context.input_tokens, conversation_turns(context)
     )
