@@ -11,15 +11,17 @@ calls a tier, so the tiers point at an address nothing answers. Per backend and 
 2. Route/s with 64 calls in flight over batched ``encode()`` texts/s (64 short texts per call);
 3. short Routes (8 in flight) while a 1M-character prompt is routed again and again: their p99 over
    their p99 without it;
-4. offered load of 4x the Route/s of 2, open loop: admitted p99 over the unloaded p99 of 1, the share
-   refused with RESOURCE_EXHAUSTED (and any other failure), the server's RSS before and at most.
+4. offered load of 4x the Route/s of 2, open loop: admitted p99 over the unloaded p99 of 1 and over
+   the p99 at 64 in flight of 2, the share refused with RESOURCE_EXHAUSTED (and any other failure),
+   the server's RSS before and at most. ``--max-queue`` sets the servers' queue bounds
+   (``cache.max_queue``, ``server.work_queue``).
 
 Repeats alternate the backends; with ``--repeats`` above 1 each figure is the mean with its spread
 (min-max). Needs the RouterBench data (``../shared/data`` or ``--data``) unless ``--registry`` names
 a trained registry for tiers small and large.
 
     .venv/bin/python bench/bench_route.py [--embedder torch onnx] [--threads 1] [--repeats 1]
-        [--seconds 3] [--calls 100] [--export DIR] [--registry DIR] [--data DIR]
+        [--seconds 3] [--calls 100] [--max-queue N] [--export DIR] [--registry DIR] [--data DIR]
 """
 
 from __future__ import annotations
@@ -104,10 +106,17 @@ class Figures:
 
 
 def server_config(
-    workdir: Path, registry: Path, embedder: str, export: Path, threads: int
+    workdir: Path, registry: Path, embedder: str, export: Path, threads: int, max_queue: int | None = None
 ) -> dict[str, object]:
+    queues = {} if max_queue is None else {"work_queue": max_queue}
     return {
-        "server": {"host": "127.0.0.1", "port": free_port(), "metrics_port": 0, "grace_period_s": 2},
+        "server": {
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "metrics_port": 0,
+            "grace_period_s": 2,
+            **queues,
+        },
         "auth": {"api_keys": [{"key_sha256": sha256_hex(KEY), "tenant": "bench"}]},
         "tiers": [
             {"name": name, "provider": "openai", "base_url": "http://127.0.0.1:1/v1", "model": model}
@@ -115,7 +124,12 @@ def server_config(
         ],
         "routing": {"policy": "classifier", "classifier": {"registry": str(registry), "watch_interval_s": 0}},
         "store": {"kind": "embedded", "path": str(workdir / "var")},
-        "cache": {"embedder": embedder, "onnx_embedder_dir": str(export), "torch_threads": threads},
+        "cache": {
+            "embedder": embedder,
+            "onnx_embedder_dir": str(export),
+            "torch_threads": threads,
+            **({} if max_queue is None else {"max_queue": max_queue}),
+        },
         "limits": {"max_content_chars": HUGE_CHARS, "max_total_chars": HUGE_CHARS},
         "logging": {"level": "ERROR"},
     }
@@ -128,9 +142,11 @@ class Server:
     target: str
 
 
-def start_server(workdir: Path, registry: Path, embedder: str, export: Path, threads: int) -> Server:
+def start_server(
+    workdir: Path, registry: Path, embedder: str, export: Path, threads: int, max_queue: int | None
+) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    config = server_config(workdir, registry, embedder, export, threads)
+    config = server_config(workdir, registry, embedder, export, threads, max_queue)
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     target = f"127.0.0.1:{config['server']['port']}"  # type: ignore[index]
@@ -270,7 +286,7 @@ async def measure(server: Server, embedder: TextEmbedder, args: argparse.Namespa
         figures.add(f"{name} route/encode short", short_p50 / encode_short)
         figures.add(f"{name} route/encode long", long_p50 / encode_long)
 
-        _, codes = await closed_loop(stub, SHORT, 64, args.seconds)
+        at_64, codes = await closed_loop(stub, SHORT, 64, args.seconds)
         route_rate = codes["OK"] / args.seconds
         figures.add(f"{name} route/s at 64", route_rate)
         figures.add(f"{name} encode texts/s batched", batch_rate)
@@ -285,9 +301,9 @@ async def measure(server: Server, embedder: TextEmbedder, args: argparse.Namespa
         idle_rss = rss_bytes(pid)
         admitted, load_codes, peak = await offered(stub, 4 * route_rate, args.seconds, pid)
         total = sum(load_codes.values())
-        figures.add(
-            f"{name} admitted p99 / unloaded p99", p50_p99(admitted)[1] / short_p99 if admitted else 0.0
-        )
+        admitted_p99 = p50_p99(admitted)[1] if admitted else float("nan")
+        figures.add(f"{name} admitted p99 / unloaded p99", admitted_p99 / short_p99)
+        figures.add(f"{name} admitted p99 / p99 at 64", admitted_p99 / p50_p99(at_64)[1])
         figures.add(f"{name} shed share", load_codes["RESOURCE_EXHAUSTED"] / total)
         other = total - load_codes["OK"] - load_codes["RESOURCE_EXHAUSTED"]
         figures.add(f"{name} other failures share", other / total)
@@ -302,8 +318,9 @@ async def measure(server: Server, embedder: TextEmbedder, args: argparse.Namespa
 
 
 def report(figures: Figures, backends: Sequence[str], args: argparse.Namespace) -> None:
+    queues = "the config's" if args.max_queue is None else str(args.max_queue)
     print(
-        f"\n== Route on a cache miss, classifier policy, {args.threads} embedding thread(s), "
+        f"\n== Route on a cache miss, classifier policy, {args.threads} embedding thread(s), queues {queues}, "
         f"{args.repeats} repeat(s); mean (min-max over repeats)"
     )
     rows = [
@@ -317,7 +334,8 @@ def report(figures: Figures, backends: Sequence[str], args: argparse.Namespace) 
         ("short p99 with a 1M-char prompt / without", "short p99 with 1M prompt / without"),
         ("1M-char prompts routed meanwhile", "1M prompts routed"),
         ("4x load: offered Route/s", "offered route/s"),
-        ("4x load: admitted p99 / unloaded p99", "admitted p99 / unloaded p99"),
+        ("4x load: admitted p99 / unloaded p99 (1 in flight)", "admitted p99 / unloaded p99"),
+        ("4x load: admitted p99 / p99 at 64 in flight", "admitted p99 / p99 at 64"),
         ("4x load: share shed (RESOURCE_EXHAUSTED)", "shed share"),
         ("4x load: share failed otherwise", "other failures share"),
         ("server RSS idle (MiB)", "rss idle MiB"),
@@ -383,6 +401,11 @@ def main() -> None:
     )
     parser.add_argument("--registry", type=Path, help="a trained registry for tiers small, large")
     parser.add_argument("--data", type=Path, help="the RouterBench CSV folder")
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        help="the servers' cache.max_queue and server.work_queue (default: the config's)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tierwise-bench-route-") as temp:
         scratch = Path(temp)
@@ -393,7 +416,10 @@ def main() -> None:
             export = scratch / "onnx-embedder"
             export_embedder(export)
         registry = prepare_registry(args, scratch)
-        servers = [start_server(scratch / b, registry, b, export, args.threads) for b in args.embedder]
+        servers = [
+            start_server(scratch / b, registry, b, export, args.threads, args.max_queue)
+            for b in args.embedder
+        ]
         figures = Figures()
         try:
             embedders = {s.embedder: load_embedder(s.embedder, export, args.threads) for s in servers}
