@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -25,6 +26,15 @@ T = TypeVar("T")
 
 MIN_RETRY_AFTER_S = 0.05
 INITIAL_JOB_S = 0.005  # a first guess at a job's time, until one was measured
+
+
+PROCESS_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """The worker process yields the CPU to the server's own: a huge prompt waits, not everyone."""
+    if hasattr(os, "nice"):
+        os.nice(PROCESS_NICENESS)
 
 
 class CpuWorkers:
@@ -62,7 +72,7 @@ class CpuWorkers:
         if self._process is None:
             # spawn, not fork: this process runs gRPC's and onnxruntime's threads.
             self._process = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
             )
         try:
             return await self._submit(self._process, fn, *args, **kwargs)

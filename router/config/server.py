@@ -42,7 +42,7 @@ class ServerConfig(StrictSection):
         2, ge=1, le=256, description="threads for each request's CPU-bound steps, off the event loop"
     )
     work_queue: int = Field(
-        256,
+        128,
         ge=1,
         description="requests waiting for those threads; past it a request is refused with"
         " RESOURCE_EXHAUSTED and a retry hint",
