@@ -21,7 +21,7 @@ Repeats alternate the backends; with ``--repeats`` above 1 each figure is the me
 a trained registry for tiers small and large.
 
     .venv/bin/python bench/bench_route.py [--embedder torch onnx] [--threads 1] [--repeats 1]
-        [--seconds 3] [--calls 100] [--max-queue N] [--export DIR] [--registry DIR] [--data DIR]
+        [--seconds 2] [--calls 50] [--max-queue N] [--export DIR] [--registry DIR] [--data DIR]
 """
 
 from __future__ import annotations
@@ -394,8 +394,8 @@ def main() -> None:
         "--threads", type=int, default=1, help="embedding threads, servers and baselines alike"
     )
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of each timed load")
-    parser.add_argument("--calls", type=int, default=100, help="sequential calls per p50")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of each timed load")
+    parser.add_argument("--calls", type=int, default=50, help="sequential calls per p50")
     parser.add_argument(
         "--export", type=Path, help="an ONNX embedder export (default: export into a temp dir)"
     )

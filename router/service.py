@@ -160,12 +160,11 @@ async def build_service(config: Config) -> Service:
 async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Service:
     tokens = TokenCounter()
     tokens.preload()  # seed and verify the offline encodings at start-up, not on the first request
-    workers = CpuWorkers(config.server.work_threads, config.server.work_queue)
-    stack.push_async_callback(workers.aclose)
-    work = RequestWork(config, tokens, workers)
     config.store.path.mkdir(parents=True, exist_ok=True)
     tracing = Tracing(config.tracing)  # first, so closed last: spans from the shutdown still export
     stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+    workers = CpuWorkers(config.server.work_threads, config.server.work_queue)  # the request workers
+    stack.push_async_callback(workers.aclose)
     providers: dict[str, Provider] = {}
     for tier in config.tiers:
         providers[tier.name] = provider = build_provider(tier)
@@ -220,7 +219,7 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
         embedder=embedder,
         cache=cache,
         experiments=experiments,
-        work=work,
+        work=RequestWork(config, tokens, workers),
     )
     return Service(
         config, pipeline, providers, feedback, budgets, health, embedder, cache, accounting, serving
