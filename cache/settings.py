@@ -78,7 +78,11 @@ class CacheSettings(BaseModel):
     )
     max_batch: int = Field(64, ge=1, description="BatchingEmbedder: most texts in one encode() call.")
     max_wait_us: int = Field(
-        2_000, ge=0, description="BatchingEmbedder: longest a request waits for its batch to fill."
+        # 0: a lone request is encoded at once (2 ms of wait was most of Route's overhead over encode()
+        # on the CPU); under load the next batch still fills while one encodes (bench_route.py).
+        0,
+        ge=0,
+        description="BatchingEmbedder: longest a request waits for its batch to fill.",
     )
     max_queue: int = Field(
         # Two full batches: at 4x the capacity offered, 1024 let admitted requests wait 10-16x the
