@@ -10,7 +10,7 @@ LOCK := constraints.txt
 PIP_LOCKED := -m pip install --quiet --constraint $(LOCK) --build-constraint $(LOCK)
 SRC := router cache classifier training protos bench tests
 
-.PHONY: venv demo test lint typecheck unit bench protos upgrade clean
+.PHONY: venv embedder demo test lint typecheck unit bench protos upgrade clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,21 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(PY) -m pip install --quiet --constraint $(LOCK) --upgrade pip
 	# The local CPU build of torch; any later range that 2.13.0 satisfies installs nothing more.
 	$(PY) $(PIP_LOCKED) "torch==2.13.0"
-	$(PY) $(PIP_LOCKED) -e '.[dev]'
+	$(PY) $(PIP_LOCKED) -e '.[dev,train,analytics]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+# The sentence embedder as served (cache.embedder onnx, the default): exported from the packaged
+# model, which needs the train extra; the server only reads it. Remade when the venv is.
+EMBEDDER_DIR := var/onnx-embedder
+
+$(EMBEDDER_DIR)/manifest.json: $(STAMP)
+	$(VENV)/bin/tierwise cache export-embedder --out $(EMBEDDER_DIR)
+
+embedder: $(EMBEDDER_DIR)/manifest.json
+
+demo: $(STAMP) $(EMBEDDER_DIR)/manifest.json
 	$(VENV)/bin/tierwise demo
 
 lint: $(STAMP)
@@ -40,7 +49,7 @@ typecheck: $(STAMP)
 		../../router ../../cache ../../classifier ../../training $(TYPECHECK_ROOT)/tierwise/
 	MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy -p tierwise
 
-unit: $(STAMP)
+unit: $(STAMP) $(EMBEDDER_DIR)/manifest.json
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test: lint typecheck unit
@@ -62,7 +71,7 @@ upgrade:
 	$(PYTHON) -m venv $(UPGRADE_VENV)
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(UPGRADE_VENV)/bin/python -m pip install --quiet "torch==2.13.0"
-	$(UPGRADE_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet -e '.[dev,train,analytics]'
 	{ echo "# What CI passed with: pip constraints for make and .ci/run, written by \`make upgrade\`."; \
 	  echo "# torch's local build label (+cpu) is dropped: ==2.13.0 matches the local CPU build and PyPI's."; \
 	  $(UPGRADE_VENV)/bin/python -m pip freeze --all --exclude-editable | sed -E 's/^(torch==[^+]*)[+].*/\1/'; \
@@ -71,4 +80,4 @@ upgrade:
 	$(MAKE) protos test
 
 clean:
-	rm -rf $(VENV) $(UPGRADE_VENV) .demo var .mypy_cache .ruff_cache .pytest_cache $(TYPECHECK_ROOT)
+	rm -rf $(VENV) $(UPGRADE_VENV) .venv-core .demo var .mypy_cache .ruff_cache .pytest_cache $(TYPECHECK_ROOT)

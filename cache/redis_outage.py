@@ -6,8 +6,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.replication import ReconnectBackoff
-from tierwise.cache.store import CacheStoreError
 
 logger = logging.getLogger(__name__)
 

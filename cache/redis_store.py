@@ -49,6 +49,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tierwise.cache.entry_columns import decode_vector
+from tierwise.cache.entry_state import EntryUsage, EvictionOrder, EvictionPlan, FeedbackState
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.redis_codec import (
     change_time,
     decode_entry,
@@ -70,18 +72,7 @@ from tierwise.cache.redis_scripts import (
 )
 from tierwise.cache.replication import Change, ChangeOp, FeedPosition, ReconnectBackoff
 from tierwise.cache.settings import CacheSettings
-from tierwise.cache.store import (
-    CacheEntry,
-    CacheStoreError,
-    EntryFilter,
-    EntryRef,
-    EntryUsage,
-    EvictionOrder,
-    EvictionPlan,
-    FeedbackState,
-    StoreIdentity,
-    VectorRow,
-)
+from tierwise.cache.store import CacheEntry, EntryFilter, EntryRef, StoreIdentity, VectorRow
 
 __all__ = ["RedisEntryStore"]
 

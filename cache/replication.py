@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from tierwise.cache.backoff import Backoff, Jitter
-from tierwise.cache.store import CacheStoreError, EntryRef, VectorRow
+from tierwise.cache.errors import CacheStoreError
+from tierwise.cache.store import EntryRef, VectorRow
 
 logger = logging.getLogger(__name__)
 

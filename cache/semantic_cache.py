@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from tierwise.cache.embedder import EmbedderInfo
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.index import PartitionedIndex
 from tierwise.cache.replication import ChangeFeed, FeedPosition, IndexChanges, IndexFollower, ReconnectBackoff
 from tierwise.cache.semantic_core import PendingUsage
@@ -48,7 +49,7 @@ from tierwise.cache.semantic_snapshot import (
     store_manifest,
 )
 from tierwise.cache.settings import CacheSettings
-from tierwise.cache.store import CacheStoreError, EntryFilter, EntryStore
+from tierwise.cache.store import EntryFilter, EntryStore
 from tierwise.cache.verification import CandidateVerifier, CosineOnlyVerifier
 
 __all__ = ["CacheClosed", "CacheHit", "CacheQuery", "CacheStats", "HitKind", "SemanticCache"]

@@ -18,20 +18,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from tierwise.cache.embedder import EmbedderInfo, Vector
+from tierwise.cache.entry_state import EntryUsage
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.index import PartitionedIndex, set_faiss_threads
 from tierwise.cache.replication import FeedPosition, IndexFollower
 from tierwise.cache.semantic_query import CacheClosed, CacheStats
 from tierwise.cache.semantic_snapshot import group_by_partition
 from tierwise.cache.settings import CacheSettings
-from tierwise.cache.store import (
-    CacheStoreError,
-    EntryFilter,
-    EntryRef,
-    EntryStore,
-    EntryUsage,
-    VectorRow,
-    entry_label,
-)
+from tierwise.cache.store import EntryFilter, EntryRef, EntryStore, VectorRow, entry_label
 from tierwise.cache.verification import CandidateVerifier
 
 logger = logging.getLogger(__name__)

@@ -5,17 +5,11 @@ from __future__ import annotations
 import logging
 import math
 
+from tierwise.cache.entry_state import EvictionPlan
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.semantic_core import CacheCore
 from tierwise.cache.semantic_query import CacheQuery
-from tierwise.cache.store import (
-    CachedResponse,
-    CacheEntry,
-    CacheStoreError,
-    EntryFilter,
-    EvictionPlan,
-    VectorRow,
-    new_entry_id,
-)
+from tierwise.cache.store import CachedResponse, CacheEntry, EntryFilter, VectorRow, new_entry_id
 
 logger = logging.getLogger(__name__)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 from tierwise.cache.embedder import Vector
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.semantic_core import CacheCore, PendingUsage
 from tierwise.cache.semantic_query import CacheHit, CacheQuery, HitKind, whole_text_embedded
-from tierwise.cache.store import CacheEntry, CacheStoreError, label_entry_id
+from tierwise.cache.store import CacheEntry, label_entry_id
 from tierwise.cache.verification import VerifierVerdict
 
 logger = logging.getLogger(__name__)

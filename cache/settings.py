@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tierwise.cache.entry_state import EvictionOrder
 from tierwise.cache.index import IndexParams
 from tierwise.cache.onnx_embedder import DEFAULT_DIR
-from tierwise.cache.store import EvictionOrder
 
 
 class CacheSettings(BaseModel):
@@ -93,11 +93,12 @@ class CacheSettings(BaseModel):
         "once (RESOURCE_EXHAUSTED, retry later) rather than queue behind seconds of work.",
     )
     embedder: Literal["torch", "onnx"] = Field(
-        "torch",
-        description="torch: sentence-transformers; onnx: the same model exported to fp32 ONNX "
-        "(`tierwise cache export-embedder`), run by onnxruntime, about 3x faster for a short text on a "
-        "CPU. The export is checked to give the same vectors (cosine >= 0.9999), so caches, snapshots "
-        "and the verifier are shared between the two.",
+        "onnx",
+        description="onnx: all-MiniLM-L6-v2 exported to fp32 ONNX (`tierwise cache export-embedder`, in an "
+        "install with the train extra; `make demo` and `make test` run it first), run by onnxruntime, about "
+        "3x faster for a short text on a CPU, and all the core install serves; torch: sentence-transformers "
+        "(the train extra). The export is checked to give the same vectors (cosine >= 0.9999), so caches, "
+        "snapshots and the verifier are shared between the two.",
     )
     onnx_embedder_dir: Path = Field(
         DEFAULT_DIR, description="embedder onnx: the directory `tierwise cache export-embedder` wrote."

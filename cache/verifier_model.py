@@ -20,11 +20,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tierwise.cache.extras import MissingExtra
 from tierwise.cache.verifier_cross import (
     CrossEncoder,
     CrossEncoderError,
     CrossEncoderSpec,
     single_thread_session,
+    verifier_tokenizer_path,
 )
 from tierwise.cache.verifier_features import (
     FEATURE_NAMES,
@@ -213,8 +215,10 @@ class VerifierModel:
         spec = self.manifest.cross_encoder
         if spec is not None:
             try:
-                self.cross_encoder = CrossEncoder(payloads[spec.model_file], spec)
-            except CrossEncoderError as exc:
+                self.cross_encoder = CrossEncoder(
+                    payloads[spec.model_file], spec, verifier_tokenizer_path(directory)
+                )
+            except (CrossEncoderError, MissingExtra) as exc:
                 raise VerifierModelError(f"verifier model {directory}: {exc}") from exc
 
     def predict(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

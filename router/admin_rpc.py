@@ -1,4 +1,4 @@
-"""The Admin gRPC service: cache invalidation, tier health, budget usage."""
+"""The Admin gRPC service: cache invalidation, tier health, budget usage (stored keys: ``key_rpc``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from tierwise.cache.store import CacheStoreError
+from tierwise.cache.errors import CacheStoreError
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
 from tierwise.router.field_checks import InvalidRequest, check_printable
@@ -23,11 +23,10 @@ class AdminServicer:
     def __init__(self, service: Service, authenticator: Authenticator) -> None:
         self._service = service
         self._auth = authenticator
-        self._budget_tenants = {b.name: b.tenant for b in service.config.budgets}
 
     async def _caller(self, request: Any, context: Context) -> Caller:
         try:
-            caller = self._auth.caller_for(
+            caller = await self._auth.authenticate(
                 context.invocation_metadata() or (), source_address(context.peer())
             )
         except Unauthenticated as exc:
@@ -105,7 +104,7 @@ class AdminServicer:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"budget store: {exc}")
         out = []
         for u in usage:
-            tenant = self._budget_tenants.get(u.budget, "")
+            tenant = self._service.budgets.tenant_of(u.budget)  # stored keys' budgets too
             if tenant != caller.tenant and not caller.admin:
                 continue
             out.append(
@@ -124,10 +123,14 @@ class AdminServicer:
         return pb.BudgetStatusResponse(budgets=out)
 
 
-def admin_handlers(servicer: AdminServicer) -> grpc.GenericRpcHandler[Any, Any]:
+def admin_handlers(
+    servicer: AdminServicer, more: dict[str, grpc.RpcMethodHandler[Any, Any]]
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """``more``: the Admin methods other modules serve (``key_rpc``)."""
     return grpc.method_handlers_generic_handler(
         ADMIN_SERVICE,
         {
+            **more,
             "InvalidateCache": unary(
                 servicer.InvalidateCache, pb.InvalidateCacheRequest, pb.InvalidateCacheResponse
             ),

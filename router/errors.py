@@ -23,6 +23,10 @@ class ServiceError(Exception):
         self.public = message if public is None else public
         self.attempts = tuple(attempts)
 
+    def attempts_summary(self) -> list[dict[str, str]]:
+        """Each try's tier and why it failed, as both fronts report them to the caller."""
+        return [{"tier": a.tier, "error_type": a.error_type, "error": a.error} for a in self.attempts]
+
 
 class UpstreamUnavailable(ServiceError):
     """Every tier tried failed (or none could be tried)."""
@@ -72,7 +76,7 @@ class RetryLater(ServiceError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    def __init__(self, message: str, retry_after_s: float | None) -> None:
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_ms = None if retry_after_s is None else max(1, math.ceil(retry_after_s * 1000))
 

@@ -35,13 +35,8 @@ from tierwise.router.outcome import (
 from tierwise.router.output_bound import bounded_call, output_bound, warn_on_overrun, worst_case
 from tierwise.router.policies.base import RoutingPolicy, TierOption
 from tierwise.router.pricing import cost_usd, expected_cost_usd
-from tierwise.router.providers.base import (
-    ChatCall,
-    ChatResult,
-    Provider,
-    ProviderError,
-    StreamFinish,
-)
+from tierwise.router.providers.base import ChatCall, ChatResult, Provider, StreamFinish
+from tierwise.router.providers.errors import ProviderError
 from tierwise.router.request_work import RequestWork
 from tierwise.router.resilience import StopReason, TierHealth
 from tierwise.router.tokens import TokenCounter

@@ -8,7 +8,7 @@ from tierwise.router.auth import Caller
 from tierwise.router.call_progress import PromptTokens
 from tierwise.router.config import Config
 from tierwise.router.output_bound import worst_case
-from tierwise.router.rate_limits import Admission, RateLimitGate
+from tierwise.router.rate_limits import Admission, KeyLimits, RateLimitGate
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.tool_checks import admits
 from tierwise.router.types import RequestSpec
@@ -31,7 +31,9 @@ class RequestLimits:
         """``calls_tiers`` False (Route): the request counts against RPM limits only. ``prompt``: the
         request's prompt already counted (off the event loop), else counted here."""
         return self._gate.admission(
-            spec.tenant, caller.key, (lambda: self._estimate(spec, prompt)) if calls_tiers else None
+            spec.tenant,
+            KeyLimits(caller.key, caller.rpm, caller.tpm),
+            (lambda: self._estimate(spec, prompt)) if calls_tiers else None,
         )
 
     def _estimate(self, spec: RequestSpec, prompt: PromptTokens | None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -23,17 +24,19 @@ from tierwise.router.admin_rpc import ADMIN_SERVICE, AdminServicer, admin_handle
 from tierwise.router.analytics.dashboard_http import Dashboard
 from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
-from tierwise.router.call_progress import CallProgress, PromptTokens
-from tierwise.router.config import Config, ConfigError, LimitsConfig, TlsConfig
-from tierwise.router.errors import RequestCancelled, RetryLater, ServiceError
+from tierwise.router.calls import Call, Calls, log_failure
+from tierwise.router.config import ConfigError, LimitsConfig, TlsConfig
+from tierwise.router.errors import RetryLater, ServiceError
 from tierwise.router.feedback.store import SOURCES, FeedbackRecord
 from tierwise.router.field_checks import check_printable, check_tags
+from tierwise.router.key_rpc import KeyAdminServicer, key_handlers
+from tierwise.router.keys import open_stored_keys
 from tierwise.router.observability.admin_http import AdminServer
 from tierwise.router.observability.anomaly import AnomalyChecker
-from tierwise.router.observability.logs import prompt_field
 from tierwise.router.observability.metrics import AuthFailureCounter
 from tierwise.router.observability.scrape_access import ScrapeAccess
-from tierwise.router.outcome import Completion, Decision, StreamDelta
+from tierwise.router.openai_http import OpenAIFront
+from tierwise.router.outcome import Decision, StreamDelta
 from tierwise.router.rate_limiting import RequestLimits
 from tierwise.router.rate_limits import RateLimitGate
 from tierwise.router.rpc import abort as _abort
@@ -54,13 +57,16 @@ class RouterServicer:
         self._service = service
         self._auth = authenticator
         self._limits = limits
+        self.calls = Calls(service, limits)
         self._clock = time.perf_counter
 
     # -- shared prologue ----------------------------------------------------
 
     async def _caller(self, context: grpc.aio.ServicerContext[Any, Any]) -> Caller:
         try:
-            return self._auth.caller_for(context.invocation_metadata() or (), source_address(context.peer()))
+            return await self._auth.authenticate(
+                context.invocation_metadata() or (), source_address(context.peer())
+            )
         except Unauthenticated as exc:
             await _abort(context, exc.code, str(exc))
 
@@ -76,59 +82,30 @@ class RouterServicer:
         except InvalidRequest as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    async def _prompt(
-        self, spec: RequestSpec, context: grpc.aio.ServicerContext[Any, Any], request_id: str
-    ) -> PromptTokens:
-        """Counted by the request workers before the rate limits' token estimate reads it. Too long
-        (INVALID_ARGUMENT) or no worker free (RESOURCE_EXHAUSTED): refused like a bad field, unbooked."""
-        try:
-            return await self._service.pipeline.prompt(spec)
-        except ServiceError as exc:
-            await self._fail(context, request_id, exc)
-
-    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any], started: float) -> float:
-        remaining = context.time_remaining()
-        default = self._service.config.server.default_timeout_s
-        if remaining is None or math.isinf(remaining):
-            return started + default
-        return started + min(float(remaining), default)
+    def _call(
+        self,
+        name: str,
+        context: grpc.aio.ServicerContext[Any, Any],
+        caller: Caller,
+        spec: RequestSpec,
+        request_id: str,
+        started: float,
+    ) -> Call:
+        deadline = self.calls.deadline(started, context.time_remaining())
+        fail = functools.partial(self._fail, context)
+        return Call(name, context.invocation_metadata(), caller, spec, request_id, started, deadline, fail)
 
     async def _fail(
         self, context: grpc.aio.ServicerContext[Any, Any], request_id: str, exc: BaseException
     ) -> NoReturn:
-        if isinstance(exc, ServiceError):
-            if exc.attempts:
-                attempts = [
-                    {"tier": a.tier, "error_type": a.error_type, "error": a.error} for a in exc.attempts
-                ]
-                context.set_trailing_metadata((("tierwise-attempts", json.dumps(attempts)),))
-            if isinstance(exc, RetryLater):  # the delay after which the request would be admitted
-                context.set_trailing_metadata(exc.trailing_metadata())
-            log.warning(
-                "request failed",
-                extra={"request_id": request_id, "code": exc.code.name, "error": exc.message},
-            )
-            await _abort(context, exc.code, f"{exc.public} (request_id={request_id})")
-        log.exception("internal error", extra={"request_id": request_id})
-        await _abort(context, grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
-
-    def _log_done(self, spec: RequestSpec, completion: Completion) -> None:
-        log.info(
-            "completed",
-            extra={
-                "request_id": completion.decision.request_id,
-                "tenant": spec.tenant,
-                "feature": spec.feature,
-                "tier": completion.decision.tier,
-                "reason": completion.decision.reason,
-                "input_tokens": completion.usage.input_tokens,
-                "output_tokens": completion.usage.output_tokens,
-                "cost_usd": str(completion.cost_usd),
-                "total_ms": round(completion.latency.total_ms, 3),
-                "overhead_ms": round(completion.latency.overhead_ms, 3),
-                **prompt_field(spec.last_user_text, self._service.config.server.log_prompts),
-            },
-        )
+        log_failure(request_id, exc)
+        if not isinstance(exc, ServiceError):
+            await _abort(context, grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
+        if exc.attempts:
+            context.set_trailing_metadata((("tierwise-attempts", json.dumps(exc.attempts_summary())),))
+        if isinstance(exc, RetryLater):  # the delay after which the request would be admitted
+            context.set_trailing_metadata(exc.trailing_metadata())
+        await _abort(context, exc.code, f"{exc.public} (request_id={request_id})")
 
     # -- RPCs ---------------------------------------------------------------
 
@@ -153,35 +130,8 @@ class RouterServicer:
     ) -> pb.CompleteResponse:
         started = self._clock()
         caller, spec = await self._accept(request, context)
-        request_id = uuid.uuid4().hex
-        accounting = self._service.accounting
-        progress = CallProgress()
-        prompt = await self._prompt(spec, context, request_id)
-        admission = self._limits.admission(caller, spec, prompt)
-        with accounting.request_span("Complete", context.invocation_metadata()) as span:
-            try:
-                await admission.acquire()
-                completion = await self._service.pipeline.complete(
-                    spec,
-                    request_id,
-                    started=started,
-                    deadline=self._deadline(context, started),
-                    progress=progress,
-                    prompt=prompt,
-                )
-            except asyncio.CancelledError:
-                # The caller left: the upstream call in flight still costs its prompt, and an answer
-                # already charged to the budget costs what it was charged (progress says which).
-                accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
-                raise
-            except Exception as exc:
-                accounting.failed(spec, request_id, exc, started, span, progress.billed())
-                await self._fail(context, request_id, exc)
-            finally:
-                admission.settle(progress.billed())  # the TPM buckets get what the estimate overstated
-            accounting.completed(spec, completion, span)
-        self._log_done(spec, completion)
-        return response_pb(completion)
+        call = self._call("Complete", context, caller, spec, uuid.uuid4().hex, started)
+        return response_pb(await self.calls.complete(call))
 
     async def CompleteStream(
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -189,40 +139,15 @@ class RouterServicer:
         started = self._clock()
         caller, spec = await self._accept(request, context)
         request_id = uuid.uuid4().hex
-        accounting = self._service.accounting
-        progress = CallProgress()
-        prompt = await self._prompt(spec, context, request_id)
-        deadline = self._deadline(context, started)
-        stream = self._service.pipeline.stream(
-            spec, request_id, started=started, deadline=deadline, progress=progress, prompt=prompt
-        )
-        with accounting.request_span("CompleteStream", context.invocation_metadata()) as span:
-            booked = False  # one spend record per request, even if the caller leaves after the last one
-            admission = self._limits.admission(caller, spec, prompt)
-            try:
-                await admission.acquire()
-                async with contextlib.aclosing(stream):
-                    async for item in stream:
-                        if isinstance(item, Decision):
-                            yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
-                        elif isinstance(item, StreamDelta):
-                            yield delta_chunk(request_id, item)
-                        else:
-                            accounting.completed(spec, item, span)
-                            booked = True
-                            self._log_done(spec, item)
-                            yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
-            except (asyncio.CancelledError, GeneratorExit):
-                # The caller left mid-stream: what the tier streamed until then is billed, or what
-                # the budget was charged if the answer was complete (progress says which).
-                if not booked:
-                    accounting.failed(spec, request_id, _cancelled(), started, span, progress.billed())
-                raise
-            except Exception as exc:
-                accounting.failed(spec, request_id, exc, started, span, progress.billed())
-                await self._fail(context, request_id, exc)
-            finally:
-                admission.settle(progress.billed())
+        stream = self.calls.stream(self._call("CompleteStream", context, caller, spec, request_id, started))
+        async with contextlib.aclosing(stream):  # a caller that leaves closes it: what streamed is billed
+            async for item in stream:
+                if isinstance(item, Decision):
+                    yield pb.CompleteChunk(request_id=request_id, decision=decision_pb(item))
+                elif isinstance(item, StreamDelta):
+                    yield delta_chunk(request_id, item)
+                else:
+                    yield pb.CompleteChunk(request_id=request_id, end=stream_end_pb(item))
 
     async def Feedback(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> pb.FeedbackAck:
         tenant = (await self._caller(context)).tenant
@@ -284,10 +209,6 @@ def _handlers(servicer: RouterServicer) -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
-def _cancelled() -> RequestCancelled:
-    return RequestCancelled("the caller cancelled the call")
-
-
 async def _stop_watcher(stop: asyncio.Event, watcher: asyncio.Task[None]) -> None:
     stop.set()
     await watcher
@@ -304,11 +225,12 @@ def _tls_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
     )
 
 
-def _scrape_access(config: Config, authenticator: Authenticator) -> ScrapeAccess:
+def _scrape_access(service: Service, authenticator: Authenticator) -> ScrapeAccess:
+    config = service.config
     return ScrapeAccess(
         config.metrics.scrape_key_sha256,
         authenticator if config.auth.mode == "api_key" else None,
-        {budget.name: budget.tenant for budget in config.budgets},
+        service.budgets.budget_tenants,  # the stored keys' budgets too
     )
 
 
@@ -328,15 +250,24 @@ class TierwiseServer:
             ]
         )
         auth_failures = AuthFailureCounter(service.accounting.metrics.registry)
-        authenticator = Authenticator(service.config.auth, auth_failures.count)
+        self.keys = open_stored_keys(service.config, service.budgets)
+        authenticator = Authenticator(service.config.auth, auth_failures.count, self.keys)
+        config_keys = {key.label for key in service.config.auth.api_keys}
         registry = service.accounting.metrics.registry
         limits = RequestLimits(
             service.config, RateLimitGate.from_config(service.config, registry, rate_clock)
         )
+        servicer = RouterServicer(service, authenticator, limits)
+        self.http = (
+            None if config.http_port is None else OpenAIFront(service.config, authenticator, servicer.calls)
+        )
         self._server.add_generic_rpc_handlers(
             (
-                _handlers(RouterServicer(service, authenticator, limits)),
-                admin_handlers(AdminServicer(service, authenticator)),
+                _handlers(servicer),
+                admin_handlers(
+                    AdminServicer(service, authenticator),
+                    key_handlers(KeyAdminServicer(self.keys, authenticator, config_keys)),
+                ),
             )
         )
         self._health = health_aio.HealthServicer()
@@ -352,14 +283,17 @@ class TierwiseServer:
         )
         self.port = 0
         self.metrics_port = 0
+        self.http_port = 0
         self._stopped = False
         self._grace_s = 0.0  # a failed start waits for no call: none was taken
         # The server owns the service from here: it is the first thing in, the last out.
         self._stack = contextlib.AsyncExitStack()
         self._stack.push_async_callback(service.aclose)
         self._stack.push_async_callback(limits.aclose)
+        if self.keys is not None:
+            self._stack.push_async_callback(self.keys.aclose)
         self.admin = (
-            AdminServer(service.accounting.metrics, _scrape_access(service.config, authenticator))
+            AdminServer(service.accounting.metrics, _scrape_access(service, authenticator))
             if config.metrics_port
             else None
         )
@@ -406,6 +340,8 @@ class TierwiseServer:
                 anomalies.start()
                 stack.push_async_callback(anomalies.aclose)
         await self.service.accounting.learning.start()  # stopped by service.aclose too
+        if self.keys is not None:
+            await self.keys.start()  # stopped by keys.aclose, pushed in __init__
         if self.admin is not None:
             self.metrics_port = await self.admin.start(config.host, config.metrics_port)
             stack.push_async_callback(self._stop_admin)
@@ -417,6 +353,9 @@ class TierwiseServer:
             watch_stop = asyncio.Event()
             watcher = asyncio.create_task(serving.watch(interval, watch_stop))
             stack.push_async_callback(_stop_watcher, watch_stop, watcher)
+        if self.http is not None:  # stopped before the rest, as gRPC is
+            self.http_port = await self.http.start(config.host, config.http_port or 0)
+            stack.push_async_callback(self.http.stop)
         # Bound last, so that it is stopped first: no call arrives while the rest closes.
         stack.push_async_callback(self._stop_grpc)  # also releases a port a later step failed after
         address = f"{config.host}:{config.port}"
@@ -460,6 +399,8 @@ async def serve_forever(service: Service) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    if server.keys is not None:  # SIGHUP: read the stored keys now
+        loop.add_signal_handler(signal.SIGHUP, server.keys.request_refresh)
     await stopping.wait()
     log.info("shutting down", extra={"grace_s": service.config.server.grace_period_s})
     await server.stop()

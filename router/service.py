@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from tierwise.cache.batching import BatchingEmbedder, EmbedderBusy
 from tierwise.cache.embedder import SentenceEmbedder, TextEmbedder, Vector
+from tierwise.cache.extras import MissingExtra
 from tierwise.cache.onnx_embedder import OnnxEmbedderError, shared_onnx_embedder
 from tierwise.cache.redis_store import RedisEntryStore
 from tierwise.cache.semantic_cache import SemanticCache
@@ -51,16 +52,20 @@ log = logging.getLogger("tierwise.service")
 @functools.cache
 def shared_embedder(device: str, torch_threads: int = 0) -> SentenceEmbedder:
     """The model is read-only once loaded: one instance per process and device serves every server."""
+    embedder = SentenceEmbedder(device=device)  # first: without the train extra, MissingExtra says so
     if torch_threads:
         import torch
 
         torch.set_num_threads(torch_threads)  # process-wide, as torch's setting is
-    return SentenceEmbedder(device=device)
+    return embedder
 
 
 def _text_embedder(settings: CacheConfig) -> TextEmbedder:
     if settings.embedder == "torch":
-        return shared_embedder(settings.device, settings.torch_threads)
+        try:
+            return shared_embedder(settings.device, settings.torch_threads)
+        except MissingExtra as exc:
+            raise ConfigError(f"cache.embedder: {exc}, or serve embedder onnx (the default)") from None
     try:
         return shared_onnx_embedder(settings.onnx_embedder_dir, settings.device, settings.torch_threads)
     except OnnxEmbedderError as exc:

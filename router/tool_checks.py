@@ -166,6 +166,13 @@ def refused_fields(tier: TierConfig, spec: RequestSpec) -> list[str]:
     refused = [name for name, is_set in UNSUPPORTED.get(tier.provider, {}).items() if is_set(spec)]
     if not tier.images:
         refused += [f"messages[{i}].images" for i, m in enumerate(spec.messages) if m.images][:1]
+    elif tier.provider == "anthropic":  # the Messages API has no detail: auto is what it does anyway
+        refused += [
+            f"messages[{i}].images[{j}].detail"
+            for i, m in enumerate(spec.messages)
+            for j, image in enumerate(m.images)
+            if image.detail in ("low", "high")
+        ][:1]
     return refused
 
 

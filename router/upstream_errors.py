@@ -10,7 +10,7 @@ import grpc
 from tierwise.router.config import TierConfig
 from tierwise.router.errors import ServiceError, UpstreamDeadline, UpstreamRejected, UpstreamUnavailable
 from tierwise.router.outcome import Attempt
-from tierwise.router.providers.base import ProviderError
+from tierwise.router.providers.errors import ProviderError
 
 log = logging.getLogger("tierwise.upstream")
 

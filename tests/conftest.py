@@ -10,6 +10,18 @@ import pytest
 import pytest_asyncio
 
 from tests.upstream import ScriptedUpstream
+from tierwise.cache.onnx_embedder import DEFAULT_DIR
+from tierwise.training.embedder_export import ensure_export
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def onnx_embedder_export() -> Path:
+    """The export the default config serves (cache.embedder onnx, var/onnx-embedder, read relative to
+    the working directory, which for the tests is the repository). `make test` produces it first; a
+    bare pytest run produces it here on first use (about fifteen seconds, with torch)."""
+    return ensure_export(ROOT / DEFAULT_DIR)
 
 
 @pytest.fixture(scope="session")

@@ -81,6 +81,11 @@ class Running:
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
+    @property
+    def http_url(self) -> str:
+        """The OpenAI-compatible HTTP front's base URL (config ``server.http_port`` set)."""
+        return f"http://127.0.0.1:{self.server.http_port}/v1"
+
 
 @contextlib.asynccontextmanager
 async def running_server(config: Config) -> AsyncIterator[Running]:

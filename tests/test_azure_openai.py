@@ -18,7 +18,8 @@ from tests.harness import AUTH, Running, build_config, config_dict, running_serv
 from tests.upstream import ScriptedUpstream
 from tierwise.router.config import ConfigError, TierConfig
 from tierwise.router.providers.azure_openai import AzureOpenAIProvider
-from tierwise.router.providers.base import ChatCall, ErrorType, ProviderError
+from tierwise.router.providers.base import ChatCall
+from tierwise.router.providers.errors import ErrorType, ProviderError
 from tierwise.router.providers.factory import build_provider
 from tierwise.router.types import ChatMessage
 from tierwise.v1 import tierwise_pb2 as pb

@@ -17,10 +17,10 @@ from aiohttp import web
 from tests.budget_support import Clock, make_manager
 from tests.redis_server import RedisServer, redis_server_factory, require_redis_server
 from tierwise.router.budgets.alerts import BudgetAlert
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
 from tierwise.router.budgets.manager import BudgetManager, build_budget_manager
 from tierwise.router.budgets.redis_store import RedisBudgetStore
 from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
-from tierwise.router.budgets.store import BudgetStoreUnavailable
 from tierwise.router.config import parse_config
 from tierwise.router.errors import BudgetExhausted
 

@@ -143,15 +143,17 @@ async def test_a_key_budget_alert_names_the_key(store_factory: StoreFactory) -> 
 
 
 @pytest.mark.asyncio
-async def test_a_key_budget_redis_lost_is_rebuilt_from_the_tenants_spend(
+async def test_a_key_budget_redis_lost_is_rebuilt_from_its_keys_and_unkeyed_spend(
     redis: RedisServer, ledger: SpendLedger
 ) -> None:
     clock = Clock()
     budget = {"tenant": "acme", "key": "alice", "window": "day", "usd": "1.00"}
     manager = replica(redis, clock, ledger, budgets=[budget])
-    record_today(ledger, 4, "0.2", 200)  # 0.8 USD of acme today, by whichever key
+    record_today(ledger, 2, "0.2", 200)  # 0.4 USD of acme today recorded without a key (older records)
+    record_today(ledger, 2, "0.2", 200, api_key="alice")  # 0.4 with alice's key
+    record_today(ledger, 3, "0.2", 200, api_key="bob")  # 0.6 with bob's: not alice's
     await outage_then_empty_restart(redis, clock, [manager], key="alice")
-    # The ledger records no key: alice's budget counts all of acme's spend, never less than hers.
+    # Alice's own spend and what carries no key (it may be hers): never less than hers.
     with pytest.raises(BudgetExhausted, match=r"acme/key:alice/day .* used 0\.8"):
         await manager.reserve("acme", "chat", Decimal("0.3"), 10, key="alice")
     assert (await manager.reserve("acme", "chat", Decimal("0.3"), 10, key="bob")).lines == ()

@@ -19,9 +19,9 @@ import pytest_asyncio
 from tests.budget_support import START, Clock, make_manager
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_ledger import spend
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
 from tierwise.router.budgets.manager import BudgetManager
 from tierwise.router.budgets.redis_store import RedisBudgetStore
-from tierwise.router.budgets.store import BudgetStoreUnavailable
 from tierwise.router.errors import BudgetExhausted
 from tierwise.router.ledger.budget_usage import LedgerBudgetUsage
 from tierwise.router.ledger.postgres_sink import PostgresSpendSink
@@ -77,13 +77,27 @@ async def outage_then_empty_restart(
     clock.advance(1)  # past the first backoff
 
 
-def record_today(ledger: SpendLedger, n: int, usd: str, tokens: int, feature: str = "chat") -> None:
-    """``n`` requests of acme this period (and one yesterday, which must not count)."""
+def record_today(
+    ledger: SpendLedger, n: int, usd: str, tokens: int, feature: str = "chat", api_key: str = ""
+) -> None:
+    """``n`` requests of acme this period (and one yesterday, which must not count), made with
+    ``api_key`` (its requests are numbered apart from other keys')."""
+    first = 0 if not api_key else 10_000 * (1 + sum(map(ord, api_key)))
     for i in range(n):
         ts = (START - timedelta(hours=1)).timestamp() + i
-        ledger.record(spend(i, ts=ts, feature=feature, cost_usd=D(usd), input_tokens=tokens, output_tokens=0))
+        ledger.record(
+            spend(
+                first + i,
+                ts=ts,
+                feature=feature,
+                cost_usd=D(usd),
+                input_tokens=tokens,
+                output_tokens=0,
+                api_key=api_key,
+            )
+        )
     yesterday = (START - timedelta(days=1)).timestamp()
-    ledger.record(spend(999, ts=yesterday, feature=feature, cost_usd=D(5), input_tokens=10**6))
+    ledger.record(spend(first + 999, ts=yesterday, feature=feature, cost_usd=D(5), input_tokens=10**6))
 
 
 @pytest.mark.asyncio

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from tests.redis_server import RedisServer, redis_server_factory
 from tests.test_cache_redis_store import until
 from tierwise.cache.embedder import EmbedderInfo
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.redis_store import RedisEntryStore
 from tierwise.cache.replication import (
     Change,
@@ -27,7 +28,7 @@ from tierwise.cache.replication import (
 )
 from tierwise.cache.semantic_cache import CacheQuery, HitKind, SemanticCache
 from tierwise.cache.settings import CacheSettings
-from tierwise.cache.store import CachedResponse, CacheStoreError, EntryRef, VectorRow
+from tierwise.cache.store import CachedResponse, EntryRef, VectorRow
 
 __all__ = ["redis_server_factory"]
 

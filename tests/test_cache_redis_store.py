@@ -21,16 +21,11 @@ from redis.asyncio import Redis
 
 from tests.redis_server import RedisServer, redis_server_factory, require_redis_server
 from tests.test_cache_store import check_vectors_of, insert_and_check_tenant_filter, make_entry
+from tierwise.cache.entry_state import EntryUsage, EvictionOrder, EvictionPlan
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.redis_store import RedisEntryStore
 from tierwise.cache.replication import ChangeOp
-from tierwise.cache.store import (
-    CacheEntry,
-    CacheStoreError,
-    EntryFilter,
-    EntryUsage,
-    EvictionOrder,
-    EvictionPlan,
-)
+from tierwise.cache.store import CacheEntry, EntryFilter
 
 __all__ = ["redis_server_factory"]
 

@@ -16,11 +16,12 @@ import pytest_asyncio
 from tests.test_cache_embedding import load_sentence_embedder
 from tierwise.cache.batching import BatchingEmbedder, embedding_text
 from tierwise.cache.embedder import EmbedderInfo, SentenceEmbedder, Vector
+from tierwise.cache.entry_state import EvictionOrder
 from tierwise.cache.partition import GenerationParams, Message
 from tierwise.cache.semantic_cache import CacheClosed, CacheQuery, HitKind, SemanticCache
 from tierwise.cache.settings import CacheSettings
 from tierwise.cache.sqlite_store import SqliteEntryStore
-from tierwise.cache.store import CachedResponse, EvictionOrder
+from tierwise.cache.store import CachedResponse
 from tierwise.cache.verification import CosineOnlyVerifier, PairVectors, VerifierVerdict
 
 SYSTEM = "You are the support assistant of an online shop."

@@ -11,16 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tierwise.cache.entry_state import EntryUsage, EvictionOrder, EvictionPlan
+from tierwise.cache.errors import CacheStoreError
 from tierwise.cache.sqlite_store import SqliteEntryStore
 from tierwise.cache.store import (
     CachedResponse,
     CacheEntry,
-    CacheStoreError,
     EntryFilter,
     EntryStore,
-    EntryUsage,
-    EvictionOrder,
-    EvictionPlan,
     entry_label,
     label_entry_id,
     new_entry_id,

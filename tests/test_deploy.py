@@ -417,6 +417,7 @@ def test_the_configmap_holds_a_valid_config_that_matches_the_deployment(
     ports = {p["name"]: p["containerPort"] for p in main["ports"]}
     assert config.server.host == "0.0.0.0"
     assert (config.server.port, config.server.metrics_port) == (ports["grpc"], ports["metrics"])
+    assert config.server.http_port == ports["http"]
     mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
     assert str(config.store.path) == mounts["state"]
     assert main["args"][-1] == f"{mounts['config']}/tierwise.yaml"

@@ -128,8 +128,12 @@ class Served:
         assert not logged, "\n".join(logged)
 
 
-def fuzz_config(store: Path, upstream: ScriptedUpstream, *, cache: bool) -> dict[str, Any]:
+def fuzz_config(
+    store: Path, upstream: ScriptedUpstream, *, cache: bool, http: bool = False
+) -> dict[str, Any]:
     data = config_dict(store, upstream.openai_url, upstream.base_url)
+    if http:  # the HTTP front (test_fuzz_http.py)
+        data["server"]["http_port"] = 0
     data["auth"]["api_keys"].append({"key_sha256": sha256_hex(ADMIN_KEY), "tenant": "ops", "admin": True})
     data["server"]["max_message_bytes"] = MAX_MESSAGE_BYTES
     # Budgets on both tenants put the reservation path under fuzz; far above what fuzzing spends.
@@ -144,9 +148,15 @@ def fuzz_config(store: Path, upstream: ScriptedUpstream, *, cache: bool) -> dict
 
 @contextlib.contextmanager
 def serving(
-    loops: LoopThread, upstream: ScriptedUpstream, errors: ErrorLog, store: Path, *, cache: bool
+    loops: LoopThread,
+    upstream: ScriptedUpstream,
+    errors: ErrorLog,
+    store: Path,
+    *,
+    cache: bool,
+    http: bool = False,
 ) -> Iterator[Served]:
-    config = build_config(fuzz_config(store, upstream, cache=cache))
+    config = build_config(fuzz_config(store, upstream, cache=cache, http=http))
 
     async def start() -> TierwiseServer:
         server = TierwiseServer(await build_service(config))

@@ -73,7 +73,8 @@ PARTS = {"url": pb.ImagePart(url=PHOTO_URL, detail="high"), "data": pb.ImagePart
 async def test_an_image_reaches_each_protocol_in_its_shape(
     svc: Running, upstream: ScriptedUpstream, kind: str, source: str, stream: bool
 ) -> None:
-    await send(svc, image_turn("What is on this receipt?", PARTS[source]), TIER_OF[kind], stream)
+    part = PARTS[source] if kind == "openai" else pb.ImagePart(url=PARTS[source].url)  # no detail there
+    await send(svc, image_turn("What is on this receipt?", part), TIER_OF[kind], stream)
     body = upstream.requests[-1].body
     assert body.get("stream", False) is stream
     assert body["messages"][-1] == {
@@ -228,8 +229,15 @@ async def test_a_tier_without_images_is_skipped_or_refuses_by_name(
     data["tiers"][0]["images"] = False  # the cheap openai tier is a text-only model
     async with running_server(build_config(data)) as svc:
         ask = svc.stub.Complete
-        routed = await ask(pb.CompleteRequest(messages=image_turn("Read it.", PARTS["url"])), metadata=AUTH)
+        routed = await ask(pb.CompleteRequest(messages=image_turn("Read it.", PARTS["data"])), metadata=AUTH)
         assert routed.decision.tier == "large" and upstream.requests[-1].model == "large-model"
+        # At high detail no tier can read it: the one that reads images has no detail.
+        error = await rpc_error(
+            ask(pb.CompleteRequest(messages=image_turn("Read it.", PARTS["url"])), metadata=AUTH)
+        )
+        assert error.details() == (
+            "messages[0].images: no tier that could answer honours it: tier 'small' (openai) cannot honour it"
+        )
         text_only = await ask(pb.CompleteRequest(messages=image_turn("Read it.")), metadata=AUTH)
         assert text_only.decision.tier == "small"
         pinned = pb.CompleteRequest(messages=image_turn("Read it.", PARTS["data"]), tier="small")

@@ -110,7 +110,19 @@ def test_imports_point_one_way() -> None:
 REQUEST_PATH = frozenset(
     {"server", "service", "pipeline", "validation", "wire", "rpc", "admin_rpc", "caching"}
     | {"call_progress", "upstream_errors", "accounting", "output_bound", "field_checks", "utf8_fields"}
-    | {"rate_limiting", "tool_checks", "image_checks", "cpu_workers", "request_work", "deciding"}
+    | {
+        "rate_limiting",
+        "tool_checks",
+        "image_checks",
+        "calls",
+        "openai_http",
+        "openai_schema",
+        "openai_render",
+        "key_rpc",
+        "cpu_workers",
+        "request_work",
+        "deciding",
+    }
 )
 
 

@@ -33,10 +33,23 @@ def locked() -> dict[str, Version]:
     return pins
 
 
+# Extras `make` installs (the gpu extra needs a CUDA machine and is not in the lock).
+LOCKED_EXTRAS = ("dev", "train", "analytics")
+
+
 def declared() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    names = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
-    return [Requirement(r) for r in names]
+    extras = project["optional-dependencies"]
+    names = [*project["dependencies"], *(name for extra in LOCKED_EXTRAS for name in extras[extra])]
+    # An extra may bring another (`tierwise[analytics]`): that is this project, not a pin.
+    return [r for r in map(Requirement, names) if canonicalize_name(r.name) != "tierwise"]
+
+
+def test_make_installs_every_locked_extra() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    installed = re.search(r"-e '\.\[([a-z,]+)\]'", makefile.split("$(STAMP): pyproject.toml $(LOCK)\n", 1)[1])
+    assert installed, "the venv recipe installs the project with its extras"
+    assert set(installed.group(1).split(",")) == set(LOCKED_EXTRAS)
 
 
 def test_every_declared_dependency_is_pinned_inside_its_range() -> None:

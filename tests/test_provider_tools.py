@@ -12,7 +12,8 @@ import pytest_asyncio
 
 from tests.upstream import ScriptedUpstream
 from tierwise.router.providers.anthropic import AnthropicProvider
-from tierwise.router.providers.base import ChatCall, ErrorType, ProviderError
+from tierwise.router.providers.base import ChatCall
+from tierwise.router.providers.errors import ErrorType, ProviderError
 from tierwise.router.types import ChatMessage
 
 TOOLS = json.dumps([{"name": "lookup", "description": "Find an order", "parameters": {"type": "object"}}])

@@ -16,14 +16,8 @@ import pytest_asyncio
 from tests.upstream import RecordedRequest, ScriptedUpstream, serve_in_thread
 from tierwise.router.config import ConfigError, TierConfig
 from tierwise.router.providers.anthropic import AnthropicProvider
-from tierwise.router.providers.base import (
-    ChatCall,
-    ErrorType,
-    Provider,
-    ProviderError,
-    StreamFinish,
-    TextDelta,
-)
+from tierwise.router.providers.base import ChatCall, Provider, StreamFinish, TextDelta
+from tierwise.router.providers.errors import ErrorType, ProviderError
 from tierwise.router.providers.factory import build_provider
 from tierwise.router.providers.http import iter_sse, parse_retry_after
 from tierwise.router.providers.openai import OpenAIProvider

@@ -115,6 +115,14 @@ MESSAGE_CASES: dict[str, dict[str, Check]] = {
 }
 IMAGE_URL = "https://images.example.com/order-7.png"
 TIER_OF = {"openai": "small", "anthropic": "large"}
+# ImagePart's fields, each set on a user turn's one image (detail low: the Messages API has none).
+IMAGE_PART_CASES: dict[str, dict[str, Check]] = {
+    "url": MESSAGE_CASES["images"],
+    "detail": {
+        "openai": lambda b: b["messages"][0]["content"][1]["image_url"]["detail"] == "low",
+        "anthropic": "refused",
+    },
+}
 
 
 @pytest_asyncio.fixture
@@ -129,6 +137,7 @@ def test_every_request_field_is_either_sent_or_tierwise_own() -> None:
     assert fields == TIERWISE_OWN | set(CASES), "a new CompleteRequest field needs a case here"
     assert fields == {f.name for f in pb.RouteRequest.DESCRIPTOR.fields}
     assert {f.name for f in pb.ChatMessage.DESCRIPTOR.fields} == set(MESSAGE_CASES)
+    assert {f.name for f in pb.ImagePart.DESCRIPTOR.fields} == set(IMAGE_PART_CASES)
 
 
 async def sent_or_refused(
@@ -173,6 +182,20 @@ async def test_each_message_field_reaches_the_upstream(
     ]
     request = pb.CompleteRequest(messages=messages, tools_json=json.dumps(TOOLS))
     await sent_or_refused(svc, upstream, kind, request, MESSAGE_CASES[field][kind], field)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", list(TIER_OF))
+@pytest.mark.parametrize("field", list(IMAGE_PART_CASES))
+async def test_each_image_field_reaches_the_upstream_or_is_refused_by_name(
+    svc: Running, upstream: ScriptedUpstream, field: str, kind: str
+) -> None:
+    image = pb.ImagePart(url=IMAGE_URL, detail="low" if field == "detail" else "")
+    request = pb.CompleteRequest(
+        messages=[pb.ChatMessage(role="user", content="Find order 7.", images=[image])]
+    )
+    name = f"messages[0].images[0].{field}"
+    await sent_or_refused(svc, upstream, kind, request, IMAGE_PART_CASES[field][kind], name)
 
 
 @pytest.mark.asyncio

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tierwise.router.config import Backoff, RetryConfig, parse_config
-from tierwise.router.providers.base import ErrorType, ProviderError
+from tierwise.router.providers.errors import ErrorType, ProviderError
 from tierwise.router.resilience import BreakerState, RetryPolicy, StopReason, TierHealth
 
 

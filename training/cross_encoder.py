@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import shutil
 import tempfile
 import time
 import warnings
@@ -33,6 +34,7 @@ from tierwise.cache.embedder import TextEmbedder, pick_device
 from tierwise.cache.verifier_cross import (
     INPUT_NAMES,
     OUTPUT_NAME,
+    TOKENIZER_FILE,
     CrossEncoder,
     CrossEncoderSpec,
     embedder_tokenizer_path,
@@ -414,8 +416,11 @@ def attach_cross_encoder(
     )
     if setting.weight == 0.0:
         target.unlink()
+        (model_dir / TOKENIZER_FILE).unlink(missing_ok=True)
         log("the cross-encoder adds no recall on validation: the verifier stays classifier-only")
     else:
+        # The directory carries its tokenizer: serving reads it there, without the embedder's package.
+        shutil.copyfile(embedder_tokenizer_path(), model_dir / TOKENIZER_FILE)
         updated = dataclasses.replace(
             updated,
             sha256={**manifest.sha256, CROSS_ENCODER_FILE: file_sha256(target)},

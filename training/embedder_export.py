@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
@@ -179,6 +180,14 @@ def export_embedder(
         return cosine
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def ensure_export(out: Path = DEFAULT_DIR, log: Callable[[str], object] = print) -> Path:
+    """The export at ``out``, produced first when there is none (the demo's and the tests' first run)."""
+    if not (out / MANIFEST_FILE).is_file():
+        log(f"exporting the sentence embedder to ONNX at {out} (first run only)")
+        export_embedder(out)
+    return out
 
 
 def export_embedder_command(

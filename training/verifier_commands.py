@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from tierwise.cache.onnx_embedder import DEFAULT_DIR as DEFAULT_ONNX_DIR
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -159,6 +161,17 @@ def eval_cache(
     ] = None,
     cache_dir: CacheDirOption = None,
     device: Annotated[str, typer.Option(help="embedding device: auto, cpu, cuda")] = "auto",
+    embedder_kind: Annotated[
+        str,
+        typer.Option(
+            "--embedder",
+            help="torch (sentence-transformers) or onnx (the export in --onnx-dir); each keeps its own "
+            "embedding cache, so the two can be compared",
+        ),
+    ] = "torch",
+    onnx_dir: Annotated[
+        Path, typer.Option(help="embedder onnx: the directory `tierwise cache export-embedder` wrote")
+    ] = DEFAULT_ONNX_DIR,
 ) -> None:
     """Serve metrics of the semantic cache (cosine-only vs guarded verifier) through the real cache path."""
     import asyncio
@@ -166,7 +179,8 @@ def eval_cache(
 
     from rich.console import Console
 
-    from tierwise.cache.embedder import SentenceEmbedder
+    from tierwise.cache.embedder import SentenceEmbedder, TextEmbedder
+    from tierwise.cache.onnx_embedder import OnnxEmbedder, OnnxEmbedderError
     from tierwise.cache.verification import CosineOnlyVerifier
     from tierwise.cache.verifier_guarded import GuardedVerifier
     from tierwise.cache.verifier_model import VerifierModel, VerifierModelError
@@ -184,8 +198,21 @@ def eval_cache(
     except (OSError, ValueError, VerifierModelError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    inner = SentenceEmbedder(device=device)
-    embedder = DiskCachedEmbedder(inner, EmbeddingDiskCache(_cache_dir(cache_dir), inner.info))
+    if embedder_kind not in ("torch", "onnx"):
+        raise typer.BadParameter(f"--embedder must be torch or onnx, got {embedder_kind!r}")
+    vectors_dir = _cache_dir(cache_dir)
+    inner: TextEmbedder
+    if embedder_kind == "onnx":
+        try:
+            inner = OnnxEmbedder(onnx_dir, device)
+        except OnnxEmbedderError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        # Both backends report one vector space key; their cached vectors must not stand in for each other.
+        vectors_dir = vectors_dir / "onnx"
+    else:
+        inner = SentenceEmbedder(device=device)
+    embedder = DiskCachedEmbedder(inner, EmbeddingDiskCache(vectors_dir, inner.info))
     console.print(
         f"evaluating {len(chosen)} pairs of the {split} split in {mode} mode at thresholds {levels}"
     )
@@ -217,6 +244,7 @@ def eval_cache(
         **default_run["thresholds"][0]["guarded"],
     }
     report["split"] = split
+    report["embedder"] = embedder_kind
     _print_table(console, report)
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

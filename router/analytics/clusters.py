@@ -29,6 +29,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from tierwise.cache.extras import needs_extra
 from tierwise.classifier.features import EMBEDDING_DIM
 from tierwise.router.analytics.quality import JudgedScores, usd_per_quality
 from tierwise.router.analytics.report import CACHE_HITS
@@ -146,7 +147,8 @@ def assign_clusters(
     embeddings: Matrix, request_ids: Sequence[str], k: int, *, seed: int = 0, fit_limit: int = FIT_LIMIT
 ) -> tuple[npt.NDArray[np.intp], Matrix]:
     """k-means labels and centroids; at most as many clusters as distinct embeddings."""
-    from sklearn.cluster import KMeans  # a second or so to import: only when clusters are asked for
+    with needs_extra("analytics", "prompt clusters (k-means)"):
+        from sklearn.cluster import KMeans  # a second or so to import: only when clusters are asked for
 
     fit = embeddings[_fit_rows(request_ids, fit_limit)]
     distinct = int(np.unique(fit, axis=0).shape[0])

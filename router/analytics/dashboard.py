@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from tierwise.cache.extras import MissingExtra
 from tierwise.router.analytics.clusters import TrafficLookup
 from tierwise.router.analytics.quality import JudgedScores
 from tierwise.router.analytics.render import jsonable, row_values
@@ -99,9 +100,12 @@ async def _quality(ctx: PanelContext) -> object:
 
 
 async def _clusters(ctx: PanelContext) -> object:
-    section = await clusters_section(
-        ctx.source, ctx.traffic, ctx.scores, ctx.config, ctx.since, ctx.until, ctx.tenant, ctx.clusters
-    )
+    try:
+        section = await clusters_section(
+            ctx.source, ctx.traffic, ctx.scores, ctx.config, ctx.since, ctx.until, ctx.tenant, ctx.clusters
+        )
+    except MissingExtra as exc:  # a core install serves the rest of the dashboard without scikit-learn
+        return {"unavailable": str(exc), "clusters": []}
     return section.data
 
 

@@ -180,7 +180,7 @@ class BudgetProjection:
 
 def project_budget(spend: DailySpend, budget: BudgetConfig) -> BudgetProjection | None:
     """USD budgets only (a token-only budget is skipped); None when it has no USD limit, or is an API
-    key's (the ledger records no key, so its spend cannot be told from the tenant's)."""
+    key's (the daily spend series are per tenant, and a tenant's would overstate the key's)."""
     limit = budget.usd if budget.usd is not None else budget.soft_usd
     if limit is None or budget.key is not None:
         return None

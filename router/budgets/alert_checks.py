@@ -20,7 +20,8 @@ from tierwise.router.budgets.alerts import (
     alert_limit,
     spent_in,
 )
-from tierwise.router.budgets.store import Amount, BudgetLine, BudgetStore, BudgetStoreUnavailable, Period
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
+from tierwise.router.budgets.store import Amount, BudgetLine, BudgetStore, Period
 from tierwise.router.config import BudgetConfig
 
 log = logging.getLogger("tierwise.budgets")

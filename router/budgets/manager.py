@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeVar
 from tierwise.cache.backoff import Backoff, DownGate
 from tierwise.router.budgets.alert_checks import AlertChecks
 from tierwise.router.budgets.alerts import AlertDispatcher, Unit
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
 from tierwise.router.budgets.rebuild import LineToSeed, UsageRebuilder, UsageSource
 from tierwise.router.budgets.redis_store import RedisBudgetStore
 from tierwise.router.budgets.sqlite_store import SqliteBudgetStore
@@ -48,7 +49,6 @@ from tierwise.router.budgets.store import (
     Amount,
     BudgetLine,
     BudgetStore,
-    BudgetStoreUnavailable,
     Limit,
     LineState,
     Period,
@@ -122,7 +122,8 @@ class BudgetManager:
         clock: Callable[[], float] = time.monotonic,
         usage_source: UsageSource | None = None,
     ) -> None:
-        self._budgets = {b.name: b for b in budgets}
+        self._budgets = {b.name: b for b in budgets}  # shared with AlertChecks: changed in place
+        self._stored_key_budgets: set[str] = set()
         self._store = store
         self._settings = settings or BudgetStoreConfig()
         self._tier_order = list(tier_order)
@@ -303,6 +304,24 @@ class BudgetManager:
         for listener in self._duplicate_listeners:
             listener(operation)
 
+    def set_key_budgets(self, budgets: Sequence[BudgetConfig]) -> None:
+        """The budgets of the keys kept as data (``tierwise keys``), replacing the last set given;
+        the config's budgets stay. A key's new limit applies from its next reservation."""
+        for name in self._stored_key_budgets - {b.name for b in budgets}:
+            del self._budgets[name]
+        for budget in budgets:
+            self._budgets[budget.name] = budget
+        self._stored_key_budgets = {b.name for b in budgets}
+
+    def budget_tenants(self) -> dict[str, str]:
+        """Every budget's name -> its tenant (the config's and the stored keys')."""
+        return {name: budget.tenant for name, budget in self._budgets.items()}
+
+    def tenant_of(self, budget: str) -> str:
+        """The tenant a budget (by name, as ``usage`` names it) belongs to; "" when unknown."""
+        known = self._budgets.get(budget)
+        return "" if known is None else known.tenant
+
     # -- reporting ------------------------------------------------------------
 
     async def usage(self) -> list[BudgetUsage]:
@@ -348,8 +367,8 @@ class BudgetManager:
 
     def _to_seed(self, line: BudgetLine) -> LineToSeed:
         budget = self._budgets[line.budget]
-        # A key budget is rebuilt from its tenant's (and feature's) spend (rebuild.py says why).
-        return LineToSeed(line, budget.tenant, budget.feature, self._period(line))
+        # A key budget: from the key's spend and what carries no key (rebuild.py says why).
+        return LineToSeed(line, budget.tenant, budget.feature, self._period(line), budget.key)
 
     def _period(self, line: BudgetLine) -> Period:
         budget = self._budgets[line.budget]

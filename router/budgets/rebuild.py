@@ -19,8 +19,9 @@ out first), and requests in flight when Redis lost the data that settle before
 the rebuild and reach the ledger after it (the seed keeps the larger of the two
 counts, never their sum, so those are not double-counted either).
 
-The ledger records no API key, so a key's budget is rebuilt from all of its tenant's (and
-feature's) spend in the period: more than the key spent, never less.
+A key's budget is rebuilt from its tenant's (and feature's) spend made with that key or with
+no key recorded: spend records written before the ledger had an ``api_key`` column carry none,
+so counting them too keeps the rebuild at or above what the key spent, never below.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from decimal import Decimal
 from typing import Protocol
 
 from tierwise.cache.backoff import DownGate
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
 from tierwise.router.budgets.store import (
     Amount,
     BudgetLine,
-    BudgetStoreUnavailable,
     Period,
     SeededBudgetStore,
     nanos_to_usd,
@@ -55,10 +56,11 @@ class UsageSource(Protocol):
     name: str  # for messages: "the spend ledger (PostgresSpendSink)"
 
     async def spent(
-        self, tenant: str, feature: str | None, since: datetime, until: datetime
+        self, tenant: str, feature: str | None, since: datetime, until: datetime, key: str | None = None
     ) -> tuple[Decimal, int]:
         """USD and tokens (input + output) the tenant spent in [since, until); ``feature`` None: all
-        of its features. Raises when the source cannot answer."""
+        of its features; ``key``: only with that API key or none recorded. Raises when the source
+        cannot answer."""
         ...
 
 
@@ -68,6 +70,7 @@ class LineToSeed:
     tenant: str
     feature: str | None
     period: Period
+    key: str | None = None
 
 
 class UsageRebuilder:
@@ -130,7 +133,7 @@ class UsageRebuilder:
         try:
             async with asyncio.timeout(self._timeout_s):
                 usd, tokens = await self._source.spent(
-                    item.tenant, item.feature, item.period.start, item.period.end
+                    item.tenant, item.feature, item.period.start, item.period.end, item.key
                 )
         except Exception as exc:
             wait = self._gate.failed()

@@ -31,14 +31,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from tierwise.router.budgets.store import (
-    Amount,
-    BudgetLine,
-    BudgetStoreUnavailable,
-    LineState,
-    ReserveResult,
-    SettleResult,
-)
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
+from tierwise.router.budgets.store import Amount, BudgetLine, LineState, ReserveResult, SettleResult
 
 _PURGE = """
 local function sub(key, field, n)

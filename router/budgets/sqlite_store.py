@@ -16,14 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from tierwise.router.budgets.store import (
-    Amount,
-    BudgetLine,
-    BudgetStoreUnavailable,
-    LineState,
-    ReserveResult,
-    SettleResult,
-)
+from tierwise.router.budgets.errors import BudgetStoreUnavailable
+from tierwise.router.budgets.store import Amount, BudgetLine, LineState, ReserveResult, SettleResult
+from tierwise.router.storage import in_transaction
 
 T = TypeVar("T")
 
@@ -129,18 +124,10 @@ class SqliteBudgetStore:
         return await asyncio.to_thread(self._run, body)
 
     def _run(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = body(self._db)
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-                return result
-            except sqlite3.Error as exc:
-                raise BudgetStoreUnavailable(f"budget store {self.name} failed: {exc}") from exc
+        try:
+            return in_transaction(self._db, self._lock, body)
+        except sqlite3.Error as exc:
+            raise BudgetStoreUnavailable(f"budget store {self.name} failed: {exc}") from exc
 
 
 def _purge(db: sqlite3.Connection, now: float) -> None:

@@ -15,25 +15,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Literal, Protocol, runtime_checkable
 
-import grpc
-
-from tierwise.router.errors import ServiceError
-
 NANOS_PER_USD = Decimal(1_000_000_000)
 # A window's records are kept this long after it ends (reports of the last window can still read it).
 WINDOW_RETENTION = timedelta(days=2)
 
 Window = Literal["day", "month"]
-
-
-class BudgetStoreUnavailable(ServiceError):
-    """The budget store cannot be reached or failed; the message names it (for the log), what the
-    caller is told does not (a store's address is not a tenant's to see)."""
-
-    code = grpc.StatusCode.UNAVAILABLE
-
-    def __init__(self, message: str, *, public: str = "the budget store is unavailable") -> None:
-        super().__init__(message, public=public)
 
 
 def usd_to_nanos(usd: Decimal, *, round_up: bool) -> int:

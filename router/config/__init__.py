@@ -19,6 +19,7 @@ from tierwise.router.config.experiments import (
     ExperimentConfig,
     ExperimentName,
 )
+from tierwise.router.config.keys import KeysConfig
 from tierwise.router.config.learning import (
     JudgeConfig,
     LearningConfig,
@@ -91,6 +92,7 @@ __all__ = [
     "FeedbackConfig",
     "HeaderFromEnv",
     "JudgeConfig",
+    "KeysConfig",
     "LatencyWindowConfig",
     "LearningConfig",
     "LedgerConfig",

@@ -14,7 +14,7 @@ class LoggingConfig(StrictSection):
     format: Literal["json", "text"] = "json"
 
 
-MetricLabel = Literal["tenant", "feature", "tier", "model", "provider", "experiment", "arm"]
+MetricLabel = Literal["tenant", "feature", "tier", "model", "provider", "experiment", "arm", "api_key"]
 
 
 class MetricsConfig(StrictSection):
@@ -30,6 +30,13 @@ class MetricsConfig(StrictSection):
     features: tuple[str, ...] = Field((), description="feature values always kept as label values")
     max_features: int = Field(
         20, ge=0, le=100_000, description="feature values kept beyond the allow-list, first seen first"
+    )
+    max_api_keys: int = Field(
+        100,
+        ge=0,
+        le=100_000,
+        description="with the api_key label (off by default): key names kept as values, first seen first;"
+        " stored keys are data, so their number is bounded here, not by the config",
     )
     scrape_key_sha256: str | None = Field(
         None, description="SHA-256 of the key /metrics requires (Bearer or Basic password); unset: open"

@@ -28,6 +28,12 @@ class ServerConfig(StrictSection):
     host: str = "127.0.0.1"
     port: int = Field(50051, ge=0, le=65535)
     metrics_port: int = Field(9464, ge=0, le=65535, description="0 turns /metrics off")
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="the OpenAI-compatible HTTP front (POST /v1/chat/completions, GET /v1/models); unset: off",
+    )
     grace_period_s: float = Field(10.0, ge=0)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     log_prompts: bool = False
@@ -48,6 +54,16 @@ class ServerConfig(StrictSection):
         " RESOURCE_EXHAUSTED and a retry hint",
     )
     tls: TlsConfig | None = None
+
+    @model_validator(mode="after")
+    def _own_http_port(self) -> ServerConfig:
+        if self.http_port:  # 0 (a free port, in tests) cannot clash
+            for name in ("port", "metrics_port"):
+                if self.http_port == getattr(self, name):
+                    raise ValueError(
+                        f"http_port: {self.http_port} is also server.{name}; give it its own port"
+                    )
+        return self
 
 
 class ApiKey(StrictSection):

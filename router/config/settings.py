@@ -16,6 +16,7 @@ from tierwise.router.config.cache import (
 from tierwise.router.config.experiments import (
     ExperimentConfig,
 )
+from tierwise.router.config.keys import KeysConfig
 from tierwise.router.config.learning import (
     LearningConfig,
 )
@@ -78,6 +79,7 @@ class Config(BaseSettings):
     learning: LearningConfig = LearningConfig()
     experiments: tuple[ExperimentConfig, ...] = ()
     rate_limits: RateLimitsConfig = RateLimitsConfig()
+    keys: KeysConfig = KeysConfig()
 
     @classmethod
     def settings_customise_sources(

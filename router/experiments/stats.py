@@ -6,7 +6,9 @@
   a percentile bootstrap of the difference of means, each arm resampled on its own;
 - shares (cache hit rate): the normal (Wald) interval of a difference of proportions.
 
-Each returns None when an arm has too few observations for an interval.
+Each returns None when an arm has too few observations for an interval. SciPy (the
+``analytics`` extra) is imported when an interval is computed: reports are offline jobs, and
+the serving install does without it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import stats
+
+from tierwise.cache.extras import needs_extra
+
+
+def _scipy_stats() -> Any:
+    with needs_extra("analytics", "an experiment's confidence intervals"):
+        from scipy import stats
+    return stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +58,7 @@ def welch_interval(
     if se == 0:  # both arms constant: the difference is known exactly
         return Interval(diff, diff, diff, "welch", 1.0 if diff == 0 else 0.0)
     # Welch-Satterthwaite degrees of freedom
+    stats = _scipy_stats()
     df = (v1 + v0) ** 2 / (v1**2 / (n1 - 1) + v0**2 / (n0 - 1))
     t = float(stats.t.ppf(0.5 + confidence / 2, df))
     p = float(2 * stats.t.sf(abs(diff) / se, df))
@@ -83,6 +94,7 @@ def proportion_difference(
     p1, p0 = hits1 / n1, hits0 / n0
     diff = p1 - p0
     se = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
+    stats = _scipy_stats()
     z = float(stats.norm.ppf(0.5 + confidence / 2))
     pooled = (hits1 + hits0) / (n1 + n0)
     pooled_se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))

@@ -20,7 +20,8 @@ from typing import Protocol
 
 from tierwise.router.config import JudgeConfig, TierConfig
 from tierwise.router.pricing import cost_usd, expected_cost_usd
-from tierwise.router.providers.base import ChatCall, Provider, ProviderError
+from tierwise.router.providers.base import ChatCall, Provider
+from tierwise.router.providers.errors import ProviderError
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import ChatMessage, TokenUsage
 

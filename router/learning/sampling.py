@@ -33,7 +33,8 @@ from tierwise.router.ledger.record import SpendRecord
 from tierwise.router.ledger.spend_ledger import SpendLedger
 from tierwise.router.outcome import Completion, Decision
 from tierwise.router.pricing import cost_usd, expected_cost_usd
-from tierwise.router.providers.base import ChatCall, Provider, ProviderError
+from tierwise.router.providers.base import ChatCall, Provider
+from tierwise.router.providers.errors import ProviderError
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import RequestSpec, TokenUsage
 

@@ -23,12 +23,18 @@ class LedgerBudgetUsage:
         self.name = f"the spend ledger ({type(ledger.sink).__name__})"
 
     async def spent(
-        self, tenant: str, feature: str | None, since: datetime, until: datetime
+        self, tenant: str, feature: str | None, since: datetime, until: datetime, key: str | None = None
     ) -> tuple[Decimal, int]:
         # A ledger not started (a service built outside a server) writes its journal when it starts.
         if self._ledger.running and not await self._ledger.flush(self._flush_timeout_s):
             raise TimeoutError(f"this replica's journal was not written within {self._flush_timeout_s:g} s")
         filters = {"tenant": tenant} if feature is None else {"tenant": tenant, "feature": feature}
-        rows = await self._ledger.totals(since.timestamp(), until.timestamp(), (), filters)
+        # A key: its own records, and those with no key (written before the ledger recorded keys).
+        keyed = [filters] if key is None else [{**filters, "api_key": k} for k in dict.fromkeys((key, ""))]
+        rows = [
+            row
+            for one in keyed
+            for row in await self._ledger.totals(since.timestamp(), until.timestamp(), (), one)
+        ]
         usd = sum((row.cost_usd for row in rows), Decimal(0))
         return usd, sum(row.input_tokens + row.output_tokens for row in rows)

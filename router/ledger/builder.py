@@ -76,6 +76,7 @@ class _Common(TypedDict):
     provider: str
     cache_result: str
     reason: str
+    api_key: str
 
 
 class SpendRecordBuilder:
@@ -122,6 +123,7 @@ class SpendRecordBuilder:
             provider=tier.provider if tier else "",
             cache_result=_cache_result(spec, decision),
             reason=decision.reason if decision else "",
+            api_key=spec.api_key,
         )
 
     def _hit_saving(self, decision: Decision) -> Decimal:

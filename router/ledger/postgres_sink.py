@@ -15,7 +15,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from tierwise.router.ledger.record import SpendRecord
-from tierwise.router.ledger.sql import Dialect, insert_sql, schema, to_row
+from tierwise.router.ledger.sql import ADDED_COLUMNS, Dialect, add_column_sql, insert_sql, schema, to_row
 from tierwise.router.ledger.sql_store import SqlSpendStore
 from tierwise.router.storage.postgres_session import PostgresSession
 
@@ -59,7 +59,7 @@ class PostgresSpendSink(SqlSpendStore):
     def __init__(self, dsn: str, *, connect_timeout_s: int = 5, statement_timeout_s: float = 30.0) -> None:
         self._session = PostgresSession(
             dsn,
-            schema(POSTGRES),
+            [*schema(POSTGRES), *(add_column_sql(POSTGRES, c, if_not_exists=True) for c in ADDED_COLUMNS)],
             _SCHEMA_LOCK,
             connect_timeout_s=connect_timeout_s,
             statement_timeout_s=statement_timeout_s,

@@ -52,6 +52,7 @@ class SpendRecord:
     attempts: int = 0
     fallback: bool = False
     reason: str = ""
+    api_key: str = ""  # the API key's label (its name, or its digest prefix), never the secret
 
     def __post_init__(self) -> None:
         # A bad record would be journalled and then refused by every store, so refuse it here.

@@ -49,7 +49,11 @@ COLUMNS: tuple[tuple[str, Kind], ...] = (
     ("attempts", "int"),
     ("fallback", "bool"),
     ("reason", "text"),
+    ("api_key", "text"),
 )
+# Columns added after the first release, with the value older rows get: a store opened on an
+# older table adds them (``add_column_sql``), so old databases keep working.
+ADDED_COLUMNS = {"api_key": "''"}
 assert tuple(name for name, _ in COLUMNS) == FIELD_NAMES, "the table must hold every SpendRecord field"
 
 INDEXES = {"tenant_ts": "tenant, ts", "feature_ts": "feature, ts", "ts": "ts"}
@@ -65,7 +69,9 @@ GROUP_COLUMNS = (
     "arm",
     "status",
     "cache_result",
+    "api_key",
 )
+ALIASES = {"key": "api_key"}  # report --by key
 TIME_BUCKETS = ("day", "hour")
 _TAG_KEY = re.compile(r'^[^"\\\x00]{1,256}$')
 
@@ -102,8 +108,8 @@ def parse_dimension(name: str) -> Dimension:
     """
     if name.startswith("tag:"):
         key = name[4:]
-    elif name in GROUP_COLUMNS:
-        return Dimension(name, "column", name)
+    elif name in GROUP_COLUMNS or name in ALIASES:
+        return Dimension(name, "column", ALIASES.get(name, name))
     elif name in TIME_BUCKETS:
         return Dimension(name, "time", name)
     else:
@@ -138,6 +144,16 @@ def schema(d: Dialect) -> list[str]:
         f"CREATE INDEX IF NOT EXISTS {TABLE}_{n} ON {TABLE} ({cols})" for n, cols in INDEXES.items()
     ]
     return statements
+
+
+def add_column_sql(d: Dialect, name: str, *, if_not_exists: bool) -> str:
+    """Adds one of ``ADDED_COLUMNS`` to an older table (PostgreSQL can say IF NOT EXISTS; SQLite
+    cannot, so its store asks which columns exist first)."""
+    kind = dict(COLUMNS)[name]
+    guard = "IF NOT EXISTS " if if_not_exists else ""
+    return (
+        f"ALTER TABLE {TABLE} ADD COLUMN {guard}{name} {d.types[kind]} NOT NULL DEFAULT {ADDED_COLUMNS[name]}"
+    )
 
 
 def insert_sql(d: Dialect) -> str:

@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from tierwise.router.ledger.record import SpendRecord
-from tierwise.router.ledger.sql import Dialect, insert_sql, schema, tags_json, to_row
+from tierwise.router.ledger.sql import (
+    ADDED_COLUMNS,
+    TABLE,
+    Dialect,
+    add_column_sql,
+    insert_sql,
+    schema,
+    tags_json,
+    to_row,
+)
 from tierwise.router.ledger.sql_store import SqlSpendStore
 from tierwise.router.pricing import total_usd, usd_str
 from tierwise.router.storage.sqlite_batch import insert_batch
@@ -72,6 +81,9 @@ class SqliteSpendSink(SqlSpendStore):
         self._db.create_aggregate("decimal_sum", 1, _DecimalSum)
         for statement in schema(SQLITE):
             self._db.execute(statement)
+        present = {row[1] for row in self._db.execute(f"PRAGMA table_info({TABLE})")}
+        for column in ADDED_COLUMNS.keys() - present:  # a table an older release made
+            self._db.execute(add_column_sql(SQLITE, column, if_not_exists=False))
         self._lock = threading.Lock()
         self._insert = insert_sql(SQLITE)
 

@@ -30,7 +30,7 @@ Refresher = Callable[[], Awaitable[None]]
 Encoder = Callable[[CollectorRegistry], bytes]
 
 
-OPEN = ScrapeAccess(None, None, {})
+OPEN = ScrapeAccess(None, None, dict)
 
 
 class AdminServer:

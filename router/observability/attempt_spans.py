@@ -25,14 +25,8 @@ from tierwise.router.observability.tracing import (
     mark_error,
     next_attempt,
 )
-from tierwise.router.providers.base import (
-    ChatCall,
-    ChatResult,
-    Provider,
-    ProviderError,
-    StreamEvent,
-    StreamFinish,
-)
+from tierwise.router.providers.base import ChatCall, ChatResult, Provider, StreamEvent, StreamFinish
+from tierwise.router.providers.errors import ProviderError
 from tierwise.router.types import TokenUsage
 
 

@@ -168,6 +168,7 @@ class Metrics:
         labels: Sequence[str] = DEFAULT_LABELS,
         *,
         features: BoundedLabelValues | None = None,
+        api_keys: BoundedLabelValues | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         unknown = sorted(set(labels) - set(ALLOWED_LABELS))
@@ -176,7 +177,10 @@ class Metrics:
         self.labels = tuple(dict.fromkeys(labels))
         # Label values callers choose, bounded; the others come from the API key or from config.
         self.features = BoundedLabelValues() if features is None else features
-        self._bounded = {"feature": self.features}
+        self._bounded = {
+            "feature": self.features,
+            "api_key": BoundedLabelValues(max_values=100) if api_keys is None else api_keys,
+        }
         self._watched: list[Collector] = []
         self.registry = CollectorRegistry() if registry is None else registry
         r, spend = self.registry, self.labels
@@ -279,7 +283,11 @@ class Metrics:
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> Metrics:
-        return cls(config.labels, features=BoundedLabelValues(config.features, config.max_features))
+        return cls(
+            config.labels,
+            features=BoundedLabelValues(config.features, config.max_features),
+            api_keys=BoundedLabelValues(max_values=config.max_api_keys),
+        )
 
     # -- what the pipeline calls ----------------------------------------------
 
@@ -376,7 +384,16 @@ class Metrics:
         return generate_latest(self.view(self.watched()))
 
 
-AUTH_FAILURE_REASONS = ("missing", "malformed", "duplicate", "unknown_key", "throttled")
+AUTH_FAILURE_REASONS = (
+    "missing",
+    "malformed",
+    "duplicate",
+    "unknown_key",
+    "revoked",
+    "expired",
+    "store_down",
+    "throttled",
+)
 
 
 class AuthFailureCounter:

@@ -16,7 +16,7 @@ import base64
 import binascii
 import copy
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client.core import Metric
 
@@ -62,13 +62,14 @@ class ScrapeAccess:
         self,
         scrape_key_sha256: str | None,
         api_keys: Authenticator | None,
-        budget_tenants: Mapping[str, str],
+        budget_tenants: Callable[[], Mapping[str, str]],
     ) -> None:
         """``api_keys``: the service's authenticator when it checks API keys (None in auth mode
-        ``none``, where every caller would pass); ``budget_tenants``: budget name -> its tenant."""
+        ``none``, where every caller would pass); ``budget_tenants``: budget name -> its tenant, asked
+        at each scrape (stored keys' budgets come and go)."""
         self._scrape_key = scrape_key_sha256
         self._api_keys = api_keys
-        self._budget_tenants = dict(budget_tenants)
+        self._budget_tenants = budget_tenants
 
     @property
     def challenge(self) -> str:
@@ -91,4 +92,4 @@ class ScrapeAccess:
         if self._api_keys is None:
             raise Unauthenticated("unknown scrape key")
         caller = self._api_keys.caller_for([("authorization", metadata)], source)
-        return None if caller.admin else TenantScope(caller.tenant, self._budget_tenants)
+        return None if caller.admin else TenantScope(caller.tenant, self._budget_tenants())

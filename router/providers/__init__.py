@@ -4,13 +4,12 @@ OpenAI's deployments too) and the Anthropic Messages API, over one shared HTTP c
 from tierwise.router.providers.base import (
     ChatCall,
     ChatResult,
-    ErrorType,
     Provider,
-    ProviderError,
     StreamEvent,
     StreamFinish,
     TextDelta,
 )
+from tierwise.router.providers.errors import ErrorType, ProviderError
 from tierwise.router.providers.factory import build_provider
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tierwise.router.providers.base import ErrorType, ProviderError
+from tierwise.router.providers.errors import ErrorType, ProviderError
 
 T = TypeVar("T")
 

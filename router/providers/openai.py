@@ -8,15 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from tierwise.router.providers.base import (
-    ChatCall,
-    ChatResult,
-    ErrorType,
-    ProviderError,
-    StreamEvent,
-    StreamFinish,
-    TextDelta,
-)
+from tierwise.router.providers.base import ChatCall, ChatResult, StreamEvent, StreamFinish, TextDelta
+from tierwise.router.providers.errors import ErrorType, ProviderError
 from tierwise.router.providers.http import HttpProvider, error_message, parse_json_object
 from tierwise.router.providers.images import content_parts
 from tierwise.router.types import ChatMessage, TokenUsage, ToolCall, ToolCallDelta

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter
@@ -41,6 +42,15 @@ log = logging.getLogger("tierwise.rate_limits")
 
 _NOUN = {"key": "API key", "tenant": "tenant"}
 _UNIT = {"rpm": "requests per minute", "tpm": "tokens per minute"}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """The caller's API key: its label (the bucket's name) and its own limits."""
+
+    label: str
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 class RateLimited(RetryLater):
@@ -70,8 +80,8 @@ class RateLimitStoreDown(ServiceError):
 
 
 class RateLimitMetrics:
-    """``tierwise_rate_limited_total`` by tenant, scope, name (the tenant or the key's label: all from
-    the config, so bounded) and kind; the tenant label lets a tenant's scrape key see its own series;
+    """``tierwise_rate_limited_total`` by tenant, scope, name (the tenant or the key's label: from the
+    config, or a stored key that has limits, which admins create: bounded) and kind; the tenant label lets a tenant's scrape key see its own series;
     ``tierwise_rate_limit_store_failures_total`` by what the fail mode decided (or a lost correction)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -95,7 +105,13 @@ class Admission:
     """One request's charges: ``acquire`` takes them (the token estimate is made there, so that a
     failure to make it is the request's); ``settle`` corrects the estimate (a no-op unless taken)."""
 
-    def __init__(self, gate: RateLimitGate, tenant: str, key: str, tokens: Callable[[], int] | None) -> None:
+    def __init__(
+        self,
+        gate: RateLimitGate,
+        tenant: str,
+        key: KeyLimits,
+        tokens: Callable[[], int] | None,
+    ) -> None:
         self._gate = gate
         self._request = (tenant, key, tokens)
         self._taken: list[tuple[Charge, float]] = []
@@ -119,7 +135,6 @@ class RateLimitGate:
     def __init__(self, config: Config, limiter: RateLimiter, metrics: RateLimitMetrics) -> None:
         self._fail_mode = config.rate_limits.fail_mode
         self._tenants = config.rate_limits.tenants
-        self._keys = {key.label: key for key in config.auth.api_keys}
         self._limiter = limiter
         self._metrics = metrics
         settings = config.rate_limits
@@ -141,15 +156,16 @@ class RateLimitGate:
             limiter = MemoryRateLimiter() if clock is None else MemoryRateLimiter(clock)
         return cls(config, limiter, RateLimitMetrics(registry))
 
-    def admission(self, tenant: str, key: str, tokens: Callable[[], int] | None) -> Admission:
-        """A request of ``tenant`` with API key ``key`` (its label); ``tokens`` estimates its tokens,
-        asked only when a TPM limit applies (None: the request calls no tier)."""
+    def admission(self, tenant: str, key: KeyLimits, tokens: Callable[[], int] | None) -> Admission:
+        """A request of ``tenant`` with API key ``key`` (its label and limits, from the config or
+        the key store); ``tokens`` estimates its tokens, asked only when a TPM limit applies (None:
+        the request calls no tier)."""
         return Admission(self, tenant, key, tokens)
 
-    def charges(self, tenant: str, key: str, tokens: Callable[[], int] | None) -> list[Charge]:
+    def charges(self, tenant: str, key: KeyLimits, tokens: Callable[[], int] | None) -> list[Charge]:
         limits: list[tuple[Scope, str, int | None, int | None]] = []
-        if key in self._keys:
-            limits.append(("key", key, self._keys[key].rpm, self._keys[key].tpm))
+        if key.label and (key.rpm is not None or key.tpm is not None):
+            limits.append(("key", key.label, key.rpm, key.tpm))
         if tenant in self._tenants:
             limits.append(("tenant", tenant, self._tenants[tenant].rpm, self._tenants[tenant].tpm))
         charges: list[Charge] = []

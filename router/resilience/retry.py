@@ -25,7 +25,7 @@ from typing import Generic, TypeVar
 from tierwise.cache.backoff import Backoff, Jitter
 from tierwise.router.config import Backoff as ClassBackoff
 from tierwise.router.config import RetryConfig
-from tierwise.router.providers.base import ErrorType, ProviderError
+from tierwise.router.providers.errors import ErrorType, ProviderError
 
 T = TypeVar("T")
 

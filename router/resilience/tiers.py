@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from tierwise.router.config import Config, TierConfig
-from tierwise.router.providers.base import ErrorType, ProviderError
+from tierwise.router.providers.errors import ErrorType, ProviderError
 from tierwise.router.resilience.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, Listener
 from tierwise.router.resilience.latency import LatencyEstimate, LatencyTracker, Metric
 from tierwise.router.resilience.retry import Clock, RetryOutcome, RetryPolicy, Sleep

@@ -1,11 +1,15 @@
-"""One batch of rows into SQLite as one transaction, shared by the embedded stores that write in batches."""
+"""SQLite transactions the embedded stores share: one batch of rows at once, one write transaction."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from tierwise.cache.sqlite_tx import write_transaction
+
+T = TypeVar("T")
 
 
 def insert_batch(
@@ -25,3 +29,11 @@ def insert_batch(
             db.execute("ROLLBACK")
             raise
         return db.total_changes - before
+
+
+def in_transaction(
+    db: sqlite3.Connection, lock: threading.Lock, body: Callable[[sqlite3.Connection], T]
+) -> T:
+    """``body`` in one write transaction (``cache.sqlite_tx``) on a connection that ``lock`` guards."""
+    with lock:
+        return write_transaction(db, body)

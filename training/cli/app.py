@@ -11,8 +11,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from tierwise import __version__
+from tierwise.cache.extras import as_missing_extra
 from tierwise.router.config import Config, ConfigError, load_config
 from tierwise.router.observability.logs import configure_logging
 from tierwise.router.service import Service, build_service
@@ -23,6 +25,7 @@ from tierwise.training.cli.anomalies import anomalies
 from tierwise.training.cli.estimate import estimate
 from tierwise.training.cli.experiment import experiment_app
 from tierwise.training.cli.help_format import CACHE, DEMO, MODELS, REPORTS, SERVING, TierwiseGroup
+from tierwise.training.cli.keys import keys_app
 from tierwise.training.cli.report import report
 
 app = typer.Typer(
@@ -32,7 +35,14 @@ app = typer.Typer(
     add_completion=False,
     cls=TierwiseGroup,
 )
-err = Console(stderr=True)
+# soft_wrap: an error message stays one line a caller can grep, whatever the terminal's width.
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _error(message: object) -> None:
+    """``message`` verbatim: config errors and extras' names ("tierwise[train]") are not rich markup."""
+    err.print(f"[red]error:[/red] {escape(str(message))}")
+
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="YAML config file", exists=False)]
 
@@ -41,7 +51,7 @@ def _load(path: Path) -> Config:
     try:
         return load_config(path)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise typer.Exit(2) from None
 
 
@@ -65,7 +75,7 @@ async def _build(config: Config) -> Service:
     try:
         return await build_service(config)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        _error(exc)
         raise typer.Exit(2) from None
 
 
@@ -192,6 +202,7 @@ cache_app.command("train-cross-encoder")(verifier_commands.train_cross_encoder)
 cache_app.command("eval")(verifier_commands.eval_cache)
 cache_app.command("export-embedder")(embedder_export.export_embedder_command)
 
+app.add_typer(keys_app(), name="keys", rich_help_panel=SERVING)
 app.add_typer(training_commands.models_app(), name="models", rich_help_panel=MODELS)
 app.add_typer(router_app, name="router", rich_help_panel=MODELS)
 app.add_typer(cache_app, name="cache", rich_help_panel=CACHE)
@@ -202,7 +213,15 @@ app.add_typer(experiment_app(), name="experiment", rich_help_panel=REPORTS)
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ImportError as exc:
+        # An offline job run by an install without its extra: say which extra, not a traceback.
+        missing = as_missing_extra(exc, f"`tierwise {' '.join(sys.argv[1:3])}`")
+        if missing is None:
+            raise
+        _error(missing)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def report(
     by: Annotated[
         str,
         typer.Option(
-            help="comma list of tenant, feature, tier, model, arm, day, hour or any metadata tag key"
+            help="comma list of tenant, feature, key (the API key's name), tier, model, arm, day, hour or any metadata tag key"
         ),
     ] = "tenant",
     fmt: Annotated[

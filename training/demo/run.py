@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
 import os
 import secrets
 import shutil
 import statistics
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -33,7 +36,9 @@ from tierwise.router.config import Price
 from tierwise.router.pricing import cost_usd
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.types import ChatMessage, TokenUsage
+from tierwise.training.demo.http_leg import HTTP_SLICE, LegResult, Sent, drive_http, leg_table
 from tierwise.training.demo.reconcile import ResponseCosts, ledger_costs, reconcile, scrape_costs
+from tierwise.training.embedder_export import ensure_export
 from tierwise.training.process import free_port, stop_process, wait_serving
 from tierwise.training.routerbench import RouterBenchRow, csv_files, load_rows, split_of
 from tierwise.v1 import tierwise_pb2 as pb
@@ -129,6 +134,7 @@ def demo_config(
             "host": "127.0.0.1",
             "port": free_port(),
             "metrics_port": metrics_port,
+            "http_port": free_port(),  # the OpenAI-compatible front, for the HTTP leg
             "grace_period_s": 5,
         },
         "auth": {"api_keys": [{"key_sha256": sha256_hex(key), "tenant": t} for t, key in keys.items()]},
@@ -343,6 +349,7 @@ def run_demo(
     )
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    ensure_export(log=console.print)  # the ONNX embedder the demo's server reads (cache.onnx_embedder_dir)
     if policy == "classifier":
         ensure_model(data_dir, config_path, workdir / "models")
     console.print(
@@ -357,6 +364,7 @@ def run_demo(
     try:
         wait_serving(target, server)
         asyncio.run(_drive(target, keys, [*rows, *repeats], concurrency, tally, experiment))
+        leg = None if experiment else _http_leg(config, keys, rows, tally)
         metrics = scrape_costs(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         stop_process(server)  # a graceful stop flushes the ledger
@@ -365,6 +373,7 @@ def run_demo(
     ledger = ledger_costs(workdir / "var" / "spend.sqlite3", tally.by_group.dimensions)
     table, mismatches = reconcile(tally.by_group, ledger, metrics)
     console.print(table)
+    disagreements = [] if leg is None else _print_leg(leg)
     console.print(
         f"config for [bold]tierwise report[/bold] and the dashboard: {config_path} "
         "(e.g. tierwise report --config " + str(config_path) + " --since 1d --by tenant,feature,team)"
@@ -380,4 +389,38 @@ def run_demo(
         from tierwise.training.demo.experiment import run_experiment_report
 
         run_experiment_report(data_dir, config_path, workdir, console)
-    return 0 if not tally.errors and not mismatches else 1
+    return 0 if not tally.errors and not mismatches and not disagreements else 1
+
+
+def _http_leg(
+    config: Mapping[str, Any], keys: Mapping[str, str], rows: Sequence[RouterBenchRow], tally: Tally
+) -> LegResult | None:
+    """A slice of the traffic again over both fronts, the HTTP one through the openai SDK (``http_leg``);
+    None, said so, when the SDK (the dev extra's, which ``make demo`` installs) is missing."""
+    if importlib.util.find_spec("openai") is None:
+        console.print(
+            "[yellow]HTTP leg skipped:[/yellow] the openai package is not installed (pip install openai)"
+        )
+        return None
+    prompts = [
+        Sent(row, _pick(row.sample_id, DEMO_TENANTS, "tenant"), _pick(row.sample_id, DEMO_TEAMS, "team"))
+        for row in rows[:HTTP_SLICE]
+    ]
+    server = config["server"]
+    target, base_url = f"127.0.0.1:{server['port']}", f"http://127.0.0.1:{server['http_port']}/v1"
+    started = time.perf_counter()
+    leg = asyncio.run(drive_http(target, base_url, keys, prompts, tally.by_group))
+    console.print(
+        f"HTTP leg: {len(prompts)} prompts over gRPC and through the openai SDK at {base_url}, one at a "
+        f"time, cache bypassed, in {time.perf_counter() - started:.1f} s"
+    )
+    return leg
+
+
+def _print_leg(leg: LegResult) -> list[str]:
+    table, disagreements = leg_table(leg)
+    console.print(table)
+    console.print("the reconciliation above adds up both fronts' responses: the gRPC pass and the HTTP leg")
+    for problem in disagreements:
+        console.print(f"[red]the fronts disagree:[/red] {problem}")
+    return disagreements

@@ -257,6 +257,26 @@ class AdminStub:
                 request_serializer=tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusRequest.SerializeToString,
                 response_deserializer=tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusResponse.FromString,
                 _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/tierwise.v1.Admin/CreateKey',
+                request_serializer=tierwise_dot_v1_dot_tierwise__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=tierwise_dot_v1_dot_tierwise__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/tierwise.v1.Admin/ListKeys',
+                request_serializer=tierwise_dot_v1_dot_tierwise__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=tierwise_dot_v1_dot_tierwise__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/tierwise.v1.Admin/RevokeKey',
+                request_serializer=tierwise_dot_v1_dot_tierwise__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=tierwise_dot_v1_dot_tierwise__pb2.ApiKeyInfo.FromString,
+                _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/tierwise.v1.Admin/RotateKey',
+                request_serializer=tierwise_dot_v1_dot_tierwise__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=tierwise_dot_v1_dot_tierwise__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -285,6 +305,31 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateKey(self, request, context):
+        """API keys kept as data (admin keys only): the secret is in the response once, never stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -302,6 +347,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.BudgetStatus,
                     request_deserializer=tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusRequest.FromString,
                     response_serializer=tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusResponse.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=tierwise_dot_v1_dot_tierwise__pb2.CreateKeyRequest.FromString,
+                    response_serializer=tierwise_dot_v1_dot_tierwise__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=tierwise_dot_v1_dot_tierwise__pb2.ListKeysRequest.FromString,
+                    response_serializer=tierwise_dot_v1_dot_tierwise__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=tierwise_dot_v1_dot_tierwise__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=tierwise_dot_v1_dot_tierwise__pb2.ApiKeyInfo.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=tierwise_dot_v1_dot_tierwise__pb2.RotateKeyRequest.FromString,
+                    response_serializer=tierwise_dot_v1_dot_tierwise__pb2.CreateKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +452,114 @@ class Admin:
             '/tierwise.v1.Admin/BudgetStatus',
             tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusRequest.SerializeToString,
             tierwise_dot_v1_dot_tierwise__pb2.BudgetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierwise.v1.Admin/CreateKey',
+            tierwise_dot_v1_dot_tierwise__pb2.CreateKeyRequest.SerializeToString,
+            tierwise_dot_v1_dot_tierwise__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierwise.v1.Admin/ListKeys',
+            tierwise_dot_v1_dot_tierwise__pb2.ListKeysRequest.SerializeToString,
+            tierwise_dot_v1_dot_tierwise__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierwise.v1.Admin/RevokeKey',
+            tierwise_dot_v1_dot_tierwise__pb2.RevokeKeyRequest.SerializeToString,
+            tierwise_dot_v1_dot_tierwise__pb2.ApiKeyInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierwise.v1.Admin/RotateKey',
+            tierwise_dot_v1_dot_tierwise__pb2.RotateKeyRequest.SerializeToString,
+            tierwise_dot_v1_dot_tierwise__pb2.CreateKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -113,6 +113,11 @@ class AdminStub:
     """Circuit breaker state and recent latency of every tier (admin keys only)."""
     BudgetStatus: _grpc.UnaryUnaryMultiCallable[_tierwise_pb2.BudgetStatusRequest, _tierwise_pb2.BudgetStatusResponse]
     """Usage of the current budget windows."""
+    CreateKey: _grpc.UnaryUnaryMultiCallable[_tierwise_pb2.CreateKeyRequest, _tierwise_pb2.CreateKeyResponse]
+    """API keys kept as data (admin keys only): the secret is in the response once, never stored."""
+    ListKeys: _grpc.UnaryUnaryMultiCallable[_tierwise_pb2.ListKeysRequest, _tierwise_pb2.ListKeysResponse]
+    RevokeKey: _grpc.UnaryUnaryMultiCallable[_tierwise_pb2.RevokeKeyRequest, _tierwise_pb2.ApiKeyInfo]
+    RotateKey: _grpc.UnaryUnaryMultiCallable[_tierwise_pb2.RotateKeyRequest, _tierwise_pb2.CreateKeyResponse]
 
 @_typing.type_check_only
 class AdminAsyncStub(AdminStub):
@@ -127,6 +132,11 @@ class AdminAsyncStub(AdminStub):
     """Circuit breaker state and recent latency of every tier (admin keys only)."""
     BudgetStatus: _aio.UnaryUnaryMultiCallable[_tierwise_pb2.BudgetStatusRequest, _tierwise_pb2.BudgetStatusResponse]  # type: ignore[assignment]
     """Usage of the current budget windows."""
+    CreateKey: _aio.UnaryUnaryMultiCallable[_tierwise_pb2.CreateKeyRequest, _tierwise_pb2.CreateKeyResponse]  # type: ignore[assignment]
+    """API keys kept as data (admin keys only): the secret is in the response once, never stored."""
+    ListKeys: _aio.UnaryUnaryMultiCallable[_tierwise_pb2.ListKeysRequest, _tierwise_pb2.ListKeysResponse]  # type: ignore[assignment]
+    RevokeKey: _aio.UnaryUnaryMultiCallable[_tierwise_pb2.RevokeKeyRequest, _tierwise_pb2.ApiKeyInfo]  # type: ignore[assignment]
+    RotateKey: _aio.UnaryUnaryMultiCallable[_tierwise_pb2.RotateKeyRequest, _tierwise_pb2.CreateKeyResponse]  # type: ignore[assignment]
 
 class AdminServicer(metaclass=_abc_1.ABCMeta):
     """Operations: cache invalidation, tier health, budget usage. A key sees and
@@ -156,5 +166,34 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tierwise_pb2.BudgetStatusResponse, _abc.Awaitable[_tierwise_pb2.BudgetStatusResponse]]:
         """Usage of the current budget windows."""
+
+    @_abc_1.abstractmethod
+    def CreateKey(
+        self,
+        request: _tierwise_pb2.CreateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tierwise_pb2.CreateKeyResponse, _abc.Awaitable[_tierwise_pb2.CreateKeyResponse]]:
+        """API keys kept as data (admin keys only): the secret is in the response once, never stored."""
+
+    @_abc_1.abstractmethod
+    def ListKeys(
+        self,
+        request: _tierwise_pb2.ListKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tierwise_pb2.ListKeysResponse, _abc.Awaitable[_tierwise_pb2.ListKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeKey(
+        self,
+        request: _tierwise_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tierwise_pb2.ApiKeyInfo, _abc.Awaitable[_tierwise_pb2.ApiKeyInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateKey(
+        self,
+        request: _tierwise_pb2.RotateKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_tierwise_pb2.CreateKeyResponse, _abc.Awaitable[_tierwise_pb2.CreateKeyResponse]]: ...
 
 def add_AdminServicer_to_server(servicer: AdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -122,6 +122,10 @@
 
   function clusters() {
     const view = data.clusters;
+    if (view.unavailable) {
+      text("clusters-coverage", view.unavailable);
+      return;
+    }
     const leading = view.clusters.filter((c) => c.leading);
     const rest = view.clusters.filter((c) => !c.leading);
     const labels = leading.map((c) => "cluster " + c.rank);
