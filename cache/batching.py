@@ -72,6 +72,11 @@ def _take(text: str, spans: list[tuple[int, int, int]], budget: int, from_end: b
     return position, used
 
 
+FIRST_WINDOW_CHARS = 4096
+"""A long text's head and tail are looked for in windows of this many characters at its ends first
+(4x larger each time they fall short), so clipping a 1M-character prompt reads a few thousand."""
+
+
 def embedding_text(
     text: str, max_pieces: int = MODEL_WINDOW_PIECES, head_pieces: int = DEFAULT_HEAD_PIECES
 ) -> str:
@@ -83,17 +88,58 @@ def embedding_text(
     :func:`estimate_word_pieces`, scaled by ``ESTIMATE_SAFETY`` so the result fits the real
     tokenizer. Every request embeds through this function, so cache and classifier see one text.
     """
+    return clip_in_windows(text, max_pieces, head_pieces, FIRST_WINDOW_CHARS)
+
+
+def _budget(max_pieces: int, head_pieces: int) -> int:
     budget = int((max_pieces - 2) / ESTIMATE_SAFETY)
     if head_pieces < 0 or head_pieces + _SEPARATOR_PIECES >= budget:
         raise ValueError(f"head_pieces={head_pieces} leaves no room for a tail in {budget} pieces")
+    return budget
+
+
+def _spans(text: str, start: int, end: int) -> list[tuple[int, int, int]]:
+    return [(m.start(), m.end(), _estimate_pieces(m.group())) for m in _PIECE.finditer(text, start, end)]
+
+
+def _joined(text: str, head_end: int, tail_start: int) -> str:
+    return text[:head_end].rstrip() + CLIP_SEPARATOR + text[max(tail_start, head_end) :].lstrip()
+
+
+def clip_whole(text: str, max_pieces: int, head_pieces: int) -> str:
+    """:func:`embedding_text` reading every piece of ``text``."""
+    budget = _budget(max_pieces, head_pieces)
     if len(text) <= budget:  # an estimate never exceeds the character count
         return text
-    spans = [(m.start(), m.end(), _estimate_pieces(m.group())) for m in _PIECE.finditer(text)]
+    spans = _spans(text, 0, len(text))
     if sum(cost for _, _, cost in spans) <= budget:
         return text
     head_end, head_used = _take(text, spans, head_pieces, from_end=False)
     tail_start, _ = _take(text, spans, budget - head_used - _SEPARATOR_PIECES, from_end=True)
-    return text[:head_end].rstrip() + CLIP_SEPARATOR + text[max(tail_start, head_end) :].lstrip()
+    return _joined(text, head_end, tail_start)
+
+
+def clip_in_windows(text: str, max_pieces: int, head_pieces: int, window: int) -> str:
+    """:func:`clip_whole`'s answer from the pieces in a window at each end. A piece cut by a window's
+    edge is left out; the windows grow until they hold all the pieces the clip takes and show that
+    the text is over the budget, or until they meet (then the whole text is read)."""
+    budget = _budget(max_pieces, head_pieces)
+    while 2 * window < len(text):
+        head = _spans(text, 0, window)
+        if head and head[-1][1] == window:
+            head.pop()  # may go on past the window
+        tail_from = len(text) - window
+        tail = _spans(text, tail_from, len(text))
+        if tail and tail[0][0] == tail_from:
+            tail.pop(0)  # may have begun before the window
+        head_end, head_used = _take(text, head, head_pieces, from_end=False)
+        tail_budget = budget - head_used - _SEPARATOR_PIECES
+        tail_start, tail_used = _take(text, tail, tail_budget, from_end=True)
+        # Over the budget for certain: the tail window alone holds more pieces than the whole may.
+        if head_used == head_pieces and tail_used == tail_budget and sum(c for _, _, c in tail) > budget:
+            return _joined(text, head_end, tail_start)
+        window *= 4
+    return clip_whole(text, max_pieces, head_pieces)
 
 
 class EmbedderClosed(RuntimeError):

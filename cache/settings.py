@@ -78,10 +78,16 @@ class CacheSettings(BaseModel):
     )
     max_batch: int = Field(64, ge=1, description="BatchingEmbedder: most texts in one encode() call.")
     max_wait_us: int = Field(
-        2_000, ge=0, description="BatchingEmbedder: longest a request waits for its batch to fill."
+        # 0: a lone request is encoded at once (2 ms of wait was most of Route's overhead over encode()
+        # on the CPU); under load the next batch still fills while one encodes (bench_route.py).
+        0,
+        ge=0,
+        description="BatchingEmbedder: longest a request waits for its batch to fill.",
     )
     max_queue: int = Field(
-        1_024,
+        # Two full batches: at 4x the capacity offered, 1024 let admitted requests wait 10-16x the
+        # p99 at 64 in flight (and some past a 10 s deadline); 64 kept it under 4x (bench_route.py).
+        128,
         ge=1,
         description="BatchingEmbedder: most requests waiting to be encoded; past it a new request fails at "
         "once (RESOURCE_EXHAUSTED, retry later) rather than queue behind seconds of work.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,7 +47,8 @@ _SHOT_MARKERS = re.compile(
     r"^\s*(?:answer|q|a|question|example|input|output|solution)\s*\d*\s*:", re.I | re.M
 )
 _WH_START = re.compile(r"^\s*(?:what|why|how|which|who|whom|whose|when|where)\b", re.I)
-_WH_QUESTION = re.compile(r"\b(?:what|why|how|which|who)\b[^.?!]*\?", re.I)
+_WH_WORD = re.compile(r"\b(?:what|why|how|which|who)\b", re.I)
+_CLAUSE_END = re.compile(r"([.?!])")
 _YES_NO_START = re.compile(
     r"^\s*(?:is|are|was|were|do|does|did|can|could|will|would|should|has|have)\b", re.I
 )
@@ -209,6 +211,16 @@ def _example_overlap(final: str, text: str) -> float:
     return best
 
 
+def asks_wh_question(text: str) -> bool:
+    r"""Whether a wh-word is followed by a "?" with no ".", "?" or "!" between them: what
+    ``\b(?:what|why|how|which|who)\b[^.?!]*\?`` finds, in linear time. That pattern rescans to the
+    next stop from every wh-word, quadratic on a long text without one (100k characters: 7 s)."""
+    parts = _CLAUSE_END.split(text)  # clause, stop, clause, stop, ..., clause
+    return any(
+        stop == "?" and _WH_WORD.search(clause) for clause, stop in zip(parts[::2], parts[1::2], strict=False)
+    )
+
+
 def _final_statistics(final: str, text: str) -> list[float]:
     words = _words(final)
     alpha = [w for w in words if w.isalpha()]
@@ -227,7 +239,7 @@ def _final_statistics(final: str, text: str) -> list[float]:
         float(_vocabulary(final, [w.lower() for w in words], _NEGATIONS)),
         float(final.count("?")),
         1.0 if "_" in final else 0.0,
-        1.0 if _WH_START.search(final) or _WH_QUESTION.search(final) else 0.0,
+        1.0 if _WH_START.search(final) or asks_wh_question(final) else 0.0,
         1.0 if _YES_NO_START.search(final) else 0.0,
         1.0 if _IMPERATIVE_START.search(final) else 0.0,
         _rate(len(final), len(text)),
@@ -249,8 +261,12 @@ def prompt_features(
     the prompt (non-system turns joined by newlines), ``input_tokens`` its token
     count, ``turns`` its number of non-system messages.
     """
+    return features_of(embedding, prompt_statistics(text, input_tokens, turns))
+
+
+def features_of(embedding: npt.NDArray[np.float32], statistics: Sequence[float]) -> FloatVector:
+    """The feature vector from the embedding and ``prompt_statistics`` made beforehand (elsewhere)."""
     vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
     if vector.shape[0] != EMBEDDING_DIM:
         raise ValueError(f"embedding has {vector.shape[0]} dimensions, the features expect {EMBEDDING_DIM}")
-    statistics = np.asarray(prompt_statistics(text, input_tokens, turns), dtype=np.float32)
-    return np.concatenate([vector, statistics])
+    return np.concatenate([vector, np.asarray(statistics, dtype=np.float32)])

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from tierwise.router.auth import Caller
-from tierwise.router.call_progress import CallProgress
+from tierwise.router.call_progress import CallProgress, PromptTokens
 from tierwise.router.errors import RequestCancelled, ServiceError
 from tierwise.router.observability.logs import prompt_field
 from tierwise.router.outcome import Completion, Decision, StreamDelta
 from tierwise.router.rate_limiting import RequestLimits
+from tierwise.router.rate_limits import Admission
 from tierwise.router.service import Service
 from tierwise.router.types import RequestSpec
 
@@ -58,16 +59,24 @@ class Calls:
             return started + default
         return started + min(float(remaining_s), default)
 
+    async def _admit(self, call: Call) -> tuple[PromptTokens, Admission]:
+        """The prompt, counted by the request workers (too long: INVALID_ARGUMENT; none free:
+        RESOURCE_EXHAUSTED) before the rate limits' token estimate reads it; then the admission."""
+        prompt = await self._service.pipeline.prompt(call.spec)
+        admission = self._limits.admission(call.caller, call.spec, prompt)
+        await admission.acquire()
+        return prompt, admission
+
     async def complete(self, call: Call) -> Completion:
-        spec, request_id, started = call.spec, call.request_id, call.started
+        spec, request_id, started, deadline = call.spec, call.request_id, call.started, call.deadline
         accounting = self._service.accounting
         progress = CallProgress()
-        admission = self._limits.admission(call.caller, spec)
+        admission: Admission | None = None
         with accounting.request_span(call.name, call.metadata) as span:
             try:
-                await admission.acquire()
+                prompt, admission = await self._admit(call)
                 completion = await self._service.pipeline.complete(
-                    spec, request_id, started=started, deadline=call.deadline, progress=progress
+                    spec, request_id, started=started, deadline=deadline, progress=progress, prompt=prompt
                 )
             except asyncio.CancelledError:
                 # The caller left: the upstream call in flight still costs its prompt, and an answer
@@ -78,7 +87,8 @@ class Calls:
                 accounting.failed(spec, request_id, exc, started, span, progress.billed())
                 await call.fail(request_id, exc)
             finally:
-                admission.settle(progress.billed())  # the TPM buckets get what the estimate overstated
+                if admission is not None:  # the TPM buckets get what the estimate overstated
+                    admission.settle(progress.billed())
             accounting.completed(spec, completion, span)
         self.log_done(spec, completion)
         return completion
@@ -86,17 +96,17 @@ class Calls:
     async def stream(self, call: Call) -> AsyncGenerator[StreamItem, None]:
         """The decision, the deltas, then the completion, booked before it is yielded. Close it
         (``contextlib.aclosing``) when the caller leaves, so what was streamed is billed."""
-        spec, request_id, started = call.spec, call.request_id, call.started
+        spec, request_id, started, deadline = call.spec, call.request_id, call.started, call.deadline
         accounting = self._service.accounting
         progress = CallProgress()
-        stream = self._service.pipeline.stream(
-            spec, request_id, started=started, deadline=call.deadline, progress=progress
-        )
         with accounting.request_span(call.name, call.metadata) as span:
             booked = False  # one spend record per request, even if the caller leaves after the last one
-            admission = self._limits.admission(call.caller, spec)
+            admission: Admission | None = None
             try:
-                await admission.acquire()
+                prompt, admission = await self._admit(call)
+                stream = self._service.pipeline.stream(
+                    spec, request_id, started=started, deadline=deadline, progress=progress, prompt=prompt
+                )
                 async with contextlib.aclosing(stream):
                     async for item in stream:
                         if isinstance(item, Completion):
@@ -114,7 +124,8 @@ class Calls:
                 accounting.failed(spec, request_id, exc, started, span, progress.billed())
                 await call.fail(request_id, exc)
             finally:
-                admission.settle(progress.billed())
+                if admission is not None:
+                    admission.settle(progress.billed())
 
     def log_done(self, spec: RequestSpec, completion: Completion) -> None:
         log.info(

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 
 from tierwise.router.auth import AuthThrottled
-from tierwise.router.errors import BudgetExhausted, EmbedderOverloaded, ServiceError
+from tierwise.router.errors import BudgetExhausted, EmbedderOverloaded, ServiceError, WorkersBusy
 from tierwise.router.outcome import Completion, Decision, StreamDelta
 from tierwise.router.pricing import usd_str
 from tierwise.router.rate_limits import RateLimited
@@ -80,9 +80,11 @@ def failure(exc: BaseException, request_id: str) -> HttpFailure:
     elif isinstance(exc, BudgetExhausted):  # a retry is refused too until the budget's window ends
         kind, code = "insufficient_quota", "budget_exhausted"
         headers["x-should-retry"] = "false"
-    elif isinstance(exc, EmbedderOverloaded):  # a moment's overload: worth retrying shortly
+    elif isinstance(exc, EmbedderOverloaded | WorkersBusy):  # a moment's overload: worth retrying shortly
         status, kind, code = 503, "service_unavailable_error", "overloaded"
-        headers["retry-after"] = "1"
+        retry_ms = exc.retry_after_ms or 1000
+        headers["retry-after"] = str(-(-retry_ms // 1000))
+        headers["retry-after-ms"] = str(retry_ms)
     body = error(kind, f"{exc.public} (request_id={request_id})", code=code)
     if exc.attempts:
         body["tierwise"] = {"request_id": request_id, "attempts": exc.attempts_summary()}

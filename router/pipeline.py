@@ -14,14 +14,15 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Se
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
-from tierwise.cache.batching import BatchingEmbedder, embedding_text
+from tierwise.cache.batching import BatchingEmbedder
 from tierwise.cache.embedder import Vector
-from tierwise.router.budgets.manager import BudgetManager, BudgetReservation, Degrade
+from tierwise.router.budgets.manager import BudgetManager, BudgetReservation
 from tierwise.router.caching import CacheUse, ResponseCache
 from tierwise.router.call_progress import CallProgress, PromptTokens
 from tierwise.router.config import Config, TierConfig
+from tierwise.router.deciding import decide
 from tierwise.router.errors import ServiceError, StreamBroken, UpstreamDeadline, UpstreamUnavailable
-from tierwise.router.experiments.arms import ArmRoute, ExperimentRouter
+from tierwise.router.experiments.arms import ExperimentRouter
 from tierwise.router.outcome import (
     Attempt,
     CacheHitInfo,
@@ -32,10 +33,11 @@ from tierwise.router.outcome import (
     StreamDelta,
 )
 from tierwise.router.output_bound import bounded_call, output_bound, warn_on_overrun, worst_case
-from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierOption
+from tierwise.router.policies.base import RoutingPolicy, TierOption
 from tierwise.router.pricing import cost_usd, expected_cost_usd
 from tierwise.router.providers.base import ChatCall, ChatResult, Provider, StreamFinish
 from tierwise.router.providers.errors import ProviderError
+from tierwise.router.request_work import RequestWork
 from tierwise.router.resilience import StopReason, TierHealth
 from tierwise.router.tokens import TokenCounter
 from tierwise.router.tool_checks import admits
@@ -68,6 +70,7 @@ class Pipeline:
         embedder: BatchingEmbedder | None = None,
         cache: ResponseCache | None = None,
         experiments: ExperimentRouter | None = None,
+        work: RequestWork | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         missing = [t.name for t in config.tiers if t.name not in providers]
@@ -77,6 +80,7 @@ class Pipeline:
         self._providers = providers
         self._policy = policy
         self._tokens = tokens
+        self._work = work or RequestWork(config, tokens)  # without workers: every step on the loop
         self._budgets = budgets
         self._health = health
         self._cache = cache
@@ -93,21 +97,29 @@ class Pipeline:
     def policy(self) -> RoutingPolicy:
         return self._policy
 
+    @property
+    def work(self) -> RequestWork:
+        return self._work
+
+    async def prompt(self, spec: RequestSpec) -> PromptTokens:
+        """The prompt counted by the request workers; ``PromptTooLong`` over server.max_prompt_tokens."""
+        return await self._work.prompt(spec)
+
     # -- steps 3-9: decide ----------------------------------------------------
 
-    async def route(self, spec: RequestSpec, request_id: str) -> Decision:
-        plan = await self._plan(spec, request_id)
+    async def route(self, spec: RequestSpec, request_id: str, prompt: PromptTokens | None = None) -> Decision:
+        plan = await self._plan(spec, request_id, prompt)
         # Route only decides: hold nothing against the budget.
         await self._budgets.release(plan.reservation)
         return plan.decision
 
-    async def _plan(self, spec: RequestSpec, request_id: str) -> _Plan:
+    async def _plan(self, spec: RequestSpec, request_id: str, prompt: PromptTokens | None) -> _Plan:
         # 4 experiment: the unit's arm may change the policy, the quality target and the cache
         arm = self._experiments.route_for(spec) if self._experiments is not None else None
         policy = arm.policy if arm is not None and arm.policy is not None else self._policy
         cache = self._cache if arm is None or arm.cache else None
         # 5 tokens (before 3: the budget reserves the estimated cost)
-        prompt = PromptTokens(self._tokens, spec)
+        prompt = prompt or await self._work.prompt(spec)  # counted off the loop, refused if too long
         input_tokens = prompt.of(self._config.tiers[0])
         options = self._options(spec, prompt)
         # 3 budget
@@ -134,8 +146,18 @@ class Pipeline:
             cache_use = None if cache is None or embedding is None else cache.use(spec, embedding, arm_key)
             hit = None if cache_use is None or cache is None else await cache.lookup(cache_use)
             # 8-9 classify and choose the tier (a pinned tier skips the policy)
-            decision = self._decide(
-                spec, request_id, prompt, input_tokens, candidates, degrade, embedding, policy, arm
+            decision = await decide(
+                self._work,
+                self._config,
+                policy,
+                lambda tier: self._expected_cost(tier, spec, prompt),
+                spec,
+                request_id,
+                input_tokens,
+                candidates,
+                degrade,
+                embedding,
+                arm,
             )
             if hit is not None:
                 decision = self._served_from_cache(decision, prompt, hit)
@@ -148,7 +170,7 @@ class Pipeline:
     async def _embed(self, spec: RequestSpec) -> Vector | None:
         if self._embedder is None or not spec.last_user_text:
             return None
-        return await self._embedder.embed(embedding_text(spec.last_user_text))
+        return await self._embedder.embed(await self._work.embedding_text(spec.last_user_text))
 
     def _served_from_cache(self, decision: Decision, prompt: PromptTokens, hit: CacheHitInfo) -> Decision:
         """A hit costs nothing upstream and saves what the chosen tier would have cost."""
@@ -158,52 +180,6 @@ class Pipeline:
         if self._cache is not None:
             self._cache.record_saving(hit.entry_id, float(saved))
         return replace(decision, cache_hit=hit, reason="cache-hit", saved_cost_usd=saved)
-
-    def _decide(
-        self,
-        spec: RequestSpec,
-        request_id: str,
-        prompt: PromptTokens,
-        input_tokens: int,
-        candidates: list[TierOption],
-        degrade: Degrade | None,
-        embedding: Vector | None,
-        routing_policy: RoutingPolicy,
-        arm: ArmRoute | None,
-    ) -> Decision:
-        quality_target = self._config.routing.default_quality_target
-        if arm is not None and arm.quality_target is not None:
-            quality_target = arm.quality_target
-        if spec.quality_target is not None:
-            quality_target = spec.quality_target
-        if degrade is not None and degrade.quality_target is not None:
-            quality_target = min(quality_target, degrade.quality_target)
-        p_adequate: dict[str, float] = {}
-        version, policy = "", "pinned"
-        if spec.tier is not None and (degrade is None or any(o.name == spec.tier for o in candidates)):
-            tier_name, reason = spec.tier, "pinned"
-        else:
-            context = RoutingContext(spec, input_tokens, candidates, quality_target, embedding)
-            choice = routing_policy.choose(context)
-            tier_name, reason, policy = choice.tier, choice.reason, routing_policy.name
-            p_adequate, version = dict(choice.p_adequate), choice.model_version
-        if degrade is not None:
-            reason = degrade.reason
-        tier = self._config.tier(tier_name)
-        return Decision(
-            request_id=request_id,
-            tier=tier.name,
-            model=tier.model,
-            provider=tier.provider,
-            reason=reason,
-            policy=policy,
-            estimated_input_tokens=input_tokens,
-            estimated_cost_usd=self._expected_cost(tier, spec, prompt),
-            p_adequate=p_adequate,
-            model_version=version,
-            experiment=arm.assignment.experiment if arm is not None else "",
-            arm=arm.assignment.arm if arm is not None else "",
-        )
 
     def _options(self, spec: RequestSpec, prompt: PromptTokens) -> list[TierOption]:
         """Tiers that can serve the request at all, cheapest first."""
@@ -315,9 +291,10 @@ class Pipeline:
         started: float,
         deadline: float | None,
         progress: CallProgress | None = None,
+        prompt: PromptTokens | None = None,
     ) -> Completion:
         """When this raises (even cancelled mid-settle), ``progress.billed()`` is what the budget got."""
-        plan = await self._plan(spec, request_id)
+        plan = await self._plan(spec, request_id, prompt)
         if plan.decision.cache_hit is not None:
             await self._budgets.release(plan.reservation)
             return self._cached(plan, plan.decision.cache_hit, started)
@@ -414,8 +391,9 @@ class Pipeline:
         started: float,
         deadline: float | None,
         progress: CallProgress | None = None,
+        prompt: PromptTokens | None = None,
     ) -> AsyncGenerator[StreamItem, None]:
-        plan = await self._plan(spec, request_id)
+        plan = await self._plan(spec, request_id, prompt)
         hit = plan.decision.cache_hit
         if hit is not None:
             await self._budgets.release(plan.reservation)

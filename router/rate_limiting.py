@@ -20,20 +20,28 @@ class RequestLimits:
         self._gate = gate
         self._tokens = tokens or TokenCounter()
 
-    def admission(self, caller: Caller, spec: RequestSpec, *, calls_tiers: bool = True) -> Admission:
-        """``calls_tiers`` False (Route): the request counts against RPM limits only."""
+    def admission(
+        self,
+        caller: Caller,
+        spec: RequestSpec,
+        prompt: PromptTokens | None = None,
+        *,
+        calls_tiers: bool = True,
+    ) -> Admission:
+        """``calls_tiers`` False (Route): the request counts against RPM limits only. ``prompt``: the
+        request's prompt already counted (off the event loop), else counted here."""
         return self._gate.admission(
             spec.tenant,
             KeyLimits(caller.key, caller.rpm, caller.tpm),
-            (lambda: self._estimate(spec)) if calls_tiers else None,
+            (lambda: self._estimate(spec, prompt)) if calls_tiers else None,
         )
 
-    def _estimate(self, spec: RequestSpec) -> int:
+    def _estimate(self, spec: RequestSpec, prompt: PromptTokens | None) -> int:
         if spec.tier is not None:
             tiers = [self._config.tier(spec.tier)]
         else:  # the tiers the pipeline may route the request to (``Pipeline._options``)
             tiers = [t for t in self._config.tiers if admits(t, spec)]
-        return worst_case(tiers, spec, PromptTokens(self._tokens, spec))[1]
+        return worst_case(tiers, spec, prompt or PromptTokens(self._tokens, spec))[1]
 
     async def aclose(self) -> None:
         await self._gate.aclose()

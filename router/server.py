@@ -26,7 +26,7 @@ from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.auth_throttle import source_address
 from tierwise.router.calls import Call, Calls, log_failure
 from tierwise.router.config import ConfigError, LimitsConfig, TlsConfig
-from tierwise.router.errors import ServiceError
+from tierwise.router.errors import RetryLater, ServiceError
 from tierwise.router.feedback.store import SOURCES, FeedbackRecord
 from tierwise.router.field_checks import check_printable, check_tags
 from tierwise.router.key_rpc import KeyAdminServicer, key_handlers
@@ -38,7 +38,7 @@ from tierwise.router.observability.scrape_access import ScrapeAccess
 from tierwise.router.openai_http import OpenAIFront
 from tierwise.router.outcome import Decision, StreamDelta
 from tierwise.router.rate_limiting import RequestLimits
-from tierwise.router.rate_limits import RateLimited, RateLimitGate
+from tierwise.router.rate_limits import RateLimitGate
 from tierwise.router.rpc import abort as _abort
 from tierwise.router.rpc import reject_undecodable, safe_deserializer, unary
 from tierwise.router.service import Service
@@ -103,7 +103,7 @@ class RouterServicer:
             await _abort(context, grpc.StatusCode.INTERNAL, f"internal error (request_id={request_id})")
         if exc.attempts:
             context.set_trailing_metadata((("tierwise-attempts", json.dumps(exc.attempts_summary())),))
-        if isinstance(exc, RateLimited):  # the delay after which the request would be admitted
+        if isinstance(exc, RetryLater):  # the delay after which the request would be admitted
             context.set_trailing_metadata(exc.trailing_metadata())
         await _abort(context, exc.code, f"{exc.public} (request_id={request_id})")
 
@@ -117,7 +117,8 @@ class RouterServicer:
         with accounting.request_span("Route", context.invocation_metadata()) as span:
             try:
                 await self._limits.admission(caller, spec, calls_tiers=False).acquire()
-                decision = await self._service.pipeline.route(spec, request_id)
+                prompt = await self._service.pipeline.prompt(spec)
+                decision = await self._service.pipeline.route(spec, request_id, prompt)
             except Exception as exc:
                 accounting.failed(spec, request_id, exc, started, span)
                 await self._fail(context, request_id, exc)

@@ -24,6 +24,7 @@ from tierwise.router.accounting import Accounting
 from tierwise.router.budgets.manager import BudgetManager, build_budget_manager
 from tierwise.router.caching import ResponseCache
 from tierwise.router.config import CacheConfig, Config, ConfigError
+from tierwise.router.cpu_workers import CpuWorkers
 from tierwise.router.errors import EmbedderOverloaded
 from tierwise.router.experiments.arms import build_experiment_router, needs_serving_model
 from tierwise.router.experiments.store import check_and_record
@@ -41,6 +42,7 @@ from tierwise.router.pipeline import Pipeline
 from tierwise.router.policies.factory import build_policy, load_serving_model
 from tierwise.router.providers.base import Provider
 from tierwise.router.providers.factory import build_provider
+from tierwise.router.request_work import RequestWork
 from tierwise.router.resilience import TierHealth
 from tierwise.router.tokens import TokenCounter
 
@@ -77,7 +79,7 @@ class ServingEmbedder(BatchingEmbedder):
         try:
             return await super().embed(text)
         except EmbedderBusy as exc:
-            raise EmbedderOverloaded(str(exc)) from None
+            raise EmbedderOverloaded(str(exc), exc.retry_after_s) from None
 
 
 @dataclass
@@ -166,6 +168,8 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
     config.store.path.mkdir(parents=True, exist_ok=True)
     tracing = Tracing(config.tracing)  # first, so closed last: spans from the shutdown still export
     stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+    workers = CpuWorkers(config.server.work_threads, config.server.work_queue)  # the request workers
+    stack.push_async_callback(workers.aclose)
     providers: dict[str, Provider] = {}
     for tier in config.tiers:
         providers[tier.name] = provider = build_provider(tier)
@@ -220,6 +224,7 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
         embedder=embedder,
         cache=cache,
         experiments=experiments,
+        work=RequestWork(config, tokens, workers),
     )
     return Service(
         config, pipeline, providers, feedback, budgets, health, embedder, cache, accounting, serving

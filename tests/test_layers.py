@@ -119,6 +119,9 @@ REQUEST_PATH = frozenset(
         "openai_schema",
         "openai_render",
         "key_rpc",
+        "cpu_workers",
+        "request_work",
+        "deciding",
     }
 )
 

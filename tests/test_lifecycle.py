@@ -16,6 +16,7 @@ from tierwise.cache.sqlite_store import SqliteEntryStore
 from tierwise.router.budgets.manager import BudgetManager
 from tierwise.router.caching import ResponseCache
 from tierwise.router.config import Config, ConfigError
+from tierwise.router.cpu_workers import CpuWorkers
 from tierwise.router.feedback.factory import open_feedback_store
 from tierwise.router.feedback.redis_store import RedisFeedbackStore
 from tierwise.router.feedback.store import SqliteFeedbackStore
@@ -31,6 +32,7 @@ from tierwise.router.service import Service, ServingEmbedder, build_service
 # What build_service opens (constructor) and how each is closed.
 SERVICE_PARTS: list[tuple[type[Any], str]] = [
     (Tracing, "shutdown"),
+    (CpuWorkers, "aclose"),  # the request workers
     (OpenAIProvider, "aclose"),
     (AnthropicProvider, "aclose"),
     (ServingEmbedder, "aclose"),  # the batcher the request path uses
@@ -123,6 +125,7 @@ async def test_a_start_that_fails_late_closes_what_it_opened_in_reverse(
         await build_service(config)
     assert service_parts.names(service_parts.opened) == [
         "Tracing",
+        "CpuWorkers",
         "OpenAIProvider",
         "AnthropicProvider",
         "ServingEmbedder",

@@ -11,12 +11,14 @@ from tierwise.router.errors import (
     BudgetExhausted,
     EmbedderOverloaded,
     NotFound,
+    PromptTooLong,
     RequestCancelled,
     ServiceError,
     StreamBroken,
     UpstreamDeadline,
     UpstreamRejected,
     UpstreamUnavailable,
+    WorkersBusy,
 )
 from tierwise.router.openai_render import failure, unauthenticated
 from tierwise.router.outcome import Attempt
@@ -32,6 +34,8 @@ CASES: list[tuple[BaseException, int, str, str | None, dict[str, str]]] = [
     (RequestCancelled("gone"), 499, "cancelled", None, {}),
     (BudgetExhausted("budget spent"), 429, "insufficient_quota", "budget_exhausted", {"x-should-retry": "false"}),
     (EmbedderOverloaded("busy"), 503, "service_unavailable_error", "overloaded", {"retry-after": "1"}),
+    (WorkersBusy("server busy", 0.3), 503, "service_unavailable_error", "overloaded", {"retry-after": "1", "retry-after-ms": "300"}),
+    (PromptTooLong("messages: too long"), 400, "invalid_request_error", None, {}),
     (RateLimited("rate limit", 1.2), 429, "rate_limit_error", "rate_limited", {"retry-after": "2", "retry-after-ms": "1200"}),
     (RateLimited("too large", None), 429, "rate_limit_error", "rate_limited", {"x-should-retry": "false"}),
     (ServiceError("a store failed"), 500, "api_error", None, {}),

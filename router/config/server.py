@@ -39,6 +39,21 @@ class ServerConfig(StrictSection):
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     log_prompts: bool = False
     default_timeout_s: float = Field(60.0, gt=0, description="upstream deadline when the caller sets none")
+    max_prompt_tokens: int = Field(
+        1_000_000,
+        gt=0,
+        description="prompts over this many tokens (under any tier's encoding) are refused with"
+        " INVALID_ARGUMENT before a model reads them; the default refuses none the limits admit",
+    )
+    work_threads: int = Field(
+        2, ge=1, le=256, description="threads for each request's CPU-bound steps, off the event loop"
+    )
+    work_queue: int = Field(
+        128,
+        ge=1,
+        description="requests waiting for those threads; past it a request is refused with"
+        " RESOURCE_EXHAUSTED and a retry hint",
+    )
     tls: TlsConfig | None = None
 
     @model_validator(mode="after")

@@ -34,6 +34,9 @@ class RoutingContext:
     # The request's prompt embedding (shared with the cache), or None when no
     # embedder is running.
     embedding: npt.NDArray[np.float32] | None = None
+    # The prompt's text statistics (``classifier.prompt_statistics``) when they were made beforehand,
+    # out of this process for a long prompt (``request_work``); None: the policy makes them.
+    statistics: Sequence[float] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tierwise.classifier import UtilityCalibration, prompt_features
+from tierwise.classifier.features import features_of
 from tierwise.classifier.model import Assessment
 from tierwise.classifier.unfamiliarity import UnfamiliarityCalibration
 from tierwise.router.config import UnfamiliarConfig
@@ -98,6 +99,8 @@ def context_features(context: RoutingContext) -> npt.NDArray[np.float32] | None:
     """The feature vector of the request, from its shared embedding; None without one."""
     if context.embedding is None:
         return None
+    if context.statistics is not None:
+        return features_of(context.embedding, context.statistics)
     return prompt_features(
         context.embedding, context.request.prompt_text, context.input_tokens, conversation_turns(context)
     )

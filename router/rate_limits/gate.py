@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2, status_pb2
 from prometheus_client import CollectorRegistry, Counter
 
 from tierwise.cache.backoff import Backoff, DownGate
 from tierwise.router.config import Config
-from tierwise.router.errors import ServiceError
+from tierwise.router.errors import RetryLater, ServiceError
 from tierwise.router.outcome import PartialAnswer
 from tierwise.router.rate_limits.limiter import (
     Admitted,
@@ -42,8 +39,6 @@ from tierwise.router.rate_limits.redis_limiter import RedisRateLimiter
 
 log = logging.getLogger("tierwise.rate_limits")
 
-RETRY_AFTER_KEY = "retry-after-ms"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"  # google.rpc.Status, as grpcio-status would send it
 
 _NOUN = {"key": "API key", "tenant": "tenant"}
 _UNIT = {"rpm": "requests per minute", "tpm": "tokens per minute"}
@@ -58,15 +53,9 @@ class KeyLimits:
     tpm: int | None = None
 
 
-class RateLimited(ServiceError):
+class RateLimited(RetryLater):
     """Over a rate limit. The message names the caller's own limit; the trailing metadata carries
     the delay after which the same request would be admitted (none when it never would)."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, message: str, retry_after_s: float | None) -> None:
-        super().__init__(message)
-        self.retry_after_ms = None if retry_after_s is None else max(1, math.ceil(retry_after_s * 1000))
 
     @classmethod
     def over(cls, refusal: Refusal) -> RateLimited:
@@ -82,19 +71,6 @@ class RateLimited(ServiceError):
                 None,
             )
         return cls(f"rate limit: {limit}; retry in {refusal.retry_after_s:.3f}s", refusal.retry_after_s)
-
-    def trailing_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        if self.retry_after_ms is None:
-            return ()
-        retry = error_details_pb2.RetryInfo(
-            retry_delay=duration_pb2.Duration(
-                seconds=self.retry_after_ms // 1000, nanos=self.retry_after_ms % 1000 * 1_000_000
-            )
-        )
-        detail = any_pb2.Any()
-        detail.Pack(retry)
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=[detail])
-        return ((RETRY_AFTER_KEY, str(self.retry_after_ms)), (STATUS_DETAILS_KEY, status.SerializeToString()))
 
 
 class RateLimitStoreDown(ServiceError):
