@@ -149,6 +149,8 @@ async def test_a_job_cancelled_before_a_worker_took_it_never_runs() -> None:
     kept = asyncio.ensure_future(workers.run(ran.append, "kept text"))
     await asyncio.sleep(0)
     doomed.cancel()
+    # The cancel reaches the queued job through the loop: let it land before the worker frees up.
+    await asyncio.wait([doomed], timeout=WAIT_S)
     gate.set()
     await asyncio.wait_for(asyncio.gather(blocker, kept), WAIT_S)
     with pytest.raises(asyncio.CancelledError):
