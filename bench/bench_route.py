@@ -14,14 +14,16 @@ calls a tier, so the tiers point at an address nothing answers. Per backend and 
 4. offered load of 4x the Route/s of 2, open loop: admitted p99 over the unloaded p99 of 1 and over
    the p99 at 64 in flight of 2, the share refused with RESOURCE_EXHAUSTED (and any other failure),
    the server's RSS before and at most. ``--max-queue`` sets the servers' queue bounds
-   (``cache.max_queue``, ``server.work_queue``).
+   (``cache.max_queue``, ``server.work_queue``), ``--max-queue-delay-ms`` the embedding queue's
+   delay bound (``cache.max_queue_delay_ms``).
 
 Repeats alternate the backends; with ``--repeats`` above 1 each figure is the mean with its spread
 (min-max). Needs the RouterBench data (``../shared/data`` or ``--data``) unless ``--registry`` names
 a trained registry for tiers small and large.
 
     .venv/bin/python bench/bench_route.py [--embedder torch onnx] [--threads 1] [--repeats 1]
-        [--seconds 2] [--calls 50] [--max-queue N] [--export DIR] [--registry DIR] [--data DIR]
+        [--seconds 2] [--calls 50] [--max-queue N] [--max-queue-delay-ms MS]
+        [--export DIR] [--registry DIR] [--data DIR]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 import yaml
@@ -48,6 +51,7 @@ from bench.timing import p50_p99
 from tierwise.cache.batching import embedding_text
 from tierwise.cache.embedder import Matrix, TextEmbedder
 from tierwise.router.auth import sha256_hex
+from tierwise.router.errors import RETRY_AFTER_KEY
 from tierwise.training.process import free_port, stop_process, wait_serving
 from tierwise.v1 import tierwise_pb2 as pb
 from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
@@ -106,9 +110,16 @@ class Figures:
 
 
 def server_config(
-    workdir: Path, registry: Path, embedder: str, export: Path, threads: int, max_queue: int | None = None
+    workdir: Path,
+    registry: Path,
+    embedder: str,
+    export: Path,
+    threads: int,
+    max_queue: int | None = None,
+    max_queue_delay_ms: float | None = None,
 ) -> dict[str, object]:
     queues = {} if max_queue is None else {"work_queue": max_queue}
+    delay = {} if max_queue_delay_ms is None else {"max_queue_delay_ms": max_queue_delay_ms}
     return {
         "server": {
             "host": "127.0.0.1",
@@ -129,6 +140,7 @@ def server_config(
             "onnx_embedder_dir": str(export),
             "torch_threads": threads,
             **({} if max_queue is None else {"max_queue": max_queue}),
+            **delay,
         },
         "limits": {"max_content_chars": HUGE_CHARS, "max_total_chars": HUGE_CHARS},
         "logging": {"level": "ERROR"},
@@ -143,10 +155,12 @@ class Server:
 
 
 def start_server(
-    workdir: Path, registry: Path, embedder: str, export: Path, threads: int, max_queue: int | None
+    workdir: Path, registry: Path, embedder: str, export: Path, threads: int, args: argparse.Namespace
 ) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
-    config = server_config(workdir, registry, embedder, export, threads, max_queue)
+    config = server_config(
+        workdir, registry, embedder, export, threads, args.max_queue, args.max_queue_delay_ms
+    )
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     target = f"127.0.0.1:{config['server']['port']}"  # type: ignore[index]
@@ -160,14 +174,14 @@ def start_server(
 # -- the client ----------------------------------------------------------------------------------------
 
 
-async def timed_route(stub: pb_grpc.RouterStub, request: pb.RouteRequest) -> tuple[float, str]:
-    """Seconds and the status code's name ("OK" when it answered)."""
+async def timed_route(stub: pb_grpc.RouterStub, request: pb.RouteRequest) -> tuple[float, str, float]:
+    """Seconds, the status code's name ("OK" when it answered) and the retry hint (s, 0 if none)."""
     start = time.perf_counter()
     try:
         await stub.Route(request, metadata=METADATA, timeout=CALL_TIMEOUT_S)
     except grpc.aio.AioRpcError as exc:
-        return time.perf_counter() - start, exc.code().name
-    return time.perf_counter() - start, "OK"
+        return time.perf_counter() - start, exc.code().name, retry_hint_s(exc)
+    return time.perf_counter() - start, "OK", 0.0
 
 
 async def sequential(stub: pb_grpc.RouterStub, text: str, calls: int) -> list[float]:
@@ -177,9 +191,19 @@ async def sequential(stub: pb_grpc.RouterStub, text: str, calls: int) -> list[fl
     return [(await timed_route(stub, request))[0] for _ in range(calls)]
 
 
+def retry_hint_s(exc: grpc.aio.AioRpcError) -> float:
+    """The server's ``retry-after-ms`` (0 without one)."""
+    for key, value in cast(Sequence[tuple[str, str]], exc.trailing_metadata() or ()):
+        if key == RETRY_AFTER_KEY:
+            return float(value) / 1000
+    return 0.0
+
+
 async def closed_loop(
     stub: pb_grpc.RouterStub, text: str, in_flight: int, seconds: float
 ) -> tuple[list[float], Counter[str]]:
+    """``in_flight`` callers, each sending its next call when its last one answered; a refused
+    caller waits the server's retry hint first, as a well-behaved client does."""
     request = route_request(text)
     until = time.perf_counter() + seconds
     latencies: list[float] = []
@@ -187,10 +211,12 @@ async def closed_loop(
 
     async def worker() -> None:
         while time.perf_counter() < until:
-            elapsed, code = await timed_route(stub, request)
+            elapsed, code, hint_s = await timed_route(stub, request)
             codes[code] += 1
             if code == "OK":
                 latencies.append(elapsed)
+            elif hint_s:
+                await asyncio.sleep(min(hint_s, max(0.0, until - time.perf_counter())))
 
     await asyncio.gather(*(worker() for _ in range(in_flight)))
     return latencies, codes
@@ -204,7 +230,9 @@ async def with_huge_prompt(stub: pb_grpc.RouterStub, seconds: float) -> tuple[li
 
     async def keep_huge() -> None:
         while not stop.is_set():
-            huge_codes[(await timed_route(stub, huge))[1]] += 1
+            _, code, hint_s = await timed_route(stub, huge)
+            huge_codes[code] += 1
+            await asyncio.sleep(hint_s)
 
     background = asyncio.create_task(keep_huge())
     await asyncio.sleep(0.2)  # the first one is in flight
@@ -224,7 +252,7 @@ async def offered(
     latencies: list[float] = []
     codes: Counter[str] = Counter()
     peak = rss_bytes(pid)
-    tasks: list[asyncio.Task[tuple[float, str]]] = []
+    tasks: list[asyncio.Task[tuple[float, str, float]]] = []
     start = time.perf_counter()
     sent = 0
     while (now := time.perf_counter()) < start + seconds:
@@ -234,7 +262,7 @@ async def offered(
         sent = max(sent, due)
         peak = max(peak, rss_bytes(pid))
         await asyncio.sleep(0.005)
-    for elapsed, code in await asyncio.gather(*tasks):
+    for elapsed, code, _ in await asyncio.gather(*tasks):
         codes[code] += 1
         if code == "OK":
             latencies.append(elapsed)
@@ -312,13 +340,16 @@ async def measure(server: Server, embedder: TextEmbedder, args: argparse.Namespa
         figures.add(f"{name} rss peak MiB", peak / 2**20)
         figures.add(f"{name} rss peak / idle", peak / idle_rss)
         print(
-            f"  [{name}] codes under 4x load: {dict(load_codes)}; with the 1M prompt: {dict(loud_codes)}",
+            f"  [{name}] codes at 64 in flight: {dict(codes)}; under 4x load: {dict(load_codes)};"
+            f" with the 1M prompt: {dict(loud_codes)}",
             flush=True,
         )
 
 
 def report(figures: Figures, backends: Sequence[str], args: argparse.Namespace) -> None:
     queues = "the config's" if args.max_queue is None else str(args.max_queue)
+    if args.max_queue_delay_ms is not None:
+        queues += f", embedding delay bound {args.max_queue_delay_ms:g} ms"
     print(
         f"\n== Route on a cache miss, classifier policy, {args.threads} embedding thread(s), queues {queues}, "
         f"{args.repeats} repeat(s); mean (min-max over repeats)"
@@ -406,6 +437,11 @@ def main() -> None:
         type=int,
         help="the servers' cache.max_queue and server.work_queue (default: the config's)",
     )
+    parser.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        help="the servers' cache.max_queue_delay_ms (default: the config's)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tierwise-bench-route-") as temp:
         scratch = Path(temp)
@@ -416,10 +452,7 @@ def main() -> None:
             export = scratch / "onnx-embedder"
             export_embedder(export)
         registry = prepare_registry(args, scratch)
-        servers = [
-            start_server(scratch / b, registry, b, export, args.threads, args.max_queue)
-            for b in args.embedder
-        ]
+        servers = [start_server(scratch / b, registry, b, export, args.threads, args) for b in args.embedder]
         figures = Figures()
         try:
             embedders = {s.embedder: load_embedder(s.embedder, export, args.threads) for s in servers}

@@ -6,7 +6,10 @@ when it is full or when its oldest request has waited ``max_wait_us``. While one
 batch is encoding (in a worker thread, never on the event loop) the next one
 fills, so batches grow with load. An ``encode()`` failure is raised in every
 request of that batch. The queue is bounded (``max_queue``): past it ``embed()`` fails at once
-with :class:`EmbedderBusy`, and requests cancelled while queued are dropped before encoding.
+with :class:`EmbedderBusy`, and requests cancelled while queued are dropped before encoding. With
+``max_queue_delay_s`` a request is also refused when the texts ahead of it would take longer than that
+to encode (at the recent time per text): under overload the admitted keep a short wait, however
+large the queue bound.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import asyncio
 import contextlib
 import math
 import re
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -149,10 +154,10 @@ class EmbedderClosed(RuntimeError):
 class EmbedderBusy(RuntimeError):
     """``embed()`` while ``max_queue`` requests already wait: retry after ``retry_after_s``."""
 
-    def __init__(self, waiting: int, retry_after_s: float) -> None:
+    def __init__(self, waiting: int, retry_after_s: float, why: str = "is full") -> None:
         self.retry_after_s = retry_after_s
         super().__init__(
-            f"the embedding queue is full ({waiting} requests waiting); retry in {retry_after_s:.2f}s"
+            f"the embedding queue {why} ({waiting} requests waiting); retry in {retry_after_s:.2f}s"
         )
 
 
@@ -172,19 +177,32 @@ class BatchingEmbedder:
     """Queue concurrent ``embed()`` calls and encode them together in one ``encode()`` call."""
 
     def __init__(
-        self, embedder: TextEmbedder, max_batch: int = 64, max_wait_us: int = 2000, max_queue: int = 1024
+        self,
+        embedder: TextEmbedder,
+        max_batch: int = 64,
+        max_wait_us: int = 2000,
+        max_queue: int = 1024,
+        max_queue_delay_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``max_queue_delay_s`` 0: only ``max_queue`` bounds the queue. ``clock`` times the encodes."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}")
         if max_wait_us < 0:
             raise ValueError(f"max_wait_us must not be negative, got {max_wait_us}")
+        if max_queue_delay_s < 0:
+            raise ValueError(f"max_queue_delay_s must not be negative, got {max_queue_delay_s}")
         self._embedder = embedder
         self._max_batch = max_batch
         self._max_wait_s = max_wait_us / 1_000_000
         self._max_queue = max_queue
         self._batch_s = INITIAL_BATCH_S  # moving average of one encode() call, for the retry hint
+        self._max_queue_delay_s = max_queue_delay_s
+        self._clock = clock
+        self._text_s: float | None = None  # moving average of an encode()'s time per text, once measured
+        self._encoding = 0  # texts in the encode() call running now
         self._pending: list[_Request] = []
         self._arrived = asyncio.Event()
         self._full = asyncio.Event()
@@ -196,10 +214,18 @@ class BatchingEmbedder:
         self.batches = 0
         self.encoded = 0
         self.dropped = 0  # requests cancelled while queued, never encoded
+        self.delayed = 0  # requests refused by max_queue_delay_s
 
     @property
     def info(self) -> EmbedderInfo:
         return self._embedder.info
+
+    def expected_wait_s(self) -> float:
+        """How long a new request would wait for its encode() to start: the texts being encoded and
+        those queued, at the recent time per text (0 until an encode() was timed)."""
+        if self._text_s is None:
+            return 0.0
+        return (self._encoding + len(self._pending)) * self._text_s
 
     async def embed(self, text: str) -> Vector:
         """The L2-normalised float32 embedding of ``text`` (a row of ``encode([text])``)."""
@@ -210,6 +236,14 @@ class BatchingEmbedder:
             if len(self._pending) >= self._max_queue:
                 batches_ahead = math.ceil(len(self._pending) / self._max_batch)
                 raise EmbedderBusy(len(self._pending), max(MIN_RETRY_AFTER_S, batches_ahead * self._batch_s))
+        wait_s = self.expected_wait_s()
+        if self._max_queue_delay_s and wait_s > self._max_queue_delay_s:
+            self._drop_cancelled()
+            wait_s = self.expected_wait_s()
+            if wait_s > self._max_queue_delay_s:
+                self.delayed += 1
+                why = f"would delay it {wait_s * 1e3:.0f} ms, over {self._max_queue_delay_s * 1e3:.0f} ms"
+                raise EmbedderBusy(len(self._pending), max(MIN_RETRY_AFTER_S, wait_s), why)
         loop = asyncio.get_running_loop()
         request = _Request(text, loop.create_future(), loop.time())
         self._pending.append(request)
@@ -273,7 +307,8 @@ class BatchingEmbedder:
     async def _encode(self, batch: list[_Request]) -> None:
         texts = [request.text for request in batch]
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = self._clock()
+        self._encoding = len(texts)
         try:
             vectors: Matrix = await loop.run_in_executor(self._executor, self._embedder.encode, texts)
             if vectors.shape != (len(texts), self.info.dim):
@@ -285,7 +320,12 @@ class BatchingEmbedder:
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
-        self._batch_s = 0.8 * self._batch_s + 0.2 * (loop.time() - started)
+        finally:
+            self._encoding = 0
+        took = self._clock() - started
+        self._batch_s = 0.8 * self._batch_s + 0.2 * took
+        per_text = took / len(texts)
+        self._text_s = per_text if self._text_s is None else 0.8 * self._text_s + 0.2 * per_text
         self.batches += 1
         self.encoded += len(batch)
         for row, request in enumerate(batch):

@@ -92,6 +92,16 @@ class CacheSettings(BaseModel):
         description="BatchingEmbedder: most requests waiting to be encoded; past it a new request fails at "
         "once (RESOURCE_EXHAUSTED, retry later) rather than queue behind seconds of work.",
     )
+    max_queue_delay_ms: float = Field(
+        # Off by default: on 2 shared cores with 1 embedding thread, 25 ms held admitted p99 at 4x
+        # the capacity offered to ~2-3x the unloaded p99 (from ~90x) but halved Route/s at 64 in
+        # flight, refusals costing the loop what encoding would (bench_route.py, docs/architecture.md).
+        0.0,
+        ge=0,
+        description="BatchingEmbedder: a request is refused (RESOURCE_EXHAUSTED, retry later) when the texts "
+        "ahead of it would take longer than this to encode, at the recent time per text; 0: only max_queue "
+        "bounds the wait.",
+    )
     embedder: Literal["torch", "onnx"] = Field(
         "onnx",
         description="onnx: all-MiniLM-L6-v2 exported to fp32 ONNX (`tierwise cache export-embedder`, in an "

@@ -188,7 +188,11 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
     ):
         settings = config.cache
         embedder = ServingEmbedder(
-            _text_embedder(settings), settings.max_batch, settings.max_wait_us, settings.max_queue
+            _text_embedder(settings),
+            settings.max_batch,
+            settings.max_wait_us,
+            settings.max_queue,
+            settings.max_queue_delay_ms / 1000,
         )
         stack.push_async_callback(embedder.aclose)
     cache = None

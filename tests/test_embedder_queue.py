@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from tests.gated_embedder import GatedEmbedder
@@ -93,6 +94,53 @@ async def test_the_serving_batcher_refuses_with_resource_exhausted() -> None:
     await batcher.aclose()
 
 
+class FakeClock:
+    """The batcher's clock, moved by the test: an encode() takes as long as the test says."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _three_at_once_after_a_30_ms_text(delay_bound_s: float) -> tuple[BatchingEmbedder, list[object]]:
+    """One text timed at 30 ms, then three requests arriving together (queued before any is encoded)."""
+    clock = FakeClock()
+    gated = GatedEmbedder(load_sentence_embedder())
+    batcher = BatchingEmbedder(
+        gated, max_batch=4, max_wait_us=0, max_queue=16, max_queue_delay_s=delay_bound_s, clock=clock
+    )
+    assert batcher.expected_wait_s() == 0.0  # nothing timed yet: only max_queue bounds the queue
+    first = await _one_encoding(batcher, gated)
+    clock.now = 0.030
+    gated.release()
+    await asyncio.wait_for(first, timeout=60)
+    arriving = [asyncio.ensure_future(batcher.embed(f"arriving {i}")) for i in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(*arriving, return_exceptions=True), timeout=60)
+    await batcher.aclose()
+    return batcher, results
+
+
+@pytest.mark.asyncio
+async def test_past_the_delay_bound_a_new_request_is_refused_with_the_wait_as_hint() -> None:
+    # 0 and 1 text ahead (0 and 30 ms) fit in 35 ms; the third would wait 2 x 30 ms.
+    batcher, results = await _three_at_once_after_a_30_ms_text(0.035)
+    assert [isinstance(r, np.ndarray) for r in results] == [True, True, False]
+    refused = results[2]
+    assert isinstance(refused, EmbedderBusy)
+    assert re.search(r"would delay it 60 ms, over 35 ms \(2 requests waiting\)", str(refused))
+    assert refused.retry_after_s == pytest.approx(0.060)
+    assert batcher.delayed == 1
+
+
+@pytest.mark.asyncio
+async def test_without_a_delay_bound_the_queue_length_alone_bounds_it() -> None:
+    batcher, results = await _three_at_once_after_a_30_ms_text(0.0)
+    assert all(isinstance(r, np.ndarray) for r in results)
+    assert batcher.delayed == 0
+
+
 def test_a_queue_without_room_is_refused() -> None:
     with pytest.raises(ValueError, match="max_queue"):
         BatchingEmbedder(load_sentence_embedder(), max_queue=0)
@@ -103,6 +151,7 @@ def test_a_queue_without_room_is_refused() -> None:
     [
         ({"embedder": "tensorflow"}, "cache.embedder"),
         ({"max_queue": 0}, "cache.max_queue"),
+        ({"max_queue_delay_ms": -1}, "cache.max_queue_delay_ms"),
         ({"onnx_embedder_dir": 3.5}, "cache.onnx_embedder_dir"),
     ],
 )
