@@ -7,13 +7,14 @@ vote). Short texts are counted and clipped on the loop: that takes less than the
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from tierwise.cache.batching import embedding_text
 from tierwise.classifier.features import prompt_statistics
 from tierwise.router.call_progress import PromptTokens
-from tierwise.router.config import Config
+from tierwise.router.config import Config, TierConfig
 from tierwise.router.cpu_workers import CpuWorkers
 from tierwise.router.errors import PromptTooLong
 from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierChoice
@@ -31,8 +32,10 @@ INLINE_CHARS = 2_000
 """Texts up to this length are counted and clipped on the event loop (tens of microseconds)."""
 
 ISOLATE_CHARS = 50_000
-"""Prompts longer than this get their text statistics from the worker process: in a thread they
-would hold the GIL in stretches of milliseconds (86 ms at a time for 1M characters)."""
+"""Prompts longer than this are counted and get their text statistics in the worker process, at a
+lower CPU priority: the statistics would hold the GIL in a thread in stretches of milliseconds (86 ms
+at a time for 1M characters), and tiktoken, which releases it, would still take a core from the
+loop and the embedder for a few hundred milliseconds."""
 
 
 def prompt_chars(spec: RequestSpec) -> int:
@@ -45,6 +48,17 @@ def prompt_chars(spec: RequestSpec) -> int:
         for m in spec.messages
     )
     return turns + len(spec.tools_json) + len(spec.tool_choice) + len(spec.response_format_json)
+
+
+def counted(prompt: PromptTokens, tiers: Sequence[TierConfig], limit: int) -> PromptTokens:
+    """``prompt`` counted under every tier's encoding; :class:`PromptTooLong` past ``limit``. Runs in
+    the worker process too (``prompt`` and the answer cross by pickle)."""
+    needed = max(prompt.of(tier) for tier in tiers)
+    if needed > limit:
+        raise PromptTooLong(
+            f"messages: the prompt is {needed} tokens, over the limit of {limit} (server.max_prompt_tokens)"
+        )
+    return prompt
 
 
 class RequestWork:
@@ -70,18 +84,15 @@ class RequestWork:
                 " server.max_prompt_tokens can hold"
             )
         prompt = PromptTokens(self._tokens, spec)
+        tiers = self._config.tiers
         if self._workers is None or chars <= INLINE_CHARS:
-            return self._counted(prompt)
-        return await self._workers.run(self._counted, prompt)
-
-    def _counted(self, prompt: PromptTokens) -> PromptTokens:
-        limit = self._config.server.max_prompt_tokens
-        needed = max(prompt.of(tier) for tier in self._config.tiers)
-        if needed > limit:
-            raise PromptTooLong(
-                f"messages: the prompt is {needed} tokens, over the limit of {limit} (server.max_prompt_tokens)"
-            )
-        return prompt
+            return counted(prompt, tiers, limit)
+        if chars > ISOLATE_CHARS:
+            try:
+                return await self._workers.run_isolated(counted, prompt, tiers, limit)
+            except BrokenProcessPool:
+                log.warning("the worker process died; the prompt's tokens are counted in a thread")
+        return await self._workers.run(counted, prompt, tiers, limit)
 
     async def embedding_text(self, text: str) -> str:
         """The text the request embeds (``embedding_text``: a long one clipped to head and tail)."""

@@ -84,11 +84,11 @@ async def test_a_prompt_longer_than_any_count_could_fit_is_refused_without_count
 
 
 @pytest.mark.asyncio
-async def test_the_loop_runs_other_coroutines_while_a_worker_counts_a_huge_prompt(tmp_path: Path) -> None:
+async def test_the_loop_runs_other_coroutines_while_a_worker_counts_a_long_prompt(tmp_path: Path) -> None:
     counter = GatedCounter()
     workers = CpuWorkers(1, 4)
     work = RequestWork(config(tmp_path), counter, workers)
-    huge = spec_of("word " * 200_000)
+    huge = spec_of("word " * 8_000)  # counted in a thread: longer than INLINE_CHARS, up to ISOLATE_CHARS
     counting = asyncio.ensure_future(work.prompt(huge))
 
     async def tiny() -> None:
@@ -96,7 +96,21 @@ async def test_the_loop_runs_other_coroutines_while_a_worker_counts_a_huge_promp
 
     await tiny()
     prompt = await asyncio.wait_for(counting, WAIT_S)
-    assert prompt.of(config(tmp_path).tiers[0]) > 200_000
+    assert prompt.of(config(tmp_path).tiers[0]) > 8_000
+    await workers.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_huge_prompt_is_counted_in_the_worker_process_as_on_the_loop(tmp_path: Path) -> None:
+    workers = CpuWorkers(1, 4)
+    huge = spec_of("Which office reported the largest growth? " * 2_000)
+    assert len(huge.messages[0].content) > ISOLATE_CHARS
+    in_process = await RequestWork(config(tmp_path), TokenCounter(), workers).prompt(huge)
+    on_the_loop = await RequestWork(config(tmp_path), TokenCounter()).prompt(huge)
+    for tier in config(tmp_path).tiers:
+        assert in_process.of(tier) == on_the_loop.of(tier) > 12_000
+    with pytest.raises(PromptTooLong, match=r"^messages: the prompt is \d+ tokens, over the limit of 1000"):
+        await RequestWork(config(tmp_path, max_prompt_tokens=1_000), TokenCounter(), workers).prompt(huge)
     await workers.aclose()
 
 
