@@ -94,8 +94,8 @@ class CacheSettings(BaseModel):
     )
     max_queue_delay_ms: float = Field(
         # Off by default: on 2 shared cores with 1 embedding thread, 25 ms held admitted p99 at 4x
-        # the capacity offered to ~2-3x the unloaded p99 (from ~90x) but halved Route/s at 64 in
-        # flight, refusals costing the loop what encoding would (bench_route.py, docs/architecture.md).
+        # the capacity offered to ~3.6x the unloaded p99 (from 56-81x) but cut Route/s at 64 in
+        # flight to about a third: refused calls still cost the loop (docs/architecture.md).
         0.0,
         ge=0,
         description="BatchingEmbedder: a request is refused (RESOURCE_EXHAUSTED, retry later) when the texts "
