@@ -50,7 +50,7 @@ typecheck: $(STAMP)
 	MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy -p tierwise
 
 unit: $(STAMP) $(EMBEDDER_DIR)/manifest.json
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20
 
 test: lint typecheck unit
 
