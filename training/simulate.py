@@ -41,16 +41,24 @@ from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY, load_model
 from tierwise.classifier.registry import ModelRegistry
 from tierwise.router.auth import sha256_hex
 from tierwise.router.config import Config, parse_config
+from tierwise.router.policies.baselines import RandomPolicy
 from tierwise.router.server import TierwiseServer
 from tierwise.router.service import build_service
 from tierwise.training.baselines import fit_vote
 from tierwise.training.dataset import RoutingData
 from tierwise.training.demo.run import DEMO_TIERS, replay_tiers
 from tierwise.training.figures import pyplot, save_figure
-from tierwise.training.gate import HeldOut
+from tierwise.training.gate import Decisions, HeldOut
 from tierwise.training.judged import concat, judged_rows, read_judgments
 from tierwise.training.replay import ReplayUpstream
-from tierwise.training.retrain import metric_value, pair_of, probability_decisions, retrain, scored_rows
+from tierwise.training.retrain import (
+    metric_value,
+    pair_of,
+    policy_choices,
+    probability_decisions,
+    retrain,
+    scored_rows,
+)
 from tierwise.training.routerbench import csv_files, load_rows
 from tierwise.training.train import load_data, train
 from tierwise.training.verifier_data import default_cache_dir
@@ -195,6 +203,18 @@ def knn_on_judged(config: Config, rows: RoutingData) -> float:
     return round(held_out.value(probability_decisions(probabilities, rows, config, candidates)), 4)
 
 
+def random_apgr(config: Config, rows: RoutingData, seeds: int = 10) -> float:
+    """The random policy's APGR on ``rows``, mean over ``seeds`` seeds: the floor a router must clear."""
+    settings = config.learning.retrain
+    rows = scored_rows(rows, config, settings)
+    candidates = list(pair_of(config, settings))
+    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
+    draws = [
+        Decisions([policy_choices(RandomPolicy(seed), rows, config, candidates)]) for seed in range(seeds)
+    ]
+    return round(float(np.mean([held_out.value(d) for d in draws])), 4)
+
+
 @dataclass(frozen=True)
 class SimulationSettings:
     rounds: int = 4  # serve -> sample -> retrain -> promote
@@ -246,7 +266,8 @@ async def _simulate(
             scored_split, round_key = "test", "traffic_test_apgr"
             traffic_rows = rng.permutation(np.flatnonzero(scored.splits == "train"))
         traffic_rows = traffic_rows[: settings.traffic_rows]
-        everything = base if not settings.traffic else concat([base, scored])
+        # The offline reference learns from every label the loop could see: the traffic's alone from zero.
+        everything = scored if cold else (base if not settings.traffic else concat([base, scored]))
         reference = train([], config, workdir / "reference", prepared=everything, console=console).version
         registry = ModelRegistry(workdir / "models")
         if settings.start_model is not None:
@@ -318,6 +339,7 @@ async def _simulate(
     finally:
         replay.stop()
     # The test split's one reading per model, after the loop has made every choice it makes.
+    final["random_apgr"] = random_apgr(config, scored.split(scored_split))
     reference_apgr = {
         split: _apgr(workdir / "reference", reference, scored, config, split)
         for split in ("validation", "test")
@@ -331,14 +353,18 @@ async def _simulate(
         "seed": settings.seed,
         "splits": {
             "test": {
-                "rows": int((base.splits == "test").sum()),
-                "split": "RouterBench test (sample id)",
-                "read": "once, after the last round: the final model and the offline reference",
+                "rows": int((scored.splits == "test").sum()),
+                "split": f"{'traffic' if settings.traffic else 'start data'} test (sample id)",
+                "read": "every round: the serving model and the candidate; nothing in the loop chooses on it"
+                if settings.traffic
+                else "once, after the last round: the final model and the offline reference",
             },
             "validation": {
-                "rows": int((base.splits == "validation").sum()),
-                "split": "RouterBench validation (sample id)",
-                "read": "every round: the gate's rows (with held-out judged prompts); training selects on it",
+                "rows": int((scored.splits == "validation").sum()),
+                "split": f"{'traffic' if settings.traffic else 'start data'} validation (sample id)",
+                "read": "after the last round (the gate reads held-out judged prompts and the start data's validation split, if any)"
+                if settings.traffic
+                else "every round: the gate's rows (with held-out judged prompts); training selects on it",
             },
         },
         "reference": {
