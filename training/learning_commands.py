@@ -80,6 +80,14 @@ def simulate(
     traffic_rows: Annotated[
         int | None, typer.Option(min=1, help="replay only this many traffic prompts (default: all)")
     ] = None,
+    judged_held_out: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=0.5,
+            help="share of judged prompts the gate holds out (default 0.1; cold start 0.15)",
+        ),
+    ] = None,
     start_model: Annotated[
         Path | None,
         typer.Option(help="a trained model version directory to start from instead of --start-slice"),
@@ -133,6 +141,7 @@ def simulate(
         traffic=tuple(traffic or ()),
         traffic_rows=traffic_rows,
         start_model=start_model,
+        judged_held_out=judged_held_out,
     )
     if repeats == 1:
         run_simulation(data_dir, workdir, settings)

@@ -77,6 +77,7 @@ def simulation_config(
     rate: float,
     tolerance: float = 0.0,
     cold_start: bool = False,
+    judged_held_out: float | None = None,
 ) -> Config:
     """``cold_start``: no base data; the random policy serves until the first model beats it, and judged
     prompts alone select, calibrate and gate (15 % each)."""
@@ -121,7 +122,7 @@ def simulation_config(
                     # The base data's validation split selects and calibrates, as it does for the offline
                     # reference; judged prompts train, but a tenth held out for the gate.
                     "judged_validation": 0.15 if cold_start else 0.0,
-                    "judged_held_out": 0.15 if cold_start else 0.1,
+                    "judged_held_out": judged_held_out or (0.15 if cold_start else 0.1),
                 },
             },
         }
@@ -228,6 +229,7 @@ class SimulationSettings:
     traffic: tuple[Path, ...] = ()
     traffic_rows: int | None = None  # replay only this many traffic prompts (None: the whole train split)
     start_model: Path | None = None  # a trained version directory to start from instead of the slice's
+    judged_held_out: float | None = None  # share of judged prompts the gate holds out (None: 0.1; cold 0.15)
     # slice_rows None: every train-split row of the start data; 0: the cold start (no base data at all)
 
 
@@ -248,7 +250,14 @@ async def _simulate(
     key = secrets.token_urlsafe(16)
     cold = settings.slice_rows == 0 and settings.start_model is None
     config = simulation_config(
-        workdir, replay.start(), key, recorded, settings.rate, settings.tolerance, cold_start=cold
+        workdir,
+        replay.start(),
+        key,
+        recorded,
+        settings.rate,
+        settings.tolerance,
+        cold_start=cold,
+        judged_held_out=settings.judged_held_out,
     )
     try:
         base = load_data(data_dir, config, cache_dir, "auto", None, None, DEFAULT_EMBEDDER_KEY, console)
