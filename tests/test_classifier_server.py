@@ -101,3 +101,33 @@ async def test_unknown_model_tiers_are_refused(tmp_path: Path, registry: tuple[P
         with pytest.raises(ConfigError) as caught:
             await build_service(build_config(data))
         assert "gigantic" in str(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_cold_start_serves_with_its_policy_until_the_first_version_is_promoted(
+    tmp_path: Path, registry: tuple[Path, list[str]]
+) -> None:
+    root, (first, _) = registry
+    empty = ModelRegistry(tmp_path / "fresh")
+    empty.root.mkdir()
+    async with ScriptedUpstream() as upstream:
+        data = classifier_config(tmp_path, upstream, empty.root)
+        data["routing"]["classifier"]["cold_start"] = "cheapest"  # type: ignore[index]
+        async with running_server(build_config(data)) as svc:
+            request = pb.RouteRequest(messages=[pb.ChatMessage(role="user", content="What is 2 + 2?")])
+            decision = await svc.stub.Route(request, metadata=AUTH)
+            assert (decision.tier, decision.reason, decision.model_version) == (
+                "small",
+                "cold-start:cheapest",
+                "",
+            )
+            shutil.copytree(ModelRegistry(root).version_dir(first), empty.version_dir(first))
+            empty.promote(first, force=True)
+
+            async def swapped() -> None:
+                while (await svc.stub.Route(request, metadata=AUTH)).model_version != first:
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(swapped(), timeout=30)
+            decision = await svc.stub.Route(request, metadata=AUTH)
+            assert not decision.reason.startswith("cold-start")

@@ -21,12 +21,17 @@ def routerbench_slice(shared_data: Path, data: Path, rows_per_file: int = ROWS_P
     """The first ``rows_per_file`` rows of each RouterBench CSV, written to ``data``."""
     data.mkdir(parents=True)
     for source in sorted((shared_data / "routerbench").glob("*.csv")):
-        with source.open(newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            rows = [next(reader), *(row for _, row in zip(range(rows_per_file), reader, strict=False))]
-        with (data / source.name).open("w", newline="", encoding="utf-8") as handle:
-            csv.writer(handle).writerows(rows)
+        csv_head(source, data / source.name, rows_per_file)
     return data
+
+
+def csv_head(source: Path, target: Path, rows: int) -> None:
+    """The header and the first ``rows`` rows of the CSV ``source``, written to ``target``."""
+    with source.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        kept = [next(reader), *(row for _, row in zip(range(rows), reader, strict=False))]
+    with target.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(kept)
 
 
 def priced_tiers_config(tiers: Sequence[tuple[str, str, str, str]]) -> Config:

@@ -23,7 +23,7 @@ from decimal import Decimal
 import numpy as np
 
 from tierwise.classifier.features import EMBEDDING_DIM
-from tierwise.router.config import Config
+from tierwise.router.config import Config, RetrainConfig
 from tierwise.router.feedback.factory import open_feedback_table
 from tierwise.router.feedback.store import FeedbackRecord
 from tierwise.router.learning.traffic_sqlite import SqliteTrafficStore
@@ -106,6 +106,16 @@ def judged_rows(config: Config, records: Sequence[FeedbackRecord], weight: float
         data_hash=digest.hexdigest(),
         weights=np.full(len(ids), weight),
     )
+
+
+def judged_row_weight(settings: RetrainConfig, base_train_rows: int, judged_train_rows: int) -> float:
+    """The training weight of one judged row: ``judgment_weight``, raised so that judged rows carry
+    ``judged_share`` of the training weight once at least ``judged_min_rows`` of them train."""
+    weight = settings.judgment_weight
+    share = settings.judged_share
+    if share is None or base_train_rows == 0 or judged_train_rows < settings.judged_min_rows:
+        return weight
+    return max(weight, share / (1.0 - share) * base_train_rows / judged_train_rows)
 
 
 def concat(parts: Sequence[RoutingData]) -> RoutingData:

@@ -63,14 +63,48 @@ def retrain(
 
 def simulate(
     data: Annotated[
-        Path | None, typer.Option(help="RouterBench CSV folder (default: ../shared/data/routerbench)")
+        Path | None,
+        typer.Option(
+            "--start-data",
+            "--data",
+            help="the domain the start model learns from: CSV folder (default: ../shared/data/routerbench)",
+        ),
+    ] = None,
+    traffic: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="another domain's CSVs (repeatable): their train split is replayed as traffic, their test "
+            "split scored every round (default: the start data's own train split, scored on validation)"
+        ),
+    ] = None,
+    traffic_rows: Annotated[
+        int | None, typer.Option(min=1, help="replay only this many traffic prompts (default: all)")
+    ] = None,
+    judged_held_out: Annotated[
+        float | None,
+        typer.Option(
+            min=0.01,
+            max=0.5,
+            help="share of judged prompts the gate holds out (default 0.1; cold start 0.15)",
+        ),
+    ] = None,
+    start_model: Annotated[
+        Path | None,
+        typer.Option(help="a trained model version directory to start from instead of --start-slice"),
     ] = None,
     workdir: Annotated[
         Path, typer.Option(help="where the simulation keeps its state (emptied first)")
     ] = Path(".simulate"),
     rounds: Annotated[int, typer.Option(min=1, help="serve -> sample -> retrain -> promote rounds")] = 4,
     slice_rows: Annotated[
-        int, typer.Option("--slice", min=10, help="train-split prompts the weak start learns from")
+        int | None,
+        typer.Option(
+            "--start-slice",
+            "--slice",
+            min=-1,
+            help="start-data train prompts the start model learns from (default 60; -1: all of them; 0: the "
+            "cold start: no base data, the random policy serves until the first model beats it)",
+        ),
     ] = 60,
     rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of served requests judged")] = 0.5,
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 4,
@@ -97,7 +131,18 @@ def simulate(
     data_dir = find_data(data)
     if data_dir is None:
         raise _fail("no RouterBench data found: pass --data, or set TIERWISE_DATA")
-    settings = SimulationSettings(rounds, slice_rows, rate, concurrency, tolerance, seed)
+    settings = SimulationSettings(
+        rounds,
+        None if slice_rows == -1 else slice_rows,
+        rate,
+        concurrency,
+        tolerance,
+        seed,
+        traffic=tuple(traffic or ()),
+        traffic_rows=traffic_rows,
+        start_model=start_model,
+        judged_held_out=judged_held_out,
+    )
     if repeats == 1:
         run_simulation(data_dir, workdir, settings)
     else:

@@ -44,6 +44,7 @@ def build_replay_judge(settings: JudgeConfig) -> ReplayJudge:
     if settings.replay_data is None:
         raise ValueError("judge.kind 'replay' needs judge.replay_data")
     try:
-        return ReplayJudge(RecordedAnswers(load_rows(csv_files(settings.replay_data))))
+        # Each file in its own layout: RouterBench's, or the wide one of a set like GSM8K.
+        return ReplayJudge(RecordedAnswers(load_rows(csv_files(settings.replay_data), format="auto")))
     except RouterBenchFormatError as exc:
         raise ValueError(str(exc)) from None

@@ -2,7 +2,9 @@
 at least as good as the serving one on held-out data.
 
 Training rows are the base data's train split plus the judged requests of the
-train split (by request-id hash), weighted by ``judgment_weight``; selection and
+train split (by request-id hash), weighted by ``judgment_weight`` until there are enough of them
+(``judged_min_rows``), then so that together they carry at least ``judged_share`` of the training
+weight (``judged.judged_row_weight``); selection and
 calibration use the validation splits of both. The gate scores the candidate
 and the serving model on the same rows: the base data's validation split (by
 sample id) plus the held-out judged requests, with the configured metric (APGR
@@ -25,22 +27,25 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 
 from tierwise.classifier.manifest import write_json_atomic
 from tierwise.classifier.model import ClassifierModel, load_model
 from tierwise.classifier.registry import ModelRegistry
 from tierwise.router.config import Config, RetrainConfig
+from tierwise.router.policies.base import RoutingPolicy
+from tierwise.router.policies.factory import cold_start_policy
 from tierwise.training.dataset import RoutingData
 from tierwise.training.evaluate import DEFAULT_PAIR_MODELS, probability_sweeps, routing_contexts, tier_index
 from tierwise.training.figures import pyplot, save_figure
 from tierwise.training.gate import Decisions, HeldOut, judge
-from tierwise.training.judged import JUDGED_TASK, concat, judged_rows, read_judgments
+from tierwise.training.judged import JUDGED_TASK, concat, judged_row_weight, judged_rows, read_judgments
 from tierwise.training.train import train
 
 STATE_FILE = "retrain-state.json"
@@ -84,11 +89,41 @@ def held_out_decisions(
     if len(rows) == 0:
         return held_out, Decisions([])
     probabilities = model.predict_matrix(rows.features).astype(np.float64)
+    return held_out, probability_decisions(probabilities, rows, config, candidates)
+
+
+def probability_decisions(
+    probabilities: npt.NDArray[np.float64], rows: RoutingData, config: Config, candidates: list[int]
+) -> Decisions:
+    """Decisions on ``rows`` from estimates of P(adequate) (one column per tier) under the serving rule."""
     rule = config.routing.classifier.rule
     contexts = routing_contexts(rows, config, candidates)
     sweeps = probability_sweeps("p", probabilities[:, candidates], contexts, candidates)
     (sweep,) = [s for s in sweeps if s.name == f"p-{rule}"]
-    return held_out, Decisions([choices for _, choices in sweep.runs])
+    return Decisions([choices for _, choices in sweep.runs])
+
+
+def cold_start_decisions(
+    policy: RoutingPolicy, rows: RoutingData, config: Config, settings: RetrainConfig
+) -> tuple[HeldOut, Decisions]:
+    """What the cold-start policy chooses on ``rows`` scored for the compared tiers: its one operating point;
+    for the random policy its expectation, the chord from every compared tier alone to the next (a
+    random draw on a few dozen held-out rows is luck: it scored 0.55-0.78 APGR there, 0.5 expected)."""
+    candidates = _compared(config, settings)
+    rows = scored_rows(rows, config, settings)
+    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
+    if policy.name == "random":
+        return held_out, Decisions([np.full(len(rows), j, dtype=np.int64) for j in candidates])
+    return held_out, Decisions([policy_choices(policy, rows, config, candidates)])
+
+
+def policy_choices(
+    policy: RoutingPolicy, rows: RoutingData, config: Config, candidates: list[int]
+) -> npt.NDArray[np.int64]:
+    """The tier index ``policy`` picks for each of ``rows`` among the ``candidates``."""
+    tiers = config.tier_names
+    contexts = routing_contexts(rows, config, candidates)
+    return np.array([tiers.index(policy.choose(c).tier) for c in contexts], dtype=np.int64)
 
 
 def metric_value(
@@ -184,6 +219,11 @@ def retrain(
             console,
         )
     judged = judged_rows(config, judgments.records, settings.judgment_weight)
+    base_train = 0 if base is None else int((base.splits == "train").sum())
+    judged_train = 0 if judged is None else int((judged.splits == "train").sum())
+    judged_weight = judged_row_weight(settings, base_train, judged_train)
+    if judged is not None:
+        judged = replace(judged, weights=np.full(len(judged), judged_weight))
     parts = [p for p in (base, judged) if p is not None]
     if not parts:
         return RetrainOutcome(
@@ -229,27 +269,43 @@ def retrain(
             ),
             "curve": [] if empty else rows.curve(decisions[name]),
         }
+    cold_start = cold_start_policy(config.routing) if serving_version is None else None
+    if cold_start is not None and rows is not None:
+        # From zero: the first model must beat the policy serving meanwhile on the held-out judged rows.
+        _, decisions["serving"] = cold_start_decisions(cold_start, scored_gate_set, config, settings)
+        scored["serving"] = {
+            "version": f"cold-start:{cold_start.name}",
+            "value": rows.value(decisions["serving"]) if len(rows.scores) else float("nan"),
+            "rows": len(rows.scores),
+            "base_validation_value": float("nan"),
+            "curve": rows.curve(decisions["serving"]) if len(rows.scores) else [],
+        }
     gate: dict[str, Any] = {"rule": settings.gate, "confidence": settings.confidence}
     if "serving" not in scored:
         promoted, reason = True, "no model was serving"
     elif rows is None or len(rows.scores) == 0:
         promoted, reason = False, "no gate row is scored for the compared tiers"
     else:
+        # From zero the first model must beat the cold-start policy; later ones must not be worse.
         verdict = judge(
             rows,
             decisions["candidate"],
             decisions["serving"],
             rule=settings.gate,
-            tolerance=settings.tolerance,
+            tolerance=0.0 if cold_start is not None else settings.tolerance,
             confidence=settings.confidence,
             samples=settings.bootstrap_samples,
             seed=settings.seed,
         )
         gate |= verdict.summary()
-        promoted = verdict.promote
-        reason = f"{settings.metric}: {verdict.explanation}"
+        promoted, reason = verdict.promote, f"{settings.metric}: {verdict.explanation}"
+        if cold_start is not None:
+            promoted = verdict.candidate > verdict.serving and (
+                settings.gate == "point" or verdict.p_worse <= 1 - settings.confidence
+            )
+            reason = f"first model against cold-start:{cold_start.name}, {reason}"
         if not promoted:
-            reason += f": keeping {serving_version}"
+            reason += f": keeping {scored['serving']['version']}"
     if promoted:
         # The comparison above is the gate (same rows, same metric); the registry's own gate compares
         # test-split AIQ only on identical data, which judged traffic never is.
@@ -267,9 +323,10 @@ def retrain(
         "gate_rows": {"base_validation": len(gate_set) - judged_held_out, "judged_held_out": judged_held_out},
         "judgments": {"read": len(judgments.records), "new": new, "since": since, "until": now},
         "training_rows": {
-            "base": 0 if base is None else int((base.splits == "train").sum()),
-            "judged": 0 if judged is None else int((judged.splits == "train").sum()),
+            "base": base_train,
+            "judged": judged_train,
             "judgment_weight": settings.judgment_weight,
+            "judged_row_weight": judged_weight,
         },
         "models": scored,
     }

@@ -41,13 +41,25 @@ from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY, load_model
 from tierwise.classifier.registry import ModelRegistry
 from tierwise.router.auth import sha256_hex
 from tierwise.router.config import Config, parse_config
+from tierwise.router.policies.baselines import RandomPolicy
 from tierwise.router.server import TierwiseServer
 from tierwise.router.service import build_service
+from tierwise.training.baselines import fit_vote
 from tierwise.training.dataset import RoutingData
 from tierwise.training.demo.run import DEMO_TIERS, replay_tiers
 from tierwise.training.figures import pyplot, save_figure
+from tierwise.training.gate import Decisions, HeldOut
+from tierwise.training.judged import concat, judged_rows, read_judgments
 from tierwise.training.replay import ReplayUpstream
-from tierwise.training.retrain import metric_value, retrain
+from tierwise.training.retrain import (
+    metric_value,
+    pair_of,
+    policy_choices,
+    probability_decisions,
+    retrain,
+    scored_rows,
+)
+from tierwise.training.routerbench import csv_files, load_rows
 from tierwise.training.train import load_data, train
 from tierwise.training.verifier_data import default_cache_dir
 from tierwise.v1 import tierwise_pb2 as pb
@@ -58,8 +70,17 @@ WEAK, STRONG = "medium", "large"  # mixtral-8x7b and gpt-4: the pair APGR is rep
 
 
 def simulation_config(
-    workdir: Path, upstream_url: str, key: str, data_dir: Path, rate: float, tolerance: float = 0.0
+    workdir: Path,
+    upstream_url: str,
+    key: str,
+    data_dir: Path,
+    rate: float,
+    tolerance: float = 0.0,
+    cold_start: bool = False,
+    judged_held_out: float | None = None,
 ) -> Config:
+    """``cold_start``: no base data; the random policy serves until the first model beats it, and judged
+    prompts alone select, calibrate and gate (15 % each)."""
     tiers = [t for t in DEMO_TIERS if t[0] in (WEAK, STRONG)]
     return parse_config(
         {
@@ -68,7 +89,11 @@ def simulation_config(
             "tiers": replay_tiers(upstream_url, tiers),
             "routing": {
                 "policy": "classifier",
-                "classifier": {"registry": str(workdir / "models"), "watch_interval_s": 0.2},
+                "classifier": {
+                    "registry": str(workdir / "models"),
+                    "watch_interval_s": 0.2,
+                    "cold_start": "random" if cold_start else None,
+                },
             },
             "store": {"kind": "embedded", "path": str(workdir / "var")},
             "cache": {
@@ -96,8 +121,8 @@ def simulation_config(
                     "tolerance": tolerance,
                     # The base data's validation split selects and calibrates, as it does for the offline
                     # reference; judged prompts train, but a tenth held out for the gate.
-                    "judged_validation": 0.0,
-                    "judged_held_out": 0.1,
+                    "judged_validation": 0.15 if cold_start else 0.0,
+                    "judged_held_out": judged_held_out or (0.15 if cold_start else 0.1),
                 },
             },
         }
@@ -158,33 +183,108 @@ def _gate(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _gap(reference: float, final: float | None) -> float | None:
+    return None if final is None else round(reference - final, 4)
+
+
+def knn_on_judged(config: Config, rows: RoutingData) -> float:
+    """APGR on ``rows`` of the kNN vote fit on every judged training prompt so far (k on the judged
+    validation prompts, else on the training ones): the baseline the adapted model must beat."""
+    settings = config.learning.retrain
+    judged = judged_rows(config, read_judgments(config, 0.0, 1e18).records, 1.0)
+    if judged is None:
+        return float("nan")
+    train_rows = judged.subset(judged.splits == "train")
+    validation = judged.subset(judged.splits == "validation")
+    vote = fit_vote(train_rows, validation if len(validation) else train_rows, settings.quality_bar)
+    rows = scored_rows(rows, config, settings)
+    candidates = list(pair_of(config, settings))
+    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
+    probabilities = vote.predict(rows.embeddings).astype(np.float64)
+    return round(held_out.value(probability_decisions(probabilities, rows, config, candidates)), 4)
+
+
+def random_apgr(config: Config, rows: RoutingData, seeds: int = 10) -> float:
+    """The random policy's APGR on ``rows``, mean over ``seeds`` seeds: the floor a router must clear."""
+    settings = config.learning.retrain
+    rows = scored_rows(rows, config, settings)
+    candidates = list(pair_of(config, settings))
+    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
+    draws = [
+        Decisions([policy_choices(RandomPolicy(seed), rows, config, candidates)]) for seed in range(seeds)
+    ]
+    return round(float(np.mean([held_out.value(d) for d in draws])), 4)
+
+
 @dataclass(frozen=True)
 class SimulationSettings:
     rounds: int = 4  # serve -> sample -> retrain -> promote
-    slice_rows: int = 60  # train-split prompts the weak start learns from
+    slice_rows: int | None = 60  # train-split prompts the weak start learns from
     rate: float = 0.5  # share of served requests judged
     concurrency: int = 4  # requests in flight
     tolerance: float = 0.0  # the gate: a candidate trailing by at most this is not worse
     seed: int = 0  # which train-split prompts form the weak start's slice, and the traffic's order
+    # Another domain's CSVs replayed as traffic (their train split), their test split scored every round;
+    # None: the start data's own train split beyond the slice, scored on its validation split.
+    traffic: tuple[Path, ...] = ()
+    traffic_rows: int | None = None  # replay only this many traffic prompts (None: the whole train split)
+    start_model: Path | None = None  # a trained version directory to start from instead of the slice's
+    judged_held_out: float | None = None  # share of judged prompts the gate holds out (None: 0.1; cold 0.15)
+    # slice_rows None: every train-split row of the start data; 0: the cold start (no base data at all)
+
+
+def _csv_folder(workdir: Path, paths: list[Path]) -> Path:
+    """One folder linking every CSV of ``paths``: the replay upstream and judge read start data and traffic."""
+    folder = workdir / "recorded"
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, path in enumerate(csv_files(paths)):
+        (folder / f"{number}-{path.name}").symlink_to(path.resolve())
+    return folder
 
 
 async def _simulate(
     data_dir: Path, workdir: Path, settings: SimulationSettings, cache_dir: Path, console: Console
 ) -> dict[str, Any]:
-    replay = ReplayUpstream.from_data_dir(data_dir)
+    recorded = _csv_folder(workdir, [data_dir, *settings.traffic])
+    replay = ReplayUpstream(load_rows(recorded, format="auto"))
     key = secrets.token_urlsafe(16)
-    config = simulation_config(workdir, replay.start(), key, data_dir, settings.rate, settings.tolerance)
+    cold = settings.slice_rows == 0 and settings.start_model is None
+    config = simulation_config(
+        workdir,
+        replay.start(),
+        key,
+        recorded,
+        settings.rate,
+        settings.tolerance,
+        cold_start=cold,
+        judged_held_out=settings.judged_held_out,
+    )
     try:
-        base = load_data(
-            data_dir, config, cache_dir, "routerbench", None, None, DEFAULT_EMBEDDER_KEY, console
-        )
-        reference = train([], config, workdir / "reference", prepared=base, console=console).version
-        order = np.random.default_rng(settings.seed).permutation(np.flatnonzero(base.splits == "train"))
-        start_rows, traffic_rows = order[: settings.slice_rows], order[settings.slice_rows :]
+        base = load_data(data_dir, config, cache_dir, "auto", None, None, DEFAULT_EMBEDDER_KEY, console)
+        rng = np.random.default_rng(settings.seed)
+        order = rng.permutation(np.flatnonzero(base.splits == "train"))
+        cut = len(order) if settings.slice_rows is None else settings.slice_rows
+        start_rows, traffic_rows = order[:cut], order[cut:]
         keep = np.isin(np.arange(len(base)), start_rows) | (base.splits != "train")
-        start = base.subset(keep)  # the weak model's slice, with the validation and test splits
-        weak = train([], config, workdir / "models", prepared=start, console=console).version
-        ModelRegistry(workdir / "models").promote(weak, force=True)
+        start = None if cold else base.subset(keep)  # the start's slice, with the validation and test splits
+        scored, scored_split, round_key = base, "validation", "validation_apgr"
+        if settings.traffic:  # another domain: its train split is the traffic, its test split the ruler
+            scored = load_data(
+                list(settings.traffic), config, cache_dir, "auto", None, None, DEFAULT_EMBEDDER_KEY, console
+            )
+            scored_split, round_key = "test", "traffic_test_apgr"
+            traffic_rows = rng.permutation(np.flatnonzero(scored.splits == "train"))
+        traffic_rows = traffic_rows[: settings.traffic_rows]
+        # The offline reference learns from every label the loop could see: the traffic's alone from zero.
+        everything = scored if cold else (base if not settings.traffic else concat([base, scored]))
+        reference = train([], config, workdir / "reference", prepared=everything, console=console).version
+        registry = ModelRegistry(workdir / "models")
+        if settings.start_model is not None:
+            shutil.copytree(settings.start_model, registry.version_dir(settings.start_model.name))
+            registry.promote(settings.start_model.name, force=True, expected_tiers=config.tier_names)
+        elif start is not None:
+            weak = train([], config, registry.root, prepared=start, console=console).version
+            registry.promote(weak, force=True)
         # A fixed prompt-key salt: judged prompts fall on the same side of retrain's split run after run.
         config.store.path.mkdir(parents=True, exist_ok=True)
         (config.store.path / "user_salt").write_bytes(b"tierwise-simulate")
@@ -193,20 +293,26 @@ async def _simulate(
         learning = server.service.accounting.learning
         assert learning.sampler is not None and learning.traffic is not None and server.service.serving_model
         results: list[dict[str, Any]] = []
-        serving = weak
+        serving = registry.serving_version()
+
+        def ruler(version: str | None, split: str = scored_split) -> float | None:
+            return None if version is None else _apgr(registry.root, version, scored, config, split)
+
         try:
             for number, chunk in enumerate(np.array_split(traffic_rows, settings.rounds), start=1):
-                apgr = _apgr(workdir / "models", serving, base, config, "validation")
+                apgr = ruler(serving)
                 before = dict(learning.sampler.spent_usd)
+                texts = (scored if settings.traffic else base).texts
                 cost, served, failed = await _serve_round(
-                    f"127.0.0.1:{port}", key, [base.texts[i] for i in chunk], settings.concurrency
+                    f"127.0.0.1:{port}", key, [texts[i] for i in chunk], settings.concurrency
                 )
                 await learning.sampler.drain()
                 await learning.traffic.flush(60)
                 outcome = await asyncio.to_thread(retrain, config, base=start, console=console)
                 if outcome.promoted and outcome.candidate:
+                    holder = server.service.serving_model
                     async with asyncio.timeout(60):  # the server's watcher swaps the model in
-                        while server.service.serving_model.model.version != outcome.candidate:  # noqa: ASYNC110
+                        while not holder.loaded or holder.model.version != outcome.candidate:  # noqa: ASYNC110
                             await asyncio.sleep(0.1)
                     serving = outcome.candidate
                 stats = learning.sampler.stats()
@@ -215,7 +321,7 @@ async def _simulate(
                     {
                         "round": number,
                         "model": outcome.serving,
-                        "validation_apgr": apgr,
+                        round_key: apgr,
                         "requests": served,
                         "failed": failed,
                         "cost_per_request_usd": str(cost / served) if served else "nan",
@@ -223,10 +329,10 @@ async def _simulate(
                         "shadow_spend_usd": str(spent["shadow"]),
                         "judge_spend_usd": str(spent["judge"]),
                         "candidate": outcome.candidate,
-                        "candidate_validation_apgr": (
-                            _apgr(workdir / "models", outcome.candidate, base, config, "validation")
-                            if outcome.candidate
-                            else None
+                        f"candidate_{round_key}": ruler(outcome.candidate),
+                        "judged_row_weight": outcome.report.get("training_rows", {}).get("judged_row_weight"),
+                        "knn_on_judged_apgr": (
+                            knn_on_judged(config, scored.split("test")) if settings.traffic else None
                         ),
                         "gate": _gate(outcome.report),
                         "promoted": outcome.promoted,
@@ -234,18 +340,17 @@ async def _simulate(
                     }
                 )
                 console.print(results[-1])
-            final = {
-                split: _apgr(workdir / "models", serving, base, config, split)
-                for split in ("validation", "test")
-            }
+            final = {f"{split}_apgr": ruler(serving, split) for split in ("validation", "test")}
+            final.setdefault(round_key, final[f"{scored_split}_apgr"])  # traffic: the test split's reading
             totals = learning.sampler.stats()
         finally:
             await server.stop(grace_s=1)
     finally:
         replay.stop()
     # The test split's one reading per model, after the loop has made every choice it makes.
+    final["random_apgr"] = random_apgr(config, scored.split(scored_split))
     reference_apgr = {
-        split: _apgr(workdir / "reference", reference, base, config, split)
+        split: _apgr(workdir / "reference", reference, scored, config, split)
         for split in ("validation", "test")
     }
     return {
@@ -257,14 +362,18 @@ async def _simulate(
         "seed": settings.seed,
         "splits": {
             "test": {
-                "rows": int((base.splits == "test").sum()),
-                "split": "RouterBench test (sample id)",
-                "read": "once, after the last round: the final model and the offline reference",
+                "rows": int((scored.splits == "test").sum()),
+                "split": f"{'traffic' if settings.traffic else 'start data'} test (sample id)",
+                "read": "every round: the serving model and the candidate; nothing in the loop chooses on it"
+                if settings.traffic
+                else "once, after the last round: the final model and the offline reference",
             },
             "validation": {
-                "rows": int((base.splits == "validation").sum()),
-                "split": "RouterBench validation (sample id)",
-                "read": "every round: the gate's rows (with held-out judged prompts); training selects on it",
+                "rows": int((scored.splits == "validation").sum()),
+                "split": f"{'traffic' if settings.traffic else 'start data'} validation (sample id)",
+                "read": "after the last round (the gate reads held-out judged prompts and the start data's validation split, if any)"
+                if settings.traffic
+                else "every round: the gate's rows (with held-out judged prompts); training selects on it",
             },
         },
         "reference": {
@@ -273,59 +382,78 @@ async def _simulate(
             "validation_apgr": reference_apgr["validation"],
             "trained_on": "every train-split label",
         },
+        "round_key": round_key,
+        "traffic": [str(p) for p in settings.traffic],
+        "cold_start": cold,
         "rounds": results,
         "final": {
             "version": serving,
-            "test_apgr": final["test"],
-            "validation_apgr": final["validation"],
-            "gap_to_reference": round(reference_apgr["test"] - final["test"], 4),
-            "validation_gap_to_reference": round(reference_apgr["validation"] - final["validation"], 4),
+            **final,
+            "gap_to_reference": _gap(reference_apgr["test"], final["test_apgr"]),
+            "validation_gap_to_reference": _gap(reference_apgr["validation"], final["validation_apgr"]),
         },
         "sampling_totals": totals,
     }
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def print_and_plot(report: dict[str, Any], workdir: Path, console: Console) -> Path:
     table = Table(
-        title=f"learning loop on replayed RouterBench traffic — judge: {report['judge']}",
-        caption="APGR on the validation split (the gate's rows) of the serving model and the round's candidate",
+        title=f"learning loop on replayed traffic — judge: {report['judge']}",
+        caption=f"{report.get('round_key', 'validation_apgr')} of the serving model and the round's candidate"
+        " (- : no model serving yet, the cold-start policy serves)",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
     # Short headers: the table fits an 80-column terminal (requests per round are in the JSON).
     for column in ("round", "valid.", "USD/req", "judged", "shadow $", "cand. valid.", "prom"):
         table.add_column(column, no_wrap=True)
+    key = report.get("round_key", "validation_apgr")
     for r in report["rounds"]:
-        candidate = r.get("candidate_validation_apgr")
+        candidate = r.get(f"candidate_{key}")
         table.add_row(
             str(r["round"]),
-            f"{r['validation_apgr']:.4f}",
+            _number(r[key]),
             f"{float(r['cost_per_request_usd']):.5f}",
             str(r["judgments_total"]),
             f"{float(r['shadow_spend_usd']):.3f}",
-            "-" if candidate is None else f"{candidate:.4f}",
+            _number(candidate),
             "yes" if r["promoted"] else "no",
         )
     console.print(table)
     final, reference, totals = report["final"], report["reference"], report["sampling_totals"]
     console.print(
         f"test split, read once ({report['splits']['test']['rows']} prompts, "
-        f"{report['pair']['strong']} vs {report['pair']['weak']}): final model APGR {final['test_apgr']:.4f}, "
-        f"offline model on every label {reference['test_apgr']:.4f}, gap {final['gap_to_reference']:.4f}; "
-        f"validation: {final['validation_apgr']:.4f} / {reference['validation_apgr']:.4f}; "
+        f"{report['pair']['strong']} vs {report['pair']['weak']}): final model APGR {_number(final['test_apgr'])}, "
+        f"offline model on every label {reference['test_apgr']:.4f}, gap {_number(final['gap_to_reference'])}; "
+        f"validation: {_number(final['validation_apgr'])} / {reference['validation_apgr']:.4f}; "
         f"sampling spend: shadow ${totals['shadow_spent_usd']}, judge ${totals['judge_spent_usd']}"
     )
     plt = pyplot()
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = [r["round"] for r in report["rounds"]] + [len(report["rounds"]) + 1]
-    ys = [r["validation_apgr"] for r in report["rounds"]] + [final["validation_apgr"]]
-    left.plot(xs, ys, marker="o", color="C1", label="serving model, validation (gate's rows)")
+    ys = [r[key] for r in report["rounds"]] + [final[key]]
+    left.plot(
+        xs,
+        [float("nan") if y is None else y for y in ys],
+        marker="o",
+        color="C1",
+        label=f"serving model, {key}",
+    )
     left.axhline(
         reference["validation_apgr"], color="C1", linestyle="--", label="offline, all labels, validation"
     )
     left.scatter(
-        [xs[-1]], [final["test_apgr"]], marker="*", s=140, color="C0", label="final model, test (once)"
+        [xs[-1]],
+        [float("nan") if final["test_apgr"] is None else final["test_apgr"]],
+        marker="*",
+        s=140,
+        color="C0",
+        label="final model, test (once)",
     )
     left.axhline(reference["test_apgr"], color="C0", linestyle=":", label="offline, all labels, test (once)")
     left.set_xlabel("round (model serving it; last: after the final retrain)")

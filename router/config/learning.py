@@ -113,6 +113,19 @@ class RetrainConfig(StrictSection):
     confidence: float = Field(0.95, gt=0.5, lt=1, description="bootstrap gate: how sure 'worse' must be")
     bootstrap_samples: int = Field(1000, ge=100, le=100_000, description="bootstrap gate: paired resamples")
     judgment_weight: float = Field(1.0, gt=0, description="training weight of a judged row (base rows: 1)")
+    judged_share: float | None = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="once judged_min_rows judged prompts train, their rows together carry at least this share "
+        "of the training weight (each judged row's weight raised above judgment_weight as needed): the "
+        "deployment's own traffic outweighs base data it does not resemble; null: judgment_weight alone",
+    )
+    judged_min_rows: int = Field(
+        200,
+        ge=1,
+        description="judged training prompts before judged_share applies (fewer: too noisy to lean on)",
+    )
     judged_validation: float = Field(
         0.15,
         ge=0,

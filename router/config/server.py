@@ -270,6 +270,12 @@ class ClassifierConfig(StrictSection):
         2.0, ge=0, description="how often the registry pointer is checked for a promoted version (0: never)"
     )
     unfamiliar: UnfamiliarConfig = UnfamiliarConfig()
+    cold_start: Literal["cheapest", "strongest", "random", "length"] | None = Field(
+        None,
+        description="the policy that serves while the registry has no serving version (a deployment starting "
+        "from zero: its first model trains on judged traffic and serves once the retrain gate shows it beats "
+        "this policy); null: no model refuses the start",
+    )
 
 
 class RoutingConfig(StrictSection):

@@ -26,6 +26,7 @@ import numpy.typing as npt
 from tierwise.classifier import UtilityCalibration, prompt_features
 from tierwise.classifier.features import features_of
 from tierwise.classifier.model import Assessment
+from tierwise.classifier.registry import NoModelServing
 from tierwise.classifier.unfamiliarity import UnfamiliarityCalibration
 from tierwise.router.config import UnfamiliarConfig
 from tierwise.router.policies.base import RoutingContext, RoutingPolicy, TierChoice, TierOption
@@ -117,10 +118,24 @@ class ClassifierPolicy:
         rule: Rule = "threshold",
         fallback: RoutingPolicy | None = None,
         unfamiliar: UnfamiliarConfig | None = None,
+        cold_start: RoutingPolicy | None = None,
     ) -> None:
+        """``cold_start``: the policy deciding while ``source`` has no model yet (checked on each request);
+        without it a source with no model is refused here."""
         if rule not in RULES:
             raise ValueError(f"unknown decision rule {rule!r}; choose one of {RULES}")
-        model = source.model
+        self._source = source
+        self.rule: Rule = rule
+        self._fallback = fallback or StrongestPolicy()
+        self._cold_start = cold_start
+        guarded = unfamiliar is not None and unfamiliar.action != "trust_model"
+        self._guard = UnfamiliarGuard(unfamiliar, configured_tiers) if guarded and unfamiliar else None
+        try:
+            model = source.model
+        except NoModelServing:
+            if cold_start is None:
+                raise
+            return  # a version loaded later passed the registry's checks for these tiers
         unknown = [t for t in configured_tiers if t not in model.tiers]
         if unknown:
             raise ValueError(
@@ -131,16 +146,11 @@ class ClassifierPolicy:
             raise ValueError(
                 f"classifier model {model.version!r} has no utility calibration; use rule 'threshold'"
             )
-        guarded = unfamiliar is not None and unfamiliar.action != "trust_model"
         if guarded and model.unfamiliarity is None:
             raise ValueError(
                 f"classifier model {model.version!r} has no unfamiliarity calibration; retrain it, or set "
                 "unfamiliar.action: trust_model"
             )
-        self._source = source
-        self.rule: Rule = rule
-        self._fallback = fallback or StrongestPolicy()
-        self._guard = UnfamiliarGuard(unfamiliar, configured_tiers) if guarded and unfamiliar else None
 
     def p_adequate(self, context: RoutingContext) -> Judgement | None:
         """P(adequate) for every tier the model knows (moved toward the base rates when the prompt is
@@ -181,6 +191,11 @@ class ClassifierPolicy:
             if judged is None:
                 return self._fall_back(context, "no-embedding")
             return self.decide(context, judged)
+        except NoModelServing:
+            if self._cold_start is None:
+                return self._fall_back(context, "no-model")
+            choice = self._cold_start.choose(context)
+            return TierChoice(choice.tier, f"cold-start:{self._cold_start.name}", choice.p_adequate)
         except Exception as exc:  # the model must never take a request down with it
             log.warning("classifier policy failed, falling back to %s: %s", self._fallback.name, exc)
             return self._fall_back(context, "model-error")

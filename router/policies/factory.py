@@ -40,8 +40,25 @@ def load_serving_model(routing: RoutingConfig, tiers: Sequence[str], device: str
     )
     loaded = serving.reload()
     if not serving.loaded:
+        if routing.classifier.cold_start is not None and _no_serving_version(serving):
+            return serving  # the cold-start policy serves until the watcher loads the first promoted version
         raise ConfigError(f"routing.classifier.registry: no usable model version: {loaded.error}")
     return serving
+
+
+def _no_serving_version(serving: ServingModel) -> bool:
+    from tierwise.classifier.registry import RegistryError
+
+    try:
+        return serving.registry.serving_version() is None
+    except RegistryError:
+        return False
+
+
+def cold_start_policy(routing: RoutingConfig) -> RoutingPolicy | None:
+    """The baseline serving while no classifier version is promoted (``routing.classifier.cold_start``)."""
+    name = routing.classifier.cold_start
+    return None if name is None else build_baseline(routing.model_copy(update={"policy": name}))
 
 
 class PinnedModel:
@@ -82,7 +99,11 @@ def build_policy(
         raise ValueError("the classifier policy needs a serving model (load_serving_model)")
     try:
         return ClassifierPolicy(
-            serving, tiers, routing.classifier.rule, unfamiliar=routing.classifier.unfamiliar
+            serving,
+            tiers,
+            routing.classifier.rule,
+            unfamiliar=routing.classifier.unfamiliar,
+            cold_start=cold_start_policy(routing),
         )
     except ValueError as exc:
         raise ConfigError(f"routing.classifier: {exc}") from None
