@@ -21,11 +21,7 @@ client time included. A second run (load 7.4): 0.355 / 0.488 (1.37x, +0.13 ms) /
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,14 +29,12 @@ from pathlib import Path
 import grpc
 import httpx
 import openai
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ledger import QUESTION, SYSTEM, instant_service
+import child_server
+from bench_ledger import QUESTION, SYSTEM
 from timing import p50_p99
 
-from tierwise.router.config import load_config
-from tierwise.router.server import TierwiseServer
 from tierwise.training.process import free_port
 from tierwise.v1 import tierwise_pb2 as pb
 from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
@@ -51,30 +45,11 @@ Send = Callable[[], Awaitable[tuple[float, float]]]
 
 
 def write_config(root: Path) -> Path:
-    tier = {"provider": "openai", "base_url": "http://127.0.0.1:1", "max_output_tokens": 512}
-    data = {
-        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": 0, "http_port": free_port()},
-        "auth": {"mode": "none", "tenant": "acme"},
-        "tiers": [
-            {**tier, "name": "small", "model": "gpt-4o-mini", "price": {"input_per_mtok": "0.15"}},
-            {**tier, "name": "large", "model": "gpt-4o", "price": {"input_per_mtok": "2.5"}},
-        ],
-        "store": {"path": str(root / "var")},
-        "cache": {"enabled": False},
-        "logging": {"level": "WARNING"},
-    }
-    path = root / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-async def serve(config_path: Path) -> None:
-    """The child: serve until stdin closes."""
-    server = TierwiseServer(await instant_service(load_config(config_path)))
-    await server.start()
-    print(json.dumps({"port": server.port, "http_port": server.http_port}), flush=True)
-    await asyncio.to_thread(sys.stdin.read)
-    await server.stop(grace_s=1)
+    return child_server.write_config(
+        root,
+        server={"host": "127.0.0.1", "port": 0, "metrics_port": 0, "http_port": free_port()},
+        auth={"mode": "none", "tenant": "acme"},
+    )
 
 
 def grpc_sender(stub: pb_grpc.RouterStub) -> Send:
@@ -151,31 +126,10 @@ async def measure(args: argparse.Namespace, ports: dict[str, int]) -> None:
         )
 
 
-def drive(args: argparse.Namespace) -> None:
-    """Start the server in a child process, measure against it, stop it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = write_config(Path(tmp))
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        try:
-            assert child.stdout is not None
-            asyncio.run(measure(args, json.loads(child.stdout.readline())))
-        finally:
-            if child.stdin is not None:
-                child.stdin.close()
-            child.wait(30)
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--requests", type=int, default=300, help="per front per round")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve is not None:
-        asyncio.run(serve(args.serve))
-    else:
-        drive(args)
+    child_server.run(__file__, parser, lambda args, root: write_config(root), measure)

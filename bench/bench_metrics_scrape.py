@@ -22,25 +22,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import httpx
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ledger import instant_service  # the real service, its upstream answering at once
+import child_server
 from timing import p50_p99
 
 from tierwise.router.auth import sha256_hex
-from tierwise.router.config import load_config
-from tierwise.router.server import TierwiseServer
 from tierwise.training.process import free_port
 from tierwise.v1 import tierwise_pb2 as pb
 from tierwise.v1 import tierwise_pb2_grpc as pb_grpc
@@ -51,36 +45,17 @@ MODES = ("none", "metrics", "dashboard")
 
 
 def write_config(root: Path, max_features: int) -> Path:
-    tier = {"provider": "openai", "base_url": "http://127.0.0.1:1", "max_output_tokens": 512}
-    data = {
-        "server": {"host": "127.0.0.1", "port": 0, "metrics_port": free_port()},
-        "auth": {
+    return child_server.write_config(
+        root,
+        server={"host": "127.0.0.1", "port": 0, "metrics_port": free_port()},
+        auth={
             "api_keys": [
                 {"key_sha256": sha256_hex(key), "tenant": tenant, "admin": tenant == "ops"}
                 for tenant, key in KEYS.items()
             ]
         },
-        "tiers": [
-            {**tier, "name": "small", "model": "gpt-4o-mini", "price": {"input_per_mtok": "0.15"}},
-            {**tier, "name": "large", "model": "gpt-4o", "price": {"input_per_mtok": "2.5"}},
-        ],
-        "store": {"path": str(root / "var")},
-        "cache": {"enabled": False},
-        "logging": {"level": "WARNING"},
-        "metrics": {"max_features": max_features, "scrape_key_sha256": sha256_hex(SCRAPE_KEY)},
-    }
-    path = root / "tierwise.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-async def serve(config_path: Path) -> None:
-    """The child: serve until stdin closes."""
-    server = TierwiseServer(await instant_service(load_config(config_path)))
-    await server.start()
-    print(json.dumps({"port": server.port, "metrics_port": server.metrics_port}), flush=True)
-    await asyncio.to_thread(sys.stdin.read)
-    await server.stop(grace_s=1)
+        metrics={"max_features": max_features, "scrape_key_sha256": sha256_hex(SCRAPE_KEY)},
+    )
 
 
 def request(feature: str) -> pb.CompleteRequest:
@@ -200,22 +175,6 @@ async def measure(args: argparse.Namespace, ports: dict[str, int]) -> None:
         )
 
 
-def drive(args: argparse.Namespace) -> None:
-    """Start the server in a child process, measure against it, stop it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        config = write_config(Path(tmp), args.max_features)
-        child = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(config)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        try:
-            assert child.stdout is not None
-            asyncio.run(measure(args, json.loads(child.stdout.readline())))
-        finally:
-            if child.stdin is not None:
-                child.stdin.close()
-            child.wait(30)
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,9 +189,4 @@ if __name__ == "__main__":
         default=0.5,
         help="pause after each scrape (0: back to back)",
     )
-    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve is not None:
-        asyncio.run(serve(args.serve))
-    else:
-        drive(args)
+    child_server.run(__file__, parser, lambda args, root: write_config(root, args.max_features), measure)

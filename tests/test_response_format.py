@@ -5,29 +5,22 @@ counterpart is in test_http_sdk_calls.py)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
-from tests.harness import AUTH, Running, build_config, config_dict, running_server
+from tests.harness import AUTH, Running
 from tests.test_request_fields import SCHEMA
+from tests.test_server import svc  # noqa: F401 - the fixture: a server over the scripted upstream
 from tests.upstream import ScriptedUpstream
 from tierwise.v1 import tierwise_pb2 as pb
-
-
-@pytest_asyncio.fixture
-async def svc(upstream: ScriptedUpstream, tmp_path: Path) -> AsyncIterator[Running]:
-    config = build_config(config_dict(tmp_path / "var", upstream.openai_url, upstream.base_url))
-    async with running_server(config) as running:
-        yield running
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("stream", [False, True], ids=["unary", "stream"])
 async def test_a_json_schema_answer_comes_back_whole(
-    svc: Running, upstream: ScriptedUpstream, stream: bool
+    svc: Running,  # noqa: F811 - the fixture imported above
+    upstream: ScriptedUpstream,
+    stream: bool,
 ) -> None:
     upstream.script(text='{"answer": 4}')
     request = pb.CompleteRequest(
