@@ -74,21 +74,23 @@ def failure(exc: BaseException, request_id: str) -> HttpFailure:
         if exc.retry_after_ms is None:  # the request is over the limit itself: it never would be admitted
             headers["x-should-retry"] = "false"
         else:
-            headers["retry-after"] = str(-(-exc.retry_after_ms // 1000))
-            headers["retry-after-ms"] = str(exc.retry_after_ms)
+            headers.update(_retry_headers(exc.retry_after_ms))
         code = "rate_limited"
     elif isinstance(exc, BudgetExhausted):  # a retry is refused too until the budget's window ends
         kind, code = "insufficient_quota", "budget_exhausted"
         headers["x-should-retry"] = "false"
     elif isinstance(exc, EmbedderOverloaded | WorkersBusy):  # a moment's overload: worth retrying shortly
         status, kind, code = 503, "service_unavailable_error", "overloaded"
-        retry_ms = exc.retry_after_ms or 1000
-        headers["retry-after"] = str(-(-retry_ms // 1000))
-        headers["retry-after-ms"] = str(retry_ms)
+        headers.update(_retry_headers(exc.retry_after_ms or 1000))
     body = error(kind, f"{exc.public} (request_id={request_id})", code=code)
     if exc.attempts:
         body["tierwise"] = {"request_id": request_id, "attempts": exc.attempts_summary()}
     return HttpFailure(status, body, headers)
+
+
+def _retry_headers(retry_ms: int) -> dict[str, str]:
+    # retry-after is whole seconds (rounded up, so a retry is never early); OpenAI's SDKs read the ms one.
+    return {"retry-after": str(-(-retry_ms // 1000)), "retry-after-ms": str(retry_ms)}
 
 
 def decision_headers(decision: Decision) -> dict[str, str]:
