@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from tierwise.router.auth import AuthThrottled
+from tierwise.router.auth import AuthThrottled, KeyStoreDown
 from tierwise.router.errors import BudgetExhausted, EmbedderOverloaded, ServiceError, WorkersBusy
 from tierwise.router.outcome import Completion, Decision, StreamDelta
 from tierwise.router.pricing import usd_str
@@ -59,6 +59,8 @@ def unauthenticated(exc: Exception) -> HttpFailure:
     if isinstance(exc, AuthThrottled):
         retry = {"retry-after": str(exc.retry_after_s)}
         return HttpFailure(429, error("rate_limit_error", str(exc), code="auth_throttled"), retry)
+    if isinstance(exc, KeyStoreDown):  # not the caller's fault: gRPC says UNAVAILABLE, so 503 here
+        return HttpFailure(503, error("service_unavailable_error", str(exc), code="key_store_unavailable"))
     message = str(exc).replace("metadata", "header")  # the authenticator speaks gRPC's word for it
     return HttpFailure(401, error("authentication_error", message, code="invalid_api_key"))
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from tierwise.router.auth import AuthThrottled, Unauthenticated
+from tierwise.router.auth import AuthThrottled, KeyStoreDown, Unauthenticated
 from tierwise.router.errors import (
     BudgetExhausted,
     EmbedderOverloaded,
@@ -75,3 +75,6 @@ def test_authentication_failures() -> None:
     assert missing.body["error"]["message"] == "missing 'authorization: Bearer <key>' header"
     throttled = unauthenticated(AuthThrottled(4.2))
     assert (throttled.status, throttled.headers) == (429, {"retry-after": "5"})
+    # The key store unreadable is UNAVAILABLE over gRPC: a 503 here, not a 401 the SDK never retries.
+    store_down = unauthenticated(KeyStoreDown())
+    assert (store_down.status, store_down.body["error"]["type"]) == (503, "service_unavailable_error")
