@@ -116,7 +116,7 @@ class RouterServicer:
         accounting = self._service.accounting
         with accounting.request_span("Route", context.invocation_metadata()) as span:
             try:
-                await self._limits.admission(caller, spec, calls_tiers=False).acquire()
+                await self._limits.admission(caller, spec, None).acquire()  # RPM only
                 prompt = await self._service.pipeline.prompt(spec)
                 decision = await self._service.pipeline.route(spec, request_id, prompt)
             except Exception as exc:
