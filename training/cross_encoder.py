@@ -44,6 +44,7 @@ from tierwise.cache.verifier_cross import (
 from tierwise.cache.verifier_model import VerifierModel, file_sha256
 from tierwise.cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier, signature
 from tierwise.training.cache_metrics import ServeMetrics, wilson_lower_bound
+from tierwise.training.cross_encoder_augment import surface_noise_pairs
 from tierwise.training.verifier import (
     PRECISION_TARGET,
     PROBABILITY_GRID,
@@ -85,6 +86,10 @@ class FineTuning:
     seed: int = 0
     # Train on at most this many pairs (chosen at random); for smoke tests and quick trials.
     max_pairs: int | None = None
+    # Surface-noise pairs added to the train split (``cross_encoder_augment``): the share of its
+    # distinct questions paired with a noisy copy, and the share of its pairs repeated with noise.
+    noise_self_share: float = 0.0
+    noise_pair_share: float = 0.0
 
 
 def _pair_model(encoder: Any) -> Any:
@@ -350,7 +355,16 @@ def attach_cross_encoder(
     classifier = {name: base.predict(block.features) for name, block in blocks.items()}
 
     if weights is None:
-        train = splits["train"] + trap_pairs()
+        train = (
+            splits["train"]
+            + trap_pairs()
+            + surface_noise_pairs(
+                splits["train"],
+                self_share=settings.noise_self_share,
+                noisy_share=settings.noise_pair_share,
+                seed=settings.seed,
+            )
+        )
         device = pick_device(device)
         log(f"fine-tuning the cross-encoder on {len(train)} pairs ({device}, {settings})")
         model = fine_tune(train, settings, device, log)

@@ -98,6 +98,15 @@ def train_cross_encoder(
     weights: Annotated[
         Path | None, typer.Option(help="skip fine-tuning: fine-tuned weights saved by an earlier run")
     ] = None,
+    noise_self_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="share of train questions also paired with a noisy copy of itself"
+        ),
+    ] = 0.0,
+    noise_pair_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="share of train pairs repeated with noise on one side")
+    ] = 0.0,
     precision_target: PrecisionOption = 0.90,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (fine-tuning and embedding)")] = "auto",
@@ -110,7 +119,13 @@ def train_cross_encoder(
 
     console, embedder, embedding_cache = _training_inputs(pairs, device, cache_dir)
     settings = FineTuning(
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, max_pairs=max_pairs
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        max_pairs=max_pairs,
+        noise_self_share=noise_self_share,
+        noise_pair_share=noise_pair_share,
     )
     try:
         report = attach_cross_encoder(
