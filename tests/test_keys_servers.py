@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -189,24 +190,36 @@ async def test_the_key_store_down_fails_per_setting_and_config_keys_keep_working
     keys = {"poll_interval_s": 0.2, "max_stale_s": 1.0, "timeout_s": 0.3, "fail_mode": fail_mode}
     limits = {"tenants": {"acme": {"rpm": 1000}}, "redis_timeout_s": 0.2}  # checked in the same Redis
     data = shared_config(tmp_path / "a", upstream, redis, None, keys=keys, rate_limits=limits)
+    data["server"]["metrics_port"] = free_port()
     config_file = write_config(tmp_path / "tierwise.yaml", data)
-    async with replicas([data], None) as [svc]:
+    async with replicas([data], None) as [svc], httpx.AsyncClient() as client:
         secret = await create_key(config_file, "--tenant", "acme")
         assert isinstance(await complete(svc, bearer(secret)), pb.CompleteResponse)
         redis.kill()
         await asyncio.sleep(1.5)  # past max_stale_s since the last read
+        scrape = await client.get(
+            f"http://127.0.0.1:{svc.server.metrics_port}/metrics",
+            headers={"Authorization": f"Bearer {secret}"},
+        )
         if fail_mode == "closed":
             details = await refused(svc, bearer(secret), grpc.StatusCode.UNAVAILABLE)
             assert "key store cannot be read" in details
+            # Over HTTP too the store is at fault, not the key: 503, as UNAVAILABLE over gRPC.
+            assert scrape.status_code == 503 and "key store cannot be read" in scrape.text
+            page = await client.get(
+                f"http://127.0.0.1:{svc.server.metrics_port}/dashboard", auth=("x", secret)
+            )
+            assert page.status_code == 503 and "key store cannot be read" in page.text
         else:
             assert isinstance(await complete(svc, bearer(secret)), pb.CompleteResponse)
+            assert scrape.status_code == 200 and "tierwise_requests_total" in scrape.text
         # A config key needs no store, and the tenant's rate limit fails open (its default).
         assert isinstance(await complete(svc, AUTH), pb.CompleteResponse)
         registry = svc.server.service.accounting.metrics.registry
         unmetered = {"decision": "admitted"}
         assert (registry.get_sample_value("tierwise_rate_limit_store_failures_total", unmetered) or 0) >= 1
         down = registry.get_sample_value("tierwise_auth_failures_total", {"reason": "store_down"})
-        assert down == (1.0 if fail_mode == "closed" else 0.0)
+        assert down == (3.0 if fail_mode == "closed" else 0.0)  # the RPC, the scrape, the page
         code, _, err = await run_cli("keys", "list", "--config", str(config_file))
         assert code == 1 and "key store redis" in err
 

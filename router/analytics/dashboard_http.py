@@ -30,14 +30,15 @@ from tierwise.router.analytics.clusters import MAX_CLUSTERS, TrafficLookup
 from tierwise.router.analytics.dashboard import DEFAULT_CLUSTERS, PanelContext, dashboard_data
 from tierwise.router.analytics.quality import JudgedScores
 from tierwise.router.analytics.source import parse_since
-from tierwise.router.auth import Authenticator, AuthThrottled, Caller, Unauthenticated
+from tierwise.router.auth import Authenticator, Caller, Unauthenticated
 from tierwise.router.config import Config
+from tierwise.router.http_refusal import refusal
 from tierwise.router.ledger.reports import SpendSource
 from tierwise.router.ledger.sql import Sample, SampleQuery, SpendTotals
 from tierwise.router.observability.scrape_access import bearer_metadata
 
 _STATIC = {"chart.umd.min.js": "text/javascript", "dashboard.js": "text/javascript"}
-_CHALLENGE = {"WWW-Authenticate": 'Basic realm="tierwise dashboard", charset="UTF-8"'}
+_CHALLENGE = 'Basic realm="tierwise dashboard", charset="UTF-8"'
 _SECURITY = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
@@ -115,12 +116,8 @@ class Dashboard:
         try:
             metadata = [] if header is None else [("authorization", bearer_metadata(header))]
             return self._auth.caller_for(metadata, request.remote or "")
-        except AuthThrottled as exc:
-            raise web.HTTPTooManyRequests(
-                text=f"{exc}\n", headers={"Retry-After": str(exc.retry_after_s)}
-            ) from None
         except Unauthenticated as exc:
-            raise web.HTTPUnauthorized(text=f"{exc}\n", headers=_CHALLENGE) from None
+            raise refusal(exc, _CHALLENGE) from None
 
     async def _serve_static(self, request: web.Request) -> web.Response:
         self._caller(request)

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 from prometheus_client.exposition import choose_encoder
 
-from tierwise.router.auth import AuthThrottled, Unauthenticated
+from tierwise.router.auth import Unauthenticated
+from tierwise.router.http_refusal import refusal
 from tierwise.router.observability.metrics import Metrics
 from tierwise.router.observability.scrape_access import ScrapeAccess, TenantScope
 
@@ -67,14 +68,8 @@ class AdminServer:
     async def _serve_metrics(self, request: web.Request) -> web.Response:
         try:
             scope = self.access.scope(request.headers.get("Authorization"), request.remote or "")
-        except AuthThrottled as exc:
-            raise web.HTTPTooManyRequests(
-                text=f"{exc}\n", headers={"Retry-After": str(exc.retry_after_s)}
-            ) from None
         except Unauthenticated as exc:
-            raise web.HTTPUnauthorized(
-                text=f"{exc}\n", headers={"WWW-Authenticate": self.access.challenge}
-            ) from None
+            raise refusal(exc, self.access.challenge) from None
         await asyncio.gather(*(self._refresh(r) for r in self._refreshers))
         watched = self.metrics.watched()  # on the loop: these read state the loop owns
         # Prometheus text or OpenMetrics, whichever the scraper asks for.
