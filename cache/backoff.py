@@ -17,6 +17,8 @@ and weighs each delay against Retry-After and the request deadline; the cache fo
 loops forever and only sleeps between steps. Only the ledger and traffic writers are
 "retry this write", and they need equal jitter and a stop on shutdown, which the
 libraries express no more simply than this. What is shared is the schedule, not the loop.
+The retry hints that bounded queues give a refused caller (the embedder's, the request
+workers') come from :class:`RetryHint` here too.
 """
 
 from __future__ import annotations
@@ -26,9 +28,35 @@ import random
 import time
 from collections.abc import Callable
 
-__all__ = ["Backoff", "DownGate", "Jitter"]
+__all__ = ["MIN_RETRY_AFTER_S", "Backoff", "DownGate", "Jitter", "RetryHint", "retry_after_s"]
 
 _MAX_DOUBLINGS = 62  # 2.0**n stays finite and the cap wins long before
+
+MIN_RETRY_AFTER_S = 0.05
+"""The shortest wait a refusal hints (RetryInfo, ``retry-after-ms``): sooner, a retry meets the same queue."""
+
+
+def retry_after_s(seconds: float) -> float:
+    """A refusal's retry hint for ``seconds`` of work ahead of the caller."""
+    return max(MIN_RETRY_AFTER_S, seconds)
+
+
+class RetryHint:
+    """How long the work ahead of a refused caller will take: a moving average of recent times
+    (each new one weighs ``smoothing``), starting from ``initial_s`` until one was seen."""
+
+    def __init__(self, initial_s: float, smoothing: float) -> None:
+        if not 0 < smoothing <= 1:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        self.recent_s = initial_s
+        self._smoothing = smoothing
+
+    def observe(self, seconds: float) -> None:
+        self.recent_s += self._smoothing * (seconds - self.recent_s)
+
+    def after_s(self, units: float = 1.0) -> float:
+        """The hint when ``units`` such pieces of work are ahead."""
+        return retry_after_s(units * self.recent_s)
 
 
 class Jitter(enum.Enum):

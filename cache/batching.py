@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tierwise.cache.backoff import RetryHint, retry_after_s
 from tierwise.cache.embedder import EmbedderInfo, Matrix, TextEmbedder, Vector
 
 MODEL_WINDOW_PIECES = 256
@@ -161,7 +162,6 @@ class EmbedderBusy(RuntimeError):
         )
 
 
-MIN_RETRY_AFTER_S = 0.05
 # A first guess at one batch's encode time, until one was measured.
 INITIAL_BATCH_S = 0.05
 
@@ -198,7 +198,7 @@ class BatchingEmbedder:
         self._max_batch = max_batch
         self._max_wait_s = max_wait_us / 1_000_000
         self._max_queue = max_queue
-        self._batch_s = INITIAL_BATCH_S  # moving average of one encode() call, for the retry hint
+        self._batch_time = RetryHint(INITIAL_BATCH_S, smoothing=0.2)  # one encode() call
         self._max_queue_delay_s = max_queue_delay_s
         self._clock = clock
         self._text_s: float | None = None  # moving average of an encode()'s time per text, once measured
@@ -235,7 +235,7 @@ class BatchingEmbedder:
             self._drop_cancelled()
             if len(self._pending) >= self._max_queue:
                 batches_ahead = math.ceil(len(self._pending) / self._max_batch)
-                raise EmbedderBusy(len(self._pending), max(MIN_RETRY_AFTER_S, batches_ahead * self._batch_s))
+                raise EmbedderBusy(len(self._pending), self._batch_time.after_s(batches_ahead))
         wait_s = self.expected_wait_s()
         if self._max_queue_delay_s and wait_s > self._max_queue_delay_s:
             self._drop_cancelled()
@@ -243,7 +243,7 @@ class BatchingEmbedder:
             if wait_s > self._max_queue_delay_s:
                 self.delayed += 1
                 why = f"would delay it {wait_s * 1e3:.0f} ms, over {self._max_queue_delay_s * 1e3:.0f} ms"
-                raise EmbedderBusy(len(self._pending), max(MIN_RETRY_AFTER_S, wait_s), why)
+                raise EmbedderBusy(len(self._pending), retry_after_s(wait_s), why)
         loop = asyncio.get_running_loop()
         request = _Request(text, loop.create_future(), loop.time())
         self._pending.append(request)
@@ -323,7 +323,7 @@ class BatchingEmbedder:
         finally:
             self._encoding = 0
         took = self._clock() - started
-        self._batch_s = 0.8 * self._batch_s + 0.2 * took
+        self._batch_time.observe(took)
         per_text = took / len(texts)
         self._text_s = per_text if self._text_s is None else 0.8 * self._text_s + 0.2 * per_text
         self.batches += 1

@@ -19,12 +19,12 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from concurrent.futures.process import BrokenProcessPool
 from typing import ParamSpec, TypeVar
 
+from tierwise.cache.backoff import RetryHint
 from tierwise.router.errors import WorkersBusy
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-MIN_RETRY_AFTER_S = 0.05
 INITIAL_JOB_S = 0.005  # a first guess at a job's time, until one was measured
 
 
@@ -46,7 +46,7 @@ class CpuWorkers:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tierwise-cpu")
         self._process: ProcessPoolExecutor | None = None
         self._in_flight = 0  # submitted and not finished (a cancelled job that never ran is finished)
-        self._job_s = INITIAL_JOB_S  # moving average of submission to end, for the retry hint
+        self._job_time = RetryHint(INITIAL_JOB_S, smoothing=0.1)  # from submission to end
         self.refused = 0
         self.skipped = 0  # jobs cancelled before a thread took them, never run
 
@@ -57,7 +57,7 @@ class CpuWorkers:
     def retry_after_s(self) -> float:
         """About how long until the jobs ahead of a new one are done: the recent time from a job's
         submission to its end (waiting included)."""
-        return max(MIN_RETRY_AFTER_S, self._job_s)
+        return self._job_time.after_s()
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """``fn(*args, **kwargs)`` in a worker thread; :class:`WorkersBusy` when the queue is full."""
@@ -111,7 +111,7 @@ class CpuWorkers:
         if ran_s is None:
             self.skipped += 1
         else:
-            self._job_s = 0.9 * self._job_s + 0.1 * ran_s  # from submission: the wait counts too
+            self._job_time.observe(ran_s)  # from submission: the wait counts too
 
     async def aclose(self) -> None:
         """Drop the jobs no thread has taken and wait for the running ones."""

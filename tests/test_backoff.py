@@ -1,10 +1,11 @@
-"""The one back-off schedule: doubling to a cap, its jitter modes, reset, and the clock gate."""
+"""The one back-off schedule: doubling to a cap, its jitter modes, reset, the clock gate, and the
+retry hints of the bounded queues."""
 
 from __future__ import annotations
 
 import pytest
 
-from tierwise.cache.backoff import Backoff, DownGate, Jitter
+from tierwise.cache.backoff import MIN_RETRY_AFTER_S, Backoff, DownGate, Jitter, RetryHint, retry_after_s
 
 
 def test_the_schedule_doubles_to_the_cap_and_restarts_after_a_success() -> None:
@@ -44,3 +45,16 @@ def test_the_gate_stays_shut_for_the_delay_then_opens() -> None:
     assert gate.succeeded() is True
     assert gate.ready() and gate.succeeded() is False
     assert gate.failed() == 2.0  # the success reset the schedule
+
+
+def test_a_retry_hint_follows_recent_times_and_never_goes_under_the_floor() -> None:
+    hint = RetryHint(initial_s=0.2, smoothing=0.5)
+    assert hint.after_s() == 0.2 and hint.after_s(3) == pytest.approx(0.6)
+    hint.observe(0.4)
+    assert hint.after_s() == pytest.approx(0.3)  # halfway to the new time
+    for _ in range(40):
+        hint.observe(0.001)
+    assert hint.after_s() == MIN_RETRY_AFTER_S and hint.after_s(1000) == pytest.approx(hint.recent_s * 1000)
+    assert retry_after_s(0.0) == MIN_RETRY_AFTER_S and retry_after_s(2.5) == 2.5
+    with pytest.raises(ValueError, match="smoothing"):
+        RetryHint(0.1, smoothing=0.0)
