@@ -27,15 +27,8 @@ from tierwise.cache.verifier_model import (
     file_sha256,
 )
 from tierwise.cache.verifier_rules import RULES_BY_NAME
-from tierwise.training.cross_encoder import (
-    CROSS_ENCODER_FILE,
-    WEIGHT_GRID,
-    FineTuning,
-    PairChecks,
-    choose_setting,
-    export_cross_encoder,
-    fine_tune,
-)
+from tierwise.training.cross_encoder import CROSS_ENCODER_FILE, FineTuning, export_cross_encoder, fine_tune
+from tierwise.training.cross_encoder_choice import WEIGHT_GRID, NearMissLimit, PairChecks, choose_setting
 from tierwise.training.verifier import trap_pairs
 
 PAIRS = [
@@ -199,6 +192,25 @@ def test_a_rule_that_rejects_good_pairs_becomes_soft_and_one_that_protects_stays
     setting, _ = choose_setting(_checks(labels, trap), fooled, fooled, 0.90)
     assert "entity" in setting.hard_rules
     assert setting.served(_checks(labels, trap), fooled, fooled)[trap].sum() == 0
+
+
+def test_a_setting_that_serves_the_held_apart_near_misses_is_not_chosen() -> None:
+    rng = np.random.default_rng(2)
+    labels = (rng.random(4000) < 0.4).astype(np.int64)
+    classifier = np.clip(0.35 + 0.3 * labels + rng.normal(0, 0.2, 4000), 0, 1).astype(np.float32)
+    cross = np.clip(0.2 + 0.6 * labels + rng.normal(0, 0.1, 4000), 0, 1).astype(np.float32)
+    checks = _checks(labels)
+    unconstrained, _ = choose_setting(checks, classifier, cross, 0.90)
+    assert unconstrained.weight > 0.0
+    # Held-apart pairs: the cross-encoder likes their near-misses (0.9), the classifier does not (0.1).
+    trap_labels = np.array([0] * 50 + [1] * 50, dtype=np.int64)
+    trap_cross = np.full(100, 0.9, dtype=np.float32)
+    trap_classifier = np.where(trap_labels == 1, 0.9, 0.1).astype(np.float32)
+    limit = NearMissLimit(_checks(trap_labels), trap_classifier, trap_cross, limit=0.04)
+    assert limit.served_shares(unconstrained)["near_misses"] > 0.04
+    chosen, metrics = choose_setting(checks, classifier, cross, 0.90, limit)
+    assert limit.served_shares(chosen)["near_misses"] <= 0.04 and metrics.precision_lower_bound >= 0.90
+    assert limit.served_shares(chosen)["paraphrases"] == 1.0
 
 
 def test_spec_round_trips() -> None:

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,16 +38,22 @@ from tierwise.cache.verifier_cross import (
     CrossEncoder,
     CrossEncoderSpec,
     embedder_tokenizer_path,
-    mixed_probability,
     tokenizer_sha256,
 )
 from tierwise.cache.verifier_model import VerifierModel, file_sha256
-from tierwise.cache.verifier_rules import RULES, RULES_BY_NAME, RuleVerifier, signature
-from tierwise.training.cache_metrics import ServeMetrics, wilson_lower_bound
+from tierwise.cache.verifier_rules import RULES, RuleVerifier
 from tierwise.training.cross_encoder_augment import surface_noise_pairs
+from tierwise.training.cross_encoder_choice import (
+    NEAR_MISS_LIMIT,
+    SOFT_RULE_CHOICES,
+    WEIGHT_GRID,
+    NearMissLimit,
+    PairChecks,
+    choose_setting,
+)
+from tierwise.training.traps_independent import generate as independent_traps
 from tierwise.training.verifier import (
     PRECISION_TARGET,
-    PROBABILITY_GRID,
     choose_operating_point,
     embed_pairs,
     guarded_served,
@@ -59,14 +65,6 @@ from tierwise.training.verifier import (
 from tierwise.training.verifier_data import QuestionPair, pairs_by_split, read_pairs
 
 CROSS_ENCODER_FILE = "cross_encoder.onnx"
-# The cross-encoder's share of the combined probability, tried on validation (0: classifier alone).
-WEIGHT_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
-# Rules that may become soft (raise the bar instead of rejecting). Negation, dates, scope and
-# antonyms stay hard, and so do number_replaced and entity_replaced (4 people vs 5, France vs
-# Germany): the near-misses a cache must never serve, whatever a model says. A soft entity or
-# number rule only weighs an omission: a name or number that one text has and the other leaves out.
-SOFT_RULE_CHOICES: tuple[tuple[str, ...], ...] = ((), ("entity",), ("entity", "number"))
-FLOOR_GRID = (0.70, 0.72, 0.74, 0.76, 0.78, 0.80)
 ONNX_OPSET = 17
 
 Log = Callable[[str], None]
@@ -235,95 +233,6 @@ def score_pairs(cross: CrossEncoder, pairs: Sequence[QuestionPair], batch: int =
     return np.concatenate(scores) if scores else np.zeros(0, dtype=np.float32)
 
 
-def hard_rules_beside(soft: Sequence[str]) -> tuple[str, ...]:
-    """Every known rule that is not soft; the replacement rules stay hard even when their base is soft."""
-    return tuple(name for name in RULES_BY_NAME if name not in soft)
-
-
-@dataclass(frozen=True, slots=True)
-class PairChecks:
-    """Per validation pair: its label, its cosine, and which rules see a difference."""
-
-    labels: npt.NDArray[np.int64]
-    cosines: Floats
-    fires: Mapping[str, npt.NDArray[np.bool_]]
-
-    @classmethod
-    def of(cls, pairs: Sequence[QuestionPair], cosines: Floats) -> PairChecks:
-        signatures = [(signature(pair.a), signature(pair.b)) for pair in pairs]
-        return cls(
-            labels=np.array([pair.label for pair in pairs], dtype=np.int64),
-            cosines=cosines,
-            fires={
-                rule.name: np.array([bool(rule.differences(a, b)) for a, b in signatures], dtype=bool)
-                for rule in RULES_BY_NAME.values()
-            },
-        )
-
-    def any_fires(self, names: Sequence[str]) -> npt.NDArray[np.bool_]:
-        fired = np.zeros(len(self.labels), dtype=bool)
-        for name in names:
-            fired |= self.fires[name]
-        return fired
-
-
-@dataclass(frozen=True, slots=True)
-class VerifierSetting:
-    """Everything the guarded verifier decides with, as the manifest records it."""
-
-    weight: float
-    soft_rules: tuple[str, ...]
-    min_cosine: float
-    threshold: float
-    soft_rule_threshold: float
-
-    @property
-    def hard_rules(self) -> tuple[str, ...]:
-        return hard_rules_beside(self.soft_rules)
-
-    def served(self, checks: PairChecks, classifier: Floats, cross: Floats) -> npt.NDArray[np.bool_]:
-        """What ``GuardedVerifier`` serves at this setting."""
-        probability = mixed_probability(self.weight, classifier, cross)
-        bar = np.where(checks.any_fires(self.soft_rules), self.soft_rule_threshold, self.threshold)
-        served: npt.NDArray[np.bool_] = (
-            (checks.cosines >= self.min_cosine) & ~checks.any_fires(self.hard_rules) & (probability >= bar)
-        )
-        return served
-
-
-def choose_setting(
-    checks: PairChecks, classifier: Floats, cross: Floats, precision_target: float
-) -> tuple[VerifierSetting, ServeMetrics]:
-    """The setting with the most validation recall whose precision holds the target with 95% confidence.
-
-    Ties keep the earlier setting in grid order: less cross-encoder weight, fewer soft rules, the
-    lower floor and thresholds.
-    """
-    labels = checks.labels.astype(bool)
-    best: tuple[VerifierSetting, int] | None = None  # and the right serves it gives
-    for weight in WEIGHT_GRID:
-        probability = mixed_probability(weight, classifier, cross)
-        for soft in SOFT_RULE_CHOICES:
-            soft_fires = checks.any_fires(soft)
-            hard_pass = ~checks.any_fires(hard_rules_beside(soft))
-            for floor in FLOOR_GRID:
-                eligible = hard_pass & (checks.cosines >= floor)
-                for threshold in PROBABILITY_GRID:
-                    clean = eligible & ~soft_fires & (probability >= threshold)
-                    soft_bars = [value for value in PROBABILITY_GRID if value >= threshold] if soft else [1.0]
-                    for soft_bar in soft_bars:
-                        served = clean | (eligible & soft_fires & (probability >= soft_bar))
-                        count, right = int(served.sum()), int((served & labels).sum())
-                        if count == 0 or wilson_lower_bound(right, count) < precision_target:
-                            continue
-                        if best is None or right > best[1]:
-                            best = (VerifierSetting(weight, soft, floor, threshold, soft_bar), right)
-    if best is None:
-        raise ValueError(f"no setting reaches precision {precision_target} on validation")
-    setting = best[0]
-    return setting, metrics_of(setting.served(checks, classifier, cross), checks.labels)
-
-
 def attach_cross_encoder(
     model_dir: Path,
     pairs_path: Path,
@@ -334,9 +243,13 @@ def attach_cross_encoder(
     weights: Path | None = None,
     device: str = "auto",
     precision_target: float = PRECISION_TARGET,
+    near_miss_limit: float | None = NEAR_MISS_LIMIT,
     log: Log = print,
 ) -> dict[str, Any]:
-    """Fine-tune (or load ``weights``), export into ``model_dir``, choose on validation, test once."""
+    """Fine-tune (or load ``weights``), export into ``model_dir``, choose on validation, test once.
+
+    ``near_miss_limit``: the share of the independent traps' validation near-misses the chosen setting
+    may serve (None: QQP validation alone decides)."""
     import torch
 
     base = VerifierModel(model_dir, expected_embedder_key=embedder.info.key)
@@ -387,12 +300,26 @@ def attach_cross_encoder(
     cross = {name: score_pairs(served, splits[name]) for name in ("validation", "test")}
 
     checks = {name: PairChecks.of(splits[name], blocks[name].cosines) for name in ("validation", "test")}
+    near_misses = None
+    if near_miss_limit is not None:
+        traps = [QuestionPair(r.a, r.b, r.label) for r in independent_traps() if r.split == "validation"]
+        trap_block = pair_block(
+            traps, embed_pairs(embedder, traps, cache_dir, log), rules, base.assets, base.projection
+        )
+        near_misses = NearMissLimit(
+            PairChecks.of(traps, trap_block.cosines),
+            base.predict(trap_block.features),
+            score_pairs(served, traps),
+            near_miss_limit,
+        )
     setting, validation_metrics = choose_setting(
-        checks["validation"], classifier["validation"], cross["validation"], precision_target
+        checks["validation"], classifier["validation"], cross["validation"], precision_target, near_misses
     )
     test_metrics = metrics_of(
         setting.served(checks["test"], classifier["test"], cross["test"]), checks["test"].labels
     )
+    if near_misses is not None:
+        log(f"independent validation, pair by pair: {near_misses.served_shares(setting)}")
     log(
         f"chosen on validation: {setting}: precision {validation_metrics.precision:.3f},"
         f" recall {validation_metrics.recall:.3f}; test precision {test_metrics.precision:.3f},"
@@ -407,6 +334,7 @@ def attach_cross_encoder(
             "train_pairs": len(splits["train"]),
             "weight_grid": list(WEIGHT_GRID),
             "soft_rule_choices": [list(choice) for choice in SOFT_RULE_CHOICES],
+            "independent_validation_near_miss_limit": near_miss_limit,
             "onnx_opset": ONNX_OPSET,
             "quantization": "dynamic int8 (onnxruntime)",
         },

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tierwise.cache.onnx_embedder import DEFAULT_DIR as DEFAULT_ONNX_DIR
+from tierwise.training.cross_encoder_choice import NEAR_MISS_LIMIT
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -108,6 +109,14 @@ def train_cross_encoder(
         float, typer.Option(min=0.0, max=1.0, help="share of train pairs repeated with noise on one side")
     ] = 0.0,
     precision_target: PrecisionOption = 0.90,
+    near_miss_limit: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="share of the independent traps' validation near-misses the chosen setting may serve",
+        ),
+    ] = NEAR_MISS_LIMIT,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda (fine-tuning and embedding)")] = "auto",
 ) -> None:
@@ -137,6 +146,7 @@ def train_cross_encoder(
             weights=weights,
             device=device,
             precision_target=precision_target,
+            near_miss_limit=near_miss_limit,
             log=console.print,
         )
     except VerifierModelError as exc:
