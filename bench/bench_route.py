@@ -22,7 +22,7 @@ Repeats alternate the backends; with ``--repeats`` above 1 each figure is the me
 a trained registry for tiers small and large.
 
     .venv/bin/python bench/bench_route.py [--embedder torch onnx] [--threads 1] [--repeats 1]
-        [--seconds 2] [--calls 50] [--max-queue N] [--max-queue-delay-ms MS]
+        [--seconds 2] [--calls 50] [--max-queue N] [--max-queue-delay-ms MS] [--parts huge ...]
         [--export DIR] [--registry DIR] [--data DIR]
 """
 
@@ -62,6 +62,7 @@ SHORT = "How do I reset the password of my account when the recovery email addre
 BATCH = [f"How do I configure feature number {i} of the product for my team?" for i in range(64)]
 HUGE_CHARS = 1_000_000
 CALL_TIMEOUT_S = 10.0
+PARTS = ("throughput", "huge", "load")
 
 
 def long_text() -> str:
@@ -314,16 +315,21 @@ async def measure(server: Server, embedder: TextEmbedder, args: argparse.Namespa
         figures.add(f"{name} route/encode short", short_p50 / encode_short)
         figures.add(f"{name} route/encode long", long_p50 / encode_long)
 
+        codes, loud_codes = Counter[str](), Counter[str]()
+        if "huge" in args.parts:
+            quiet, _ = await closed_loop(stub, SHORT, 8, args.seconds)
+            loud, loud_codes = await with_huge_prompt(stub, args.seconds)
+            figures.add(f"{name} short p99 with 1M prompt / without", p50_p99(loud)[1] / p50_p99(quiet)[1])
+            figures.add(f"{name} 1M prompts routed", float(loud_codes["huge OK"]))
+        if "throughput" not in args.parts and "load" not in args.parts:
+            return
         at_64, codes = await closed_loop(stub, SHORT, 64, args.seconds)
         route_rate = codes["OK"] / args.seconds
         figures.add(f"{name} route/s at 64", route_rate)
         figures.add(f"{name} encode texts/s batched", batch_rate)
         figures.add(f"{name} route/s over encode/s", route_rate / batch_rate)
-
-        quiet, _ = await closed_loop(stub, SHORT, 8, args.seconds)
-        loud, loud_codes = await with_huge_prompt(stub, args.seconds)
-        figures.add(f"{name} short p99 with 1M prompt / without", p50_p99(loud)[1] / p50_p99(quiet)[1])
-        figures.add(f"{name} 1M prompts routed", float(loud_codes["huge OK"]))
+        if "load" not in args.parts:
+            return
 
         pid = server.process.pid
         idle_rss = rss_bytes(pid)
@@ -425,6 +431,14 @@ def main() -> None:
         "--threads", type=int, default=1, help="embedding threads, servers and baselines alike"
     )
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure besides the one-at-a-time latencies (1): throughput (2), huge (3), load (4;"
+        " it offers 4x the throughput of 2, so it measures 2 too)",
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each timed load")
     parser.add_argument("--calls", type=int, default=50, help="sequential calls per p50")
     parser.add_argument(

@@ -173,6 +173,24 @@ class _Request:
     enqueued_at: float
 
 
+GROUP_SPREAD = 4
+"""A batch's texts are encoded in groups, shortest first, each text at most this many times the
+characters of its group's shortest (or ``GROUP_FLOOR_CHARS``): a pass costs about its texts times
+its longest one, so a clipped long prompt batched with short ones would make each cost as much as
+it, and the short ones get their vectors before the long one is encoded."""
+GROUP_FLOOR_CHARS = 256
+
+
+def length_groups(batch: list[_Request]) -> list[list[_Request]]:
+    groups: list[list[_Request]] = []
+    for request in sorted(batch, key=lambda r: len(r.text)):
+        if groups and len(request.text) <= GROUP_SPREAD * max(len(groups[-1][0].text), GROUP_FLOOR_CHARS):
+            groups[-1].append(request)
+        else:
+            groups.append([request])
+    return groups
+
+
 class BatchingEmbedder:
     """Queue concurrent ``embed()`` calls and encode them together in one ``encode()`` call."""
 
@@ -278,7 +296,11 @@ class BatchingEmbedder:
                 del self._pending[: self._max_batch]
                 if len(self._pending) < self._max_batch:
                     self._full.clear()
-                await self._encode(batch)
+                for group in length_groups(batch):
+                    live = [request for request in group if not request.future.done()]
+                    self.dropped += len(group) - len(live)  # cancelled while an earlier group encoded
+                    if live:
+                        await self._encode(live)
         except BaseException as exc:
             # Never leave a caller waiting for a batcher that has stopped.
             failure = exc if isinstance(exc, Exception) else EmbedderClosed("the embedding batcher stopped")

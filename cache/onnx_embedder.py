@@ -156,19 +156,34 @@ class OnnxEmbedder:
 
     def encode(self, texts: list[str]) -> Matrix:
         out = np.zeros((len(texts), self.info.dim), dtype=np.float32)
-        # Texts of like length share a batch, so little of each pass is padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), self._batch_size):
-            rows = order[start : start + self._batch_size]
-            encodings = self._tokenizer.encode_batch([texts[i] for i in rows])
+        encodings = self._tokenizer.encode_batch(texts)  # padded to the longest: trimmed per pass below
+        lengths = [sum(e.attention_mask) for e in encodings]
+        for rows in padding_bounded_passes(lengths, self._batch_size):
+            width = max(lengths[i] for i in rows)
             inputs = {
-                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+                "input_ids": np.array([encodings[i].ids[:width] for i in rows], dtype=np.int64),
+                "attention_mask": np.array(
+                    [encodings[i].attention_mask[:width] for i in rows], dtype=np.int64
+                ),
+                "token_type_ids": np.array([encodings[i].type_ids[:width] for i in rows], dtype=np.int64),
             }
             (vectors,) = self._session.run([OUTPUT_NAME], inputs)
             out[rows] = vectors
         return out
+
+
+def padding_bounded_passes(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices per forward pass: shortest first, at most ``batch_size`` rows, and no row padded to
+    more than twice its length (a pass costs about rows x its longest row: one 256-piece text in a
+    pass of short ones would make each of them cost as much as it)."""
+    passes: list[list[int]] = []
+    for row in sorted(range(len(lengths)), key=lengths.__getitem__):
+        current = passes[-1] if passes else None
+        if current is None or len(current) >= batch_size or lengths[row] > 2 * lengths[current[0]]:
+            passes.append([row])
+        else:
+            current.append(row)
+    return passes
 
 
 @functools.cache

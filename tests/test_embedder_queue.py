@@ -160,3 +160,19 @@ def test_bad_embedder_settings_name_their_key(cache: dict[str, object], named: s
     data["cache"] = cache
     with pytest.raises(ConfigError, match=re.escape(named)):
         build_config(data)
+
+
+@pytest.mark.asyncio
+async def test_short_texts_batched_with_a_long_one_are_answered_before_it_is_encoded() -> None:
+    gated = GatedEmbedder(load_sentence_embedder())
+    batcher = BatchingEmbedder(gated, max_batch=8, max_wait_us=0, max_queue=16)
+    first = await _one_encoding(batcher, gated)
+    long = asyncio.ensure_future(batcher.embed("a clipped long prompt " * 60))
+    shorts = [asyncio.ensure_future(batcher.embed(f"short question {i}")) for i in range(3)]
+    await asyncio.sleep(0)
+    gated.release()
+    await asyncio.wait_for(asyncio.gather(first, long, *shorts), timeout=60)
+    await batcher.aclose()
+    # One batch of four, encoded as two passes: the short texts first, then the long one alone.
+    assert gated.encoded[1:] == [f"short question {i}" for i in range(3)] + ["a clipped long prompt " * 60]
+    assert batcher.batches == 3

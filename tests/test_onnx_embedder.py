@@ -28,6 +28,7 @@ from tierwise.cache.onnx_embedder import (
     OnnxEmbedder,
     OnnxEmbedderError,
     execution_providers,
+    padding_bounded_passes,
 )
 from tierwise.router.config import Config, ConfigError
 from tierwise.router.service import build_service
@@ -228,3 +229,10 @@ async def test_a_full_embedding_queue_is_resource_exhausted(export_dir: Path, tm
                 asyncio.gather(held, *(c for c in calls if c is not refused)), 60
             )
             assert all(reply.content == "The answer." for reply in answered)
+
+
+def test_passes_keep_padding_bounded_and_go_shortest_first() -> None:
+    # Rows of 5, 200, 6, 7 and 190 pieces: the short three share a pass, the long two another.
+    assert padding_bounded_passes([5, 200, 6, 7, 190], batch_size=64) == [[0, 2, 3], [4, 1]]
+    assert padding_bounded_passes([3] * 5, batch_size=2) == [[0, 1], [2, 3], [4]]
+    assert padding_bounded_passes([], batch_size=8) == []
