@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tierwise.cache.backoff import RetryHint, retry_after_s
-from tierwise.cache.embedder import EmbedderInfo, Matrix, TextEmbedder, Vector
+from tierwise.cache.embedder import EmbedderInfo, Matrix, TextEmbedder, Vector, length_groups
 
 MODEL_WINDOW_PIECES = 256
 """Word pieces all-MiniLM-L6-v2 reads (``SentenceEmbedder.max_seq_length``), [CLS] and [SEP] included."""
@@ -174,21 +174,11 @@ class _Request:
 
 
 GROUP_SPREAD = 4
-"""A batch's texts are encoded in groups, shortest first, each text at most this many times the
-characters of its group's shortest (or ``GROUP_FLOOR_CHARS``): a pass costs about its texts times
-its longest one, so a clipped long prompt batched with short ones would make each cost as much as
-it, and the short ones get their vectors before the long one is encoded."""
+"""A batch's texts are encoded in groups, shortest first (``length_groups``), each text at most this
+many times the characters of its group's shortest (or ``GROUP_FLOOR_CHARS``): a clipped long prompt
+batched with short ones would make each cost as much as it, and the short ones get their vectors
+before the long one is encoded."""
 GROUP_FLOOR_CHARS = 256
-
-
-def length_groups(batch: list[_Request]) -> list[list[_Request]]:
-    groups: list[list[_Request]] = []
-    for request in sorted(batch, key=lambda r: len(r.text)):
-        if groups and len(request.text) <= GROUP_SPREAD * max(len(groups[-1][0].text), GROUP_FLOOR_CHARS):
-            groups[-1].append(request)
-        else:
-            groups.append([request])
-    return groups
 
 
 class BatchingEmbedder:
@@ -296,9 +286,10 @@ class BatchingEmbedder:
                 del self._pending[: self._max_batch]
                 if len(self._pending) < self._max_batch:
                     self._full.clear()
-                for group in length_groups(batch):
-                    live = [request for request in group if not request.future.done()]
-                    self.dropped += len(group) - len(live)  # cancelled while an earlier group encoded
+                for group in length_groups(
+                    batch, lambda request: len(request.text), GROUP_SPREAD, floor=GROUP_FLOOR_CHARS
+                ):
+                    live = self._live(group)  # some may have been cancelled while an earlier group encoded
                     if live:
                         await self._encode(live)
         except BaseException as exc:
@@ -312,9 +303,13 @@ class BatchingEmbedder:
 
     def _drop_cancelled(self) -> None:
         """Forget requests whose callers stopped waiting, so no pass is spent on them."""
-        live = [request for request in self._pending if not request.future.done()]
-        self.dropped += len(self._pending) - len(live)
-        self._pending = live
+        self._pending = self._live(self._pending)
+
+    def _live(self, requests: list[_Request]) -> list[_Request]:
+        """``requests`` whose callers still wait; the others are counted as dropped."""
+        live = [request for request in requests if not request.future.done()]
+        self.dropped += len(requests) - len(live)
+        return live
 
     async def _wait_for_batch(self) -> None:
         if len(self._pending) >= self._max_batch or self._closing:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +45,33 @@ class TextEmbedder(Protocol):
     def encode(self, texts: list[str]) -> Matrix:
         """L2-normalised float32 rows, one per text."""
         ...
+
+
+Item = TypeVar("Item")
+
+
+def length_groups(
+    items: Sequence[Item],
+    length: Callable[[Item], int],
+    spread: float,
+    *,
+    floor: int = 0,
+    most: int | None = None,
+) -> list[list[Item]]:
+    """``items`` in encoding passes, shortest first: a pass costs about its rows x its longest row, so
+    none holds an item longer than ``spread`` times its shortest (or ``floor``), nor more than ``most``."""
+    groups: list[list[Item]] = []
+    for item in sorted(items, key=length):
+        current = groups[-1] if groups else None
+        if (
+            current is None
+            or (most is not None and len(current) >= most)
+            or length(item) > spread * max(length(current[0]), floor)
+        ):
+            groups.append([item])
+        else:
+            current.append(item)
+    return groups
 
 
 def pick_device(requested: str = "auto") -> str:

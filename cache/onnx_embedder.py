@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tierwise.cache.embedder import EmbedderInfo, Matrix
+from tierwise.cache.embedder import EmbedderInfo, Matrix, length_groups
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "embedder.onnx"
@@ -173,17 +173,9 @@ class OnnxEmbedder:
 
 
 def padding_bounded_passes(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Row indices per forward pass: shortest first, at most ``batch_size`` rows, and no row padded to
-    more than twice its length (a pass costs about rows x its longest row: one 256-piece text in a
-    pass of short ones would make each of them cost as much as it)."""
-    passes: list[list[int]] = []
-    for row in sorted(range(len(lengths)), key=lengths.__getitem__):
-        current = passes[-1] if passes else None
-        if current is None or len(current) >= batch_size or lengths[row] > 2 * lengths[current[0]]:
-            passes.append([row])
-        else:
-            current.append(row)
-    return passes
+    """Row indices per forward pass: at most ``batch_size`` rows, none padded past twice its length
+    (one 256-piece text in a pass of short ones would make each of them cost as much as it)."""
+    return length_groups(range(len(lengths)), lengths.__getitem__, 2, most=batch_size)
 
 
 @functools.cache
