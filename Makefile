@@ -49,8 +49,12 @@ typecheck: $(STAMP)
 		../../router ../../cache ../../classifier ../../training $(TYPECHECK_ROOT)/tierwise/
 	MYPYPATH=$(TYPECHECK_ROOT) $(VENV)/bin/mypy -p tierwise
 
+# Test files spread over up to four workers (pytest-xdist), one file per worker at a time so a
+# module's fixtures are built once; most tests wait on real servers, and each worker holds ~2 GB.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -gt 4 ] && n=4; echo $$n)
+
 unit: $(STAMP) $(EMBEDDER_DIR)/manifest.json
-	$(PY) -m pytest -q -p no:cacheprovider --durations=20
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 -n $(TEST_WORKERS) --dist loadfile
 
 test: lint typecheck unit
 
