@@ -72,6 +72,9 @@ def test_cold_start_answers_every_request_and_gates_the_first_model(
         if r["model"] is None:
             assert r["gate"]["serving"]["gate_value"] >= 0.0
             assert "cold-start:random" in r["reason"]
+            # Every judged prompt is compared, each scored by a model trained without it: more than held out.
+            assert "out-of-fold on" in r["reason"]
+            assert r["gate"]["verdict"]["cross_fitted_rows"] > r["gate"]["gate_rows"]["judged_held_out"]
 
 
 def test_judged_rows_outweigh_base_data_once_there_are_enough() -> None:

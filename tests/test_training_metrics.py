@@ -64,15 +64,18 @@ def test_cost_to_reach() -> None:
 
 
 def test_random_router_recovers_half_the_gap_and_the_oracle_more_than_all() -> None:
-    rng = np.random.default_rng(12345)  # not one of the router's seeds (0-9): its draws must be independent
+    rng = np.random.default_rng(12345)
     scores = np.column_stack([rng.random(2000) < 0.6, rng.random(2000) < 0.8]).astype(np.float64)
     costs = np.column_stack([np.full(2000, 1.0), np.full(2000, 10.0)])
     scorer = Scorer(scores, costs, strongest=1)
     weak, strong = scores[:, 0].mean(), scores[:, 1].mean()
     randomised = random_points(scorer, 0, 1, 2000)
-    assert apgr([(p.strong_share, p.quality) for p in randomised], weak, strong) == pytest.approx(
-        0.5, abs=0.03
-    )
+    # The random router's expected curve: the chord between the two tiers alone, at every share.
+    assert apgr([(p.strong_share, p.quality) for p in randomised], weak, strong) == pytest.approx(0.5)
+    for p in randomised:
+        assert p.strong_share == pytest.approx(p.parameter)
+        assert p.quality == pytest.approx(weak + p.parameter * (strong - weak))
+        assert p.cost == pytest.approx(1.0 + 9.0 * p.parameter)
     oracle = oracle_pair_points(scorer, 0, 1)
     assert apgr([(p.strong_share, p.quality) for p in oracle], weak, strong) > 1.0
     choices = oracle_choices(scores, [0, 1])

@@ -53,7 +53,6 @@ from tierwise.training.policy_sweeps import (
 
 FloatMatrix = npt.NDArray[np.float64]
 
-RANDOM_SEEDS = 10
 SHARES: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.0, 1.0, 21))
 EvalSplit = Literal["validation", "test", "all"]
 EVAL_SPLITS: tuple[EvalSplit, ...] = ("validation", "test", "all")
@@ -146,22 +145,21 @@ def tier_set_aiq(probabilities: FloatMatrix, rows: RoutingData, config: Config) 
 
 
 def random_points(scorer: Scorer, cheapest: int, strongest: int, rows: int) -> list[CurvePoint]:
-    """Each prompt to the strongest tier with probability s, else the cheapest; mean over seeds."""
-    points = []
-    for share in SHARES:
-        runs = []
-        for seed in range(RANDOM_SEEDS):
-            draw = np.random.default_rng(seed).random(rows) < share
-            runs.append(scorer.point(share, np.where(draw, strongest, cheapest).astype(np.int64)))
-        points.append(
-            CurvePoint(
-                share,
-                float(np.mean([p.cost for p in runs])),
-                float(np.mean([p.quality for p in runs])),
-                float(np.mean([p.strong_share for p in runs])),
-            )
+    """Each prompt to the strongest tier with probability s, else the cheapest: the expected curve, the
+    chord between the two tiers alone (APGR 0.5 exactly). A draw of it is that chord plus noise, and the
+    noise is large where the two tiers differ little: the mean of ten seeded draws read 0.528 APGR on ARC,
+    whose tiers differ on a few percent of prompts."""
+    weak = scorer.point(0.0, np.full(rows, cheapest, dtype=np.int64))
+    strong = scorer.point(1.0, np.full(rows, strongest, dtype=np.int64))
+    return [
+        CurvePoint(
+            share,
+            (1 - share) * weak.cost + share * strong.cost,
+            (1 - share) * weak.quality + share * strong.quality,
+            (1 - share) * weak.strong_share + share * strong.strong_share,
         )
-    return points
+        for share in SHARES
+    ]
 
 
 def length_sweep(

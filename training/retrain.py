@@ -41,12 +41,13 @@ from tierwise.classifier.registry import ModelRegistry
 from tierwise.router.config import Config, RetrainConfig
 from tierwise.router.policies.base import RoutingPolicy
 from tierwise.router.policies.factory import cold_start_policy
+from tierwise.training.cross_fit import out_of_fold_probabilities
 from tierwise.training.dataset import RoutingData
 from tierwise.training.evaluate import DEFAULT_PAIR_MODELS, probability_sweeps, routing_contexts, tier_index
 from tierwise.training.figures import pyplot, save_figure
 from tierwise.training.gate import Decisions, HeldOut, judge
 from tierwise.training.judged import JUDGED_TASK, concat, judged_row_weight, judged_rows, read_judgments
-from tierwise.training.train import train
+from tierwise.training.train import TrainingError, train
 
 STATE_FILE = "retrain-state.json"
 REPORT_NAME = "retrain-report"
@@ -115,6 +116,29 @@ def cold_start_decisions(
     if policy.name == "random":
         return held_out, Decisions([np.full(len(rows), j, dtype=np.int64) for j in candidates])
     return held_out, Decisions([policy_choices(policy, rows, config, candidates)])
+
+
+def cross_fitted_comparison(
+    judged: RoutingData, policy: RoutingPolicy, config: Config, settings: RetrainConfig
+) -> tuple[HeldOut, Decisions, Decisions] | str:
+    """From zero: every judged prompt scored for the compared tiers, the training procedure's decisions
+    on it by a model that never saw it (``tierwise.training.cross_fit``) and the cold-start policy's;
+    why not, when a fold cannot train."""
+    candidates = _compared(config, settings)
+    try:
+        probabilities = out_of_fold_probabilities(
+            judged,
+            config,
+            folds=settings.cold_start_folds,
+            quality_bar=settings.quality_bar,
+            seed=settings.seed,
+        )
+    except TrainingError as exc:
+        return f"cross-fitting over {settings.cold_start_folds} folds could not train ({exc})"
+    complete = np.asarray(~np.isnan(judged.scores[:, candidates]).any(axis=1), dtype=bool)
+    rows = judged.subset(complete)
+    held_out, serving = cold_start_decisions(policy, rows, config, settings)
+    return held_out, probability_decisions(probabilities[complete], rows, config, candidates), serving
 
 
 def policy_choices(
@@ -281,6 +305,22 @@ def retrain(
             "curve": rows.curve(decisions["serving"]) if len(rows.scores) else [],
         }
     gate: dict[str, Any] = {"rule": settings.gate, "confidence": settings.confidence}
+    cross_fit_note = ""
+    if cold_start is not None and settings.cold_start_folds >= 2:
+        # Few held-out judged prompts cannot show a gain: every judged prompt is compared instead.
+        comparison = cross_fitted_comparison(everything.subset(is_judged), cold_start, config, settings)
+        if isinstance(comparison, str):
+            cross_fit_note = f"; {comparison}: held-out judged prompts alone"
+        elif len(comparison[0].scores):
+            rows, decisions["candidate"], decisions["serving"] = comparison
+            scored["cross_fitted"] = {
+                "version": f"out-of-fold ({settings.cold_start_folds} folds)",
+                "value": rows.value(decisions["candidate"]),
+                "rows": len(rows.scores),
+                "base_validation_value": float("nan"),
+                "curve": rows.curve(decisions["candidate"]),
+            }
+            gate["cross_fitted_rows"] = len(rows.scores)
     if "serving" not in scored:
         promoted, reason = True, "no model was serving"
     elif rows is None or len(rows.scores) == 0:
@@ -303,7 +343,12 @@ def retrain(
             promoted = verdict.candidate > verdict.serving and (
                 settings.gate == "point" or verdict.p_worse <= 1 - settings.confidence
             )
-            reason = f"first model against cold-start:{cold_start.name}, {reason}"
+            compared = (
+                f"out-of-fold on {len(rows.scores)} judged prompts"
+                if "cross_fitted" in scored
+                else "held-out judged prompts"
+            )
+            reason = f"first model against cold-start:{cold_start.name}, {compared}{cross_fit_note}, {reason}"
         if not promoted:
             reason += f": keeping {scored['serving']['version']}"
     if promoted:

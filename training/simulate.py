@@ -48,13 +48,13 @@ from tierwise.training.baselines import fit_vote
 from tierwise.training.dataset import RoutingData
 from tierwise.training.demo.run import DEMO_TIERS, replay_tiers
 from tierwise.training.figures import pyplot, save_figure
-from tierwise.training.gate import Decisions, HeldOut
+from tierwise.training.gate import HeldOut
 from tierwise.training.judged import concat, judged_rows, read_judgments
 from tierwise.training.replay import ReplayUpstream
 from tierwise.training.retrain import (
+    cold_start_decisions,
     metric_value,
     pair_of,
-    policy_choices,
     probability_decisions,
     retrain,
     scored_rows,
@@ -204,16 +204,12 @@ def knn_on_judged(config: Config, rows: RoutingData) -> float:
     return round(held_out.value(probability_decisions(probabilities, rows, config, candidates)), 4)
 
 
-def random_apgr(config: Config, rows: RoutingData, seeds: int = 10) -> float:
-    """The random policy's APGR on ``rows``, mean over ``seeds`` seeds: the floor a router must clear."""
+def random_apgr(config: Config, rows: RoutingData) -> float:
+    """The random policy's APGR on ``rows``: its expectation, the chord from the weak tier alone to the
+    strong one (``cold_start_decisions``), the floor a router must clear."""
     settings = config.learning.retrain
-    rows = scored_rows(rows, config, settings)
-    candidates = list(pair_of(config, settings))
-    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
-    draws = [
-        Decisions([policy_choices(RandomPolicy(seed), rows, config, candidates)]) for seed in range(seeds)
-    ]
-    return round(float(np.mean([held_out.value(d) for d in draws])), 4)
+    held_out, chord = cold_start_decisions(RandomPolicy(0), rows, config, settings)
+    return round(held_out.value(chord), 4)
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,6 @@ def summary_lines(result: dict[str, Any]) -> str:
         )
     )
     lines.append(
-        f"< random: classifier-utility below random's APGR - {RANDOM_TOLERANCE} (random: 10 seeds' curves)"
+        f"< random: classifier-utility below random's APGR - {RANDOM_TOLERANCE} (random: its expected curve, APGR 0.5)"
     )
     return "\n".join(lines)

@@ -140,6 +140,14 @@ class RetrainConfig(StrictSection):
         description="share of judged prompts held out for the gate, with the base validation split (never the test split)",
     )
     quality_bar: float = Field(0.5, ge=0, le=1, description="a score at or above it is adequate")
+    cold_start_folds: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="from zero (routing.classifier.cold_start): the first model's gate scores every judged "
+        "prompt, each by a model trained without its fold (cross-fitting over this many folds), against the "
+        "cold-start policy; 0 or 1: the held-out share alone",
+    )
     window_days: float | None = Field(
         None, gt=0, description="judgments of the last N days train (null: every retained one)"
     )
