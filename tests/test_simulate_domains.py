@@ -73,7 +73,8 @@ def test_cold_start_answers_every_request_and_gates_the_first_model(
             assert r["gate"]["serving"]["gate_value"] >= 0.0
             assert "cold-start:random" in r["reason"]
             # Every judged prompt is compared, each scored by a model trained without it: more than held out.
-            assert "out-of-fold on" in r["reason"]
+            assert "out-of-fold on" in r["reason"] and "(at most 20% promotes)" in r["reason"]
+            assert r["gate"]["verdict"]["confidence"] == 0.8  # learning.retrain.cold_start_confidence
             assert r["gate"]["verdict"]["cross_fitted_rows"] > r["gate"]["gate_rows"]["judged_held_out"]
 
 

@@ -327,13 +327,15 @@ def retrain(
         promoted, reason = False, "no gate row is scored for the compared tiers"
     else:
         # From zero the first model must beat the cold-start policy; later ones must not be worse.
+        confidence = settings.confidence if cold_start is None else settings.cold_start_confidence
+        gate["confidence"] = confidence
         verdict = judge(
             rows,
             decisions["candidate"],
             decisions["serving"],
             rule=settings.gate,
             tolerance=0.0 if cold_start is not None else settings.tolerance,
-            confidence=settings.confidence,
+            confidence=confidence,
             samples=settings.bootstrap_samples,
             seed=settings.seed,
         )
@@ -341,14 +343,18 @@ def retrain(
         promoted, reason = verdict.promote, f"{settings.metric}: {verdict.explanation}"
         if cold_start is not None:
             promoted = verdict.candidate > verdict.serving and (
-                settings.gate == "point" or verdict.p_worse <= 1 - settings.confidence
+                settings.gate == "point" or verdict.p_worse <= 1 - confidence
             )
             compared = (
                 f"out-of-fold on {len(rows.scores)} judged prompts"
                 if "cross_fitted" in scored
                 else "held-out judged prompts"
             )
-            reason = f"first model against cold-start:{cold_start.name}, {compared}{cross_fit_note}, {reason}"
+            reason = (
+                f"first model against cold-start:{cold_start.name}, {compared}{cross_fit_note}, "
+                f"{settings.metric}: candidate {verdict.candidate:.4f} vs {verdict.serving:.4f}, worse in "
+                f"{verdict.p_worse:.0%} of paired resamples (at most {1 - confidence:.0%} promotes)"
+            )
         if not promoted:
             reason += f": keeping {scored['serving']['version']}"
     if promoted:

@@ -148,6 +148,14 @@ class RetrainConfig(StrictSection):
         "prompt, each by a model trained without its fold (cross-fitting over this many folds), against the "
         "cold-start policy; 0 or 1: the held-out share alone",
     )
+    cold_start_confidence: float = Field(
+        0.8,
+        gt=0.5,
+        lt=1,
+        description="from zero: how sure 'better than the cold-start policy' must be for the first model "
+        "(its better share of paired resamples). Lower than confidence: it replaces a policy with no skill, "
+        "so a wrong promotion costs little, and the next candidate replaces it unless clearly worse",
+    )
     window_days: float | None = Field(
         None, gt=0, description="judgments of the last N days train (null: every retained one)"
     )
