@@ -93,3 +93,15 @@ def test_the_same_decisions_differ_by_nothing() -> None:
     verdict = judge(rows, decisions, decisions, rule="bootstrap", tolerance=0.0, confidence=0.95, samples=100)
     assert verdict.promote and verdict.p_worse == 0.0
     assert verdict.difference_low == verdict.difference_high == 0.0
+
+
+@pytest.mark.parametrize("rule", ["bootstrap", "point"])
+def test_rows_where_the_strong_tier_does_not_outscore_the_weak_one_decide_nothing(rule: str) -> None:
+    # A few dozen judged rows can be so; APGR has no gap to recover there, and the gate must not crash.
+    both_right = np.ones((ROWS, 2))
+    rows = HeldOut(both_right, held_out().costs, [0, 1], "apgr")
+    decisions = informed(held_out(), 0.5, 1)
+    assert np.isnan(rows.value(decisions))
+    verdict = judge(rows, decisions, decisions, rule=rule, tolerance=0.0, confidence=0.95, samples=100)  # type: ignore[arg-type]
+    assert not verdict.promote and np.isnan(verdict.p_worse)
+    assert "undefined on these 300 rows" in verdict.explanation

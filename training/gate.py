@@ -75,9 +75,13 @@ class HeldOut:
         return [(cost, quality) for cost, quality, _ in points]
 
     def value(self, decisions: Decisions, rows: npt.NDArray[np.intp] | None = None) -> float:
-        """The metric of ``decisions`` on ``rows`` (indices, repeats allowed; None: every row)."""
+        """The metric of ``decisions`` on ``rows`` (indices, repeats allowed; None: every row); NaN for
+        APGR on rows where the strong tier does not outscore the weak one (it has no gap to recover:
+        a few dozen judged rows can be so)."""
         singles, points = self.points(decisions, rows)
         if self.metric == "apgr":
+            if singles[-1][1] <= singles[0][1]:
+                return float("nan")
             return apgr([(share, quality) for _, quality, share in points], singles[0][1], singles[-1][1])
         cost_range = [cost for cost, _, _ in singles]
         curve = [(singles[0][0], singles[0][1]), *((cost, quality) for cost, quality, _ in points)]
@@ -115,17 +119,23 @@ def judge(
 ) -> GateVerdict:
     """Compare the two models on ``held_out`` and decide whether the candidate may serve."""
     candidate_value, serving_value = held_out.value(candidate), held_out.value(serving)
+    if np.isnan(candidate_value) or np.isnan(serving_value):
+        explanation = (
+            f"{held_out.metric} is undefined on these {len(held_out.scores)} rows (the strong tier does not "
+            "outscore the weak one there): no comparison, nothing promoted"
+        )
+        nan = float("nan")
+        return GateVerdict(False, candidate_value, serving_value, nan, nan, nan, explanation)
     rng = np.random.default_rng(seed)
     count = len(held_out.scores)
     differences = []
     for _ in range(samples):
         rows = rng.integers(0, count, size=count)
-        try:
-            differences.append(held_out.value(candidate, rows) - held_out.value(serving, rows))
-        except ValueError:
-            # APGR is undefined on a resample where the strong tier does not outscore the weak one:
-            # such draws are left out (a few rows make them common; most held-out sets never do).
-            continue
+        difference = held_out.value(candidate, rows) - held_out.value(serving, rows)
+        # APGR is undefined on a resample where the strong tier does not outscore the weak one:
+        # such draws are left out (a few rows make them common; most held-out sets never do).
+        if not np.isnan(difference):
+            differences.append(difference)
     if not differences:
         differences = [candidate_value - serving_value]
     alpha = (1.0 - confidence) / 2

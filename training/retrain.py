@@ -350,11 +350,13 @@ def retrain(
                 if "cross_fitted" in scored
                 else "held-out judged prompts"
             )
-            reason = (
-                f"first model against cold-start:{cold_start.name}, {compared}{cross_fit_note}, "
-                f"{settings.metric}: candidate {verdict.candidate:.4f} vs {verdict.serving:.4f}, worse in "
+            detail = (
+                verdict.explanation
+                if np.isnan(verdict.p_worse)
+                else f"{settings.metric}: candidate {verdict.candidate:.4f} vs {verdict.serving:.4f}, worse in "
                 f"{verdict.p_worse:.0%} of paired resamples (at most {1 - confidence:.0%} promotes)"
             )
+            reason = f"first model against cold-start:{cold_start.name}, {compared}{cross_fit_note}, {detail}"
         if not promoted:
             reason += f": keeping {scored['serving']['version']}"
     if promoted:
