@@ -171,6 +171,63 @@ def gate_rows(rows: RoutingData) -> np.ndarray:
     )
 
 
+def _report_entry(
+    version: str, rows: HeldOut, decisions: Decisions, base_positions: npt.NDArray[np.intp] | None = None
+) -> dict[str, Any]:
+    """One model's line in the report: its metric on the gate's rows, and on the base validation rows
+    among them (``base_positions``)."""
+    empty = len(rows.scores) == 0
+    on_base = base_positions is not None and len(base_positions) > 0
+    return {
+        "version": version,
+        "value": float("nan") if empty else rows.value(decisions),
+        "rows": len(rows.scores),
+        "base_validation_value": rows.value(decisions, base_positions) if on_base else float("nan"),
+        "curve": [] if empty else rows.curve(decisions),
+    }
+
+
+def _verdict(
+    rows: HeldOut,
+    decisions: dict[str, Decisions],
+    settings: RetrainConfig,
+    gate: dict[str, Any],
+    cold_start: RoutingPolicy | None,
+    cross_fit_note: str,
+) -> tuple[bool, str]:
+    """Whether the candidate may serve, and why; the verdict's numbers go into ``gate``. From zero the
+    first model must beat the cold-start policy; later ones must not be worse than the serving model."""
+    confidence = settings.confidence if cold_start is None else settings.cold_start_confidence
+    verdict = judge(
+        rows,
+        decisions["candidate"],
+        decisions["serving"],
+        rule=settings.gate,
+        tolerance=0.0 if cold_start is not None else settings.tolerance,
+        confidence=confidence,
+        samples=settings.bootstrap_samples,
+        seed=settings.seed,
+    )
+    gate |= {"confidence": confidence} | verdict.summary()
+    if cold_start is None:
+        return verdict.promote, f"{settings.metric}: {verdict.explanation}"
+    promoted = verdict.candidate > verdict.serving and (
+        settings.gate == "point" or verdict.p_worse <= 1 - confidence
+    )
+    compared = (
+        f"out-of-fold on {len(rows.scores)} judged prompts"
+        if "cross_fitted_rows" in gate
+        else "held-out judged prompts"
+    )
+    detail = (
+        verdict.explanation
+        if np.isnan(verdict.p_worse)
+        else f"{settings.metric}: candidate {verdict.candidate:.4f} vs {verdict.serving:.4f}, worse in "
+        f"{verdict.p_worse:.0%} of paired resamples (at most {1 - confidence:.0%} promotes)"
+    )
+    return promoted, f"first model against cold-start:{cold_start.name}, {compared}{cross_fit_note}, {detail}"
+
+
 def _read_state(registry: ModelRegistry) -> dict[str, Any]:
     try:
         data = json.loads((registry.root / STATE_FILE).read_text(encoding="utf-8"))
@@ -283,27 +340,12 @@ def retrain(
     rows: HeldOut | None = None
     for name, model in models.items():
         rows, decisions[name] = held_out_decisions(model, scored_gate_set, config, settings)
-        empty = len(rows.scores) == 0
-        scored[name] = {
-            "version": model.version,
-            "value": float("nan") if empty else rows.value(decisions[name]),
-            "rows": len(rows.scores),
-            "base_validation_value": (
-                float("nan") if len(base_positions) == 0 else rows.value(decisions[name], base_positions)
-            ),
-            "curve": [] if empty else rows.curve(decisions[name]),
-        }
+        scored[name] = _report_entry(model.version, rows, decisions[name], base_positions)
     cold_start = cold_start_policy(config.routing) if serving_version is None else None
     if cold_start is not None and rows is not None:
         # From zero: the first model must beat the policy serving meanwhile on the held-out judged rows.
         _, decisions["serving"] = cold_start_decisions(cold_start, scored_gate_set, config, settings)
-        scored["serving"] = {
-            "version": f"cold-start:{cold_start.name}",
-            "value": rows.value(decisions["serving"]) if len(rows.scores) else float("nan"),
-            "rows": len(rows.scores),
-            "base_validation_value": float("nan"),
-            "curve": rows.curve(decisions["serving"]) if len(rows.scores) else [],
-        }
+        scored["serving"] = _report_entry(f"cold-start:{cold_start.name}", rows, decisions["serving"])
     gate: dict[str, Any] = {"rule": settings.gate, "confidence": settings.confidence}
     cross_fit_note = ""
     if cold_start is not None and settings.cold_start_folds >= 2:
@@ -313,50 +355,15 @@ def retrain(
             cross_fit_note = f"; {comparison}: held-out judged prompts alone"
         elif len(comparison[0].scores):
             rows, decisions["candidate"], decisions["serving"] = comparison
-            scored["cross_fitted"] = {
-                "version": f"out-of-fold ({settings.cold_start_folds} folds)",
-                "value": rows.value(decisions["candidate"]),
-                "rows": len(rows.scores),
-                "base_validation_value": float("nan"),
-                "curve": rows.curve(decisions["candidate"]),
-            }
+            version = f"out-of-fold ({settings.cold_start_folds} folds)"
+            scored["cross_fitted"] = _report_entry(version, rows, decisions["candidate"])
             gate["cross_fitted_rows"] = len(rows.scores)
     if "serving" not in scored:
         promoted, reason = True, "no model was serving"
     elif rows is None or len(rows.scores) == 0:
         promoted, reason = False, "no gate row is scored for the compared tiers"
     else:
-        # From zero the first model must beat the cold-start policy; later ones must not be worse.
-        confidence = settings.confidence if cold_start is None else settings.cold_start_confidence
-        gate["confidence"] = confidence
-        verdict = judge(
-            rows,
-            decisions["candidate"],
-            decisions["serving"],
-            rule=settings.gate,
-            tolerance=0.0 if cold_start is not None else settings.tolerance,
-            confidence=confidence,
-            samples=settings.bootstrap_samples,
-            seed=settings.seed,
-        )
-        gate |= verdict.summary()
-        promoted, reason = verdict.promote, f"{settings.metric}: {verdict.explanation}"
-        if cold_start is not None:
-            promoted = verdict.candidate > verdict.serving and (
-                settings.gate == "point" or verdict.p_worse <= 1 - confidence
-            )
-            compared = (
-                f"out-of-fold on {len(rows.scores)} judged prompts"
-                if "cross_fitted" in scored
-                else "held-out judged prompts"
-            )
-            detail = (
-                verdict.explanation
-                if np.isnan(verdict.p_worse)
-                else f"{settings.metric}: candidate {verdict.candidate:.4f} vs {verdict.serving:.4f}, worse in "
-                f"{verdict.p_worse:.0%} of paired resamples (at most {1 - confidence:.0%} promotes)"
-            )
-            reason = f"first model against cold-start:{cold_start.name}, {compared}{cross_fit_note}, {detail}"
+        promoted, reason = _verdict(rows, decisions, settings, gate, cold_start, cross_fit_note)
         if not promoted:
             reason += f": keeping {scored['serving']['version']}"
     if promoted:
