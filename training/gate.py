@@ -88,6 +88,12 @@ class HeldOut:
         return aiq(curve, min(cost_range), max(cost_range))
 
 
+def tiers_alone(held_out: HeldOut) -> Decisions:
+    """Every compared tier alone, one operating point each: for APGR the chord between them, which is
+    what routing at random between them draws in expectation (APGR 0.5 on any rows)."""
+    return Decisions([np.full(len(held_out.scores), j, dtype=np.int64) for j in held_out.candidates])
+
+
 @dataclass(frozen=True)
 class GateVerdict:
     promote: bool

@@ -45,7 +45,7 @@ from tierwise.training.cross_fit import out_of_fold_probabilities
 from tierwise.training.dataset import RoutingData
 from tierwise.training.evaluate import DEFAULT_PAIR_MODELS, probability_sweeps, routing_contexts, tier_index
 from tierwise.training.figures import pyplot, save_figure
-from tierwise.training.gate import Decisions, HeldOut, judge
+from tierwise.training.gate import Decisions, HeldOut, judge, tiers_alone
 from tierwise.training.judged import JUDGED_TASK, concat, judged_row_weight, judged_rows, read_judgments
 from tierwise.training.train import TrainingError, train
 
@@ -73,10 +73,21 @@ def _compared(config: Config, settings: RetrainConfig) -> list[int]:
     return list(pair_of(config, settings)) if settings.metric == "apgr" else list(range(len(config.tiers)))
 
 
-def scored_rows(rows: RoutingData, config: Config, settings: RetrainConfig) -> RoutingData:
-    """The rows the configured metric can score: those with a score for every compared tier."""
+def scored_mask(rows: RoutingData, config: Config, settings: RetrainConfig) -> npt.NDArray[np.bool_]:
+    """Which of ``rows`` the configured metric can score: those with a score for every compared tier."""
     candidates = _compared(config, settings)
-    return rows.subset(np.asarray(~np.isnan(rows.scores[:, candidates]).any(axis=1), dtype=bool))
+    return np.asarray(~np.isnan(rows.scores[:, candidates]).any(axis=1), dtype=bool)
+
+
+def scored_rows(rows: RoutingData, config: Config, settings: RetrainConfig) -> RoutingData:
+    """The rows the configured metric can score (``scored_mask``)."""
+    return rows.subset(scored_mask(rows, config, settings))
+
+
+def held_out_rows(rows: RoutingData, config: Config, settings: RetrainConfig) -> tuple[RoutingData, HeldOut]:
+    """``rows`` scored for the compared tiers, and the same rows as the gate scores decisions on them."""
+    rows = scored_rows(rows, config, settings)
+    return rows, HeldOut(rows.scores, rows.realized_costs(), _compared(config, settings), settings.metric)
 
 
 def held_out_decisions(
@@ -84,13 +95,11 @@ def held_out_decisions(
 ) -> tuple[HeldOut, Decisions]:
     """``model``'s decisions on ``rows`` (those scored for the compared tiers) under the serving rule,
     with the rows they are scored on."""
-    candidates = _compared(config, settings)
-    rows = scored_rows(rows, config, settings)
-    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
+    rows, held_out = held_out_rows(rows, config, settings)
     if len(rows) == 0:
         return held_out, Decisions([])
     probabilities = model.predict_matrix(rows.features).astype(np.float64)
-    return held_out, probability_decisions(probabilities, rows, config, candidates)
+    return held_out, probability_decisions(probabilities, rows, config, list(held_out.candidates))
 
 
 def probability_decisions(
@@ -110,12 +119,10 @@ def cold_start_decisions(
     """What the cold-start policy chooses on ``rows`` scored for the compared tiers: its one operating point;
     for the random policy its expectation, the chord from every compared tier alone to the next (a
     random draw on a few dozen held-out rows is luck: it scored 0.55-0.78 APGR there, 0.5 expected)."""
-    candidates = _compared(config, settings)
-    rows = scored_rows(rows, config, settings)
-    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
+    rows, held_out = held_out_rows(rows, config, settings)
     if policy.name == "random":
-        return held_out, Decisions([np.full(len(rows), j, dtype=np.int64) for j in candidates])
-    return held_out, Decisions([policy_choices(policy, rows, config, candidates)])
+        return held_out, tiers_alone(held_out)
+    return held_out, Decisions([policy_choices(policy, rows, config, list(held_out.candidates))])
 
 
 def cross_fitted_comparison(
@@ -135,7 +142,7 @@ def cross_fitted_comparison(
         )
     except TrainingError as exc:
         return f"cross-fitting over {settings.cold_start_folds} folds could not train ({exc})"
-    complete = np.asarray(~np.isnan(judged.scores[:, candidates]).any(axis=1), dtype=bool)
+    complete = scored_mask(judged, config, settings)
     rows = judged.subset(complete)
     held_out, serving = cold_start_decisions(policy, rows, config, settings)
     return held_out, probability_decisions(probabilities[complete], rows, config, candidates), serving

@@ -42,24 +42,16 @@ from tierwise.classifier.model import DEFAULT_EMBEDDER_KEY, load_model
 from tierwise.classifier.registry import ModelRegistry
 from tierwise.router.auth import sha256_hex
 from tierwise.router.config import Config, parse_config
-from tierwise.router.policies.baselines import RandomPolicy
 from tierwise.router.server import TierwiseServer
 from tierwise.router.service import build_service
 from tierwise.training.baselines import fit_vote
 from tierwise.training.dataset import RoutingData
 from tierwise.training.demo.run import DEMO_TIERS, replay_tiers
 from tierwise.training.figures import pyplot, save_figure
-from tierwise.training.gate import HeldOut
+from tierwise.training.gate import tiers_alone
 from tierwise.training.judged import concat, judged_rows, read_judgments
 from tierwise.training.replay import ReplayUpstream
-from tierwise.training.retrain import (
-    cold_start_decisions,
-    metric_value,
-    pair_of,
-    probability_decisions,
-    retrain,
-    scored_rows,
-)
+from tierwise.training.retrain import held_out_rows, metric_value, probability_decisions, retrain
 from tierwise.training.routerbench import csv_files, load_rows
 from tierwise.training.train import load_data, train
 from tierwise.training.verifier_data import default_cache_dir
@@ -201,19 +193,17 @@ def knn_on_judged(config: Config, rows: RoutingData) -> float:
     train_rows = judged.subset(judged.splits == "train")
     validation = judged.subset(judged.splits == "validation")
     vote = fit_vote(train_rows, validation if len(validation) else train_rows, settings.quality_bar)
-    rows = scored_rows(rows, config, settings)
-    candidates = list(pair_of(config, settings))
-    held_out = HeldOut(rows.scores, rows.realized_costs(), candidates, settings.metric)
+    rows, held_out = held_out_rows(rows, config, settings)
     probabilities = vote.predict(rows.embeddings).astype(np.float64)
-    return round(held_out.value(probability_decisions(probabilities, rows, config, candidates)), 4)
+    decisions = probability_decisions(probabilities, rows, config, list(held_out.candidates))
+    return round(held_out.value(decisions), 4)
 
 
 def random_apgr(config: Config, rows: RoutingData) -> float:
     """The random policy's APGR on ``rows``: its expectation, the chord from the weak tier alone to the
-    strong one (``cold_start_decisions``), the floor a router must clear."""
-    settings = config.learning.retrain
-    held_out, chord = cold_start_decisions(RandomPolicy(0), rows, config, settings)
-    return round(held_out.value(chord), 4)
+    strong one (``tiers_alone``), the floor a router must clear."""
+    _, held_out = held_out_rows(rows, config, config.learning.retrain)
+    return round(held_out.value(tiers_alone(held_out)), 4)
 
 
 @dataclass(frozen=True)
