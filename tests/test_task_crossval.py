@@ -14,12 +14,15 @@ from tests.trained_registry import priced_tiers_config, routerbench_slice
 from tierwise.cache.embedder import SentenceEmbedder
 from tierwise.classifier import load_model
 from tierwise.router.config import Config
+from tierwise.training.adapt_crossval import adaptation_cv, as_judged
+from tierwise.training.adapt_crossval import summary_lines as summary_lines_adapt
 from tierwise.training.cli.app import app
 from tierwise.training.crossval import FoldTraining
 from tierwise.training.dataset import RoutingData, load_routing_data
 from tierwise.training.evaluate import evaluate
 from tierwise.training.fit import Candidate
-from tierwise.training.routerbench import load_rows
+from tierwise.training.judged import JUDGED_TASK
+from tierwise.training.routerbench import load_rows, split_of
 from tierwise.training.task_crossval import leave_one_task_out, summary_lines, task_splits
 from tierwise.training.train import train
 
@@ -123,4 +126,39 @@ def test_eval_split_all_scores_every_row_with_baselines_fit_elsewhere(
     refused = runner.invoke(app, ["router", "eval", "--split", "all", "--registry", str(tmp_path)])
     assert refused.exit_code == 2 and "--fit-data" in refused.output
     bad_by = runner.invoke(app, ["router", "cv", "--by", "prompt"])
-    assert bad_by.exit_code == 2 and "'fold' or 'task'" in bad_by.output
+    assert bad_by.exit_code == 2 and "'adapt'" in bad_by.output
+
+
+def test_adaptation_cv_scores_each_traffic_fold_with_the_others_as_judged_traffic(data: RoutingData) -> None:
+    config = pair_config()
+    tasks = np.array(data.tasks)
+    base, traffic = data.subset(tasks != "gsm8k"), data.subset(tasks == "gsm8k")
+    pool = int((traffic.splits != "test").sum())
+    result = adaptation_cv(base, traffic, config, folds=2, repeats=2, candidates=SMALL)
+    assert result["lightgbm_seeds"] == [0, 1]
+    folds = result["per_fold"]
+    # Every train+validation traffic row is scored once, by a model that judged the others; the test split is unread.
+    assert sum(f["rows"] for f in folds) == pool
+    assert all(f["rows"] + f["judged"] == pool for f in folds)
+    for fold in folds:
+        for name in ("start", "adapted", "knn-on-judged"):
+            assert 0.0 <= fold[name] <= 1.0 or np.isnan(fold[name])
+    gain = result["summary"]["adapted - start"]
+    assert gain["mean"] == pytest.approx(np.mean([f["adapted"] - f["start"] for f in folds]), abs=1e-3)
+    assert "adapted - knn-on-judged" in summary_lines_adapt(result)
+
+
+def test_traffic_is_read_as_retrain_reads_judged_prompts(data: RoutingData) -> None:
+    config = pair_config()
+    traffic = data.subset((np.array(data.tasks) == "gsm8k") & (data.splits != "test"))
+    judged = as_judged(traffic, config, base_train_rows=1000)
+    assert set(judged.tasks) == {JUDGED_TASK} and judged.weights is not None
+    assert set(judged.splits) <= {"train", "validation"} and "validation" in set(judged.splits)
+    # Under the data's own split seed these rows would all be "train": the judged split has its own.
+    share = config.learning.retrain.judged_validation
+    assert {split_of(s, fractions=(1 - share, share, 0.0)) for s in traffic.sample_ids} == {"train"}
+
+
+def test_cv_by_adapt_needs_traffic() -> None:
+    refused = CliRunner().invoke(app, ["router", "cv", "--by", "adapt"])
+    assert refused.exit_code == 2 and "--traffic" in refused.output

@@ -309,8 +309,17 @@ def cv_router(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the full result here")] = None,
     neighbour_weight: NeighbourWeightOption = 0.5,
     by: Annotated[
-        str, typer.Option(help="fold: k folds dealt by sample id; task: leave one task out in turn")
+        str,
+        typer.Option(
+            help="fold: k folds dealt by sample id; task: leave one task out in turn; adapt: --traffic's "
+            "train+validation rows in k folds, each scored by the model retrained on --data plus the other "
+            "folds as judged traffic, beside the start model and the kNN vote on those judged rows"
+        ),
     ] = "fold",
+    traffic: Annotated[
+        list[Path] | None,
+        typer.Option(help="--by adapt: the traffic domain's CSVs (repeatable), read with --format"),
+    ] = None,
     task: Annotated[
         list[str] | None, typer.Option(help="--by task: leave out only this task (repeatable; default all)")
     ] = None,
@@ -320,14 +329,18 @@ def cv_router(
             help="--by task: score the left-out task's train+validation rows (pool) or its test split (test)"
         ),
     ] = "pool",
-    repeats: Annotated[int, typer.Option(help="--by task: LightGBM seeds per left-out task")] = 1,
+    repeats: Annotated[
+        int, typer.Option(help="--by task or adapt: LightGBM seeds per left-out task or fold")
+    ] = 1,
 ) -> None:
     """Cross-validate training + evaluation on the train and validation splits (the test split is unused)."""
     from tierwise.router.config import ConfigError, load_config
-    from tierwise.training import crossval, task_crossval
+    from tierwise.training import adapt_crossval, crossval, task_crossval
 
-    if by not in ("fold", "task"):
-        raise typer.BadParameter("must be 'fold' or 'task'", param_hint="--by")
+    if by not in ("fold", "task", "adapt"):
+        raise typer.BadParameter("must be 'fold', 'task' or 'adapt'", param_hint="--by")
+    if (by == "adapt") != bool(traffic):
+        raise typer.BadParameter("--by adapt needs --traffic, and only it reads it", param_hint="--traffic")
     side = next((s for s in task_crossval.LEFT_OUT if s == left_out), None)
     if side is None:
         raise typer.BadParameter("must be 'pool' or 'test'", param_hint="--left-out")
@@ -341,7 +354,19 @@ def cv_router(
             lightgbm_seed=seed,
             neighbour_weight=neighbour_weight,
         )
-        if by == "task":
+        if by == "adapt":
+            result = adapt_crossval.adaptation_cv(
+                dataset,
+                load_dataset(traffic or [], settings, layout, score_col, cache_dir),
+                settings,
+                folds=folds,
+                fold_seed=fold_seed,
+                repeats=repeats,
+                seed=seed,
+                neighbour_weight=neighbour_weight,
+            )
+            lines = adapt_crossval.summary_lines(result)
+        elif by == "task":
             result = task_crossval.leave_one_task_out(
                 dataset, settings, tasks=task, left_out=side, repeats=repeats, training=training
             )

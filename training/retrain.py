@@ -41,6 +41,7 @@ from tierwise.classifier.registry import ModelRegistry
 from tierwise.router.config import Config, RetrainConfig
 from tierwise.router.policies.base import RoutingPolicy
 from tierwise.router.policies.factory import cold_start_policy
+from tierwise.training.baselines import fit_vote
 from tierwise.training.cross_fit import out_of_fold_probabilities
 from tierwise.training.dataset import RoutingData
 from tierwise.training.evaluate import DEFAULT_PAIR_MODELS, probability_sweeps, routing_contexts, tier_index
@@ -111,6 +112,17 @@ def probability_decisions(
     sweeps = probability_sweeps("p", probabilities[:, candidates], contexts, candidates)
     (sweep,) = [s for s in sweeps if s.name == f"p-{rule}"]
     return Decisions([choices for _, choices in sweep.runs])
+
+
+def vote_value(judged: RoutingData, rows: RoutingData, config: Config, settings: RetrainConfig) -> float:
+    """The gate's metric on ``rows`` of the kNN vote fit on ``judged``'s train split (k on its
+    validation split, else on the train split): the baseline an adapted model must beat."""
+    train_rows = judged.split("train")
+    validation = judged.split("validation")
+    vote = fit_vote(train_rows, validation if len(validation) else train_rows, settings.quality_bar)
+    rows, held_out = held_out_rows(rows, config, settings)
+    probabilities = vote.predict(rows.embeddings).astype(np.float64)
+    return held_out.value(probability_decisions(probabilities, rows, config, list(held_out.candidates)))
 
 
 def cold_start_decisions(

@@ -44,14 +44,13 @@ from tierwise.router.auth import sha256_hex
 from tierwise.router.config import Config, parse_config
 from tierwise.router.server import TierwiseServer
 from tierwise.router.service import build_service
-from tierwise.training.baselines import fit_vote
 from tierwise.training.dataset import RoutingData
 from tierwise.training.demo.run import DEMO_TIERS, replay_tiers
 from tierwise.training.figures import pyplot, save_figure
 from tierwise.training.gate import tiers_alone
 from tierwise.training.judged import concat, judged_rows, read_judgments
 from tierwise.training.replay import ReplayUpstream
-from tierwise.training.retrain import held_out_rows, metric_value, probability_decisions, retrain
+from tierwise.training.retrain import held_out_rows, metric_value, retrain, vote_value
 from tierwise.training.routerbench import csv_files, load_rows
 from tierwise.training.train import load_data, train
 from tierwise.training.verifier_data import default_cache_dir
@@ -184,19 +183,11 @@ def _gap(reference: float, final: float | None) -> float | None:
 
 
 def knn_on_judged(config: Config, rows: RoutingData) -> float:
-    """APGR on ``rows`` of the kNN vote fit on every judged training prompt so far (k on the judged
-    validation prompts, else on the training ones): the baseline the adapted model must beat."""
-    settings = config.learning.retrain
+    """APGR on ``rows`` of the kNN vote fit on every judged training prompt so far (``vote_value``)."""
     judged = judged_rows(config, read_judgments(config, 0.0, 1e18).records, 1.0)
     if judged is None:
         return float("nan")
-    train_rows = judged.subset(judged.splits == "train")
-    validation = judged.subset(judged.splits == "validation")
-    vote = fit_vote(train_rows, validation if len(validation) else train_rows, settings.quality_bar)
-    rows, held_out = held_out_rows(rows, config, settings)
-    probabilities = vote.predict(rows.embeddings).astype(np.float64)
-    decisions = probability_decisions(probabilities, rows, config, list(held_out.candidates))
-    return round(held_out.value(decisions), 4)
+    return round(vote_value(judged, rows, config, config.learning.retrain), 4)
 
 
 def random_apgr(config: Config, rows: RoutingData) -> float:
