@@ -5,6 +5,7 @@ every request until a first model beats it on held-out judged prompts). Also the
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,12 @@ def test_start_on_routerbench_then_adapt_to_gsm8k_traffic(shared_data: Path, tmp
     assert first["judged_row_weight"] == 1.0
     assert 0.0 <= report["final"]["traffic_test_apgr"] <= 1.0
     assert report["final"]["traffic_test_apgr"] == report["final"]["test_apgr"]
+    # Every train prompt was replayed: the traffic's validation prompts are the ones no model saw.
+    validation = sum(split_of(r.sample_id) == "validation" for r in rows)
+    assert report["splits"]["unreplayed"]["rows"] == validation > 0
+    for r in report["rounds"]:
+        value = r["candidate_unreplayed_apgr"]
+        assert value is not None and (math.isnan(value) or 0.0 <= value <= 1.0)
 
 
 def test_cold_start_answers_every_request_and_gates_the_first_model(
@@ -67,6 +74,8 @@ def test_cold_start_answers_every_request_and_gates_the_first_model(
     assert report["rounds"][0]["validation_apgr"] is None  # nothing but the random policy served round 1
     assert sum(r["requests"] for r in report["rounds"]) == sum(split_of(r.sample_id) == "train" for r in rows)
     assert all(r["failed"] == 0 for r in report["rounds"])
+    assert report["splits"]["unreplayed"]["rows"] == 0  # no --traffic: its own validation split rules
+    assert all(r["candidate_unreplayed_apgr"] is None for r in report["rounds"])
     for r in report["rounds"]:
         # Until a model serves, the gate compares the candidate with the cold-start policy, not with nothing.
         if r["model"] is None:

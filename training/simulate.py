@@ -155,11 +155,11 @@ async def _serve_round(
     return total, served, failed
 
 
-def _apgr(registry: Path, version: str, base: RoutingData, config: Config, split: str) -> float:
-    """APGR of a version on one split of the base data, under the serving rule: ``validation`` each round
-    (the gate's rows), ``test`` once per run (the final model and the offline reference)."""
+def _apgr(registry: Path, version: str, rows: RoutingData, config: Config) -> float:
+    """APGR of a version on ``rows`` under the serving rule: a split of the base data (``validation``
+    each round, the gate's rows; ``test`` once per run), or the traffic's rows never replayed."""
     model = load_model(ModelRegistry(registry).version_dir(version), config.tier_names, device="cpu")
-    return round(metric_value(model, base.split(split), config, config.learning.retrain)[0], 4)
+    return round(metric_value(model, rows, config, config.learning.retrain)[0], 4)
 
 
 def _gate(report: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +257,10 @@ async def _simulate(
             scored_split, round_key = "test", "traffic_test_apgr"
             traffic_rows = rng.permutation(np.flatnonzero(scored.splits == "train"))
         traffic_rows = traffic_rows[: settings.traffic_rows]
+        # The traffic's train and validation prompts never replayed: a ruler larger than its test split
+        # that no model of the loop saw (each candidate is scored on it too).
+        never_replayed = (scored.splits != "test") & ~np.isin(np.arange(len(scored)), traffic_rows)
+        unreplayed = scored.subset(never_replayed & bool(settings.traffic))
         # The offline reference learns from every label the loop could see: the traffic's alone from zero.
         everything = scored if cold else (base if not settings.traffic else concat([base, scored]))
         reference = train([], config, workdir / "reference", prepared=everything, console=console).version
@@ -278,7 +282,7 @@ async def _simulate(
         serving = registry.serving_version()
 
         def ruler(version: str | None, split: str = scored_split) -> float | None:
-            return None if version is None else _apgr(registry.root, version, scored, config, split)
+            return None if version is None else _apgr(registry.root, version, scored.split(split), config)
 
         try:
             for number, chunk in enumerate(np.array_split(traffic_rows, settings.rounds), start=1):
@@ -312,6 +316,11 @@ async def _simulate(
                         "judge_spend_usd": str(spent["judge"]),
                         "candidate": outcome.candidate,
                         f"candidate_{round_key}": ruler(outcome.candidate),
+                        "candidate_unreplayed_apgr": (
+                            _apgr(registry.root, outcome.candidate, unreplayed, config)
+                            if settings.traffic and outcome.candidate and len(unreplayed)
+                            else None
+                        ),
                         "judged_row_weight": outcome.report.get("training_rows", {}).get("judged_row_weight"),
                         "knn_on_judged_apgr": (
                             knn_on_judged(config, scored.split("test")) if settings.traffic else None
@@ -332,7 +341,7 @@ async def _simulate(
     # The test split's one reading per model, after the loop has made every choice it makes.
     final["random_apgr"] = random_apgr(config, scored.split(scored_split))
     reference_apgr = {
-        split: _apgr(workdir / "reference", reference, scored, config, split)
+        split: _apgr(workdir / "reference", reference, scored.split(split), config)
         for split in ("validation", "test")
     }
     return {
@@ -349,6 +358,11 @@ async def _simulate(
                 "read": "every round: the serving model and the candidate; nothing in the loop chooses on it"
                 if settings.traffic
                 else "once, after the last round: the final model and the offline reference",
+            },
+            "unreplayed": {
+                "rows": len(unreplayed),
+                "split": "traffic train and validation prompts never replayed (with --traffic)",
+                "read": "every round: the candidate (candidate_unreplayed_apgr)",
             },
             "validation": {
                 "rows": int((scored.splits == "validation").sum()),

@@ -59,6 +59,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
         }
         if not final and key != "validation_apgr":  # another domain's traffic: its baseline and spend
             entry["knn_on_judged"] = _spread([e["knn_on_judged_apgr"] for e in entries])
+            entry["candidate_unreplayed"] = _spread([e.get("candidate_unreplayed_apgr") for e in entries])
             entry["shadow_spend_usd"] = _spread([float(e["shadow_spend_usd"]) for e in entries])
         per_round.append(entry)
     final_test = _spread([r["final"]["test_apgr"] for r in reports])
