@@ -3,6 +3,7 @@ group, by the real ``train``; groups are stable and keep repeats of one prompt t
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from tests.harness import build_config, config_dict
 from tests.test_classifier_model import synthetic_data
 from tierwise.classifier.features import EMBEDDING_DIM
 from tierwise.training.dataset import RoutingData
+from tierwise.training.judged import concat
 from tierwise.training.routerbench import split_of
 from tierwise.training.train import TrainingError, TrainResult
 
@@ -38,19 +40,29 @@ def judged(count: int) -> RoutingData:
         embeddings=features[:, :EMBEDDING_DIM].copy(),
         features=features,
         data_hash="judged",
+        prompt_keys=tuple(f"prompt-{i}" for i in range(count)),
     )
 
 
 def test_groups_are_stable_keep_a_prompts_repeats_together_and_use_every_fold() -> None:
     rows = judged(200)
-    groups = cross_fit.fold_of(rows.features, FOLDS)
-    np.testing.assert_array_equal(groups, cross_fit.fold_of(rows.features.copy(), FOLDS))
+    groups = cross_fit.fold_of(rows.prompts(), FOLDS)
+    np.testing.assert_array_equal(groups, cross_fit.fold_of(list(rows.prompts()), FOLDS))
     assert set(groups.tolist()) == set(range(FOLDS))
-    repeated = np.vstack([rows.features[:5], rows.features[:5]])  # the same prompts asked twice
-    again = cross_fit.fold_of(repeated, FOLDS)
-    np.testing.assert_array_equal(again[:5], again[5:])
+    # The same five prompts asked again, embedded in other batches: their features differ in the last
+    # bits (as a batched encode leaves them), their prompt keys do not.
+    first = rows.subset(np.arange(len(rows)) < 5)
+    again = replace(
+        first,
+        sample_ids=tuple(f"repeat-{i}" for i in range(5)),
+        features=np.nextafter(first.features, np.float32(2.0)),
+    )
+    twice = concat([first, again])
+    assert (twice.features[:5] != twice.features[5:]).any()
+    placed = cross_fit.fold_of(twice.prompts(), FOLDS)
+    np.testing.assert_array_equal(placed[:5], placed[5:])
     with pytest.raises(ValueError, match="at least two folds"):
-        cross_fit.fold_of(rows.features, 1)
+        cross_fit.fold_of(rows.prompts(), 1)
 
 
 def test_each_group_is_scored_by_a_model_that_never_trained_on_it(
@@ -68,7 +80,7 @@ def test_each_group_is_scored_by_a_model_that_never_trained_on_it(
     monkeypatch.setattr(cross_fit, "train", recording_train)
     probabilities = cross_fit.out_of_fold_probabilities(rows, config, folds=FOLDS, quality_bar=0.5, seed=0)
 
-    groups = cross_fit.fold_of(rows.features, FOLDS)
+    groups = cross_fit.fold_of(rows.prompts(), FOLDS)
     assert len(seen) == FOLDS and len({str(s["directory"]) for s in seen}) == FOLDS
     for group, call in enumerate(seen):
         mine = groups == group

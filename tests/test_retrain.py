@@ -236,6 +236,10 @@ def test_judged_repeats_of_one_prompt_stay_on_one_side_of_the_split(tmp_path: Pa
     split = dict(zip(rows.sample_ids, rows.splits, strict=True))
     assert {split[rid] for i, rid in enumerate(ids) if i % 2} == {split_of("same-prompt")}
     assert all(split[rid] == split_of(f"prompt-{i}") for i, rid in enumerate(ids) if not i % 2)
+    # Each row carries its prompt key: the cold start's cross-fitting groups one prompt's repeats by it.
+    key = dict(zip(rows.sample_ids, rows.prompts(), strict=True))
+    assert {key[rid] for i, rid in enumerate(ids) if i % 2} == {"same-prompt"}
+    assert len({key[rid] for i, rid in enumerate(ids) if not i % 2}) == 20
 
     # The shares are configurable: with no judged validation share, every prompt trains or is held out.
     shares = learning_config(

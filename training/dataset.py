@@ -73,6 +73,8 @@ class RoutingData:
     features: npt.NDArray[np.float32]
     data_hash: str
     weights: npt.NDArray[np.float64] | None = None  # training weight per row; None: all 1
+    # Judged rows: the prompt each request asked (repeats share one). None: each row is its own prompt.
+    prompt_keys: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -92,7 +94,12 @@ class RoutingData:
             embeddings=self.embeddings[index],
             features=self.features[index],
             weights=None if self.weights is None else self.weights[index],
+            prompt_keys=None if self.prompt_keys is None else tuple(self.prompt_keys[i] for i in index),
         )
+
+    def prompts(self) -> tuple[str, ...]:
+        """Each row's prompt identity: its prompt key, or its sample id where it has none."""
+        return self.prompt_keys if self.prompt_keys is not None else self.sample_ids
 
     def split(self, name: str) -> RoutingData:
         return self.subset(self.splits == name)

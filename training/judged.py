@@ -105,6 +105,7 @@ def judged_rows(config: Config, records: Sequence[FeedbackRecord], weight: float
         features=features,
         data_hash=digest.hexdigest(),
         weights=np.full(len(ids), weight),
+        prompt_keys=tuple(samples[rid].prompt_key or rid for rid in ids),
     )
 
 
@@ -140,4 +141,5 @@ def concat(parts: Sequence[RoutingData]) -> RoutingData:
         features=np.vstack([p.features for p in parts]),
         data_hash=digest,
         weights=np.concatenate([p.weights if p.weights is not None else np.ones(len(p)) for p in parts]),
+        prompt_keys=tuple(k for p in parts for k in p.prompts()),
     )
