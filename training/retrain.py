@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -91,16 +92,26 @@ def held_out_rows(rows: RoutingData, config: Config, settings: RetrainConfig) ->
     return rows, HeldOut(rows.scores, rows.realized_costs(), _compared(config, settings), settings.metric)
 
 
-def held_out_decisions(
-    model: ClassifierModel, rows: RoutingData, config: Config, settings: RetrainConfig
+def estimate_decisions(
+    estimate: Callable[[RoutingData], npt.ArrayLike],
+    rows: RoutingData,
+    config: Config,
+    settings: RetrainConfig,
 ) -> tuple[HeldOut, Decisions]:
-    """``model``'s decisions on ``rows`` (those scored for the compared tiers) under the serving rule,
-    with the rows they are scored on."""
+    """Decisions under the serving rule on ``rows`` (those scored for the compared tiers) from
+    ``estimate``'s P(adequate) of every tier for them, with the rows they are scored on."""
     rows, held_out = held_out_rows(rows, config, settings)
     if len(rows) == 0:
         return held_out, Decisions([])
-    probabilities = model.predict_matrix(rows.features).astype(np.float64)
+    probabilities = np.asarray(estimate(rows), dtype=np.float64)
     return held_out, probability_decisions(probabilities, rows, config, list(held_out.candidates))
+
+
+def held_out_decisions(
+    model: ClassifierModel, rows: RoutingData, config: Config, settings: RetrainConfig
+) -> tuple[HeldOut, Decisions]:
+    """``model``'s decisions on ``rows`` (``estimate_decisions``)."""
+    return estimate_decisions(lambda scored: model.predict_matrix(scored.features), rows, config, settings)
 
 
 def probability_decisions(
@@ -120,9 +131,10 @@ def vote_value(judged: RoutingData, rows: RoutingData, config: Config, settings:
     train_rows = judged.split("train")
     validation = judged.split("validation")
     vote = fit_vote(train_rows, validation if len(validation) else train_rows, settings.quality_bar)
-    rows, held_out = held_out_rows(rows, config, settings)
-    probabilities = vote.predict(rows.embeddings).astype(np.float64)
-    return held_out.value(probability_decisions(probabilities, rows, config, list(held_out.candidates)))
+    held_out, decisions = estimate_decisions(
+        lambda scored: vote.predict(scored.embeddings), rows, config, settings
+    )
+    return held_out.value(decisions)
 
 
 def cold_start_decisions(
