@@ -101,7 +101,11 @@ def test_leave_one_task_out_reports_each_task_with_its_baselines(data: RoutingDa
     means = result["mean_over_tasks"]
     expected = np.mean([t["summary"]["random"]["apgr"]["mean"] for t in result["per_task"].values()])
     assert means["random"] == pytest.approx(expected, abs=1e-6)
-    assert "gsm8k" in summary_lines(result) and "mean" in summary_lines(result)
+    text = summary_lines(result)
+    assert "mean" in text
+    for task, entry in result["per_task"].items():  # each task's line shows the share flagged
+        line = next(line for line in text.splitlines() if line.startswith(task))
+        assert f"{entry['summary']['unfamiliar']['share']['mean']:.3f}" in line.split()[-3:]
     with pytest.raises(ValueError, match="no rows of task"):
         leave_one_task_out(data, pair_config(), tasks=["trivia"], training=training)
 

@@ -130,7 +130,8 @@ def summary_lines(result: dict[str, Any]) -> str:
         f"leave one task out: pair APGR on each left-out task's {split}, mean ± sd over "
         f"{result['repeats']} LightGBM seed(s)",
         f"{'left-out task':16s} {'prompts':>7s} "
-        + " ".join(f"{n:>{w}s}" for n, w in zip(SHOWN, widths, strict=True)),
+        + " ".join(f"{n:>{w}s}" for n, w in zip(SHOWN, widths, strict=True))
+        + f" {'flagged':>9s}",
     ]
     for task, entry in result["per_task"].items():
         summary = entry["summary"]
@@ -144,6 +145,8 @@ def summary_lines(result: dict[str, Any]) -> str:
         verdict = (
             "" if summary["classifier-utility"]["apgr"]["mean"] >= random - RANDOM_TOLERANCE else "  < random"
         )
+        flagged = summary.get("unfamiliar", {}).get("share")
+        cells.append(f"{'':>9s}" if flagged is None else f"{flagged['mean']:9.3f}")
         lines.append(f"{task:16s} {entry['prompts']:7d} " + " ".join(cells) + verdict)
     means = result["mean_over_tasks"]
     lines.append(
@@ -156,4 +159,5 @@ def summary_lines(result: dict[str, Any]) -> str:
     lines.append(
         f"< random: classifier-utility below random's APGR - {RANDOM_TOLERANCE} (random: its expected curve, APGR 0.5)"
     )
+    lines.append("flagged: the share of the task's prompts the unfamiliar guard flagged (blank: no guard)")
     return "\n".join(lines)
