@@ -27,7 +27,7 @@ from tierwise.training.crossval import fold_of
 from tierwise.training.dataset import RoutingData
 from tierwise.training.fit import DEFAULT_GRID, Candidate
 from tierwise.training.judged import JUDGED_TASK, concat, judged_row_weight
-from tierwise.training.retrain import held_out_decisions, vote_value
+from tierwise.training.retrain import metric_value, vote_value
 from tierwise.training.routerbench import split_of
 from tierwise.training.train import train
 
@@ -72,8 +72,7 @@ class _Training:
         return load_model(result.directory, self.config.tier_names, device="cpu")
 
     def value(self, model: ClassifierModel, scored: RoutingData) -> float:
-        held_out, decisions = held_out_decisions(model, scored, self.config, self.config.learning.retrain)
-        return held_out.value(decisions)
+        return metric_value(model, scored, self.config, self.config.learning.retrain)[0]
 
 
 def adaptation_cv(

@@ -155,11 +155,12 @@ async def _serve_round(
     return total, served, failed
 
 
-def _apgr(registry: Path, version: str, rows: RoutingData, config: Config) -> float:
-    """APGR of a version on ``rows`` under the serving rule: a split of the base data (``validation``
-    each round, the gate's rows; ``test`` once per run), or the traffic's rows never replayed."""
+def _apgr(registry: Path, version: str, config: Config, *row_sets: RoutingData) -> list[float]:
+    """APGR of a version on each of ``row_sets`` under the serving rule, the model loaded once: a split of
+    the base data (``validation`` each round, the gate's rows; ``test`` once per run), or the traffic's
+    rows never replayed."""
     model = load_model(ModelRegistry(registry).version_dir(version), config.tier_names, device="cpu")
-    return round(metric_value(model, rows, config, config.learning.retrain)[0], 4)
+    return [round(metric_value(model, rows, config, config.learning.retrain)[0], 4) for rows in row_sets]
 
 
 def _gate(report: dict[str, Any]) -> dict[str, Any]:
@@ -281,12 +282,16 @@ async def _simulate(
         results: list[dict[str, Any]] = []
         serving = registry.serving_version()
 
-        def ruler(version: str | None, split: str = scored_split) -> float | None:
-            return None if version is None else _apgr(registry.root, version, scored.split(split), config)
+        def ruler(version: str | None, *row_sets: RoutingData) -> list[float | None]:
+            """``_apgr`` on ``row_sets`` (default: the scored split); a None each without a version."""
+            row_sets = row_sets or (scored.split(scored_split),)
+            if version is None:
+                return [None] * len(row_sets)
+            return list(_apgr(registry.root, version, config, *row_sets))
 
         try:
             for number, chunk in enumerate(np.array_split(traffic_rows, settings.rounds), start=1):
-                apgr = ruler(serving)
+                (apgr,) = ruler(serving)
                 before = dict(learning.sampler.spent_usd)
                 texts = (scored if settings.traffic else base).texts
                 cost, served, failed = await _serve_round(
@@ -302,6 +307,10 @@ async def _simulate(
                             await asyncio.sleep(0.1)
                     serving = outcome.candidate
                 stats = learning.sampler.stats()
+                # The candidate on the scored split and, with --traffic, on the prompts never replayed.
+                on_split, *on_unreplayed = ruler(
+                    outcome.candidate, scored.split(scored_split), *((unreplayed,) if len(unreplayed) else ())
+                )
                 spent = {k: learning.sampler.spent_usd[k] - before[k] for k in before}
                 results.append(
                     {
@@ -315,12 +324,8 @@ async def _simulate(
                         "shadow_spend_usd": str(spent["shadow"]),
                         "judge_spend_usd": str(spent["judge"]),
                         "candidate": outcome.candidate,
-                        f"candidate_{round_key}": ruler(outcome.candidate),
-                        "candidate_unreplayed_apgr": (
-                            _apgr(registry.root, outcome.candidate, unreplayed, config)
-                            if settings.traffic and outcome.candidate and len(unreplayed)
-                            else None
-                        ),
+                        f"candidate_{round_key}": on_split,
+                        "candidate_unreplayed_apgr": on_unreplayed[0] if on_unreplayed else None,
                         "judged_row_weight": outcome.report.get("training_rows", {}).get("judged_row_weight"),
                         "knn_on_judged_apgr": (
                             knn_on_judged(config, scored.split("test")) if settings.traffic else None
@@ -331,7 +336,9 @@ async def _simulate(
                     }
                 )
                 console.print(results[-1])
-            final = {f"{split}_apgr": ruler(serving, split) for split in ("validation", "test")}
+            splits = ("validation", "test")
+            readings = ruler(serving, *(scored.split(split) for split in splits))
+            final = {f"{split}_apgr": value for split, value in zip(splits, readings, strict=True)}
             final.setdefault(round_key, final[f"{scored_split}_apgr"])  # traffic: the test split's reading
             totals = learning.sampler.stats()
         finally:
@@ -340,10 +347,8 @@ async def _simulate(
         replay.stop()
     # The test split's one reading per model, after the loop has made every choice it makes.
     final["random_apgr"] = random_apgr(config, scored.split(scored_split))
-    reference_apgr = {
-        split: _apgr(workdir / "reference", reference, scored.split(split), config)
-        for split in ("validation", "test")
-    }
+    on_splits = _apgr(workdir / "reference", reference, config, *(scored.split(split) for split in splits))
+    reference_apgr = dict(zip(splits, on_splits, strict=True))
     return {
         "judge": totals["judge"],
         "pair": {"weak": DEMO_TIERS[1][1], "strong": DEMO_TIERS[3][1]},
