@@ -36,6 +36,16 @@ def shared_data() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def embeddings(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One prompt-embedding disk cache (keyed by embedder and text) for the whole run, shared by the
+    xdist workers, whose temporary folders share a parent: the RouterBench and GSM8K slices that many
+    test files train on are embedded once per run instead of once per file (seven seconds a slice on
+    two cores). Only training data goes here; tests of the cache itself keep their own folder."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-embeddings"
+
+
 @pytest_asyncio.fixture
 async def upstream() -> AsyncIterator[ScriptedUpstream]:
     """A scripted upstream speaking the OpenAI and Anthropic protocols; a test module may override it."""

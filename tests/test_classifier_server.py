@@ -20,9 +20,11 @@ from tierwise.v1 import tierwise_pb2 as pb
 
 
 @pytest.fixture(scope="module")
-def registry(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+def registry(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory, embeddings: Path
+) -> tuple[Path, list[str]]:
     """Two versions trained on a slice of RouterBench for the harness's tiers (small, large)."""
-    return train_small_registry(shared_data, tmp_path_factory.mktemp("router-models"))
+    return train_small_registry(shared_data, tmp_path_factory.mktemp("router-models"), embeddings)
 
 
 def classifier_config(tmp_path: Path, upstream: ScriptedUpstream, registry: Path) -> dict[str, object]:

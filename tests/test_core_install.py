@@ -72,9 +72,9 @@ def test_route_and_complete_are_served_without_the_extras() -> None:
 
 @pytest.mark.slow
 def test_the_classifier_serves_without_the_extras(
-    shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory, embeddings: Path
 ) -> None:
-    registry, _ = train_small_registry(shared_data, tmp_path_factory.mktemp("core-models"))
+    registry, _ = train_small_registry(shared_data, tmp_path_factory.mktemp("core-models"), embeddings)
     done = serve_core("--registry", str(registry))
     assert done.returncode == 0, done.stderr
     assert "policy classifier" in done.stdout, done.stdout

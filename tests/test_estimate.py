@@ -219,6 +219,7 @@ def trained(
     slices: tuple[Path, Path],  # noqa: F811 - the fixture imported above
     embedder: SentenceEmbedder,  # noqa: F811
     tmp_path_factory: pytest.TempPathFactory,
+    embeddings: Path,
 ) -> tuple[Path, Path, Path]:
     """A small model trained on the slice and promoted: (data, registry, embedding cache)."""
     routerbench_dir, _ = slices
@@ -228,11 +229,11 @@ def trained(
         slice_config(),
         root / "registry",
         candidates=[Candidate("joint", 8, rounds=30)],
-        cache_dir=root / "embeddings",
+        cache_dir=embeddings,
         embedder=lambda: embedder,
     )
     ModelRegistry(root / "registry").promote(result.version, expected_tiers=slice_config().tier_names)
-    return routerbench_dir, root / "registry", root / "embeddings"
+    return routerbench_dir, root / "registry", embeddings
 
 
 @pytest.mark.parametrize("rule", ["threshold", "utility"])

@@ -18,8 +18,10 @@ from tierwise.v1 import tierwise_pb2 as pb
 
 
 @pytest.fixture(scope="module")
-def registry(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
-    return train_small_registry(shared_data, tmp_path_factory.mktemp("experiment-models"))
+def registry(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory, embeddings: Path
+) -> tuple[Path, list[str]]:
+    return train_small_registry(shared_data, tmp_path_factory.mktemp("experiment-models"), embeddings)
 
 
 def config_with(

@@ -47,8 +47,10 @@ def learning_config(store: Path, registry: Path, url: str = "http://127.0.0.1:1"
 
 
 @pytest.fixture(scope="module")
-def base(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RoutingData]:
-    """A RouterBench slice for the harness's tiers, loaded once (embeddings cached in the module's folder)."""
+def base(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory, embeddings: Path
+) -> tuple[Path, RoutingData]:
+    """A RouterBench slice for the harness's tiers, loaded once (embeddings in the run's shared cache)."""
     root = tmp_path_factory.mktemp("retrain")
     data = routerbench_slice(shared_data, root / "data", ROWS_PER_FILE)
     config = learning_config(root / "var", root / "unused")
@@ -57,7 +59,7 @@ def base(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
         config,
         lambda: shared_embedder("cpu"),
         "sentence-transformers/all-MiniLM-L6-v2@384",
-        root / "embeddings",
+        embeddings,
         score_col_map=SCORE_COLUMNS,
     )
     return root, loaded

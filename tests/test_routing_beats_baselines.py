@@ -40,11 +40,11 @@ def pair_config() -> Config:
 
 
 @pytest.fixture(scope="module")
-def data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> RoutingData:
+def data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory, embeddings: Path) -> RoutingData:
     root = tmp_path_factory.mktemp("routing")
     directory = routerbench_slice(shared_data, root / "data", ROWS_PER_FILE)
     return load_routing_data(
-        directory, pair_config(), lambda: SentenceEmbedder(device="cpu"), KEY, root / "embeddings"
+        directory, pair_config(), lambda: SentenceEmbedder(device="cpu"), KEY, embeddings
     )
 
 

@@ -27,7 +27,7 @@ ROWS_PER_FILE = 30  # 90 prompts: 52 train, 21 validation, 17 test
 
 
 def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
-    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    shared_data: Path, tmp_path: Path, embeddings: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = routerbench_slice(shared_data, tmp_path / "data", ROWS_PER_FILE)
     workdir = tmp_path / "sim"
@@ -44,7 +44,7 @@ def test_simulate_runs_rounds_and_learns_from_correctly_labelled_traffic(
         workdir,
         SimulationSettings(rounds=2, slice_rows=20, rate=1.0, concurrency=2, seed=3),
         console=Console(file=(tmp_path / "log.txt").open("w")),
-        cache_dir=tmp_path / "embeddings",
+        cache_dir=embeddings,
     )
     saved = json.loads((workdir / "simulation.json").read_text())
     assert saved == report and (workdir / "simulation.png").stat().st_size > 1000

@@ -27,7 +27,9 @@ def _gsm8k_slice(shared_data: Path, folder: Path, rows: int) -> Path:
     return folder
 
 
-def test_start_on_routerbench_then_adapt_to_gsm8k_traffic(shared_data: Path, tmp_path: Path) -> None:
+def test_start_on_routerbench_then_adapt_to_gsm8k_traffic(
+    shared_data: Path, tmp_path: Path, embeddings: Path
+) -> None:
     start = routerbench_slice(shared_data, tmp_path / "routerbench", 30)
     traffic = _gsm8k_slice(shared_data, tmp_path / "gsm8k", 90)
     report = run_simulation(
@@ -35,7 +37,7 @@ def test_start_on_routerbench_then_adapt_to_gsm8k_traffic(shared_data: Path, tmp
         tmp_path / "sim",
         SimulationSettings(rounds=2, slice_rows=None, rate=1.0, concurrency=2, traffic=(traffic,)),
         console=Console(file=(tmp_path / "log.txt").open("w")),
-        cache_dir=tmp_path / "embeddings",
+        cache_dir=embeddings,
     )
     rows = load_rows(traffic, format="auto")
     train = [r for r in rows if split_of(r.sample_id) == "train"]
@@ -59,7 +61,7 @@ def test_start_on_routerbench_then_adapt_to_gsm8k_traffic(shared_data: Path, tmp
 
 
 def test_cold_start_answers_every_request_and_gates_the_first_model(
-    shared_data: Path, tmp_path: Path
+    shared_data: Path, tmp_path: Path, embeddings: Path
 ) -> None:
     data = _gsm8k_slice(shared_data, tmp_path / "gsm8k", 150)
     report = run_simulation(
@@ -67,7 +69,7 @@ def test_cold_start_answers_every_request_and_gates_the_first_model(
         tmp_path / "sim",
         SimulationSettings(rounds=2, slice_rows=0, rate=1.0, concurrency=2),
         console=Console(file=(tmp_path / "log.txt").open("w")),
-        cache_dir=tmp_path / "embeddings",
+        cache_dir=embeddings,
     )
     rows = load_rows(data, format="auto")
     assert report["cold_start"] and report["rounds"][0]["model"] is None

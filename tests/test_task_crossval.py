@@ -49,13 +49,15 @@ def gsm8k_slice(shared_data: Path, target: Path, rows: int = 40) -> Path:
 
 
 @pytest.fixture(scope="module")
-def folders(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def folders(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory, embeddings: Path
+) -> tuple[Path, Path, Path]:
     """(RouterBench slice, GSM8K slice, embedding cache)."""
     root = tmp_path_factory.mktemp("tasks")
     return (
         routerbench_slice(shared_data, root / "routerbench", 40),
         gsm8k_slice(shared_data, root / "gsm8k"),
-        root / "embeddings",
+        embeddings,
     )
 
 

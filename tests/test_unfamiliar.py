@@ -44,9 +44,13 @@ OPTIONS = (
 
 
 @pytest.fixture(scope="module")
-def registry(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def registry(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory, embeddings: Path
+) -> tuple[Path, str]:
     """A registry of real versions trained on a RouterBench slice for the harness's tiers; the serving one."""
-    root, versions = train_small_registry(shared_data, tmp_path_factory.mktemp("unfamiliar-models"))
+    root, versions = train_small_registry(
+        shared_data, tmp_path_factory.mktemp("unfamiliar-models"), embeddings
+    )
     return root, versions[0]
 
 

@@ -53,8 +53,8 @@ def priced_tiers_config(tiers: Sequence[tuple[str, str, str, str]]) -> Config:
     )
 
 
-def train_small_registry(shared_data: Path, root: Path) -> tuple[Path, list[str]]:
-    """(registry directory, [serving version, second version])."""
+def train_small_registry(shared_data: Path, root: Path, embeddings: Path) -> tuple[Path, list[str]]:
+    """(registry directory, [serving version, second version]); prompt embeddings cached in ``embeddings``."""
     data = routerbench_slice(shared_data, root / "data")
     config = build_config(config_dict(root / "var", "http://127.0.0.1:1/v1", "http://127.0.0.1:1"))
     versions = [
@@ -64,7 +64,7 @@ def train_small_registry(shared_data: Path, root: Path) -> tuple[Path, list[str]
             root / "registry",
             score_col_map=SCORE_COLUMNS,
             seed=seed,
-            cache_dir=root / "embeddings",
+            cache_dir=embeddings,
             embedder=lambda: shared_embedder("cpu"),
         ).version
         for seed in (1, 2)
