@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tierwise.cache.batching import embedding_text
 from tierwise.cache.embedder import Vector
@@ -36,6 +36,11 @@ class CacheQuery:
     # A request with attachments (images) is answered by its exact key only: the embedding reads
     # its text alone, so a similar text says nothing of whether the images match.
     exact_only: bool = False
+    # Made once, where the query is made (off the event loop for a long prompt: router/request_work.py).
+    exact_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "exact_key", exact_key(self.partition, self.messages))
 
     @classmethod
     def create(
@@ -57,10 +62,6 @@ class CacheQuery:
         return cls(
             partition, messages, last_user_turn(messages), embedding, max_age_s, exact_only=bool(attachments)
         )
-
-    @property
-    def exact_key(self) -> str:
-        return exact_key(self.partition, self.messages)
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,7 +143,11 @@ class Pipeline:
             embedding = await self._embed(spec)
             # 7 cache: exact, then verified semantic, inside the request's partition
             arm_key = f"{arm.assignment.experiment}/{arm.assignment.arm}" if arm is not None else ""
-            cache_use = None if cache is None or embedding is None else cache.use(spec, embedding, arm_key)
+            cache_use = (
+                None
+                if cache is None or embedding is None
+                else await self._work.cache_use(cache, spec, embedding, arm_key)
+            )
             hit = None if cache_use is None or cache is None else await cache.lookup(cache_use)
             # 8-9 classify and choose the tier (a pinned tier skips the policy)
             decision = await decide(

@@ -1,7 +1,8 @@
 """A request's CPU-bound steps, run by the bounded request workers (``cpu_workers``) so that the
 event loop keeps serving other requests: its token counts (after a refusal that needs no count),
-the clip of the text it embeds, and a learned policy's choice (features, the ONNX model, the kNN
-vote). Short texts are counted and clipped on the loop: that takes less than the hop to a thread.
+the clip of the text it embeds, its cache keys, and a learned policy's choice (features, the ONNX
+model, the kNN vote). Short texts are counted, clipped and hashed on the loop: that takes less than
+the hop to a thread.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 
 from tierwise.cache.batching import embedding_text
+from tierwise.cache.embedder import Vector
 from tierwise.classifier.features import prompt_statistics
+from tierwise.router.caching import CacheUse, ResponseCache
 from tierwise.router.call_progress import PromptTokens
 from tierwise.router.config import Config, TierConfig
 from tierwise.router.cpu_workers import CpuWorkers
@@ -99,6 +102,15 @@ class RequestWork:
         if self._workers is None or len(text) <= INLINE_CHARS:
             return embedding_text(text)
         return await self._workers.run(embedding_text, text)
+
+    async def cache_use(
+        self, cache: ResponseCache, spec: RequestSpec, embedding: Vector, arm: str
+    ) -> CacheUse | None:
+        """The request's cache query (``ResponseCache.use``): its keys hash every turn, about 2 ms for
+        a million characters, in a worker for a long prompt."""
+        if self._workers is None or prompt_chars(spec) <= INLINE_CHARS:
+            return cache.use(spec, embedding, arm)
+        return await self._workers.run(cache.use, spec, embedding, arm)
 
     async def choose(self, policy: RoutingPolicy, context: RoutingContext) -> TierChoice:
         """A policy that reads the embedding runs a model: in a worker. The baselines decide on the loop.

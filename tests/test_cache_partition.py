@@ -84,6 +84,9 @@ def test_exact_key_normalises_only_what_cannot_change_meaning() -> None:
         assert exact_key(partition, [SYSTEM, ("user", different)]) != base
     other = build_partition("globex", "support", BASE)
     assert exact_key(other, BASE) != base
+    # Each part is length-prefixed: texts split or joined differently never spell the same key.
+    spellings = [[("user", "ab")], [("user", "a"), ("user", "b")], [("usera", "b")], [("user", "a\x00b")]]
+    assert len({exact_key(partition, m) for m in spellings}) == len(spellings)
 
 
 def test_helpers() -> None:

@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from tests.harness import AUTH, build_config, config_dict, rpc_error, running_server
 from tests.upstream import ScriptedUpstream
+from tierwise.cache.semantic_query import CacheQuery
 from tierwise.classifier.features import prompt_statistics
 from tierwise.router.config import Config, ConfigError
 from tierwise.router.cpu_workers import CpuWorkers
@@ -121,6 +122,34 @@ async def test_a_counted_prompt_over_the_limit_names_the_field(tmp_path: Path) -
         await work.prompt(spec_of("word " * (INLINE_CHARS // 2)))  # counted by a worker
     with pytest.raises(PromptTooLong, match=r"server\.max_prompt_tokens"):
         await work.prompt(spec_of("word " * 150))  # counted on the loop
+
+
+class RecordingCache:
+    """Makes the real cache query of a request (``ResponseCache.use``'s keys) and records the thread."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def use(self, spec: RequestSpec, embedding: np.ndarray, arm: str) -> CacheQuery:
+        self.threads.append(threading.current_thread().name)
+        messages = [(m.role, m.content) for m in spec.messages]
+        return CacheQuery.create(tenant=spec.tenant, namespace=arm, messages=messages, embedding=embedding)
+
+
+@pytest.mark.asyncio
+async def test_a_long_prompts_cache_keys_are_made_in_a_worker_as_on_the_loop(tmp_path: Path) -> None:
+    workers = CpuWorkers(1, 4)
+    cache, vector = RecordingCache(), np.ones(4, dtype=np.float32)
+    long, short = spec_of("The quarterly report lists revenue. " * 100), spec_of("hi")
+    assert len(long.messages[0].content) > INLINE_CHARS
+    work = RequestWork(config(tmp_path), TokenCounter(), workers)
+    in_worker = await work.cache_use(cache, long, vector, "arm")  # type: ignore[arg-type]
+    await work.cache_use(cache, short, vector, "arm")  # type: ignore[arg-type]
+    on_the_loop = await RequestWork(config(tmp_path), TokenCounter()).cache_use(cache, long, vector, "arm")  # type: ignore[arg-type]
+    main = threading.current_thread().name
+    assert cache.threads[0].startswith("tierwise-cpu") and cache.threads[1:] == [main, main]
+    assert in_worker == on_the_loop and in_worker is not None
+    await workers.aclose()
 
 
 class GatedPolicy:
