@@ -18,14 +18,16 @@ calls a tier, so the tiers point at an address nothing answers. Per backend and 
    the p99 at 64 in flight of 2, the share refused with RESOURCE_EXHAUSTED (and any other failure),
    the server's RSS before and at most. ``--max-queue`` sets the servers' queue bounds
    (``cache.max_queue``, ``server.work_queue``), ``--max-queue-delay-ms`` the embedding queue's
-   delay bound (``cache.max_queue_delay_ms``).
+   delay bound (``cache.max_queue_delay_ms``), ``--long-text-chars`` where texts go to the embedder's
+   long lane (``cache.long_text_chars``; 0: one queue).
 
 Repeats alternate the backends; with ``--repeats`` above 1 each figure is the mean with its spread
 (min-max). Needs the RouterBench data (``../shared/data`` or ``--data``) unless ``--registry`` names
 a trained registry for tiers small and large.
 
     .venv/bin/python bench/bench_route.py [--embedder torch onnx] [--threads 1] [--repeats 1]
-        [--seconds 2] [--calls 50] [--max-queue N] [--max-queue-delay-ms MS] [--parts huge ...]
+        [--seconds 2] [--calls 50] [--max-queue N] [--max-queue-delay-ms MS] [--long-text-chars N]
+        [--parts huge ...]
         [--export DIR] [--registry DIR] [--data DIR]
 """
 
@@ -121,9 +123,11 @@ def server_config(
     threads: int,
     max_queue: int | None = None,
     max_queue_delay_ms: float | None = None,
+    long_text_chars: int | None = None,
 ) -> dict[str, object]:
     queues = {} if max_queue is None else {"work_queue": max_queue}
     delay = {} if max_queue_delay_ms is None else {"max_queue_delay_ms": max_queue_delay_ms}
+    lanes = {} if long_text_chars is None else {"long_text_chars": long_text_chars}
     return {
         "server": {
             "host": "127.0.0.1",
@@ -145,6 +149,7 @@ def server_config(
             "torch_threads": threads,
             **({} if max_queue is None else {"max_queue": max_queue}),
             **delay,
+            **lanes,
         },
         "limits": {"max_content_chars": HUGE_CHARS, "max_total_chars": HUGE_CHARS},
         "logging": {"level": "ERROR"},
@@ -163,7 +168,14 @@ def start_server(
 ) -> Server:
     workdir.mkdir(parents=True, exist_ok=True)
     config = server_config(
-        workdir, registry, embedder, export, threads, args.max_queue, args.max_queue_delay_ms
+        workdir,
+        registry,
+        embedder,
+        export,
+        threads,
+        args.max_queue,
+        args.max_queue_delay_ms,
+        args.long_text_chars,
     )
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -332,6 +344,9 @@ async def measure(server: Server, embedder: TextEmbedder, args: argparse.Namespa
 
         codes, loud_codes = Counter[str](), Counter[str]()
         if "huge" in args.parts:
+            # Warm-up: the first prompt over ISOLATE_CHARS starts the server's worker process (about a
+            # second of CPU, once per server), which is not what a huge prompt in flight costs.
+            await timed_route(stub, route_request(huge_text()))
             quiet, _ = await closed_loop(stub, SHORT, 8, args.seconds)
             loud, loud_codes = await with_huge_prompt(stub, args.seconds)
             figures.add(f"{name} short p99 with 1M prompt / without", p50_p99(loud)[1] / p50_p99(quiet)[1])
@@ -371,6 +386,8 @@ def report(figures: Figures, backends: Sequence[str], args: argparse.Namespace) 
     queues = "the config's" if args.max_queue is None else str(args.max_queue)
     if args.max_queue_delay_ms is not None:
         queues += f", embedding delay bound {args.max_queue_delay_ms:g} ms"
+    if args.long_text_chars is not None:
+        queues += f", long lane over {args.long_text_chars} characters (0: none)"
     print(
         f"\n== Route on a cache miss, classifier policy, {args.threads} embedding thread(s), queues {queues}, "
         f"{args.repeats} repeat(s); mean (min-max over repeats)"
@@ -474,6 +491,11 @@ def main() -> None:
         "--max-queue-delay-ms",
         type=float,
         help="the servers' cache.max_queue_delay_ms (default: the config's)",
+    )
+    parser.add_argument(
+        "--long-text-chars",
+        type=int,
+        help="the servers' cache.long_text_chars (default: the config's; 0: one embedding queue)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tierwise-bench-route-") as temp:

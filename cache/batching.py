@@ -9,7 +9,10 @@ request of that batch. The queue is bounded (``max_queue``): past it ``embed()``
 with :class:`EmbedderBusy`, and requests cancelled while queued are dropped before encoding. With
 ``max_queue_delay_s`` a request is also refused when the texts ahead of it would take longer than that
 to encode (at the recent time per text): under overload the admitted keep a short wait, however
-large the queue bound.
+large the queue bound. With ``long_text_chars``, longer texts queue apart and are encoded by a
+thread of their own: a short text never waits behind a long one's encode (a window-long text takes
+about eight times a short one's), which on a shared CPU costs the short encodes a share of a core
+instead.
 """
 
 from __future__ import annotations
@@ -192,8 +195,12 @@ class BatchingEmbedder:
         max_queue: int = 1024,
         max_queue_delay_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        long_text_chars: int = 0,
+        thread_name: str = "tierwise-embed",
     ) -> None:
-        """``max_queue_delay_s`` 0: only ``max_queue`` bounds the queue. ``clock`` times the encodes."""
+        """``max_queue_delay_s`` 0: only ``max_queue`` bounds the queue. ``clock`` times the encodes.
+        ``long_text_chars`` 0: one queue; else texts longer than that go to a second batcher (the
+        long lane, with the same bounds) whose thread encodes them beside this one's."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if max_queue < 1:
@@ -202,6 +209,8 @@ class BatchingEmbedder:
             raise ValueError(f"max_wait_us must not be negative, got {max_wait_us}")
         if max_queue_delay_s < 0:
             raise ValueError(f"max_queue_delay_s must not be negative, got {max_queue_delay_s}")
+        if long_text_chars < 0:
+            raise ValueError(f"long_text_chars must not be negative, got {long_text_chars}")
         self._embedder = embedder
         self._max_batch = max_batch
         self._max_wait_s = max_wait_us / 1_000_000
@@ -216,9 +225,23 @@ class BatchingEmbedder:
         self._full = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._closing = False
-        # One thread: the model runs one forward pass at a time anyway, and it keeps the default
-        # executor free for other blocking work.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tierwise-embed")
+        # One thread a lane: it keeps the default executor free for other blocking work.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self._long_text_chars = long_text_chars
+        self.long_lane = (
+            BatchingEmbedder(
+                embedder,
+                max_batch,
+                max_wait_us,
+                max_queue,
+                max_queue_delay_s,
+                clock,
+                0,
+                f"{thread_name}-long",
+            )
+            if long_text_chars
+            else None
+        )
         self.batches = 0
         self.encoded = 0
         self.dropped = 0  # requests cancelled while queued, never encoded
@@ -239,6 +262,8 @@ class BatchingEmbedder:
         """The L2-normalised float32 embedding of ``text`` (a row of ``encode([text])``)."""
         if self._closing:
             raise EmbedderClosed("the batching embedder is closed")
+        if self.long_lane is not None and len(text) > self._long_text_chars:
+            return await self.long_lane.embed(text)
         if len(self._pending) >= self._max_queue:
             self._drop_cancelled()
             if len(self._pending) >= self._max_queue:
@@ -270,6 +295,8 @@ class BatchingEmbedder:
         if self._worker is not None:
             await self._worker
         self._executor.shutdown(wait=True)
+        if self.long_lane is not None:
+            await self.long_lane.aclose()
 
     async def _run(self) -> None:
         try:

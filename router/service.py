@@ -193,6 +193,7 @@ async def _open_service(config: Config, stack: contextlib.AsyncExitStack) -> Ser
             settings.max_wait_us,
             settings.max_queue,
             settings.max_queue_delay_ms / 1000,
+            long_text_chars=settings.long_text_chars,
         )
         stack.push_async_callback(embedder.aclose)
     cache = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from pathlib import Path
 
 import grpc
@@ -13,7 +14,9 @@ import pytest
 from tests.gated_embedder import GatedEmbedder
 from tests.harness import build_config, config_dict
 from tests.test_cache_embedding import load_sentence_embedder
-from tierwise.cache.batching import BatchingEmbedder, EmbedderBusy
+from tierwise.cache.batching import BatchingEmbedder, EmbedderBusy, EmbedderClosed
+from tierwise.cache.embedder import Matrix, TextEmbedder
+from tierwise.cache.onnx_embedder import shared_onnx_embedder
 from tierwise.router.config import ConfigError
 from tierwise.router.errors import EmbedderOverloaded
 from tierwise.router.service import ServingEmbedder
@@ -144,6 +147,8 @@ async def test_without_a_delay_bound_the_queue_length_alone_bounds_it() -> None:
 def test_a_queue_without_room_is_refused() -> None:
     with pytest.raises(ValueError, match="max_queue"):
         BatchingEmbedder(load_sentence_embedder(), max_queue=0)
+    with pytest.raises(ValueError, match="long_text_chars"):
+        BatchingEmbedder(load_sentence_embedder(), long_text_chars=-1)
 
 
 @pytest.mark.parametrize(
@@ -152,6 +157,7 @@ def test_a_queue_without_room_is_refused() -> None:
         ({"embedder": "tensorflow"}, "cache.embedder"),
         ({"max_queue": 0}, "cache.max_queue"),
         ({"max_queue_delay_ms": -1}, "cache.max_queue_delay_ms"),
+        ({"long_text_chars": -1}, "cache.long_text_chars"),
         ({"onnx_embedder_dir": 3.5}, "cache.onnx_embedder_dir"),
     ],
 )
@@ -176,3 +182,64 @@ async def test_short_texts_batched_with_a_long_one_are_answered_before_it_is_enc
     # One batch of four, encoded as two passes: the short texts first, then the long one alone.
     assert gated.encoded[1:] == [f"short question {i}" for i in range(3)] + ["a clipped long prompt " * 60]
     assert batcher.batches == 3
+
+
+class LongTextsHeld:
+    """Encodes with ``inner``; a batch holding a text over ``chars`` waits at a gate first. Records the
+    thread that encoded each text."""
+
+    def __init__(self, inner: TextEmbedder, chars: int) -> None:
+        self.inner, self.info, self.chars = inner, inner.info, chars
+        self.entered, self.gate = threading.Event(), threading.Event()
+        self.threads: dict[str, str] = {}
+
+    def encode(self, texts: list[str]) -> Matrix:
+        if any(len(text) > self.chars for text in texts):
+            self.entered.set()
+            assert self.gate.wait(60), "the long text was never let through"
+        self.threads.update((text, threading.current_thread().name) for text in texts)
+        return self.inner.encode(texts)
+
+
+LONG_TEXT = "a clipped long prompt " * 20
+
+
+@pytest.mark.asyncio
+async def test_a_short_text_is_encoded_while_a_long_ones_encode_is_held(onnx_embedder_export: Path) -> None:
+    inner = shared_onnx_embedder(onnx_embedder_export, "cpu", 1)
+    held = LongTextsHeld(inner, 100)
+    batcher = BatchingEmbedder(held, max_wait_us=0, long_text_chars=100)
+    long = asyncio.ensure_future(batcher.embed(LONG_TEXT))
+    assert await asyncio.to_thread(held.entered.wait, 60)
+    # With one queue the short text would wait for the gate, which only the test opens: it would time out.
+    short = await asyncio.wait_for(batcher.embed("where is my order?"), 20)
+    assert not long.done()
+    held.gate.set()
+    vectors = inner.encode(["where is my order?", LONG_TEXT])
+    np.testing.assert_allclose(short, vectors[0], atol=1e-5)
+    np.testing.assert_allclose(await asyncio.wait_for(long, 60), vectors[1], atol=1e-5)
+    assert held.threads["where is my order?"].startswith("tierwise-embed_")
+    assert held.threads[LONG_TEXT].startswith("tierwise-embed-long_")
+    await batcher.aclose()
+    with pytest.raises(EmbedderClosed):
+        await batcher.embed(LONG_TEXT)
+
+
+@pytest.mark.asyncio
+async def test_the_long_lane_has_its_own_bound_and_refuses_with_resource_exhausted(
+    onnx_embedder_export: Path,
+) -> None:
+    held = LongTextsHeld(shared_onnx_embedder(onnx_embedder_export, "cpu", 1), 100)
+    batcher = ServingEmbedder(held, max_batch=1, max_wait_us=0, max_queue=1, long_text_chars=100)
+    first = asyncio.ensure_future(batcher.embed(LONG_TEXT))
+    assert await asyncio.to_thread(held.entered.wait, 60)
+    queued = asyncio.ensure_future(batcher.embed(LONG_TEXT + "again"))
+    await asyncio.sleep(0)
+    with pytest.raises(EmbedderOverloaded, match="retry in") as refused:
+        await batcher.embed(LONG_TEXT + "one too many")
+    assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert (await asyncio.wait_for(batcher.embed("short"), 20)).shape == (held.info.dim,)  # the other lane
+    held.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, queued), timeout=60)
+    await batcher.aclose()
+    assert LONG_TEXT + "one too many" not in held.threads
