@@ -21,7 +21,6 @@ one prompt's repeats across groups and moved the gate's verdict from run to run.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
@@ -33,6 +32,7 @@ from rich.console import Console
 
 from tierwise.classifier.model import load_model
 from tierwise.router.config import Config
+from tierwise.training.crossval import hash_bucket
 from tierwise.training.dataset import RoutingData
 from tierwise.training.train import train
 
@@ -43,10 +43,7 @@ def fold_of(prompts: Sequence[str], folds: int) -> npt.NDArray[np.int64]:
     """Each row's group in 0..folds-1, from a SHA-256 of its prompt key: stable across runs."""
     if folds < 2:
         raise ValueError(f"cross-fitting needs at least two folds, got {folds}")
-    return np.array(
-        [int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % folds for key in prompts],
-        dtype=np.int64,
-    )
+    return np.array([hash_bucket(key, folds) for key in prompts], dtype=np.int64)
 
 
 def out_of_fold_probabilities(

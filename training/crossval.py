@@ -35,10 +35,14 @@ DEFAULT_FOLDS = 5
 DEFAULT_FOLD_SEED = "tierwise-cv-1"
 
 
+def hash_bucket(key: str, buckets: int) -> int:
+    """``key``'s bucket in 0..buckets-1, from its SHA-256: stable across runs, files and row order."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % buckets
+
+
 def fold_of(sample_id: str, folds: int, seed: str = DEFAULT_FOLD_SEED) -> int:
-    """The fold of a sample: a SHA-256 of (seed, id), so stable across runs, files and row order."""
-    digest = hashlib.sha256(f"{seed}\x00{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % folds
+    """The fold of a sample: the bucket of (seed, id)."""
+    return hash_bucket(f"{seed}\x00{sample_id}", folds)
 
 
 def fold_splits(fold_ids: npt.NDArray[np.int64], fold: int, folds: int) -> npt.NDArray[np.str_]:
