@@ -230,9 +230,12 @@ async def test_64_callers_against_a_stored_keys_60_rpm_on_two_replicas(
 ) -> None:
     """At most 60 succeed in the minute (the RPM has no in-flight allowance: a request is counted
     when admitted), the rest get RESOURCE_EXHAUSTED at once with the delay; each call has a 30 s
-    deadline, so none waits unboundedly (a limiter that queued would fail it)."""
+    deadline, so none waits unboundedly (a limiter that queued would fail it). Redis gets 5 s a check,
+    not the default 0.25 s: on a loaded CI machine 64 calls at once once kept a check past 0.25 s, and
+    the gate failed open (its fail mode, tested on its own) and admitted all 64."""
     redis, clock = redis_server_factory(), FrozenClock()
-    configs = [shared_config(tmp_path / n, upstream, redis, None) for n in "ab"]
+    patient = {"redis_timeout_s": 5.0}
+    configs = [shared_config(tmp_path / n, upstream, redis, None, rate_limits=patient) for n in "ab"]
     config_file = write_config(tmp_path / "tierwise.yaml", configs[0])
     async with replicas(configs, clock) as servers:
         secret = await create_key(config_file, "--tenant", "acme", "--name", "burst", "--rpm", "60")
