@@ -228,7 +228,7 @@ class BatchingEmbedder:
         # One thread a lane: it keeps the default executor free for other blocking work.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._long_text_chars = long_text_chars
-        self.long_lane = (
+        self._long_lane = (
             BatchingEmbedder(
                 embedder,
                 max_batch,
@@ -236,8 +236,8 @@ class BatchingEmbedder:
                 max_queue,
                 max_queue_delay_s,
                 clock,
-                0,
-                f"{thread_name}-long",
+                long_text_chars=0,
+                thread_name=f"{thread_name}-long",
             )
             if long_text_chars
             else None
@@ -262,8 +262,8 @@ class BatchingEmbedder:
         """The L2-normalised float32 embedding of ``text`` (a row of ``encode([text])``)."""
         if self._closing:
             raise EmbedderClosed("the batching embedder is closed")
-        if self.long_lane is not None and len(text) > self._long_text_chars:
-            return await self.long_lane.embed(text)
+        if self._long_lane is not None and len(text) > self._long_text_chars:
+            return await self._long_lane.embed(text)
         if len(self._pending) >= self._max_queue:
             self._drop_cancelled()
             if len(self._pending) >= self._max_queue:
@@ -295,8 +295,8 @@ class BatchingEmbedder:
         if self._worker is not None:
             await self._worker
         self._executor.shutdown(wait=True)
-        if self.long_lane is not None:
-            await self.long_lane.aclose()
+        if self._long_lane is not None:
+            await self._long_lane.aclose()
 
     async def _run(self) -> None:
         try:
